@@ -1,0 +1,74 @@
+"""Numerical gradient check: compare backward() with central differences in float64.
+
+For a module f and a fixed random upstream gradient dy, the scalar L(x, params) = sum(f(x) * dy)
+has dL/dx = f.backward(dy). Each checked entry v is perturbed by +-eps and
+    numeric = (L(v + eps) - L(v - eps)) / (2 * eps)
+The reported error of a tensor is max|analytic - numeric| / max(max|numeric|, max|analytic|, 1e-3):
+relative to the tensor's largest gradient, so entries that are nearly zero do not dominate; the
+floor 1e-3 keeps a gradient that is exactly zero (a conv bias before batch norm) from turning the
+~1e-10 rounding noise of the differences into a relative error of 1.
+"""
+import copy
+
+import numpy as np
+
+from . import backend, random
+from .nn.module import Module
+
+
+def gradcheck(module, x, eps=1e-6, max_entries=None, seed=0):
+    """Check the input gradient and every parameter gradient of ``module`` at ``x``.
+
+    Args:
+        module: any minicnn Module (it is copied and converted to float64; the original is
+            left untouched). Dropout masks are held fixed during the check.
+        x: an input batch (numpy array); converted to float64.
+        eps: the finite-difference step.
+        max_entries: check at most this many randomly chosen entries per tensor (None: all).
+        seed: seeds dy and the choice of entries.
+    Returns:
+        dict: 'input' and each parameter name -> maximum relative error (float).
+    """
+    if not isinstance(module, Module):
+        raise TypeError(f"gradcheck: expected a minicnn Module, got {type(module).__name__}")
+    if not backend.is_array(x) or x.dtype.kind != "f":
+        raise TypeError(f"gradcheck: expected a floating numpy array input, got {type(x).__name__}")
+    model = copy.deepcopy(module).to("cpu").to(np.float64)
+    x = np.array(backend.device_converter("cpu")(x), dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    generators = [random.get_rng()] + [m._rng for m in model.modules() if getattr(m, "_rng", None) is not None]
+    states = [g.bit_generator.state for g in generators]
+
+    def loss(inp):
+        for g, state in zip(generators, states):
+            g.bit_generator.state = state
+        return float(np.sum(model(inp) * dy))
+
+    for g, state in zip(generators, states):
+        g.bit_generator.state = state
+    y = model(x)
+    dy = rng.standard_normal(y.shape)
+    model.zero_grad()
+    dx = model.backward(dy)
+    analytic = {"input": (dx, x)}
+    analytic.update({name: (p.grad, p.data) for name, p in model.named_parameters()})
+
+    errors = {}
+    for name, (grad, values) in analytic.items():
+        flat_values = values.reshape(-1)
+        picks = np.arange(flat_values.size)
+        if max_entries is not None and flat_values.size > max_entries:
+            picks = rng.choice(flat_values.size, size=max_entries, replace=False)
+        numeric = np.empty(len(picks))
+        for k, i in enumerate(picks):
+            original = flat_values[i]
+            flat_values[i] = original + eps
+            plus = loss(x)
+            flat_values[i] = original - eps
+            minus = loss(x)
+            flat_values[i] = original
+            numeric[k] = (plus - minus) / (2 * eps)
+        approx = np.zeros(flat_values.size) if grad is None else grad.reshape(-1)[picks]
+        scale = max(np.abs(numeric).max(initial=0), np.abs(approx).max(initial=0), 1e-3)
+        errors[name] = float(np.abs(approx - numeric).max(initial=0) / scale)
+    return errors

@@ -1,0 +1,15 @@
+"""Layers with hand-written forward and backward passes, named and shaped as in torch.nn."""
+from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from .batchnorm import BatchNorm1d, BatchNorm2d
+from .conv import Conv2d
+from .dropout import Dropout
+from .linear import Flatten, Linear
+from .loss import CrossEntropyLoss
+from .module import Module, Parameter, Sequential, is_grad_enabled, no_grad
+from .pool import AvgPool2d, MaxPool2d
+
+__all__ = [
+    "Module", "Parameter", "Sequential", "no_grad", "is_grad_enabled",
+    "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout",
+    "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Linear", "Flatten", "CrossEntropyLoss",
+]

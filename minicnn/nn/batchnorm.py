@@ -1,0 +1,103 @@
+"""Batch normalization with torch's exact semantics.
+
+Training: normalize with the batch's mean and biased variance over every axis but the channel;
+update running_mean and running_var (the latter with the *unbiased* variance) with
+    running = (1 - momentum) * running + momentum * batch_statistic
+(momentum=None: a cumulative average). Eval: normalize with the running statistics.
+Both layers view their input as x3 (N, C, L): L = H*W for BatchNorm2d, 1 for BatchNorm1d (N, C)
+and L for BatchNorm1d (N, C, L).
+"""
+import numpy as np
+
+from .. import backend
+from ._checks import check_input, count
+from .module import Module, Parameter
+
+
+class _BatchNorm(Module):
+    _ndims = ()
+    _shape_desc = ""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, dtype=np.float32):
+        super().__init__()
+        name = f"{type(self).__name__}({num_features})"
+        self.num_features = count(num_features, "num_features", name)
+        if not eps > 0:
+            raise ValueError(f"{name}: eps must be > 0, got {eps}")
+        if momentum is not None and not 0 <= momentum <= 1:
+            raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum}")
+        self.eps, self.momentum = float(eps), momentum
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        if affine:
+            self.weight = Parameter(np.ones(num_features, dtype=dtype))
+            self.bias = Parameter(np.zeros(num_features, dtype=dtype))
+        if track_running_stats:
+            self.register_buffer("running_mean", np.zeros(num_features, dtype=dtype))
+            self.register_buffer("running_var", np.ones(num_features, dtype=dtype))
+            self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+
+    def _params(self, xp, dtype):
+        if self.affine:
+            return self.weight.data, self.bias.data
+        return xp.ones(self.num_features, dtype=dtype), xp.zeros(self.num_features, dtype=dtype)
+
+    def forward(self, x):
+        check_input(self, x, self._shape_desc, self._ndims, self.num_features,
+                    params_dtype=self.weight.dtype if self.affine else None)
+        x3 = x.reshape(x.shape[0], self.num_features, -1)
+        gamma, beta = self._params(backend.xp_for(x), x.dtype)
+        use_batch_stats = self.training or not self.track_running_stats
+        if use_batch_stats:
+            M = x3.shape[0] * x3.shape[2]
+            if M < 2:
+                raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
+                                 f"got input {tuple(x.shape)}")
+            y3, xhat, mean, var, invstd = backend.ops_for(x).batchnorm_forward_train(x3, gamma, beta, self.eps)
+            if self.training and self.track_running_stats:
+                self._update_running_stats(mean, var * (M / (M - 1)))
+        else:
+            invstd = 1 / backend.xp_for(x).sqrt(self.running_var + self.eps)
+            xhat = (x3 - self.running_mean[:, None]) * invstd[:, None]
+            y3 = xhat * gamma[:, None] + beta[:, None]
+        y = y3.reshape(x.shape)
+        self.save_for_backward(y, xhat=xhat, invstd=invstd, batch_stats=use_batch_stats)
+        return y
+
+    def _update_running_stats(self, mean, unbiased_var):
+        self.num_batches_tracked += 1
+        m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_mean *= 1 - m
+        self.running_mean += m * mean
+        self.running_var *= 1 - m
+        self.running_var += m * unbiased_var
+
+    def backward(self, dy):
+        s = self.saved(dy)
+        dy3 = dy.reshape(dy.shape[0], self.num_features, -1)
+        gamma, _ = self._params(backend.xp_for(dy), dy.dtype)
+        if s.batch_stats:
+            dx3, dgamma, dbeta = backend.ops_for(dy).batchnorm_backward_train(dy3, s.xhat, s.invstd, gamma)
+        else:   # running statistics are constants: the layer is affine in x
+            dx3 = dy3 * (gamma * s.invstd)[:, None]
+            dgamma, dbeta = (dy3 * s.xhat).sum(axis=(0, 2)), dy3.sum(axis=(0, 2))
+        if self.affine:
+            self.weight.accumulate_grad(dgamma)
+            self.bias.accumulate_grad(dbeta)
+        return dx3.reshape(dy.shape)
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm2d(_BatchNorm):
+    """Per-channel batch normalization of images. Shape: (N, C, H, W) -> same."""
+    _ndims = (4,)
+    _shape_desc = "(N, C, H, W) with C = num_features"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Per-feature batch normalization. Shape: (N, C) or (N, C, L) -> same."""
+    _ndims = (2, 3)
+    _shape_desc = "(N, C) or (N, C, L) with C = num_features"

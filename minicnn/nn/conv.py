@@ -1,0 +1,78 @@
+"""2-D convolution as im2col plus one matrix product.
+
+    x    (N, C, H, W)     W  (OC, C, KH, KW)     b (OC,)
+    col  (N*OH*OW, C*KH*KW) = im2col(x)
+    y    (N, OC, OH, OW)  = (col @ W.reshape(OC, -1).T + b), reshaped
+"""
+import numpy as np
+
+from .. import backend
+from ._checks import check_input, count, pair
+from .init import default_bound, uniform
+from .module import Module, Parameter
+
+
+class Conv2d(Module):
+    """Cross-correlation of a batch with OC filters, as torch.nn.Conv2d.
+
+    Args:
+        in_channels, out_channels: C and OC.
+        kernel_size, stride, padding: an int or a pair (height, width); padding is zeros.
+        bias: add a learned per-channel offset.
+    Shape: (N, C, H, W) -> (N, OC, OH, OW), OH = (H + 2*PH - KH) // SH + 1.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 dtype=np.float32):
+        super().__init__()
+        name = f"Conv2d({in_channels}, {out_channels}, kernel_size={kernel_size})"
+        self.in_channels = count(in_channels, "in_channels", name)
+        self.out_channels = count(out_channels, "out_channels", name)
+        self.kernel_size = pair(kernel_size, "kernel_size", name, 1)
+        self.stride = pair(stride, "stride", name, 1)
+        self.padding = pair(padding, "padding", name, 0)
+        fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
+        bound = default_bound(fan_in)
+        self.weight = Parameter(uniform((out_channels, in_channels) + self.kernel_size, bound, dtype))
+        self.bias = Parameter(uniform((out_channels,), bound, dtype)) if bias else None
+
+    def forward(self, x):
+        (KH, KW), (SH, SW), (PH, PW) = self.kernel_size, self.stride, self.padding
+        check_input(self, x, f"(N, {self.in_channels}, H, W)", 4, self.in_channels,
+                    params_dtype=self.weight.dtype)
+        N, C, H, W = x.shape
+        if H + 2 * PH < KH or W + 2 * PW < KW:
+            raise ValueError(f"{self!r}: kernel {KH}x{KW} is larger than the padded input "
+                             f"{H + 2 * PH}x{W + 2 * PW} (input {H}x{W}, padding {PH}x{PW})")
+        ops = backend.ops_for(x)
+        OH, OW = ops.output_size(H, KH, SH, PH), ops.output_size(W, KW, SW, PW)
+        col = ops.im2col(x, KH, KW, SH, SW, PH, PW)                 # (N*OH*OW, C*KH*KW)
+        W_col = self.weight.data.reshape(self.out_channels, -1)     # (OC, C*KH*KW)
+        y = col @ W_col.T                                           # (N*OH*OW, OC)
+        if self.bias is not None:
+            y += self.bias.data
+        y = y.reshape(N, OH, OW, self.out_channels).transpose(0, 3, 1, 2)
+        y = backend.xp_for(x).ascontiguousarray(y)
+        self.save_for_backward(y, col=col, x_shape=x.shape)
+        return y
+
+    def backward(self, dy):
+        s = self.saved(dy)
+        (KH, KW), (SH, SW), (PH, PW) = self.kernel_size, self.stride, self.padding
+        ops = backend.ops_for(dy)
+        dy_col = dy.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)   # (N*OH*OW, OC)
+        W_col = self.weight.data.reshape(self.out_channels, -1)
+        self.weight.accumulate_grad((dy_col.T @ s.col).reshape(self.weight.shape))
+        if self.bias is not None:
+            self.bias.accumulate_grad(dy_col.sum(axis=0))
+        dcol = dy_col @ W_col                                       # (N*OH*OW, C*KH*KW)
+        return ops.col2im(dcol, s.x_shape, KH, KW, SH, SW, PH, PW)
+
+    def extra_repr(self):
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}")
+        if self.padding != (0, 0):
+            text += f", padding={self.padding}"
+        if self.bias is None:
+            text += ", bias=False"
+        return text

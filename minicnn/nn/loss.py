@@ -1,0 +1,70 @@
+"""Cross-entropy of raw logits against integer labels, as torch.nn.CrossEntropyLoss.
+
+    logits (N, K), labels (N,) integers in [0, K)
+    loss_i = -log softmax(logits_i)[labels_i]   (with smoothing e: target (1-e)*onehot + e/K)
+    dL/dlogits = (softmax(logits) - target) / N  for reduction='mean'
+The softmax is shifted by each row's maximum, so logits of 1e4 neither overflow nor give NaN.
+"""
+from .. import backend
+from ._checks import check_float_array, describe
+from .module import Module
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+class CrossEntropyLoss(Module):
+    """Args:
+        reduction: 'mean' (default), 'sum' or 'none' (per-sample losses).
+        label_smoothing: e in [0, 1].
+    Call ``loss_fn(logits, labels)`` for the loss, then ``loss_fn.backward()`` for dL/dlogits.
+    """
+
+    def __init__(self, reduction="mean", label_smoothing=0.0):
+        super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"CrossEntropyLoss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if not 0 <= label_smoothing <= 1:
+            raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing}")
+        self.reduction, self.label_smoothing = reduction, float(label_smoothing)
+
+    def forward(self, logits, labels):
+        check_float_array(self, logits, what="logits")
+        if logits.ndim != 2:
+            raise ValueError(f"{self!r}: expected logits (N, K), got {tuple(logits.shape)}")
+        N, K = logits.shape
+        if not backend.is_array(labels) or labels.dtype.kind not in "iu":
+            raise TypeError(f"{self!r}: expected integer class labels (N,), got {describe(labels)}")
+        if labels.shape != (N,):
+            raise ValueError(f"{self!r}: expected labels of shape ({N},) to match logits {tuple(logits.shape)}, "
+                             f"got {tuple(labels.shape)}")
+        if N and (int(labels.min()) < 0 or int(labels.max()) >= K):
+            bad = labels[(labels < 0) | (labels >= K)]
+            raise ValueError(f"{self!r}: labels must be in [0, {K}) for {K} classes, got {int(bad[0])}")
+        ops = backend.ops_for(logits)
+        losses, probs = ops.softmax_cross_entropy(logits, labels, self.label_smoothing)
+        if self.reduction == "mean":
+            loss = losses.mean()
+        elif self.reduction == "sum":
+            loss = losses.sum()
+        else:
+            loss = losses
+        self.save_for_backward(loss, probs=probs, labels=labels)
+        return loss
+
+    def backward(self, dloss=None):
+        """dL/dlogits (N, K); dloss scales it (default 1, or ones for reduction='none')."""
+        saved = self.__dict__.get("_saved")
+        if saved is None:
+            raise RuntimeError(f"{self!r}: backward() called before forward()")
+        xp = backend.xp_for(saved.probs)
+        if dloss is None:
+            dloss = xp.ones(saved.out_shape, dtype=saved.out_dtype)
+        s = self.saved(xp.asarray(dloss, dtype=saved.out_dtype))
+        N = s.probs.shape[0]
+        scale = xp.asarray(dloss, dtype=s.probs.dtype)
+        scale = scale[:, None] if self.reduction == "none" else scale / N if self.reduction == "mean" else scale
+        return backend.ops_for(s.probs).softmax_cross_entropy_backward(s.probs, s.labels, self.label_smoothing, scale)
+
+    def extra_repr(self):
+        text = f"reduction={self.reduction!r}"
+        return text + (f", label_smoothing={self.label_smoothing}" if self.label_smoothing else "")

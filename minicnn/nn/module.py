@@ -1,0 +1,322 @@
+"""Module, Parameter and Sequential: the containers every layer is built from.
+
+A Module owns Parameters (trainable arrays with a ``.grad``), buffers (state such as batch-norm
+running statistics) and child Modules, registered by plain attribute assignment as in torch.
+``forward(x)`` computes and caches what ``backward(dy)`` needs; ``backward`` returns the input
+gradient and *adds* parameter gradients into ``.grad``, as torch does.
+"""
+from collections import OrderedDict
+from types import SimpleNamespace
+
+import numpy as np
+
+from .. import backend
+from ._checks import check_grad, describe
+
+_grad_enabled = True
+
+
+class no_grad:
+    """Context manager for inference: layers keep nothing for backward, saving memory and time.
+
+    ``with minicnn.no_grad(): probs = net(x)``
+    """
+
+    def __enter__(self):
+        global _grad_enabled
+        self.previous, _grad_enabled = _grad_enabled, False
+
+    def __exit__(self, *exc):
+        global _grad_enabled
+        _grad_enabled = self.previous
+
+
+def is_grad_enabled():
+    return _grad_enabled
+
+
+class Parameter:
+    """A trainable array. ``data`` holds the values, ``grad`` the accumulated gradient (or None)."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        if not backend.is_array(data) or data.dtype.kind != "f":
+            raise TypeError(f"Parameter: expected a floating numpy or cupy array, got {describe(data)}")
+        self.data = data
+        self.grad = None
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self):
+        return self.data.size
+
+    def accumulate_grad(self, g):
+        """Add ``g`` into ``.grad`` (which starts as None, like torch's)."""
+        if self.grad is None:
+            self.grad = g.astype(self.data.dtype, copy=True)
+        else:
+            self.grad += g
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class of every layer and network. Subclasses define ``forward`` and ``backward``."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # ------------------------------------------------------------ registration
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() first")
+        if isinstance(value, (Parameter, Module)):
+            self._forget(name)
+            table = self._parameters if isinstance(value, Parameter) else self._modules
+            table[name] = value
+        elif name in self._buffers:
+            self._buffers[name] = value
+        elif name in self._parameters or name in self._modules:
+            raise TypeError(f"{type(self).__name__}.{name} must stay a "
+                            f"{type(getattr(self, name)).__name__}, got {describe(value)}")
+        else:
+            object.__setattr__(self, name, value)
+
+    def _forget(self, name):
+        for table in (self._parameters, self._buffers, self._modules, self.__dict__):
+            table.pop(name, None)
+
+    def __getattr__(self, name):
+        for table in ("_parameters", "_buffers", "_modules"):
+            entries = self.__dict__.get(table)
+            if entries is not None and name in entries:
+                return entries[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def register_buffer(self, name, array):
+        """Register a non-trainable array that belongs in the state_dict (e.g. running_mean)."""
+        self._forget(name)
+        self._buffers[name] = array
+
+    # ------------------------------------------------------------ traversal
+
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        return (m for _, m in self.named_modules())
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_parameters(self, prefix=""):
+        for module_name, module in self.named_modules(prefix):
+            for name, p in module._parameters.items():
+                yield (f"{module_name}.{name}" if module_name else name), p
+
+    def parameters(self):
+        return (p for _, p in self.named_parameters())
+
+    def named_buffers(self, prefix=""):
+        for module_name, module in self.named_modules(prefix):
+            for name, b in module._buffers.items():
+                yield (f"{module_name}.{name}" if module_name else name), b
+
+    def num_parameters(self):
+        return sum(p.size for p in self.parameters())
+
+    # ------------------------------------------------------------ modes and gradients
+
+    def train(self, mode=True):
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    # ------------------------------------------------------------ state
+
+    def state_dict(self):
+        """Ordered name -> array copy of every parameter and buffer, named as torch names them."""
+        state = OrderedDict()
+        for name, p in self.named_parameters():
+            state[name] = p.data.copy()
+        for name, b in self.named_buffers():
+            state[name] = b.copy()
+        return state
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays from ``state_dict`` into this module's parameters and buffers.
+
+        Raises ValueError listing every missing, unexpected (when strict) and mis-shaped entry.
+        Returns (missing_keys, unexpected_keys).
+        """
+        own = OrderedDict(self._state_slots())
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        mismatched = []
+        for key, (holder, attr) in own.items():
+            if key in state_dict:
+                value = state_dict[key]
+                target = getattr(holder, attr) if not isinstance(holder, Parameter) else holder.data
+                if tuple(np.shape(value)) != tuple(target.shape):
+                    mismatched.append(f"{key}: checkpoint {tuple(np.shape(value))}, model {tuple(target.shape)}")
+        problems = []
+        if strict and missing:
+            problems.append("missing: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("unexpected: " + ", ".join(unexpected))
+        if mismatched:
+            problems.append("wrong shape: " + "; ".join(mismatched))
+        if problems:
+            raise ValueError(f"load_state_dict into {type(self).__name__}: the state does not fit the model\n  "
+                             + "\n  ".join(problems))
+        for key, (holder, attr) in own.items():
+            if key in state_dict:
+                _copy_into(holder, attr, state_dict[key])
+        return missing, unexpected
+
+    def _state_slots(self):
+        """(name, (holder, attribute)) for every parameter and buffer, in state_dict order."""
+        for name, p in self.named_parameters():
+            yield name, (p, "data")
+        for module_name, module in self.named_modules():
+            for b in module._buffers:
+                yield (f"{module_name}.{b}" if module_name else b), (module, b)
+
+    # ------------------------------------------------------------ dtype and device
+
+    def to(self, target):
+        """Convert floating parameters and buffers to a dtype (np.float32/np.float64) or move
+        everything to a device ('cpu' or 'cuda'). Returns self."""
+        if isinstance(target, str):
+            convert = backend.device_converter(target)
+        else:
+            dtype = np.dtype(target)
+            if dtype.kind != "f":
+                raise TypeError(f"{type(self).__name__}.to: expected a floating dtype or a device, got {target!r}")
+            convert = lambda a: a.astype(dtype) if a.dtype.kind == "f" else a  # noqa: E731
+        for p in self.parameters():
+            p.data = convert(p.data)
+            if p.grad is not None:
+                p.grad = convert(p.grad)
+        for m in self.modules():
+            for name, b in m._buffers.items():
+                m._buffers[name] = convert(b)
+        return self
+
+    def float(self):
+        return self.to(np.float32)
+
+    def double(self):
+        return self.to(np.float64)
+
+    # ------------------------------------------------------------ computing
+
+    def save_for_backward(self, output, **values):
+        """Keep what backward needs (unless inside no_grad), plus the output's shape and dtype
+        to check the incoming gradient against."""
+        saved = None
+        if _grad_enabled:
+            saved = SimpleNamespace(out_shape=output.shape, out_dtype=output.dtype, **values)
+        object.__setattr__(self, "_saved", saved)
+
+    def saved(self, dy):
+        """What forward saved, after checking that forward ran and that dy fits its output."""
+        saved = self.__dict__.get("_saved")
+        if saved is None:
+            raise RuntimeError(f"{self!r}: backward() called before forward() "
+                               "(or after a forward inside no_grad())")
+        check_grad(self, dy, saved.out_shape, saved.out_dtype)
+        return saved
+
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+    def backward(self, dy):
+        raise NotImplementedError(f"{type(self).__name__} does not define backward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # ------------------------------------------------------------ printing
+
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"({name}): " + repr(child).replace("\n", "\n  ") for name, child in self._modules.items()]
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not lines:
+            return head + ")"
+        return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+def _copy_into(holder, attr, value):
+    if isinstance(holder, Parameter):
+        target = holder.data
+    else:
+        target = holder._buffers[attr]
+    xp = backend.xp_for(target)
+    target[...] = xp.asarray(value).astype(target.dtype, copy=False)
+
+
+class Sequential(Module):
+    """Runs its children in order; backward runs them in reverse. Children are named '0', '1', ..."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], OrderedDict):
+            for name, layer in layers[0].items():
+                setattr(self, name, layer)
+        else:
+            for i, layer in enumerate(layers):
+                if not isinstance(layer, Module):
+                    raise TypeError(f"Sequential: argument {i} is {describe(layer)}, not a Module")
+                setattr(self, str(i), layer)
+
+    def append(self, layer):
+        setattr(self, str(len(self._modules)), layer)
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, i):
+        layers = list(self._modules.values())
+        if isinstance(i, slice):
+            return Sequential(*layers[i])
+        return layers[i]
+
+    def forward(self, x):
+        for layer in self._modules.values():
+            x = layer(x)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self._modules.values()):
+            dy = layer.backward(dy)
+        return dy

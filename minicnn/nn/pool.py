@@ -1,0 +1,79 @@
+"""Max and average pooling over KH x KW windows moved by a stride, optionally over padding.
+
+    x (N, C, H, W) -> y (N, C, OH, OW),  OH = (H + 2*PH - KH) // SH + 1
+Max pooling pads with -inf and remembers which pixel won each window (idx, flat kh*KW + kw);
+backward sends each gradient to that pixel, adding up where windows overlap.
+"""
+from .. import backend
+from ._checks import check_input, pair
+from .module import Module
+
+
+class _Pool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        name = f"{type(self).__name__}(kernel_size={kernel_size})"
+        self.kernel_size = pair(kernel_size, "kernel_size", name, 1)
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride", name, 1)
+        self.padding = pair(padding, "padding", name, 0)
+        if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"{name}: padding {self.padding} must be at most half the kernel size "
+                             f"{self.kernel_size} (as in torch)")
+
+    def _geometry(self, x):
+        check_input(self, x, "(N, C, H, W)", 4)
+        (KH, KW), (PH, PW) = self.kernel_size, self.padding
+        H, W = x.shape[2:]
+        if H + 2 * PH < KH or W + 2 * PW < KW:
+            raise ValueError(f"{self!r}: window {KH}x{KW} is larger than the padded input "
+                             f"{H + 2 * PH}x{W + 2 * PW} (input {H}x{W}, padding {PH}x{PW})")
+        return self.window
+
+    @property
+    def window(self):
+        """(KH, KW, SH, SW, PH, PW), the argument order of the pooling primitives."""
+        return (*self.kernel_size, *self.stride, *self.padding)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxPool2d(_Pool2d):
+    """Maximum of each window, as torch.nn.MaxPool2d (ceil_mode=False, dilation=1).
+
+    Args: kernel_size, stride (default: kernel_size), padding: an int or a pair.
+    Shape: (N, C, H, W) -> (N, C, OH, OW).
+    """
+
+    def forward(self, x):
+        geometry = self._geometry(x)
+        y, idx = backend.ops_for(x).maxpool2d_forward(x, *geometry)
+        self.save_for_backward(y, idx=idx, x_shape=x.shape)
+        return y
+
+    def backward(self, dy):
+        s = self.saved(dy)
+        return backend.ops_for(dy).maxpool2d_backward(dy, s.idx, s.x_shape, *self.window)
+
+
+class AvgPool2d(_Pool2d):
+    """Mean of each window, as torch.nn.AvgPool2d (ceil_mode=False).
+
+    Args: kernel_size, stride (default: kernel_size), padding, count_include_pad (divide by
+    KH*KW even where the window covers padding; torch's default).
+    Shape: (N, C, H, W) -> (N, C, OH, OW).
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+        super().__init__(kernel_size, stride, padding)
+        self.count_include_pad = bool(count_include_pad)
+
+    def forward(self, x):
+        geometry = self._geometry(x)
+        y, divisor = backend.ops_for(x).avgpool2d_forward(x, *geometry, self.count_include_pad)
+        self.save_for_backward(y, divisor=divisor, x_shape=x.shape)
+        return y
+
+    def backward(self, dy):
+        s = self.saved(dy)
+        return backend.ops_for(dy).avgpool2d_backward(dy, s.divisor, s.x_shape, *self.window)

@@ -1,0 +1,34 @@
+"""Stochastic gradient descent with momentum, dampening, weight decay and Nesterov, with
+torch.optim.SGD's update, in the same order of operations:
+
+    g = grad + weight_decay * p
+    buf = g                                  (first step)
+    buf = momentum * buf + (1 - dampening) * g
+    g = g + momentum * buf  (nesterov)   or   g = buf
+    p = p - lr * g
+"""
+from .optimizer import Optimizer
+
+
+class SGD(Optimizer):
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+        if momentum < 0:
+            raise ValueError(f"SGD: invalid momentum {momentum} (must be >= 0)")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: nesterov momentum requires momentum > 0 and dampening = 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov))
+
+    def _update(self, p, grad, group, state):
+        momentum, wd = group["momentum"], group["weight_decay"]
+        if wd:
+            grad = grad + wd * p.data
+        if momentum:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = grad.copy()
+            else:
+                buf *= momentum
+                buf += (1 - group["dampening"]) * grad
+            grad = grad + momentum * buf if group["nesterov"] else buf
+        p.data -= group["lr"] * grad
