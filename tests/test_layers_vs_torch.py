@@ -1,0 +1,220 @@
+"""Every layer against torch: forward, input gradient, parameter gradients and buffers, over
+grids of shapes, strides, paddings, channels, batch sizes (1 included), modes and both dtypes."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import minicnn.nn as nn
+from conftest import tolerance
+from torch_compare import assert_matches_torch
+
+rng = np.random.default_rng(0)
+
+
+def random_input(shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def tie_free_input(shape, dtype):
+    """A shuffled linspace: no two pixels equal, so max pooling has one winner per window."""
+    values = np.linspace(-3, 3, int(np.prod(shape)))
+    return rng.permutation(values).reshape(shape).astype(dtype)
+
+
+# ------------------------------------------------------------------ Conv2d: 54 geometries x 2 dtypes
+
+CONV_CASES = []
+for i, (kernel, stride, padding) in enumerate(itertools.product(
+        [1, 2, 3, 5, (2, 3), (3, 1)], [1, 2, 3], [0, 1, (2, 1)])):
+    c_in, c_out = [(1, 1), (3, 8), (16, 4), (2, 16), (5, 3)][i % 5]
+    batch = [1, 2, 3][i % 3]
+    H, W = [(7, 9), (8, 8), (11, 6), (5, 13)][i % 4]
+    CONV_CASES.append((kernel, stride, padding, c_in, c_out, batch, H, W, i % 4 != 3))
+
+
+@pytest.mark.parametrize("kernel,stride,padding,c_in,c_out,batch,H,W,bias", CONV_CASES)
+def test_conv2d(cpu_backend, dtype, kernel, stride, padding, c_in, c_out, batch, H, W, bias):
+    layer = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=bias).to(dtype)
+    ref = torch.nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=bias)
+    assert_matches_torch(layer, ref, random_input((batch, c_in, H, W), dtype), **tolerance(dtype))
+
+
+# ------------------------------------------------------------------ pooling: 60 geometries x 2 dtypes
+
+POOL_CASES = []
+for i, (kernel, stride, padding) in enumerate(itertools.product(
+        [1, 2, 3, (2, 3), (3, 2)], [None, 1, 2, 3], [0, 1, (1, 0)])):
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    if ph > kh // 2 or pw > kw // 2:
+        continue
+    batch, channels = [(1, 1), (2, 3), (3, 16)][i % 3]
+    H, W = [(7, 9), (8, 8), (6, 11)][i % 3]
+    POOL_CASES.append((kernel, stride, padding, batch, channels, H, W))
+
+
+@pytest.mark.parametrize("kernel,stride,padding,batch,channels,H,W", POOL_CASES)
+def test_maxpool2d(cpu_backend, dtype, kernel, stride, padding, batch, channels, H, W):
+    layer = nn.MaxPool2d(kernel, stride=stride, padding=padding)
+    ref = torch.nn.MaxPool2d(kernel, stride=stride, padding=padding)
+    assert_matches_torch(layer, ref, tie_free_input((batch, channels, H, W), dtype), **tolerance(dtype))
+
+
+@pytest.mark.parametrize("kernel,stride,padding,batch,channels,H,W", POOL_CASES)
+def test_avgpool2d(cpu_backend, dtype, kernel, stride, padding, batch, channels, H, W):
+    count_include_pad = batch != 2
+    layer = nn.AvgPool2d(kernel, stride=stride, padding=padding, count_include_pad=count_include_pad)
+    ref = torch.nn.AvgPool2d(kernel, stride=stride, padding=padding, count_include_pad=count_include_pad)
+    assert_matches_torch(layer, ref, random_input((batch, channels, H, W), dtype), **tolerance(dtype))
+
+
+def test_maxpool_overlapping_windows_accumulate(cpu_backend, dtype):
+    """k3 s1 and k3 s2 (AlexNet's pools): one pixel can win several windows."""
+    x = np.zeros((1, 1, 5, 5), dtype=dtype)
+    x[0, 0, 2, 2] = 1.0                      # the centre wins all nine 3x3 windows (stride 1)
+    x += tie_free_input(x.shape, dtype) * 1e-3
+    layer = nn.MaxPool2d(3, stride=1)
+    layer(x)
+    dx = layer.backward(np.ones((1, 1, 3, 3), dtype=dtype))
+    assert dx[0, 0, 2, 2] == 9 and dx.sum() == 9
+
+
+# ------------------------------------------------------------------ batch norm
+
+BN2D_CASES = list(itertools.product([1, 3, 16], [(1, 5, 4), (4, 3, 3), (2, 1, 7)], [True, False], [0.1, None]))
+
+
+@pytest.mark.parametrize("channels,shape,training,momentum", BN2D_CASES)
+def test_batchnorm2d(cpu_backend, dtype, channels, shape, training, momentum):
+    batch, H, W = shape
+    layer = nn.BatchNorm2d(channels, momentum=momentum).to(dtype)
+    ref = torch.nn.BatchNorm2d(channels, momentum=momentum)
+    _randomize_bn(layer, dtype)
+    layer.train(training)
+    x = random_input((batch, channels, H, W), dtype) * 2 + 0.5
+    assert_matches_torch(layer, ref, x, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("shape,training,affine", list(itertools.product([(2, 5), (8, 3), (3, 4, 6), (1, 2, 5)], [True, False], [True, False])))
+def test_batchnorm1d(cpu_backend, dtype, shape, training, affine):
+    layer = nn.BatchNorm1d(shape[1], affine=affine).to(dtype)
+    ref = torch.nn.BatchNorm1d(shape[1], affine=affine)
+    _randomize_bn(layer, dtype)
+    layer.train(training)
+    assert_matches_torch(layer, ref, random_input(shape, dtype), **tolerance(dtype))
+
+
+def test_batchnorm_running_stats_over_several_batches(cpu_backend, dtype):
+    layer, ref = nn.BatchNorm2d(3).to(dtype), torch.nn.BatchNorm2d(3).to(torch.float64 if dtype == np.float64 else torch.float32)
+    for _ in range(4):
+        x = random_input((4, 3, 5, 5), dtype) * 3 + 1
+        layer(x)
+        ref(torch.from_numpy(x))
+    for name, value in ref.state_dict().items():
+        np.testing.assert_allclose(layer.state_dict()[name], value.numpy(), **tolerance(dtype))
+    assert int(layer.num_batches_tracked) == 4
+
+
+def _randomize_bn(layer, dtype):
+    c = layer.num_features
+    if layer.affine:
+        layer.weight.data[...] = rng.uniform(0.5, 1.5, c)
+        layer.bias.data[...] = rng.standard_normal(c)
+    layer.running_mean[...] = rng.standard_normal(c)
+    layer.running_var[...] = rng.uniform(0.5, 2, c)
+
+
+# ------------------------------------------------------------------ activations, linear, flatten
+
+ACTIVATIONS = [(nn.ReLU, torch.nn.ReLU, {}), (nn.LeakyReLU, torch.nn.LeakyReLU, {"negative_slope": 0.2}),
+               (nn.Sigmoid, torch.nn.Sigmoid, {}), (nn.Tanh, torch.nn.Tanh, {})]
+
+
+@pytest.mark.parametrize("ours,theirs,kwargs", ACTIVATIONS, ids=lambda v: getattr(v, "__name__", ""))
+@pytest.mark.parametrize("shape", [(1, 5), (3, 4, 5, 6), (2, 7)])
+def test_activation(cpu_backend, dtype, ours, theirs, kwargs, shape):
+    x = random_input(shape, dtype) * 4
+    assert_matches_torch(ours(**kwargs), theirs(**kwargs), x, **tolerance(dtype))
+
+
+def test_sigmoid_extreme_inputs_do_not_overflow(dtype):
+    x = np.array([[-1e4, -50, 0, 50, 1e4]], dtype=dtype)
+    with np.errstate(over="raise"):
+        y = nn.Sigmoid()(x)
+    np.testing.assert_allclose(y, torch.sigmoid(torch.from_numpy(x)).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("in_f,out_f,shape,bias", [
+    (1, 1, (1, 1), True), (5, 3, (4, 5), True), (16, 7, (1, 16), False), (9, 12, (2, 3, 9), True),
+    (400, 120, (3, 400), True), (3, 10, (8, 3), False)])
+def test_linear(cpu_backend, dtype, in_f, out_f, shape, bias):
+    layer = nn.Linear(in_f, out_f, bias=bias).to(dtype)
+    assert_matches_torch(layer, torch.nn.Linear(in_f, out_f, bias=bias), random_input(shape, dtype), **tolerance(dtype))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 4, 5), (2, 7), (3, 2, 2)])
+def test_flatten(cpu_backend, dtype, shape):
+    assert_matches_torch(nn.Flatten(), torch.nn.Flatten(), random_input(shape, dtype), **tolerance(dtype))
+
+
+# ------------------------------------------------------------------ dropout
+
+def test_dropout_matches_torch_given_the_same_mask(dtype):
+    layer = nn.Dropout(0.3)
+    x = random_input((64, 50), dtype)
+    y = layer(x)
+    mask = layer._saved.mask
+    assert mask.dtype == dtype and set(np.unique(mask)) <= {0, dtype(1 / 0.7)}
+    kept = (mask != 0)
+    xt = torch.from_numpy(x).requires_grad_()
+    yt = xt * torch.from_numpy(kept.astype(dtype)) / (1 - 0.3)      # torch's formula with our mask
+    np.testing.assert_allclose(y, yt.detach().numpy(), **tolerance(dtype))
+    dy = random_input(x.shape, dtype)
+    yt.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(layer.backward(dy), xt.grad.numpy(), **tolerance(dtype))
+    assert abs(kept.mean() - 0.7) < 0.03
+
+
+def test_dropout_is_identity_in_eval_and_reproducible_with_a_seed(dtype):
+    x = random_input((10, 10), dtype)
+    layer = nn.Dropout(0.5).eval()
+    assert np.array_equal(layer(x), x)
+    a, b = nn.Dropout(0.5, seed=7), nn.Dropout(0.5, seed=7)
+    assert np.array_equal(a(x), b(x))
+    assert not np.array_equal(a(x), nn.Dropout(0.5, seed=8)(x))
+
+
+# ------------------------------------------------------------------ cross-entropy
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5])
+@pytest.mark.parametrize("N,K", [(1, 2), (5, 10), (16, 3)])
+def test_cross_entropy(cpu_backend, dtype, reduction, smoothing, N, K):
+    logits = random_input((N, K), dtype) * 3
+    labels = rng.integers(0, K, N)
+    loss_fn = nn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing)
+    ref = torch.nn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing)
+    lt = torch.from_numpy(logits).requires_grad_()
+    loss_t = ref(lt, torch.from_numpy(labels))
+    loss = loss_fn(logits, labels)
+    np.testing.assert_allclose(loss, loss_t.detach().numpy(), **tolerance(dtype))
+    assert np.asarray(loss).dtype == dtype
+    dloss = None if reduction != "none" else random_input((N,), dtype)
+    loss_t.backward(None if dloss is None else torch.from_numpy(dloss))
+    dlogits = loss_fn.backward(dloss)
+    assert dlogits.dtype == dtype
+    np.testing.assert_allclose(dlogits, lt.grad.numpy(), **tolerance(dtype))
+
+
+def test_cross_entropy_is_stable_for_huge_logits(dtype):
+    logits = np.array([[1e4, 0, -1e4], [-1e4, 1e4, 1e4]], dtype=dtype)
+    labels = np.array([0, 2])
+    loss_fn = nn.CrossEntropyLoss()
+    with np.errstate(over="raise", invalid="raise"):
+        loss = loss_fn(logits, labels)
+        grad = loss_fn.backward()
+    ref = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
+    np.testing.assert_allclose(loss, ref.numpy(), rtol=1e-6, atol=1e-6)
+    assert np.isfinite(grad).all()

@@ -1,0 +1,53 @@
+"""One helper that runs a minicnn layer and its torch twin on the same input and compares
+output, input gradient, every parameter gradient and every buffer, with shapes and dtypes."""
+import numpy as np
+import torch
+
+TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+
+
+def to_torch(a, requires_grad=False):
+    t = torch.from_numpy(np.array(a, copy=True))
+    return t.requires_grad_() if requires_grad else t
+
+
+def copy_state_to_torch(layer, torch_layer):
+    """Load the minicnn layer's state_dict into the torch module (same names and shapes)."""
+    state = {k: to_torch(v) for k, v in layer.state_dict().items()}
+    torch_layer.load_state_dict(state, strict=True)
+
+
+def assert_close(ours, theirs, rtol, atol, what):
+    theirs = theirs.detach().numpy() if isinstance(theirs, torch.Tensor) else np.asarray(theirs)
+    assert ours.shape == theirs.shape, f"{what}: shape {ours.shape} != torch {theirs.shape}"
+    assert ours.dtype == theirs.dtype, f"{what}: dtype {ours.dtype} != torch {theirs.dtype}"
+    np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=atol, err_msg=what)
+
+
+def assert_matches_torch(layer, torch_layer, x, rtol, atol, dy=None, seed=0):
+    """Forward and backward through both; returns (y, dx) of minicnn for further checks."""
+    torch_layer = torch_layer.to(TORCH_DTYPES[x.dtype])
+    copy_state_to_torch(layer, torch_layer)
+    torch_layer.train(layer.training)
+
+    y = layer(x)
+    xt = to_torch(x, requires_grad=True)
+    yt = torch_layer(xt)
+    assert_close(y, yt, rtol, atol, f"{layer!r} forward")
+
+    if dy is None:
+        dy = np.random.default_rng(seed).standard_normal(y.shape).astype(x.dtype)
+    layer.zero_grad()
+    dx = layer.backward(dy)
+    yt.backward(to_torch(dy))
+    assert_close(dx, xt.grad, rtol, atol, f"{layer!r} input gradient")
+
+    theirs = dict(torch_layer.named_parameters())
+    ours = dict(layer.named_parameters())
+    assert ours.keys() == theirs.keys()
+    for name, p in ours.items():
+        assert_close(p.grad, theirs[name].grad, rtol, atol, f"{layer!r} gradient of {name}")
+    torch_buffers = dict(torch_layer.named_buffers())
+    for name, b in layer.named_buffers():
+        assert_close(np.asarray(b), torch_buffers[name], rtol, atol, f"{layer!r} buffer {name}")
+    return y, dx
