@@ -29,22 +29,25 @@ def _load(name):
             _loaded[name] = importlib.import_module(f"{__name__}.{module}")
         except ImportError as err:
             hint = {"numba": "pip install numba", "cupy": "pip install 'minicnn[cuda]'"}.get(name, "")
-            _loaded[name] = ImportError(f"minicnn backend {name!r} is not available ({err}); {hint}")
-    if isinstance(_loaded[name], ImportError):
-        raise _loaded[name]
+            _loaded[name] = f"minicnn backend {name!r} is not available ({err}); {hint}"
+    if isinstance(_loaded[name], str):
+        # a fresh exception each time: re-raising one stored instance would chain every
+        # traceback (and the arrays in its frames) onto it
+        raise ImportError(_loaded[name])
     return _loaded[name]
+
+
+def _available(name):
+    try:
+        _load(name)
+        return True
+    except ImportError:
+        return False
 
 
 def available_backends():
     """Names of the backends that import on this machine, e.g. ['numpy', 'numba']."""
-    names = []
-    for name in ("numpy", "numba", "cupy"):
-        try:
-            _load(name)
-            names.append(name)
-        except ImportError:
-            pass
-    return names
+    return [name for name in ("numpy", "numba", "cupy") if _available(name)]
 
 
 def set_backend(name):
@@ -65,11 +68,7 @@ def get_backend():
     """Name of the backend used for NumPy arrays right now."""
     if _forced is not None:
         return _forced
-    try:
-        _load("numba")
-        return "numba"
-    except ImportError:
-        return "numpy"
+    return "numba" if _available("numba") else "numpy"
 
 
 class use_backend:

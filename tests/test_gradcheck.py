@@ -1,0 +1,75 @@
+"""Float64 central-difference gradient checks of every layer and of the small models."""
+import numpy as np
+import pytest
+
+import minicnn as mc
+import minicnn.nn as nn
+
+rng = np.random.default_rng(1)
+LAYERS = [
+    ("conv k3 s1 p1", lambda: nn.Conv2d(2, 3, 3, padding=1), (2, 2, 6, 5)),
+    ("conv k(2,3) s2 p(1,0)", lambda: nn.Conv2d(3, 2, (2, 3), stride=2, padding=(1, 0)), (1, 3, 7, 8)),
+    ("conv no bias", lambda: nn.Conv2d(1, 2, 5, stride=3, padding=2, bias=False), (2, 1, 9, 9)),
+    ("maxpool k2", lambda: nn.MaxPool2d(2), (2, 3, 6, 6)),
+    ("maxpool k3 s1 p1", lambda: nn.MaxPool2d(3, 1, 1), (1, 2, 5, 6)),
+    ("maxpool k3 s2", lambda: nn.MaxPool2d(3, 2), (2, 1, 7, 7)),
+    ("avgpool k2", lambda: nn.AvgPool2d(2), (2, 2, 4, 6)),
+    ("avgpool k3 s2 p1 excl", lambda: nn.AvgPool2d(3, 2, 1, count_include_pad=False), (1, 2, 7, 5)),
+    ("batchnorm2d train", lambda: nn.BatchNorm2d(3), (4, 3, 3, 3)),
+    ("batchnorm2d eval", lambda: nn.BatchNorm2d(3).eval(), (2, 3, 3, 3)),
+    ("batchnorm1d train", lambda: nn.BatchNorm1d(5), (6, 5)),
+    ("relu", nn.ReLU, (3, 7)),
+    ("leakyrelu", lambda: nn.LeakyReLU(0.1), (3, 7)),
+    ("sigmoid", nn.Sigmoid, (3, 7)),
+    ("tanh", nn.Tanh, (3, 7)),
+    ("linear", lambda: nn.Linear(6, 4), (3, 6)),
+    ("flatten", nn.Flatten, (2, 3, 2, 2)),
+    ("dropout", lambda: nn.Dropout(0.4), (4, 6)),
+    ("tinybnnet", mc.models.TinyBNNet, (2, 1, 28, 28)),
+    ("lenet", mc.models.LeNet, (2, 1, 28, 28)),
+]
+
+
+def tie_free(shape):
+    n = int(np.prod(shape))
+    return rng.permutation(np.linspace(-2, 2, n) + 0.37 / n).reshape(shape)   # no exact 0: ReLU kink
+
+
+@pytest.mark.parametrize("name,make,shape", LAYERS, ids=[layer[0] for layer in LAYERS])
+def test_layer_gradients_match_central_differences(name, make, shape):
+    x = tie_free(shape)
+    errors = mc.gradcheck(make(), x, max_entries=60)
+    assert set(errors) >= {"input"}
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_gradcheck_detects_a_wrong_backward():
+    class WrongReLU(nn.ReLU):
+        def backward(self, dy):
+            return super().backward(dy) * 1.01
+    errors = mc.gradcheck(WrongReLU(), tie_free((3, 4)))
+    assert errors["input"] > 1e-3
+
+
+def test_gradcheck_leaves_the_module_untouched():
+    layer = nn.BatchNorm2d(2)
+    before = {k: v.copy() for k, v in layer.state_dict().items()}
+    mc.gradcheck(layer, tie_free((3, 2, 2, 2)))
+    for k, v in layer.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    assert layer.weight.dtype == np.float32
+
+
+def test_cross_entropy_gradient_numerically():
+    logits = rng.standard_normal((4, 5))
+    labels = np.array([0, 4, 2, 2])
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    loss_fn(logits, labels)
+    analytic = loss_fn.backward()
+    numeric = np.zeros_like(logits)
+    for idx in np.ndindex(logits.shape):
+        for sign in (1, -1):
+            shifted = logits.copy()
+            shifted[idx] += sign * 1e-6
+            numeric[idx] += sign * float(nn.CrossEntropyLoss(label_smoothing=0.1)(shifted, labels)) / 2e-6
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)

@@ -1,0 +1,76 @@
+"""The backend primitives on their own: a naive loop reference for convolution, the adjoint
+identity of im2col/col2im, and agreement of every CPU backend with the NumPy reference."""
+import itertools
+
+import numpy as np
+import pytest
+
+from minicnn import backend
+from minicnn.backend import numpy_ops
+
+rng = np.random.default_rng(2)
+GEOMETRIES = list(itertools.product([1, 2, 3], [1, 3], [1, 2], [0, 1]))     # KH, KW, stride, padding
+
+
+def naive_conv(x, w, stride, pad):
+    """Seven nested loops: the definition of cross-correlation, kept as the slow reference."""
+    N, C, H, W = x.shape
+    OC, _, KH, KW = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    OH, OW = (H + 2 * pad - KH) // stride + 1, (W + 2 * pad - KW) // stride + 1
+    y = np.zeros((N, OC, OH, OW))
+    for n, o, i, j in itertools.product(range(N), range(OC), range(OH), range(OW)):
+        for c, u, v in itertools.product(range(C), range(KH), range(KW)):
+            y[n, o, i, j] += w[o, c, u, v] * xp[n, c, i * stride + u, j * stride + v]
+    return y
+
+
+@pytest.mark.parametrize("KH,KW,S,P", GEOMETRIES)
+def test_im2col_gemm_equals_naive_convolution(cpu_backend, KH, KW, S, P):
+    x = rng.standard_normal((2, 3, 6, 7))
+    w = rng.standard_normal((4, 3, KH, KW))
+    ops = backend.ops_for(x)
+    col = ops.im2col(x, KH, KW, S, S, P, P)
+    OH, OW = ops.output_size(6, KH, S, P), ops.output_size(7, KW, S, P)
+    y = (col @ w.reshape(4, -1).T).reshape(2, OH, OW, 4).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(y, naive_conv(x, w, S, P), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("KH,KW,S,P", GEOMETRIES)
+def test_col2im_is_the_adjoint_of_im2col(cpu_backend, KH, KW, S, P):
+    x = rng.standard_normal((2, 3, 6, 7))
+    ops = backend.ops_for(x)
+    col = ops.im2col(x, KH, KW, S, S, P, P)
+    c = rng.standard_normal(col.shape)
+    lhs = np.sum(col * c)
+    rhs = np.sum(x * ops.col2im(c, x.shape, KH, KW, S, S, P, P))
+    assert lhs == pytest.approx(rhs, rel=1e-12)
+
+
+@pytest.mark.parametrize("KH,KW,S,P", GEOMETRIES)
+def test_backends_agree_with_the_numpy_reference(cpu_backend, KH, KW, S, P, dtype):
+    x = rng.permutation(np.linspace(-1, 1, 2 * 3 * 6 * 7)).reshape(2, 3, 6, 7).astype(dtype)
+    ops, ref = backend.ops_for(x), numpy_ops
+    args = (KH, KW, S, S, P, P)
+    np.testing.assert_array_equal(ops.im2col(x, *args), ref.im2col(x, *args))
+    col = rng.standard_normal(ref.im2col(x, *args).shape).astype(dtype)
+    np.testing.assert_allclose(ops.col2im(col, x.shape, *args), ref.col2im(col, x.shape, *args), rtol=1e-6)
+    if P <= min(KH, KW) // 2:
+        y, idx = ops.maxpool2d_forward(x, *args)
+        y_ref, idx_ref = ref.maxpool2d_forward(x, *args)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(idx, idx_ref)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        np.testing.assert_allclose(ops.maxpool2d_backward(dy, idx, x.shape, *args),
+                                   ref.maxpool2d_backward(dy, idx_ref, x.shape, *args), rtol=1e-6)
+
+
+def test_backend_switch():
+    previous = backend.set_backend("numpy")
+    try:
+        assert backend.get_backend() == "numpy"
+        assert backend.ops_for(np.zeros(1)).name == "numpy"
+        with pytest.raises(ValueError, match="expected one of"):
+            backend.set_backend("tpu")
+    finally:
+        backend.set_backend(previous)
