@@ -1,0 +1,323 @@
+"""The ``minicnn`` command: train, evaluate, predict, gradcheck, info.
+
+    minicnn train --model lenet --dataset mnist --epochs 3
+Errors in what the user typed (unknown names, missing files, bad values) print one line and
+exit with status 2; no traceback.
+"""
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+STATS = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
+DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def build_parser():
+    parser = Parser(prog="minicnn", description="Train and inspect CNNs written from scratch.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    t = sub.add_parser("train", help="train a model on MNIST or Fashion-MNIST")
+    t.add_argument("--model", default="lenet", help="lenet, convnet, mnistcnn, tinybnnet, alexnetmnist")
+    t.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist")
+    t.add_argument("--epochs", type=positive_int, default=3)
+    t.add_argument("--batch-size", type=positive_int, default=64)
+    t.add_argument("--optimizer", default="sgd", help="sgd (momentum 0.9), adam or adamw")
+    t.add_argument("--lr", type=positive_float, default=None, help="default: 0.05 for sgd, 1e-3 for adam")
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--scheduler", default="cosine", help="cosine, step or none")
+    t.add_argument("--augment", action="store_true", help="random shifts of up to 2 pixels")
+    t.add_argument("--val-split", type=float, default=0.0, help="fraction of the training set held out")
+    t.add_argument("--train-limit", type=positive_int, default=None, help="use only the first N training images")
+    t.add_argument("--test-limit", type=positive_int, default=None, help="use only the first N test images")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--every", type=positive_int, default=1, help="checkpoint every N epochs")
+    t.add_argument("--resume", default=None, help="continue from a checkpoint written by an earlier run")
+    t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.add_argument("--data", default=None, help="folder holding the dataset files")
+    t.add_argument("--out", default=None, help="run folder (default runs/MODEL-DATASET-TIME)")
+
+    e = sub.add_parser("evaluate", help="test accuracy of a run folder or checkpoint")
+    e.add_argument("checkpoint")
+    e.add_argument("--data", default=None)
+
+    p = sub.add_parser("predict", help="classify images and write id,label CSV")
+    p.add_argument("checkpoint")
+    p.add_argument("images", help="an IDX image file (.gz or raw), a .npy array (N, 28, 28) or (N, 1, 28, 28), or a folder of PNG/JPEG images")
+    p.add_argument("--csv", default=None, help="output CSV (default: print to stdout)")
+
+    g = sub.add_parser("gradcheck", help="numerical gradient check of the layers or of a model")
+    g.add_argument("--model", default=None)
+    g.add_argument("--entries", type=positive_int, default=10)
+
+    sub.add_parser("info", help="versions, backends and devices")
+    return parser
+
+
+# ------------------------------------------------------------------ train
+
+def cmd_train(args):
+    import minicnn as mc
+    from minicnn import data, plot, train
+
+    model_name, dataset_name = args.model.lower(), args.dataset.lower().replace("_", "-")
+    model = mc.models.get_model(model_name)
+    if getattr(model, "input_shape", None) != (1, 28, 28):
+        raise ValueError(f"model {args.model!r} expects {model.input_shape} images, not {dataset_name}'s (1, 28, 28)")
+    if dataset_name not in STATS:
+        raise ValueError(f"unknown dataset {args.dataset!r}; choose mnist or fashion-mnist")
+    if args.optimizer.lower() not in DEFAULT_LR:
+        raise ValueError(f"unknown optimizer {args.optimizer!r}; choose sgd, adam or adamw")
+    if args.scheduler.lower() not in ("cosine", "step", "none"):
+        raise ValueError(f"unknown scheduler {args.scheduler!r}; choose cosine, step or none")
+    if not 0 <= args.val_split < 1:
+        raise ValueError(f"--val-split must be in [0, 1), got {args.val_split}")
+    out = args.out or os.path.join("runs", f"{model_name}-{dataset_name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+
+    mc.manual_seed(args.seed)
+    model = mc.models.get_model(model_name)                 # rebuilt after seeding: reproducible weights
+    if args.device != "cpu":
+        model.to(args.device)
+    train_set = data.get_dataset(dataset_name, root=args.data, train=True)
+    test_set = data.get_dataset(dataset_name, root=args.data, train=False)
+    if args.train_limit:
+        train_set = data.Subset(train_set, np.arange(min(args.train_limit, len(train_set))))
+    if args.test_limit:
+        test_set = data.Subset(test_set, np.arange(min(args.test_limit, len(test_set))))
+    val_set = None
+    if args.val_split:
+        n_val = int(len(train_set) * args.val_split)
+        train_set, val_set = data.random_split(train_set, [len(train_set) - n_val, n_val], seed=args.seed)
+    mean, std = STATS[dataset_name]
+    normalize = data.Compose([data.ToFloat(), data.Normalize(mean, std)])
+    train_tf = data.Compose([data.RandomCrop(28, padding=2), normalize]) if args.augment else normalize
+    loader = data.DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed, transform=train_tf, device=args.device)
+    test_loader = data.DataLoader(test_set, 1000, transform=normalize, device=args.device)
+    val_loader = data.DataLoader(val_set, 1000, transform=normalize, device=args.device) if val_set else test_loader
+
+    lr = args.lr or DEFAULT_LR[args.optimizer.lower()]
+    if args.optimizer.lower() == "sgd":
+        opt = mc.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
+    else:
+        cls = mc.optim.Adam if args.optimizer.lower() == "adam" else mc.optim.AdamW
+        opt = cls(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    scheduler = {"cosine": lambda: mc.optim.CosineAnnealingLR(opt, args.epochs),
+                 "step": lambda: mc.optim.StepLR(opt, max(1, args.epochs // 3), 0.1),
+                 "none": lambda: None}[args.scheduler.lower()]()
+
+    print(f"minicnn {mc.__version__}: training {type(model).__name__} ({model.num_parameters():,} parameters) on "
+          f"{dataset_name} ({len(train_set):,} train / {len(test_set):,} test images), {args.optimizer} lr {lr:g}, "
+          f"batch {args.batch_size}, {args.epochs} epochs, backend {mc.backend.get_backend() if args.device == 'cpu' else 'cupy'}")
+    started = time.perf_counter()
+    history = train.fit(model, mc.nn.CrossEntropyLoss(), opt, loader, args.epochs, val_loader=val_loader,
+                        scheduler=scheduler, checkpoint_dir=os.path.join(out, "checkpoints"), every=args.every,
+                        resume=args.resume)
+    wall = time.perf_counter() - started
+    test = train.evaluate(model, test_loader, mc.nn.CrossEntropyLoss())
+
+    meta = {"model": model_name, "dataset": dataset_name, "normalize": [mean, std],
+            "classes": list(train_set.classes), "test_accuracy": test["accuracy"], "epochs": args.epochs}
+    mc.save({"model": model.to("cpu").state_dict(), "meta": meta}, os.path.join(out, "model.npz"))
+    history.to_json(os.path.join(out, "history.json"))
+    history.to_csv(os.path.join(out, "history.csv"))
+    _write_plots(model, test_set, normalize, history, out, meta)
+    print(f"test accuracy {test['accuracy']:.2%} (loss {test['loss']:.4f}) after {args.epochs} epochs in {wall:.1f}s; "
+          f"run folder {out}")
+    return 0
+
+
+def _write_plots(model, test_set, normalize, history, out, meta):
+    from minicnn import plot, train
+    x = normalize(test_set.data)
+    _, predicted = train.predict(model, x)
+    classes = meta["classes"]
+    cm = train.confusion_matrix(test_set.targets, predicted, len(classes))
+    plot.learning_curves(history, os.path.join(out, "curves.png"), title=f"{meta['model']} on {meta['dataset']}")
+    plot.loss_accuracy_chart(history, os.path.join(out, "loss_accuracy.png"))
+    plot.confusion_matrix_plot(cm, classes, os.path.join(out, "confusion.png"))
+    wrong = [i for i in np.flatnonzero(predicted != test_set.targets) if i >= 16][:8]
+    picks = np.concatenate([np.arange(24 - len(wrong)), wrong]).astype(np.int64)
+    plot.predictions_grid(test_set.data[picks], test_set.targets[picks], predicted[picks], classes,
+                          os.path.join(out, "predictions.png"))
+    first_conv = next(m for m in model.modules() if type(m).__name__ == "Conv2d")
+    plot.filters(first_conv.weight.data, os.path.join(out, "filters.png"))
+
+
+# ------------------------------------------------------------------ evaluate / predict
+
+def _load_run(path):
+    import minicnn as mc
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.npz")
+    state = mc.load(path)
+    if not isinstance(state, dict) or "model" not in state or "meta" not in state:
+        raise ValueError(f"{path}: not a model checkpoint written by 'minicnn train' (no 'model' and 'meta')")
+    meta = state["meta"]
+    model = mc.models.get_model(meta["model"])
+    model.load_state_dict(state["model"])
+    return model, meta
+
+
+def cmd_evaluate(args):
+    import minicnn as mc
+    from minicnn import data, train
+    model, meta = _load_run(args.checkpoint)
+    test_set = data.get_dataset(meta["dataset"], root=args.data, train=False)
+    normalize = data.Compose([data.ToFloat(), data.Normalize(*meta["normalize"])])
+    result = train.evaluate(model, data.DataLoader(test_set, 1000, transform=normalize), mc.nn.CrossEntropyLoss())
+    print(f"{meta['model']} on {meta['dataset']} test set ({len(test_set):,} images): "
+          f"accuracy {result['accuracy']:.2%}, loss {result['loss']:.4f}")
+    return 0
+
+
+def _read_images(path):
+    from minicnn import data
+    if os.path.isdir(path):
+        folder = sorted(f for f in os.listdir(path) if f.lower().endswith(data.folder.EXTENSIONS))
+        if not folder:
+            raise FileNotFoundError(f"{path}: no PNG/JPEG images in the folder")
+        from PIL import Image
+        images = []
+        for name in folder:
+            with Image.open(os.path.join(path, name)) as im:
+                images.append(np.asarray(im.convert("L").resize((28, 28))))
+        return np.stack(images)[:, None], [os.path.splitext(f)[0] for f in folder]
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if path.endswith(".npy"):
+        images = np.load(path, allow_pickle=False)
+    else:
+        images = data.read_idx(path, expected_ndim=3)
+    if images.ndim == 3:
+        images = images[:, None]
+    if images.ndim != 4 or images.shape[1:] != (1, 28, 28):
+        raise ValueError(f"{path}: expected images (N, 28, 28) or (N, 1, 28, 28), got {images.shape}")
+    return images, [str(i + 1) for i in range(len(images))]
+
+
+def cmd_predict(args):
+    from minicnn import data, train
+    model, meta = _load_run(args.checkpoint)
+    images, ids = _read_images(args.images)
+    x = data.Compose([data.ToFloat(), data.Normalize(*meta["normalize"])])(images)
+    _, classes = train.predict(model, x)
+    lines = ["id,label"] + [f"{i},{c}" for i, c in zip(ids, classes)]
+    text = "\n".join(lines) + "\n"
+    if args.csv:
+        from minicnn.checkpoint import atomic_write_bytes
+        atomic_write_bytes(args.csv, text.encode())
+        print(f"wrote {len(ids)} predictions to {args.csv}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# ------------------------------------------------------------------ gradcheck / info
+
+def cmd_gradcheck(args):
+    import minicnn as mc
+    rows = []
+    if args.model:
+        model = mc.models.get_model(args.model)
+        rows.append((type(model).__name__, model, (2,) + model.input_shape))
+    else:
+        nn = mc.nn
+        rows += [("Conv2d(2, 3, k3, p1)", nn.Conv2d(2, 3, 3, padding=1), (2, 2, 6, 5)),
+                 ("MaxPool2d(3, s2)", nn.MaxPool2d(3, 2), (2, 1, 7, 7)),
+                 ("AvgPool2d(2)", nn.AvgPool2d(2), (2, 2, 4, 6)),
+                 ("BatchNorm2d(3)", nn.BatchNorm2d(3), (4, 3, 3, 3)),
+                 ("Linear(6, 4)", nn.Linear(6, 4), (3, 6)), ("ReLU", nn.ReLU(), (3, 7)),
+                 ("Sigmoid", nn.Sigmoid(), (3, 7)), ("Tanh", nn.Tanh(), (3, 7)), ("Dropout(0.4)", nn.Dropout(0.4), (4, 6))]
+    rng = np.random.default_rng(0)
+    failed = 0
+    print(f"{'layer or model':<24} {'max rel. error':>14}  result")
+    for name, module, shape in rows:
+        n = int(np.prod(shape))
+        x = rng.permutation(np.linspace(-2, 2, n) + 0.37 / n).reshape(shape)
+        worst = max(mc.gradcheck(module, x, max_entries=args.entries).values())
+        failed += worst >= 1e-6
+        print(f"{name:<24} {worst:>14.1e}  {'pass' if worst < 1e-6 else 'FAIL'}")
+    return 1 if failed else 0
+
+
+def cmd_info(args):
+    import minicnn as mc
+    print(f"minicnn {mc.__version__}  (python {platform.python_version()}, {platform.platform()})")
+    for name in ("numpy", "numba", "matplotlib", "tqdm", "PIL", "torch", "cupy"):
+        try:
+            module = __import__(name)
+            print(f"  {name:<10} {getattr(module, '__version__', '?')}")
+        except Exception:
+            print(f"  {name:<10} not installed")
+    print(f"backends available: {', '.join(mc.backend.available_backends())}; CPU default: {mc.backend.get_backend()}")
+    cpu = _cpu_model()
+    print(f"CPU: {cpu}, {os.cpu_count()} logical cores")
+    try:
+        import cupy
+        for i in range(cupy.cuda.runtime.getDeviceCount()):
+            props = cupy.cuda.runtime.getDeviceProperties(i)
+            print(f"GPU {i}: {props['name'].decode()}, {props['totalGlobalMem'] / 2**30:.0f} GiB")
+    except Exception as err:
+        print(f"GPU: none usable ({type(err).__name__})")
+    return 0
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "gradcheck": cmd_gradcheck,
+            "info": cmd_info}
+
+
+def main(argv=None):
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UsageError as err:
+        print(f"minicnn: error: {err} (see minicnn --help)", file=sys.stderr)
+    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError) as err:
+        message = str(err).strip().replace("\n", " ")
+        print(f"minicnn: error: {message}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("minicnn: interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

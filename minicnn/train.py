@@ -1,0 +1,209 @@
+"""Training glue: fit, evaluate, predict, confusion_matrix and the History they record.
+
+fit() runs the user's training step (forward, loss, zero_grad, backward, step) over a DataLoader
+for some epochs, evaluates on a validation loader, steps a scheduler, and every ``every`` epochs
+writes a checkpoint holding everything needed to continue bit for bit: model, optimizer,
+scheduler, epoch, history, and the states of minicnn's generator and the loader's shuffler.
+"""
+import csv
+import io
+import json
+import os
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import backend, random
+from .checkpoint import atomic_write_bytes, load, save
+from .nn.module import no_grad
+
+COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds", "images_per_second"]
+
+
+class History:
+    """Per-epoch records; ``history.train_loss`` etc. give a column as a list."""
+
+    def __init__(self, rows=None):
+        self.rows = [dict(r) for r in rows or []]
+
+    def append(self, **row):
+        self.rows.append(row)
+
+    def __getattr__(self, column):
+        if column in COLUMNS:
+            return [r.get(column) for r in self.rows]
+        raise AttributeError(column)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def best(self, column="val_accuracy"):
+        values = [v for v in getattr(self, column) if v is not None]
+        return max(values) if values else None
+
+    def to_json(self, path):
+        atomic_write_bytes(path, json.dumps(self.rows, indent=1).encode())
+
+    def to_csv(self, path):
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: r.get(k) for k in COLUMNS} for r in self.rows)
+        atomic_write_bytes(path, out.getvalue().encode())
+
+    @classmethod
+    def from_json(cls, path):
+        with open(path) as f:
+            return cls(json.load(f))
+
+
+def _to_numpy(a):
+    return a.get() if backend.is_cupy_array(a) else np.asarray(a)
+
+
+def evaluate(model, loader, loss_fn=None):
+    """Mean loss (if loss_fn is given) and accuracy over a loader, in eval mode without caching.
+    Returns {'loss': float or None, 'accuracy': float}; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    try:
+        with no_grad():
+            for x, y in loader:
+                logits = model(x)
+                if loss_fn is not None:
+                    total_loss += float(loss_fn(logits, y)) * len(y)
+                correct += int((_to_numpy(logits.argmax(axis=1)) == _to_numpy(y)).sum())
+                count += len(y)
+    finally:
+        model.train(was_training)
+    return {"loss": total_loss / count if loss_fn is not None else None, "accuracy": correct / count}
+
+
+def predict(model, x, batch_size=1000):
+    """Class probabilities (N, K) and predicted classes (N,) for images x (N, C, H, W)."""
+    was_training = model.training
+    model.eval()
+    probs = []
+    try:
+        with no_grad():
+            for start in range(0, len(x), batch_size):
+                logits = model(x[start:start + batch_size])
+                shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+                probs.append(_to_numpy(shifted / shifted.sum(axis=1, keepdims=True)))
+    finally:
+        model.train(was_training)
+    probs = np.concatenate(probs)
+    return probs, probs.argmax(axis=1)
+
+
+def confusion_matrix(y_true, y_pred, n_classes):
+    """(K, K) counts: row = true class, column = predicted class."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"confusion_matrix: {y_true.shape} true labels but {y_pred.shape} predictions")
+    if len(y_true) and (min(y_true.min(), y_pred.min()) < 0 or max(y_true.max(), y_pred.max()) >= n_classes):
+        raise ValueError(f"confusion_matrix: labels must be in [0, {n_classes})")
+    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def _train_epoch(model, loss_fn, optimizer, loader, bar):
+    model.train()
+    total_loss, correct, count = 0.0, 0, 0
+    for x, y in loader:
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        optimizer.zero_grad()
+        model.backward(loss_fn.backward())
+        optimizer.step()
+        loss = float(loss)
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"fit: the training loss became {loss}; lower the learning rate")
+        total_loss += loss * len(y)
+        correct += int((_to_numpy(logits.argmax(axis=1)) == _to_numpy(y)).sum())
+        count += len(y)
+        bar.update(len(y))
+        bar.set_postfix(loss=f"{total_loss / count:.4f}", acc=f"{correct / count:.4f}", refresh=False)
+    return total_loss / count, correct / count, count
+
+
+def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
+        checkpoint_dir=None, every=1, resume=None, progress=None, log=print):
+    """Train for ``epochs`` epochs (counted from the start, also when resuming).
+
+    Args:
+        checkpoint_dir: write 'last.npz' every ``every`` epochs (and 'best.npz' at the best
+            validation accuracy) holding everything resume needs.
+        resume: a checkpoint written by fit; training continues after its epoch and ends where
+            an uninterrupted run would.
+        progress: None shows a tqdm bar on terminals only; False never; True always.
+        log: called with one summary line per epoch (None: silent).
+    Returns: History.
+    """
+    if int(epochs) < 1:
+        raise ValueError(f"fit: epochs must be >= 1, got {epochs}")
+    if int(every) < 1:
+        raise ValueError(f"fit: every must be >= 1, got {every}")
+    history, start_epoch = History(), 0
+    if resume is not None:
+        state = load(resume)
+        _restore(state, model, optimizer, scheduler, train_loader)
+        history, start_epoch = History(state["history"]), int(state["epoch"])
+    best = history.best()
+    for epoch in range(start_epoch, int(epochs)):
+        lr = optimizer.param_groups[0]["lr"]
+        started = time.perf_counter()
+        with tqdm(total=len(train_loader.dataset), unit="img", desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                  disable=None if progress is None else not progress) as bar:
+            train_loss, train_acc, seen = _train_epoch(model, loss_fn, optimizer, train_loader, bar)
+        seconds = time.perf_counter() - started
+        val = evaluate(model, val_loader, loss_fn) if val_loader is not None else {"loss": None, "accuracy": None}
+        if scheduler is not None:
+            scheduler.step()
+        history.append(epoch=epoch + 1, train_loss=train_loss, train_accuracy=train_acc, val_loss=val["loss"],
+                       val_accuracy=val["accuracy"], lr=lr, seconds=seconds, images_per_second=seen / seconds)
+        if log is not None:
+            text = f"epoch {epoch + 1:>3}/{epochs}  loss {train_loss:.4f}  acc {train_acc:.4f}"
+            if val["accuracy"] is not None:
+                text += f"  val_loss {val['loss']:.4f}  val_acc {val['accuracy']:.4f}"
+            log(text + f"  lr {lr:.3g}  {seconds:.1f}s  {seen / seconds:,.0f} img/s")
+        if checkpoint_dir is not None:
+            improved = val["accuracy"] is not None and (best is None or val["accuracy"] > best)
+            best = val["accuracy"] if improved else best
+            if (epoch + 1) % int(every) == 0 or epoch + 1 == int(epochs) or improved:
+                state = _capture(model, optimizer, scheduler, train_loader, epoch + 1, history)
+                if (epoch + 1) % int(every) == 0 or epoch + 1 == int(epochs):
+                    save(state, os.path.join(checkpoint_dir, "last.npz"))
+                if improved:
+                    save(state, os.path.join(checkpoint_dir, "best.npz"))
+    return history
+
+
+def _capture(model, optimizer, scheduler, loader, epoch, history):
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "epoch": epoch, "history": history.rows, "rng": random.get_state(),
+            "loader": loader.state_dict() if hasattr(loader, "state_dict") else None}
+
+
+def _restore(state, model, optimizer, scheduler, loader):
+    for key in ("model", "optimizer", "epoch", "history", "rng"):
+        if key not in state:
+            raise ValueError(f"fit(resume=...): the checkpoint has no {key!r}; it was not written by fit")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    random.set_state(_plain(state["rng"]))
+    if state.get("loader") is not None and hasattr(loader, "load_state_dict"):
+        loader.load_state_dict({"rng": _plain(state["loader"]["rng"])})
+
+
+def _plain(value):
+    """Generator states come back from a checkpoint with 0-d arrays; turn them into Python ints."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value.item()
+    return value
