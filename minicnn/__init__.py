@@ -9,12 +9,12 @@
 """
 __version__ = "0.1.0"
 
-from . import backend, models, nn, optim
+from . import backend, data, models, nn, optim, plot, train
 from .checkpoint import load, save
 from .gradcheck import gradcheck
 from .models import summary
 from .nn import no_grad
 from .random import manual_seed
 
-__all__ = ["nn", "optim", "models", "backend", "save", "load", "gradcheck", "summary", "no_grad",
+__all__ = ["nn", "optim", "models", "backend", "data", "train", "plot", "save", "load", "gradcheck", "summary", "no_grad",
            "manual_seed", "__version__"]

@@ -132,7 +132,11 @@ def test_training_steps_match_torch(make_ours, make_theirs, n_params, batch, opt
         np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-8, atol=1e-12)
     theirs_state = theirs.state_dict()
     for name, value in ours.state_dict().items():
-        np.testing.assert_allclose(value, theirs_state[name].numpy(), rtol=1e-8, atol=1e-12, err_msg=name)
+        # atol 1e-10: a conv bias followed by batch norm has a true gradient of exactly 0, so what
+        # both libraries compute for it is rounding noise (~1e-17), which Adam rescales into steps
+        # of ~1e-12 per step in directions that differ between the two; every other entry
+        # agrees to rtol 1e-8.
+        np.testing.assert_allclose(value, theirs_state[name].numpy(), rtol=1e-8, atol=1e-10, err_msg=name)
 
 
 @pytest.mark.parametrize("make_ours,make_theirs,n_params,batch", MODELS[:4], ids=IDS[:4])

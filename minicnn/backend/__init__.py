@@ -18,6 +18,7 @@ import numpy as np
 
 CPU_BACKENDS = ("numpy", "numba")
 _forced = None          # set_backend(...) or MINICNN_BACKEND; None means "fastest available"
+_default = None         # the fastest available CPU backend, found on first use
 _loaded = {}
 
 
@@ -66,9 +67,12 @@ def set_backend(name):
 
 def get_backend():
     """Name of the backend used for NumPy arrays right now."""
+    global _default
     if _forced is not None:
         return _forced
-    return "numba" if _available("numba") else "numpy"
+    if _default is None:
+        _default = "numba" if _available("numba") else "numpy"
+    return _default
 
 
 class use_backend:

@@ -1,0 +1,244 @@
+"""CPU speed: minicnn (NumPy path and Numba path) against PyTorch, in one process, interleaved.
+
+    python benchmarks/speed.py                      # full run, writes results/cpu-DATE.json and .png
+    python benchmarks/speed.py --tiny               # a few steps of everything: CI keeps it alive
+
+For each model (LeNet, MnistCNN, ConvNet) and library: training throughput (forward + backward
++ SGD-momentum step, images/s) at batch 64 and 256 and inference throughput at batch 1000, on
+real MNIST batches when MINICNN_DATA is set (random images otherwise). Every measurement is
+repeated --repeats times, the libraries taking turns, and the median is reported with the ratio
+to PyTorch. Speed is never asserted: this is a measurement, not a test.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import minicnn as mc
+from minicnn import backend
+
+MODELS = {"lenet": mc.models.LeNet, "mnistcnn": mc.models.MnistCNN, "convnet": mc.models.ConvNet}
+
+
+def torch_twin(model):
+    """The same network in torch, with the same weights."""
+    import torch
+    layers = []
+    for layer in model:
+        name = type(layer).__name__
+        if name == "Conv2d":
+            layers.append(torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding))
+        elif name == "Linear":
+            layers.append(torch.nn.Linear(layer.in_features, layer.out_features))
+        elif name == "MaxPool2d":
+            layers.append(torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding))
+        elif name == "BatchNorm2d":
+            layers.append(torch.nn.BatchNorm2d(layer.num_features))
+        elif name == "Dropout":
+            layers.append(torch.nn.Dropout(layer.p))
+        else:
+            layers.append(getattr(torch.nn, name)())
+    twin = torch.nn.Sequential(*layers)
+    twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
+    return twin
+
+
+def load_batches(n):
+    root = os.environ.get("MINICNN_DATA")
+    if root and os.path.isdir(os.path.join(root, "mnist")):
+        ds = mc.data.MNIST(train=True, download=False)
+        x = ((ds.data[:n].astype(np.float32) / 255 - 0.1307) / 0.3081)
+        return x, ds.targets[:n], "real MNIST"
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, n), "random images"
+
+
+def minicnn_runner(model_cls, backend_name, x, y, batch, train):
+    mc.manual_seed(0)
+    model = model_cls()
+    loss_fn = mc.nn.CrossEntropyLoss()
+    opt = mc.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    n_batches = len(x) // batch
+
+    def run(steps):
+        with backend.use_backend(backend_name):
+            for i in range(steps):
+                k = i % n_batches
+                xb, yb = x[k * batch:(k + 1) * batch], y[k * batch:(k + 1) * batch]
+                if train:
+                    model.train()
+                    loss_fn(model(xb), yb)
+                    opt.zero_grad()
+                    model.backward(loss_fn.backward())
+                    opt.step()
+                else:
+                    model.eval()
+                    with mc.no_grad():
+                        model(xb)
+    return run
+
+
+def torch_runner(model_cls, x, y, batch, train):
+    import torch
+    mc.manual_seed(0)
+    model = torch_twin(model_cls())
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    n_batches = len(x) // batch
+
+    def run(steps):
+        for i in range(steps):
+            k = i % n_batches
+            xb, yb = xt[k * batch:(k + 1) * batch], yt[k * batch:(k + 1) * batch]
+            if train:
+                model.train()
+                loss = loss_fn(model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            else:
+                model.eval()
+                with torch.no_grad():
+                    model(xb)
+    return run
+
+
+def measure(run, steps, batch, min_seconds):
+    run(1)                                           # warm-up (compilation, allocations)
+    start = time.perf_counter()
+    done = 0
+    while True:
+        run(steps)
+        done += steps
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return done * batch / elapsed
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = {"python": platform.python_version(), "numpy": np.__version__, "minicnn": mc.__version__}
+    for name in ("numba", "torch"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    try:
+        from threadpoolctl import threadpool_info
+        versions["blas"] = ", ".join(f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads)" for i in threadpool_info() if i["user_api"] == "blas")
+    except ImportError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "versions": versions}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="lenet,mnistcnn,convnet")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.0, help="minimum time of one measurement")
+    parser.add_argument("--libraries", default="numpy,numba,torch")
+    parser.add_argument("--tiny", action="store_true", help="one short repeat of everything (for CI)")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = parser.parse_args()
+    if args.tiny:
+        args.repeats, args.seconds = 1, 0.0
+    libraries = [lib for lib in args.libraries.split(",") if lib]
+    if "numba" in libraries and "numba" not in backend.available_backends():
+        print("numba backend unavailable: skipped", file=sys.stderr)
+        libraries.remove("numba")
+    if "torch" in libraries:
+        try:
+            import torch
+            torch.set_num_threads(os.cpu_count())
+        except ImportError:
+            print("torch not installed: skipped", file=sys.stderr)
+            libraries.remove("torch")
+    x, y, source = load_batches(4096 if not args.tiny else 1024)
+    settings = [("train", 64), ("train", 256), ("infer", 1000)]
+    results = []
+    for model_name in args.models.split(","):
+        model_cls = MODELS[model_name]
+        for mode, batch in settings:
+            runners = {}
+            for lib in libraries:
+                if lib == "torch":
+                    runners[lib] = torch_runner(model_cls, x, y, batch, mode == "train")
+                else:
+                    runners[lib] = minicnn_runner(model_cls, lib, x, y, batch, mode == "train")
+            samples = {lib: [] for lib in libraries}
+            steps = 1 if args.tiny else max(1, 2048 // batch)
+            for _ in range(args.repeats):
+                for lib in libraries:                    # interleaved: drift hits every library alike
+                    samples[lib].append(measure(runners[lib], steps, batch, args.seconds))
+            row = {"model": model_name, "mode": mode, "batch": batch,
+                   "images_per_second": {lib: statistics.median(v) for lib, v in samples.items()},
+                   "samples": samples}
+            results.append(row)
+            print(format_row(row, libraries), flush=True)
+    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(), "data": source,
+              "repeats": args.repeats, "results": results}
+    print()
+    print(markdown(report, libraries))
+    if not args.tiny:
+        os.makedirs(args.out, exist_ok=True)
+        stem = os.path.join(args.out, f"cpu-{datetime.date.today():%Y-%m-%d}")
+        with open(stem + ".json", "w") as f:
+            json.dump(report, f, indent=1)
+        bar_chart(report, libraries, stem + ".png")
+        print(f"\nwrote {stem}.json and {stem}.png")
+
+
+def format_row(row, libraries):
+    ips = row["images_per_second"]
+    parts = [f"{lib} {ips[lib]:,.0f}" for lib in libraries]
+    return f"{row['model']:>9} {row['mode']} bs{row['batch']:<5} " + "  ".join(parts)
+
+
+def markdown(report, libraries):
+    m = report["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores; {', '.join(f'{k} {v}' for k, v in m['versions'].items())}; "
+             f"{report['data']}; median of {report['repeats']}; images/s (ratio to torch).", "",
+             "| model | mode | batch | " + " | ".join(libraries) + " |", "|" + " --- |" * (3 + len(libraries))]
+    for row in report["results"]:
+        ips = row["images_per_second"]
+        cells = []
+        for lib in libraries:
+            text = f"{ips[lib]:,.0f}"
+            if "torch" in ips and lib != "torch":
+                text += f" ({ips[lib] / ips['torch']:.2f}x)"
+            cells.append(text)
+        lines.append(f"| {row['model']} | {row['mode']} | {row['batch']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bar_chart(report, libraries, path):
+    from minicnn import plot  # noqa: F401  (selects the headless backend)
+    import matplotlib.pyplot as plt
+    rows = report["results"]
+    labels = [f"{r['model']}\n{r['mode']} {r['batch']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(rows)), 4.5))
+    width = 0.8 / len(libraries)
+    for i, lib in enumerate(libraries):
+        ax.bar(np.arange(len(rows)) + i * width, [r["images_per_second"][lib] for r in rows], width, label=lib)
+    ax.set_xticks(np.arange(len(rows)) + width * (len(libraries) - 1) / 2, labels, fontsize=8)
+    ax.set_ylabel("images / s")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title(f"CPU throughput, {report['machine']['cpu']} ({report['machine']['cores']} cores)")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
