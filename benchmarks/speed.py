@@ -75,7 +75,7 @@ def minicnn_runner(model_cls, backend_name, x, y, batch, train):
                     model.train()
                     loss_fn(model(xb), yb)
                     opt.zero_grad()
-                    model.backward(loss_fn.backward())
+                    model.backward(loss_fn.backward(), input_grad=False)   # as fit() does
                     opt.step()
                 else:
                     model.eval()

@@ -115,7 +115,7 @@ def _train_epoch(model, loss_fn, optimizer, loader, bar):
         logits = model(x)
         loss = loss_fn(logits, y)
         optimizer.zero_grad()
-        model.backward(loss_fn.backward())
+        _backward_params_only(model, loss_fn.backward())
         optimizer.step()
         loss = float(loss)
         if not np.isfinite(loss):
@@ -126,6 +126,14 @@ def _train_epoch(model, loss_fn, optimizer, loader, bar):
         bar.update(len(y))
         bar.set_postfix(loss=f"{total_loss / count:.4f}", acc=f"{correct / count:.4f}", refresh=False)
     return total_loss / count, correct / count, count
+
+
+def _backward_params_only(model, dlogits):
+    """model.backward without the images' gradient, when the model can skip it."""
+    if getattr(model, "can_skip_input_grad", False):
+        model.backward(dlogits, input_grad=False)
+    else:
+        model.backward(dlogits)
 
 
 def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, scheduler=None,

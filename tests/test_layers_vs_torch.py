@@ -218,3 +218,19 @@ def test_cross_entropy_is_stable_for_huge_logits(dtype):
     ref = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
     np.testing.assert_allclose(loss, ref.numpy(), rtol=1e-6, atol=1e-6)
     assert np.isfinite(grad).all()
+
+
+def test_sequential_can_skip_the_input_gradient(cpu_backend):
+    """fit() asks for parameter gradients only; they must equal those of a full backward."""
+    import minicnn as mc
+    x = random_input((3, 1, 28, 28), np.float64)
+    net = mc.models.LeNet().double()
+    dy = random_input((3, 10), np.float64)
+    net(x)
+    net.zero_grad()
+    assert net.backward(dy, input_grad=False) is None
+    partial = {k: p.grad.copy() for k, p in net.named_parameters()}
+    net.zero_grad()
+    assert net.backward(dy).shape == x.shape
+    for k, p in net.named_parameters():
+        np.testing.assert_array_equal(partial[k], p.grad)

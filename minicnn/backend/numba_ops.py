@@ -95,20 +95,24 @@ def col2im(col, x_shape, KH, KW, SH, SW, PH, PW):
 
 @njit(**FAST)
 def _maxpool_forward(x, y, idx, KH, KW, SH, SW, PH, PW):
+    """The window's rows and columns are clipped to the image instead of testing every tap
+    (padding is -inf, so it never wins); the first maximum wins ties, a NaN wins over numbers."""
     N, C, H, W = x.shape
     OH, OW = y.shape[2], y.shape[3]
     for n in prange(N):
         for c in range(C):
             for oh in range(OH):
+                h0 = oh * SH - PH
+                kh_lo, kh_hi = max(0, -h0), min(KH, H - h0)
                 for ow in range(OW):
-                    best = -np.inf
-                    best_k = -1
-                    for kh in range(KH):
-                        ih = oh * SH - PH + kh
-                        for kw in range(KW):
-                            iw = ow * SW - PW + kw
-                            v = x[n, c, ih, iw] if (0 <= ih < H and 0 <= iw < W) else -np.inf
-                            if best_k < 0 or v > best or (v != v and best == best):
+                    w0 = ow * SW - PW
+                    kw_lo, kw_hi = max(0, -w0), min(KW, W - w0)
+                    best = x[n, c, h0 + kh_lo, w0 + kw_lo]
+                    best_k = kh_lo * KW + kw_lo
+                    for kh in range(kh_lo, kh_hi):
+                        for kw in range(kw_lo, kw_hi):
+                            v = x[n, c, h0 + kh, w0 + kw]
+                            if v > best or (v != v and best == best):
                                 best, best_k = v, kh * KW + kw
                     y[n, c, oh, ow] = best
                     idx[n, c, oh, ow] = best_k

@@ -56,7 +56,9 @@ class Conv2d(Module):
         self.save_for_backward(y, col=col, x_shape=x.shape)
         return y
 
-    def backward(self, dy):
+    can_skip_input_grad = True
+
+    def backward(self, dy, input_grad=True):
         s = self.saved(dy)
         (KH, KW), (SH, SW), (PH, PW) = self.kernel_size, self.stride, self.padding
         ops = backend.ops_for(dy)
@@ -65,6 +67,8 @@ class Conv2d(Module):
         self.weight.accumulate_grad((dy_col.T @ s.col).reshape(self.weight.shape))
         if self.bias is not None:
             self.bias.accumulate_grad(dy_col.sum(axis=0))
+        if not input_grad:
+            return None
         dcol = dy_col @ W_col                                       # (N*OH*OW, C*KH*KW)
         return ops.col2im(dcol, s.x_shape, KH, KW, SH, SW, PH, PW)
 

@@ -283,6 +283,7 @@ def _copy_into(holder, attr, value):
 
 class Sequential(Module):
     """Runs its children in order; backward runs them in reverse. Children are named '0', '1', ..."""
+    can_skip_input_grad = True
 
     def __init__(self, *layers):
         super().__init__()
@@ -316,7 +317,18 @@ class Sequential(Module):
             x = layer(x)
         return x
 
-    def backward(self, dy):
-        for layer in reversed(self._modules.values()):
+    def backward(self, dy, input_grad=True):
+        """Backpropagate dy through the layers in reverse; returns the input gradient.
+
+        input_grad=False lets the first layer skip computing a gradient nobody will read (the
+        images' gradient during training; torch skips it too since images need no grad) and
+        returns None. fit() uses it.
+        """
+        layers = list(self._modules.values())
+        for layer in reversed(layers[1:]):
             dy = layer.backward(dy)
-        return dy
+        first = layers[0]
+        if not input_grad and getattr(first, "can_skip_input_grad", False):
+            return first.backward(dy, input_grad=False)
+        dx = first.backward(dy)
+        return dx if input_grad else None
