@@ -155,19 +155,9 @@ def cmd_train(args):
 
 def _write_plots(model, test_set, normalize, history, out, meta):
     from minicnn import plot, train
-    x = normalize(test_set.data)
-    _, predicted = train.predict(model, x)
-    classes = meta["classes"]
-    cm = train.confusion_matrix(test_set.targets, predicted, len(classes))
-    plot.learning_curves(history, os.path.join(out, "curves.png"), title=f"{meta['model']} on {meta['dataset']}")
-    plot.loss_accuracy_chart(history, os.path.join(out, "loss_accuracy.png"))
-    plot.confusion_matrix_plot(cm, classes, os.path.join(out, "confusion.png"))
-    wrong = [i for i in np.flatnonzero(predicted != test_set.targets) if i >= 16][:8]
-    picks = np.concatenate([np.arange(24 - len(wrong)), wrong]).astype(np.int64)
-    plot.predictions_grid(test_set.data[picks], test_set.targets[picks], predicted[picks], classes,
-                          os.path.join(out, "predictions.png"))
-    first_conv = next(m for m in model.modules() if type(m).__name__ == "Conv2d")
-    plot.filters(first_conv.weight.data, os.path.join(out, "filters.png"))
+    _, predicted = train.predict(model, normalize(test_set.data))
+    plot.save_run_plots(model, history, test_set.data, test_set.targets, predicted, meta["classes"], out,
+                        title=f"{meta['model']} on {meta['dataset']}")
 
 
 # ------------------------------------------------------------------ evaluate / predict

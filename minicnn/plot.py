@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .checkpoint import atomic_write_bytes  # noqa: E402
 
@@ -36,6 +37,7 @@ def learning_curves(history, path, title="Learning curves"):
             if any(v is not None for v in values):
                 ax.plot(epochs, [np.nan if v is None else v for v in values], style, label=split)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -52,6 +54,7 @@ def loss_accuracy_chart(history, path, title="Training loss and validation accur
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(epochs, [r["train_loss"] for r in rows], "o-", color="tab:red", label="train loss")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss", color="tab:red")
     twin = ax.twinx()
     twin.plot(epochs, [r["train_accuracy"] for r in rows], "^-", color="tab:blue", label="train accuracy")
@@ -124,5 +127,22 @@ def filters(weight, path, title="First-layer filters"):
             k = (k - k.min()) / (np.ptp(k) or 1)
         ax.imshow(k, cmap="gray" if k.ndim == 2 else None, interpolation="nearest")
         ax.set_title(str(i), fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(title, y=1.0 + 0.25 / rows)
     return _save(fig, path)
+
+
+def save_run_plots(model, history, images, labels, predicted, class_names, out, title="Learning curves"):
+    """Everything a training run shows, into folder ``out``: curves.png, loss_accuracy.png,
+    confusion.png, predictions.png (16 test images and up to 8 mistakes) and filters.png."""
+    from .train import confusion_matrix
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    learning_curves(history, os.path.join(out, "curves.png"), title=title)
+    loss_accuracy_chart(history, os.path.join(out, "loss_accuracy.png"))
+    cm = confusion_matrix(labels, predicted, len(class_names))
+    confusion_matrix_plot(cm, class_names, os.path.join(out, "confusion.png"))
+    wrong = [i for i in np.flatnonzero(predicted != labels) if i >= 16][:8]
+    picks = np.concatenate([np.arange(min(len(labels), 24 - len(wrong))), wrong]).astype(np.int64)
+    predictions_grid(images[picks], labels[picks], predicted[picks], class_names, os.path.join(out, "predictions.png"))
+    first_conv = next((m for m in model.modules() if type(m).__name__ == "Conv2d"), None)
+    if first_conv is not None:
+        filters(first_conv.weight.data, os.path.join(out, "filters.png"))

@@ -1,0 +1,49 @@
+"""The steps every example shares: load a dataset, train with fit, evaluate, save plots.
+Each example script is the recipe of one tutorial network; this file is the plumbing."""
+import os
+import sys
+import time
+
+import numpy as np
+
+import minicnn as mc
+from minicnn import data, plot, train
+
+STATS = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
+
+
+def run(model, dataset, optimizer_factory, epochs, out, batch_size=64, augment=None, val_fraction=0.0,
+        scheduler_factory=None, every=1, seed=0):
+    """Train ``model`` on MNIST or Fashion-MNIST and write history, checkpoints and plots to ``out``."""
+    mc.manual_seed(seed)
+    train_set = data.get_dataset(dataset, train=True)
+    test_set = data.get_dataset(dataset, train=False)
+    mean, std = STATS[dataset]
+    normalize = data.Compose([data.ToFloat(), data.Normalize(mean, std)])
+    val_set = test_set
+    if val_fraction:
+        n_val = int(len(train_set) * val_fraction)
+        train_set, val_set = data.random_split(train_set, [len(train_set) - n_val, n_val], seed=seed)
+    transform = data.Compose([augment, normalize]) if augment else normalize
+    loader = data.DataLoader(train_set, batch_size, shuffle=True, seed=seed, transform=transform)
+    val_loader = data.DataLoader(val_set, 1000, transform=normalize)
+    optimizer = optimizer_factory(model.parameters())
+    scheduler = scheduler_factory(optimizer) if scheduler_factory else None
+    print(mc.summary(model, (1, 28, 28)))
+    started = time.perf_counter()
+    history = train.fit(model, mc.nn.CrossEntropyLoss(), optimizer, loader, epochs, val_loader=val_loader,
+                        scheduler=scheduler, checkpoint_dir=os.path.join(out, "checkpoints"), every=every)
+    test = train.evaluate(model, data.DataLoader(test_set, 1000, transform=normalize))
+    print(f"test accuracy {test['accuracy']:.2%}, best validation accuracy {history.best():.2%}, "
+          f"{time.perf_counter() - started:.0f}s")
+    history.to_json(os.path.join(out, "history.json"))
+    history.to_csv(os.path.join(out, "history.csv"))
+    _, predicted = train.predict(model, normalize(test_set.data))
+    plot.save_run_plots(model, history, test_set.data, test_set.targets, predicted, test_set.classes, out,
+                        title=f"{type(model).__name__} on {dataset}")
+    mc.save(model.state_dict(), os.path.join(out, "weights.npz"))
+    return history, test
+
+
+def epochs_from_argv(default):
+    return int(sys.argv[1]) if len(sys.argv) > 1 else default

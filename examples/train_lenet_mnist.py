@@ -1,0 +1,9 @@
+"""LeNet-5 on MNIST: SGD with Nesterov momentum and a cosine schedule.
+    python examples/train_lenet_mnist.py [EPOCHS]      (writes runs/lenet-mnist/)"""
+import minicnn as mc
+from _recipe import epochs_from_argv, run
+
+epochs = epochs_from_argv(3)
+run(mc.models.LeNet(), "mnist",
+    lambda params: mc.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True), epochs, "runs/lenet-mnist",
+    scheduler_factory=lambda opt: mc.optim.CosineAnnealingLR(opt, epochs))
