@@ -1,0 +1,54 @@
+// im2col and col2im for NCHW batches; T is float or double.
+//
+// im2col: one thread per element of col (N*OH*OW rows, C*KH*KW columns), row-major.
+//   i = row * CKK + k,  row = (n*OH + oh)*OW + ow,  k = (c*KH + kh)*KW + kw
+//   ih = oh*SH - PH + kh,  iw = ow*SW - PW + kw;  col[i] = x[n, c, ih, iw] or 0 in the padding.
+// col2im (adjoint, a gather): one thread per element of dx (N, C, H, W); it sums every
+//   (oh, kh) with oh*SH - PH + kh = ih (and likewise for columns), so no atomics and a fixed
+//   summation order: results are bit-for-bit repeatable.
+
+template <typename T>
+__global__ void im2col(const T* __restrict__ x, T* __restrict__ col, long long total,
+                       int C, int H, int W, int KH, int KW, int SH, int SW, int PH, int PW, int OH, int OW) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    int CKK = C * KH * KW;
+    long long row = i / CKK;
+    int k = (int)(i % CKK);
+    int kw = k % KW, kh = (k / KW) % KH, c = k / (KW * KH);
+    int ow = (int)(row % OW), oh = (int)((row / OW) % OH);
+    long long n = row / ((long long)OW * OH);
+    int ih = oh * SH - PH + kh, iw = ow * SW - PW + kw;
+    col[i] = (ih >= 0 && ih < H && iw >= 0 && iw < W) ? x[((n * C + c) * H + ih) * W + iw] : T(0);
+}
+
+template <typename T>
+__global__ void col2im(const T* __restrict__ col, T* __restrict__ dx, long long total,
+                       int C, int H, int W, int KH, int KW, int SH, int SW, int PH, int PW, int OH, int OW) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    int iw = (int)(i % W), ih = (int)((i / W) % H), c = (int)((i / ((long long)W * H)) % C);
+    long long n = i / ((long long)W * H * C);
+    int CKK = C * KH * KW;
+    T sum = T(0);
+    for (int kh = 0; kh < KH; ++kh) {
+        int t = ih + PH - kh;
+        if (t < 0 || t % SH != 0 || t / SH >= OH) continue;
+        int oh = t / SH;
+        for (int kw = 0; kw < KW; ++kw) {
+            int u = iw + PW - kw;
+            if (u < 0 || u % SW != 0 || u / SW >= OW) continue;
+            int ow = u / SW;
+            long long row = (n * OH + oh) * OW + ow;
+            sum += col[row * CKK + (c * KH + kh) * KW + kw];
+        }
+    }
+    dx[i] = sum;
+}
+
+#ifdef MINICNN_INSTANTIATE
+template __global__ void im2col<float>(const float*, float*, long long, int, int, int, int, int, int, int, int, int, int, int);
+template __global__ void im2col<double>(const double*, double*, long long, int, int, int, int, int, int, int, int, int, int, int);
+template __global__ void col2im<float>(const float*, float*, long long, int, int, int, int, int, int, int, int, int, int, int);
+template __global__ void col2im<double>(const double*, double*, long long, int, int, int, int, int, int, int, int, int, int, int);
+#endif
