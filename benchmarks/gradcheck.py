@@ -12,28 +12,11 @@ import time
 import numpy as np
 
 import minicnn as mc
-import minicnn.nn as nn
+from minicnn.gradcheck import layer_cases, tie_free_input
 
 THRESHOLD = 1e-6
 
-LAYERS = [
-    ("Conv2d(2, 3, k3, s1, p1)", lambda: nn.Conv2d(2, 3, 3, padding=1), (2, 2, 6, 5)),
-    ("Conv2d(3, 2, k(2,3), s2, p(1,0))", lambda: nn.Conv2d(3, 2, (2, 3), stride=2, padding=(1, 0)), (1, 3, 7, 8)),
-    ("MaxPool2d(2)", lambda: nn.MaxPool2d(2), (2, 3, 6, 6)),
-    ("MaxPool2d(3, stride=1, padding=1)", lambda: nn.MaxPool2d(3, 1, 1), (1, 2, 5, 6)),
-    ("MaxPool2d(3, stride=2)", lambda: nn.MaxPool2d(3, 2), (2, 1, 7, 7)),
-    ("AvgPool2d(3, stride=2, padding=1)", lambda: nn.AvgPool2d(3, 2, 1), (1, 2, 7, 5)),
-    ("BatchNorm2d(3) train", lambda: nn.BatchNorm2d(3), (4, 3, 3, 3)),
-    ("BatchNorm2d(3) eval", lambda: nn.BatchNorm2d(3).eval(), (2, 3, 3, 3)),
-    ("BatchNorm1d(5) train", lambda: nn.BatchNorm1d(5), (6, 5)),
-    ("Dropout(0.4)", lambda: nn.Dropout(0.4), (4, 6)),
-    ("ReLU", nn.ReLU, (3, 7)),
-    ("LeakyReLU(0.1)", lambda: nn.LeakyReLU(0.1), (3, 7)),
-    ("Sigmoid", nn.Sigmoid, (3, 7)),
-    ("Tanh", nn.Tanh, (3, 7)),
-    ("Linear(6, 4)", lambda: nn.Linear(6, 4), (3, 6)),
-    ("Flatten", nn.Flatten, (2, 3, 2, 2)),
-]
+LAYERS = layer_cases()
 MODELS = [(name, cls, (batch,) + cls.input_shape) for name, cls, batch in
           [("LeNet", mc.models.LeNet, 2), ("ConvNet", mc.models.ConvNet, 2), ("MnistCNN", mc.models.MnistCNN, 2),
            ("TinyBNNet", mc.models.TinyBNNet, 2), ("AlexNetMNIST", mc.models.AlexNetMNIST, 2),
@@ -44,11 +27,6 @@ MODELS = [(name, cls, (batch,) + cls.input_shape) for name, cls, batch in
 # tensors as eps changes: non-smoothness, not a wrong backward). Its backward is proven instead by
 # tests/test_models_vs_torch.py (equal to torch to rtol 1e-8 over 5 SGD and 5 Adam steps).
 THRESHOLDS = {"AnimalNet": 1e-3}
-
-
-def tie_free(shape, rng):
-    n = int(np.prod(shape))
-    return rng.permutation(np.linspace(-2, 2, n) + 0.37 / n).reshape(shape)
 
 
 def main():
@@ -67,7 +45,7 @@ def main():
     failed = 0
     for name, make, shape in rows:
         start = time.perf_counter()
-        errors = mc.gradcheck(make(), tie_free(shape, rng), max_entries=args.entries)
+        errors = mc.gradcheck(make(), tie_free_input(shape, rng), max_entries=args.entries)
         params = [v for k, v in errors.items() if k != "input"]
         worst = max(errors.values())
         threshold = THRESHOLDS.get(name, THRESHOLD)

@@ -233,27 +233,19 @@ def cmd_predict(args):
 
 def cmd_gradcheck(args):
     import minicnn as mc
-    rows = []
+    from minicnn.gradcheck import layer_cases, tie_free_input
     if args.model:
-        model = mc.models.get_model(args.model)
-        rows.append((type(model).__name__, model, (2,) + model.input_shape))
+        model_cls = type(mc.models.get_model(args.model))
+        rows = [(model_cls.__name__, model_cls, (2,) + model_cls.input_shape)]
     else:
-        nn = mc.nn
-        rows += [("Conv2d(2, 3, k3, p1)", nn.Conv2d(2, 3, 3, padding=1), (2, 2, 6, 5)),
-                 ("MaxPool2d(3, s2)", nn.MaxPool2d(3, 2), (2, 1, 7, 7)),
-                 ("AvgPool2d(2)", nn.AvgPool2d(2), (2, 2, 4, 6)),
-                 ("BatchNorm2d(3)", nn.BatchNorm2d(3), (4, 3, 3, 3)),
-                 ("Linear(6, 4)", nn.Linear(6, 4), (3, 6)), ("ReLU", nn.ReLU(), (3, 7)),
-                 ("Sigmoid", nn.Sigmoid(), (3, 7)), ("Tanh", nn.Tanh(), (3, 7)), ("Dropout(0.4)", nn.Dropout(0.4), (4, 6))]
+        rows = layer_cases()
     rng = np.random.default_rng(0)
     failed = 0
-    print(f"{'layer or model':<24} {'max rel. error':>14}  result")
-    for name, module, shape in rows:
-        n = int(np.prod(shape))
-        x = rng.permutation(np.linspace(-2, 2, n) + 0.37 / n).reshape(shape)
-        worst = max(mc.gradcheck(module, x, max_entries=args.entries).values())
+    print(f"{'layer or model':<34} {'max rel. error':>14}  result")
+    for name, make, shape in rows:
+        worst = max(mc.gradcheck(make(), tie_free_input(shape, rng), max_entries=args.entries).values())
         failed += worst >= 1e-6
-        print(f"{name:<24} {worst:>14.1e}  {'pass' if worst < 1e-6 else 'FAIL'}")
+        print(f"{name:<34} {worst:>14.1e}  {'pass' if worst < 1e-6 else 'FAIL'}")
     return 1 if failed else 0
 
 

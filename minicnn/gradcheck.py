@@ -93,3 +93,34 @@ def gradcheck(module, x, eps=1e-6, max_entries=None, seed=0):
         usable = np.isfinite(noise)
         errors.raw[name] = float(np.abs(approx - numeric)[usable].max(initial=0) / scale)
     return errors
+
+
+def tie_free_input(shape, rng):
+    """A shuffled linspace in [-2, 2] without exact zeros: no ties for max pooling, no input
+    sitting on a ReLU kink."""
+    n = int(np.prod(shape))
+    return rng.permutation(np.linspace(-2, 2, n) + 0.37 / n).reshape(shape)
+
+
+def layer_cases():
+    """(name, factory, input shape) for one small instance of every layer: what
+    ``minicnn gradcheck`` and benchmarks/gradcheck.py check."""
+    from . import nn
+    return [
+        ("Conv2d(2, 3, k3, s1, p1)", lambda: nn.Conv2d(2, 3, 3, padding=1), (2, 2, 6, 5)),
+        ("Conv2d(3, 2, k(2,3), s2, p(1,0))", lambda: nn.Conv2d(3, 2, (2, 3), stride=2, padding=(1, 0)), (1, 3, 7, 8)),
+        ("MaxPool2d(2)", lambda: nn.MaxPool2d(2), (2, 3, 6, 6)),
+        ("MaxPool2d(3, stride=1, padding=1)", lambda: nn.MaxPool2d(3, 1, 1), (1, 2, 5, 6)),
+        ("MaxPool2d(3, stride=2)", lambda: nn.MaxPool2d(3, 2), (2, 1, 7, 7)),
+        ("AvgPool2d(3, stride=2, padding=1)", lambda: nn.AvgPool2d(3, 2, 1), (1, 2, 7, 5)),
+        ("BatchNorm2d(3) train", lambda: nn.BatchNorm2d(3), (4, 3, 3, 3)),
+        ("BatchNorm2d(3) eval", lambda: nn.BatchNorm2d(3).eval(), (2, 3, 3, 3)),
+        ("BatchNorm1d(5) train", lambda: nn.BatchNorm1d(5), (6, 5)),
+        ("Dropout(0.4)", lambda: nn.Dropout(0.4), (4, 6)),
+        ("ReLU", nn.ReLU, (3, 7)),
+        ("LeakyReLU(0.1)", lambda: nn.LeakyReLU(0.1), (3, 7)),
+        ("Sigmoid", nn.Sigmoid, (3, 7)),
+        ("Tanh", nn.Tanh, (3, 7)),
+        ("Linear(6, 4)", lambda: nn.Linear(6, 4), (3, 6)),
+        ("Flatten", nn.Flatten, (2, 3, 2, 2)),
+    ]

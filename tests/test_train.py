@@ -149,3 +149,11 @@ def test_smoke_lenet_on_real_mnist(tmp_path, capsys):
     lines = (tmp_path / "p.csv").read_text().splitlines()
     assert lines[0] == "id,label" and len(lines) == 6
     assert sum(int(line.split(",")[1]) == t for line, t in zip(lines[1:], [7, 2, 1, 0, 4])) >= 4
+
+
+def test_cli_gradcheck_of_the_layers_and_a_model(capsys):
+    assert cli(["gradcheck", "--entries", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "Conv2d" in out and "FAIL" not in out
+    assert cli(["gradcheck", "--model", "lenet", "--entries", "3"]) == 0
+    assert "LeNet" in capsys.readouterr().out
