@@ -9,7 +9,7 @@
 """
 __version__ = "0.1.0"
 
-from . import backend, data, models, nn, optim, plot, train
+from . import backend, data, models, nn, optim, train
 from .checkpoint import load, save
 from .gradcheck import gradcheck
 from .models import summary
@@ -18,3 +18,11 @@ from .random import manual_seed
 
 __all__ = ["nn", "optim", "models", "backend", "data", "train", "plot", "save", "load", "gradcheck", "summary", "no_grad",
            "manual_seed", "__version__"]
+
+
+def __getattr__(name):
+    """minicnn.plot is imported on first use: matplotlib alone costs about 0.6 s at start-up."""
+    if name == "plot":
+        import importlib
+        return importlib.import_module(".plot", __name__)
+    raise AttributeError(f"module 'minicnn' has no attribute {name!r}")
