@@ -234,3 +234,20 @@ def test_sequential_can_skip_the_input_gradient(cpu_backend):
     assert net.backward(dy).shape == x.shape
     for k, p in net.named_parameters():
         np.testing.assert_array_equal(partial[k], p.grad)
+
+
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_conv2d_in_chunks_equals_one_piece(cpu_backend, monkeypatch, input_grad):
+    """Column matrices over MAX_COL_BYTES are built per chunk of samples (and rebuilt in
+    backward); results must match torch exactly as the one-piece path does."""
+    from minicnn.nn import conv
+    monkeypatch.setattr(conv, "MAX_COL_BYTES", 2 * 7 * 7 * 3 * 9 * 8)       # two samples per chunk
+    layer = nn.Conv2d(3, 4, 3, padding=1).to(np.float64)
+    ref = torch.nn.Conv2d(3, 4, 3, padding=1)
+    x = random_input((5, 3, 7, 7), np.float64)
+    if input_grad:
+        assert_matches_torch(layer, ref, x, **tolerance(np.float64))
+    else:
+        layer(x)
+        assert layer._saved.col is None and layer._saved.chunk == 2
+        assert layer.backward(random_input((5, 4, 7, 7), np.float64), input_grad=False) is None

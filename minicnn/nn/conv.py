@@ -3,6 +3,7 @@
     x    (N, C, H, W)     W  (OC, C, KH, KW)     b (OC,)
     col  (N*OH*OW, C*KH*KW) = im2col(x)
     y    (N, OC, OH, OW)  = (col @ W.reshape(OC, -1).T + b), reshaped
+Large inputs are processed a few samples at a time so that col stays within MAX_COL_BYTES.
 """
 import numpy as np
 
@@ -10,6 +11,10 @@ from .. import backend
 from ._checks import check_input, count, pair
 from .init import default_bound, uniform
 from .module import Module, Parameter
+
+# Column matrices larger than this are built a chunk of samples at a time (and rebuilt in
+# backward instead of kept): AnimalNet's second layer alone would need 585 MB at batch 16.
+MAX_COL_BYTES = 64 * 2**20
 
 
 class Conv2d(Module):
@@ -44,33 +49,47 @@ class Conv2d(Module):
         if H + 2 * PH < KH or W + 2 * PW < KW:
             raise ValueError(f"{self!r}: kernel {KH}x{KW} is larger than the padded input "
                              f"{H + 2 * PH}x{W + 2 * PW} (input {H}x{W}, padding {PH}x{PW})")
-        ops = backend.ops_for(x)
+        ops, xp = backend.ops_for(x), backend.xp_for(x)
         OH, OW = ops.output_size(H, KH, SH, PH), ops.output_size(W, KW, SW, PW)
-        col = ops.im2col(x, KH, KW, SH, SW, PH, PW)                 # (N*OH*OW, C*KH*KW)
         W_col = self.weight.data.reshape(self.out_channels, -1)     # (OC, C*KH*KW)
-        y = col @ W_col.T                                           # (N*OH*OW, OC)
-        if self.bias is not None:
-            y += self.bias.data
-        y = y.reshape(N, OH, OW, self.out_channels).transpose(0, 3, 1, 2)
-        y = backend.xp_for(x).ascontiguousarray(y)
-        self.save_for_backward(y, col=col, x_shape=x.shape)
+        chunk = self._samples_per_chunk(x, OH, OW)
+        outputs = []
+        for start in range(0, N, chunk):
+            col = ops.im2col(x[start:start + chunk], KH, KW, SH, SW, PH, PW)   # (n*OH*OW, C*KH*KW)
+            y = col @ W_col.T                                       # (n*OH*OW, OC)
+            if self.bias is not None:
+                y += self.bias.data
+            outputs.append(y.reshape(-1, OH, OW, self.out_channels).transpose(0, 3, 1, 2))
+        y = xp.ascontiguousarray(outputs[0] if len(outputs) == 1 else xp.concatenate(outputs))
+        # one chunk: keep its col for backward; several: keep x and rebuild each col in backward
+        self.save_for_backward(y, x=x, col=col if chunk >= N else None, chunk=chunk)
         return y
-
-    can_skip_input_grad = True
 
     def backward(self, dy, input_grad=True):
         s = self.saved(dy)
         (KH, KW), (SH, SW), (PH, PW) = self.kernel_size, self.stride, self.padding
-        ops = backend.ops_for(dy)
-        dy_col = dy.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)   # (N*OH*OW, OC)
+        ops, xp = backend.ops_for(dy), backend.xp_for(dy)
         W_col = self.weight.data.reshape(self.out_channels, -1)
-        self.weight.accumulate_grad((dy_col.T @ s.col).reshape(self.weight.shape))
+        dW, dx_parts = 0, []
+        for start in range(0, dy.shape[0], s.chunk):
+            x_part = s.x[start:start + s.chunk]
+            col = s.col if s.col is not None else ops.im2col(x_part, KH, KW, SH, SW, PH, PW)
+            dy_col = dy[start:start + s.chunk].transpose(0, 2, 3, 1).reshape(-1, self.out_channels)
+            dW = dW + dy_col.T @ col                                # (OC, C*KH*KW)
+            if input_grad:
+                dx_parts.append(ops.col2im(dy_col @ W_col, x_part.shape, KH, KW, SH, SW, PH, PW))
+        self.weight.accumulate_grad(dW.reshape(self.weight.shape))
         if self.bias is not None:
-            self.bias.accumulate_grad(dy_col.sum(axis=0))
+            self.bias.accumulate_grad(dy.sum(axis=(0, 2, 3)))
         if not input_grad:
             return None
-        dcol = dy_col @ W_col                                       # (N*OH*OW, C*KH*KW)
-        return ops.col2im(dcol, s.x_shape, KH, KW, SH, SW, PH, PW)
+        return dx_parts[0] if len(dx_parts) == 1 else xp.concatenate(dx_parts)
+
+    def _samples_per_chunk(self, x, OH, OW):
+        """How many samples' column matrices fit in MAX_COL_BYTES (at least one)."""
+        KH, KW = self.kernel_size
+        per_sample = OH * OW * self.in_channels * KH * KW * x.dtype.itemsize
+        return max(1, min(x.shape[0], MAX_COL_BYTES // max(per_sample, 1)))
 
     def extra_repr(self):
         text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
