@@ -4,7 +4,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 import minicnn as mc
 from minicnn import data, plot, train

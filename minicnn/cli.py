@@ -85,7 +85,7 @@ def build_parser():
 
 def cmd_train(args):
     import minicnn as mc
-    from minicnn import data, plot, train
+    from minicnn import data, train
 
     model_name, dataset_name = args.model.lower(), args.dataset.lower().replace("_", "-")
     model = mc.models.get_model(model_name)

@@ -4,13 +4,11 @@ import gzip
 import hashlib
 import http.server
 import os
-import shutil
 import threading
 
 import numpy as np
 import pytest
 
-import minicnn as mc
 from minicnn import data
 
 SHARED = os.environ.get("MINICNN_DATA")

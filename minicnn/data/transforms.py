@@ -4,7 +4,6 @@ Every transform takes a batch (N, C, H, W) or a single image (C, H, W) and retur
 kind; dtypes are kept (uint8 stays uint8, rounded) except by ToFloat. Random transforms draw
 from minicnn's global generator (minicnn.manual_seed) unless given their own ``seed``.
 """
-import math
 
 import numpy as np
 

@@ -1,5 +1,4 @@
 """Elementwise activations. Shape: any -> same; each caches what its derivative needs."""
-import numpy as np
 
 from .. import backend
 from ._checks import check_float_array

@@ -3,7 +3,6 @@
 A subclass implements ``_update(p, grad, group, state)`` for one parameter; ``step`` calls it for
 every parameter that has a gradient.
 """
-import numpy as np
 
 from .. import backend
 from ..nn.module import Parameter
