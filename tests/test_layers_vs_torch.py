@@ -220,15 +220,22 @@ def test_cross_entropy_is_stable_for_huge_logits(dtype):
     assert np.isfinite(grad).all()
 
 
-def test_sequential_can_skip_the_input_gradient(cpu_backend):
-    """fit() asks for parameter gradients only; they must equal those of a full backward."""
+def test_sequential_can_skip_the_input_gradient(cpu_backend, monkeypatch):
+    """fit() asks for parameter gradients only; they must equal those of a full backward, and
+    the first convolution must not fold a gradient back onto the images."""
     import minicnn as mc
+    from minicnn import backend
     x = random_input((3, 1, 28, 28), np.float64)
     net = mc.models.LeNet().double()
     dy = random_input((3, 10), np.float64)
     net(x)
     net.zero_grad()
+    ops = backend.ops_for(x)
+    folded = []
+    monkeypatch.setattr(ops, "col2im", lambda col, shape, *a, _f=ops.col2im: folded.append(shape) or _f(col, shape, *a))
     assert net.backward(dy, input_grad=False) is None
+    assert folded == [(3, 6, 14, 14)]                   # only the second conv's input gradient
+    monkeypatch.undo()
     partial = {k: p.grad.copy() for k, p in net.named_parameters()}
     net.zero_grad()
     assert net.backward(dy).shape == x.shape

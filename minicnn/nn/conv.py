@@ -65,6 +65,8 @@ class Conv2d(Module):
         self.save_for_backward(y, x=x, col=col if chunk >= N else None, chunk=chunk)
         return y
 
+    can_skip_input_grad = True
+
     def backward(self, dy, input_grad=True):
         s = self.saved(dy)
         (KH, KW), (SH, SW), (PH, PW) = self.kernel_size, self.stride, self.padding
