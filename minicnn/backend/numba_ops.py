@@ -36,22 +36,29 @@ numba.set_num_threads(min(numba.config.NUMBA_NUM_THREADS, int(os.environ.get("MI
 
 @njit(**FAST)
 def _im2col(x, col, KH, KW, SH, SW, PH, PW, OH, OW):
+    """Per output pixel, the kernel columns that land inside the image are [kw_lo, kw_hi): the
+    inner loop copies that contiguous run and zero-fills the rest, with no test per tap."""
     N, C, H, W = x.shape
     for n in prange(N):
         for oh in range(OH):
             for ow in range(OW):
                 row = (n * OH + oh) * OW + ow
-                k = 0
+                w0 = ow * SW - PW
+                kw_lo, kw_hi = max(0, -w0), min(KW, W - w0)
                 for c in range(C):
                     for kh in range(KH):
+                        k0 = (c * KH + kh) * KW
                         ih = oh * SH - PH + kh
-                        for kw in range(KW):
-                            iw = ow * SW - PW + kw
-                            if 0 <= ih < H and 0 <= iw < W:
-                                col[row, k] = x[n, c, ih, iw]
-                            else:
-                                col[row, k] = 0
-                            k += 1
+                        if ih < 0 or ih >= H:
+                            for kw in range(KW):
+                                col[row, k0 + kw] = 0
+                            continue
+                        for kw in range(kw_lo):
+                            col[row, k0 + kw] = 0
+                        for kw in range(kw_lo, kw_hi):
+                            col[row, k0 + kw] = x[n, c, ih, w0 + kw]
+                        for kw in range(kw_hi, KW):
+                            col[row, k0 + kw] = 0
 
 
 def im2col(x, KH, KW, SH, SW, PH, PW):
@@ -65,22 +72,24 @@ def im2col(x, KH, KW, SH, SW, PH, PW):
 @njit(**FAST)
 def _col2im(col, dx, KH, KW, SH, SW, PH, PW, OH, OW):
     """Each thread owns whole samples, so its scatter never meets another thread's writes, and
-    col is read in memory order (the fast direction); the summation order is fixed."""
+    col is read in memory order (the fast direction); the summation order is fixed. Taps in the
+    padding are skipped by clipping the kernel-column range once per output pixel."""
     N, C, H, W = dx.shape
     for n in prange(N):
         dx[n] = 0
         for oh in range(OH):
             for ow in range(OW):
                 row = (n * OH + oh) * OW + ow
-                k = 0
+                w0 = ow * SW - PW
+                kw_lo, kw_hi = max(0, -w0), min(KW, W - w0)
                 for c in range(C):
                     for kh in range(KH):
                         ih = oh * SH - PH + kh
-                        for kw in range(KW):
-                            iw = ow * SW - PW + kw
-                            if 0 <= ih < H and 0 <= iw < W:
-                                dx[n, c, ih, iw] += col[row, k]
-                            k += 1
+                        if ih < 0 or ih >= H:
+                            continue
+                        k0 = (c * KH + kh) * KW
+                        for kw in range(kw_lo, kw_hi):
+                            dx[n, c, ih, w0 + kw] += col[row, k0 + kw]
 
 
 def col2im(col, x_shape, KH, KW, SH, SW, PH, PW):
