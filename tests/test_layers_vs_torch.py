@@ -258,3 +258,15 @@ def test_conv2d_in_chunks_equals_one_piece(cpu_backend, monkeypatch, input_grad)
         layer(x)
         assert layer._saved.col is None and layer._saved.chunk == 2
         assert layer.backward(random_input((5, 4, 7, 7), np.float64), input_grad=False) is None
+
+
+@pytest.mark.parametrize("make,fan_in", [(lambda: nn.Conv2d(16, 32, 3), 16 * 9), (lambda: nn.Linear(400, 120), 400)])
+def test_default_initialization_follows_torch(make, fan_in):
+    """torch: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)); batch norm starts at 1 and 0."""
+    layer = make()
+    bound = 1 / np.sqrt(fan_in)
+    w = layer.weight.data
+    assert w.dtype == np.float32 and np.abs(w).max() <= bound and np.abs(layer.bias.data).max() <= bound
+    assert abs(w.std() - bound / np.sqrt(3)) < 0.05 * bound        # the std of U(-b, b)
+    bn = nn.BatchNorm2d(4)
+    assert (bn.weight.data == 1).all() and (bn.bias.data == 0).all() and (bn.running_var == 1).all()
