@@ -8,8 +8,6 @@ import time
 import minicnn as mc
 from minicnn import data, plot, train
 
-STATS = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
-
 
 def run(model, dataset, optimizer_factory, epochs, out, batch_size=64, augment=None, val_fraction=0.0,
         scheduler_factory=None, every=1, seed=0):
@@ -17,7 +15,7 @@ def run(model, dataset, optimizer_factory, epochs, out, batch_size=64, augment=N
     mc.manual_seed(seed)
     train_set = data.get_dataset(dataset, train=True)
     test_set = data.get_dataset(dataset, train=False)
-    mean, std = STATS[dataset]
+    mean, std = type(train_set).mean, type(train_set).std
     normalize = data.Compose([data.ToFloat(), data.Normalize(mean, std)])
     val_set = test_set
     if val_fraction:

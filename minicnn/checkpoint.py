@@ -70,7 +70,7 @@ def atomic_write_bytes(path, data):
 
 def _encode(value, arrays):
     if backend.is_cupy_array(value):
-        value = value.get()
+        value = backend.to_numpy(value)
     if isinstance(value, (np.ndarray, np.generic)):
         value = np.asarray(value)
         if value.dtype.kind not in "biufc":

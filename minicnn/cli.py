@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 
-STATS = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
 DEFAULT_LR = {"sgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
 
 
@@ -88,11 +87,10 @@ def cmd_train(args):
     from minicnn import data, train
 
     model_name, dataset_name = args.model.lower(), args.dataset.lower().replace("_", "-")
-    model = mc.models.get_model(model_name)
-    if getattr(model, "input_shape", None) != (1, 28, 28):
-        raise ValueError(f"model {args.model!r} expects {model.input_shape} images, not {dataset_name}'s (1, 28, 28)")
-    if dataset_name not in STATS:
-        raise ValueError(f"unknown dataset {args.dataset!r}; choose mnist or fashion-mnist")
+    model_cls = mc.models.get_model_class(model_name)
+    dataset_cls = data.get_dataset_class(dataset_name)
+    if model_cls.input_shape != (1, 28, 28):
+        raise ValueError(f"model {args.model!r} expects {model_cls.input_shape} images, not {dataset_name}'s (1, 28, 28)")
     if args.optimizer.lower() not in DEFAULT_LR:
         raise ValueError(f"unknown optimizer {args.optimizer!r}; choose sgd, adam or adamw")
     if args.scheduler.lower() not in ("cosine", "step", "none"):
@@ -102,11 +100,11 @@ def cmd_train(args):
     out = args.out or os.path.join("runs", f"{model_name}-{dataset_name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
 
     mc.manual_seed(args.seed)
-    model = mc.models.get_model(model_name)                 # rebuilt after seeding: reproducible weights
+    model = model_cls()                                     # built after seeding: reproducible weights
     if args.device != "cpu":
         model.to(args.device)
-    train_set = data.get_dataset(dataset_name, root=args.data, train=True)
-    test_set = data.get_dataset(dataset_name, root=args.data, train=False)
+    train_set = dataset_cls(root=args.data, train=True)
+    test_set = dataset_cls(root=args.data, train=False)
     if args.train_limit:
         train_set = data.Subset(train_set, np.arange(min(args.train_limit, len(train_set))))
     if args.test_limit:
@@ -115,7 +113,7 @@ def cmd_train(args):
     if args.val_split:
         n_val = int(len(train_set) * args.val_split)
         train_set, val_set = data.random_split(train_set, [len(train_set) - n_val, n_val], seed=args.seed)
-    mean, std = STATS[dataset_name]
+    mean, std = dataset_cls.mean, dataset_cls.std
     normalize = data.Compose([data.ToFloat(), data.Normalize(mean, std)])
     train_tf = data.Compose([data.RandomCrop(28, padding=2), normalize]) if args.augment else normalize
     loader = data.DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed, transform=train_tf, device=args.device)
@@ -235,7 +233,7 @@ def cmd_gradcheck(args):
     import minicnn as mc
     from minicnn.gradcheck import layer_cases, tie_free_input
     if args.model:
-        model_cls = type(mc.models.get_model(args.model))
+        model_cls = mc.models.get_model_class(args.model)
         rows = [(model_cls.__name__, model_cls, (2,) + model_cls.input_shape)]
     else:
         rows = layer_cases()

@@ -48,7 +48,7 @@ def gradcheck(module, x, eps=1e-6, max_entries=None, seed=0):
     if not backend.is_array(x) or x.dtype.kind != "f":
         raise TypeError(f"gradcheck: expected a floating numpy array input, got {type(x).__name__}")
     model = copy.deepcopy(module).to("cpu").to(np.float64)
-    x = np.array(backend.device_converter("cpu")(x), dtype=np.float64)
+    x = np.array(backend.to_numpy(x), dtype=np.float64)
     rng = np.random.default_rng(seed)
     generators = [random.get_rng()] + [m._rng for m in model.modules() if getattr(m, "_rng", None) is not None]
     states = [g.bit_generator.state for g in generators]

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from . import backend  # noqa: E402
 from .checkpoint import atomic_write_bytes  # noqa: E402
 
 
@@ -114,7 +115,7 @@ def predictions_grid(images, y_true, y_pred, class_names, path, columns=8, title
 
 def filters(weight, path, title="First-layer filters"):
     """Each filter of a conv weight (OC, C, KH, KW) as a small image (channel mean for C > 1)."""
-    weight = np.asarray(weight.get() if hasattr(weight, "get") else weight, dtype=np.float64)
+    weight = backend.to_numpy(weight).astype(np.float64)
     kernels = weight.mean(axis=1) if weight.shape[1] != 3 else weight.transpose(0, 2, 3, 1)
     n = len(kernels)
     columns = min(n, 8)

@@ -58,8 +58,8 @@ class History:
             return cls(json.load(f))
 
 
-def _to_numpy(a):
-    return a.get() if backend.is_cupy_array(a) else np.asarray(a)
+def _correct(logits, labels):
+    return int((backend.to_numpy(logits.argmax(axis=1)) == backend.to_numpy(labels)).sum())
 
 
 def evaluate(model, loader, loss_fn=None):
@@ -74,7 +74,7 @@ def evaluate(model, loader, loss_fn=None):
                 logits = model(x)
                 if loss_fn is not None:
                     total_loss += float(loss_fn(logits, y)) * len(y)
-                correct += int((_to_numpy(logits.argmax(axis=1)) == _to_numpy(y)).sum())
+                correct += _correct(logits, y)
                 count += len(y)
     finally:
         model.train(was_training)
@@ -90,8 +90,8 @@ def predict(model, x, batch_size=1000):
         with no_grad():
             for start in range(0, len(x), batch_size):
                 logits = model(x[start:start + batch_size])
-                shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-                probs.append(_to_numpy(shifted / shifted.sum(axis=1, keepdims=True)))
+                log_probs = backend.ops_for(logits).log_softmax(logits)
+                probs.append(backend.to_numpy(backend.xp_for(logits).exp(log_probs)))
     finally:
         model.train(was_training)
     probs = np.concatenate(probs)
@@ -121,7 +121,7 @@ def _train_epoch(model, loss_fn, optimizer, loader, bar):
         if not np.isfinite(loss):
             raise FloatingPointError(f"fit: the training loss became {loss}; lower the learning rate")
         total_loss += loss * len(y)
-        correct += int((_to_numpy(logits.argmax(axis=1)) == _to_numpy(y)).sum())
+        correct += _correct(logits, y)
         count += len(y)
         bar.update(len(y))
         bar.set_postfix(loss=f"{total_loss / count:.4f}", acc=f"{correct / count:.4f}", refresh=False)
@@ -179,9 +179,10 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
         if checkpoint_dir is not None:
             improved = val["accuracy"] is not None and (best is None or val["accuracy"] > best)
             best = val["accuracy"] if improved else best
-            if (epoch + 1) % int(every) == 0 or epoch + 1 == int(epochs) or improved:
+            due = (epoch + 1) % int(every) == 0 or epoch + 1 == int(epochs)
+            if due or improved:
                 state = _capture(model, optimizer, scheduler, train_loader, epoch + 1, history)
-                if (epoch + 1) % int(every) == 0 or epoch + 1 == int(epochs):
+                if due:
                     save(state, os.path.join(checkpoint_dir, "last.npz"))
                 if improved:
                     save(state, os.path.join(checkpoint_dir, "best.npz"))

@@ -97,10 +97,15 @@ def is_array(x):
     return isinstance(x, np.ndarray) or is_cupy_array(x)
 
 
+def to_numpy(a):
+    """A NumPy view or copy of ``a`` (CuPy arrays are copied to the host)."""
+    return a.get() if is_cupy_array(a) else np.asarray(a)
+
+
 def device_converter(device):
     """A function that moves an array to ``device`` ('cpu' or 'cuda')."""
     if device == "cpu":
-        return lambda a: a.get() if is_cupy_array(a) else a
+        return to_numpy
     if device == "cuda" or device.startswith("cuda:"):
         try:
             import cupy

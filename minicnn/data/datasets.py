@@ -113,6 +113,7 @@ class _IdxDataset(ArrayDataset):
 class MNIST(_IdxDataset):
     """Handwritten digits: 60,000 training and 10,000 test images of 28x28 pixels."""
     folder = "mnist"
+    mean, std = 0.1307, 0.3081           # of the training pixels after /255
     classes_ = [str(d) for d in range(10)]
     mirrors = ["https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/"]
     train_files = [("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
@@ -124,6 +125,7 @@ class MNIST(_IdxDataset):
 class FashionMNIST(_IdxDataset):
     """Zalando's clothing images: same sizes and format as MNIST, ten garment classes."""
     folder = "fashion-mnist"
+    mean, std = 0.2860, 0.3530
     classes_ = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
     mirrors = ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"]
     train_files = [("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
@@ -136,12 +138,15 @@ class FashionMNIST(_IdxDataset):
 DATASETS = {"mnist": MNIST, "fashion-mnist": FashionMNIST, "fashion_mnist": FashionMNIST, "fashionmnist": FashionMNIST}
 
 
-def get_dataset(name, **kwargs):
+def get_dataset_class(name):
     try:
-        cls = DATASETS[name.lower()]
+        return DATASETS[name.lower()]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; choose mnist or fashion-mnist") from None
-    return cls(**kwargs)
+
+
+def get_dataset(name, **kwargs):
+    return get_dataset_class(name)(**kwargs)
 
 
 class Subset(ArrayDataset):

@@ -90,10 +90,14 @@ class AnimalNet(Sequential):
 MODELS = {cls.__name__.lower(): cls for cls in (LeNet, ConvNet, MnistCNN, TinyBNNet, AlexNetMNIST, AnimalNet)}
 
 
-def get_model(name, **kwargs):
-    """Build a model by case-insensitive name ('lenet', 'mnistcnn', ...)."""
+def get_model_class(name):
+    """The model class for a case-insensitive name ('lenet', 'mnistcnn', ...)."""
     try:
-        cls = MODELS[name.lower()]
+        return MODELS[name.lower()]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
-    return cls(**kwargs)
+
+
+def get_model(name, **kwargs):
+    """Build a model by case-insensitive name."""
+    return get_model_class(name)(**kwargs)

@@ -78,7 +78,8 @@ class Conv2d(Module):
             col = s.col if s.col is not None else ops.im2col(x_part, KH, KW, SH, SW, PH, PW)
             dy_col = dy[start:start + s.chunk].transpose(0, 2, 3, 1).reshape(-1, self.out_channels)
             dW = dW + dy_col.T @ col                                # (OC, C*KH*KW)
-            db = db + dy_col.sum(axis=0)                            # contiguous: faster than over NCHW
+            if self.bias is not None:
+                db = db + dy_col.sum(axis=0)                        # contiguous: faster than over NCHW
             if input_grad:
                 dx_parts.append(ops.col2im(dy_col @ W_col, x_part.shape, KH, KW, SH, SW, PH, PW))
         self.weight.accumulate_grad(dW.reshape(self.weight.shape))

@@ -54,15 +54,16 @@ class CrossEntropyLoss(Module):
     def backward(self, dloss=None):
         """dL/dlogits (N, K); dloss scales it (default 1, or ones for reduction='none')."""
         saved = self.__dict__.get("_saved")
-        if saved is None:
-            raise RuntimeError(f"{self!r}: backward() called before forward()")
-        xp = backend.xp_for(saved.probs)
-        if dloss is None:
-            dloss = xp.ones(saved.out_shape, dtype=saved.out_dtype)
-        s = self.saved(xp.asarray(dloss, dtype=saved.out_dtype))
-        N = s.probs.shape[0]
-        scale = xp.asarray(dloss, dtype=s.probs.dtype)
-        scale = scale[:, None] if self.reduction == "none" else scale / N if self.reduction == "mean" else scale
+        if saved is not None:          # else self.saved() below says backward came before forward
+            xp = backend.xp_for(saved.probs)
+            dloss = xp.ones(saved.out_shape, saved.out_dtype) if dloss is None else xp.asarray(dloss, saved.out_dtype)
+        s = self.saved(dloss)
+        if self.reduction == "none":
+            scale = dloss[:, None]
+        elif self.reduction == "mean":
+            scale = dloss / len(s.probs)
+        else:
+            scale = dloss
         return backend.ops_for(s.probs).softmax_cross_entropy_backward(s.probs, s.labels, self.label_smoothing, scale)
 
     def extra_repr(self):

@@ -158,12 +158,7 @@ class Module:
 
     def state_dict(self):
         """Ordered name -> array copy of every parameter and buffer, named as torch names them."""
-        state = OrderedDict()
-        for name, p in self.named_parameters():
-            state[name] = p.data.copy()
-        for name, b in self.named_buffers():
-            state[name] = b.copy()
-        return state
+        return OrderedDict((name, array.copy()) for name, array in self._state_arrays())
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy arrays from ``state_dict`` into this module's parameters and buffers.
@@ -171,16 +166,11 @@ class Module:
         Raises ValueError listing every missing, unexpected (when strict) and mis-shaped entry.
         Returns (missing_keys, unexpected_keys).
         """
-        own = OrderedDict(self._state_slots())
+        own = OrderedDict(self._state_arrays())
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
-        mismatched = []
-        for key, (holder, attr) in own.items():
-            if key in state_dict:
-                value = state_dict[key]
-                target = getattr(holder, attr) if not isinstance(holder, Parameter) else holder.data
-                if tuple(np.shape(value)) != tuple(target.shape):
-                    mismatched.append(f"{key}: checkpoint {tuple(np.shape(value))}, model {tuple(target.shape)}")
+        mismatched = [f"{k}: checkpoint {tuple(np.shape(state_dict[k]))}, model {tuple(a.shape)}"
+                      for k, a in own.items() if k in state_dict and tuple(np.shape(state_dict[k])) != tuple(a.shape)]
         problems = []
         if strict and missing:
             problems.append("missing: " + ", ".join(missing))
@@ -191,18 +181,15 @@ class Module:
         if problems:
             raise ValueError(f"load_state_dict into {type(self).__name__}: the state does not fit the model\n  "
                              + "\n  ".join(problems))
-        for key, (holder, attr) in own.items():
-            if key in state_dict:
-                _copy_into(holder, attr, state_dict[key])
+        for key, target in own.items():
+            if key in state_dict:          # in place, so every reference to the array sees the new values
+                target[...] = backend.xp_for(target).asarray(state_dict[key]).astype(target.dtype, copy=False)
         return missing, unexpected
 
-    def _state_slots(self):
-        """(name, (holder, attribute)) for every parameter and buffer, in state_dict order."""
-        for name, p in self.named_parameters():
-            yield name, (p, "data")
-        for module_name, module in self.named_modules():
-            for b in module._buffers:
-                yield (f"{module_name}.{b}" if module_name else b), (module, b)
+    def _state_arrays(self):
+        """(name, live array) for every parameter and buffer, in state_dict order."""
+        yield from ((name, p.data) for name, p in self.named_parameters())
+        yield from self.named_buffers()
 
     # ------------------------------------------------------------ dtype and device
 
@@ -270,15 +257,6 @@ class Module:
         if not lines:
             return head + ")"
         return head + "\n  " + "\n  ".join(lines) + "\n)"
-
-
-def _copy_into(holder, attr, value):
-    if isinstance(holder, Parameter):
-        target = holder.data
-    else:
-        target = holder._buffers[attr]
-    xp = backend.xp_for(target)
-    target[...] = xp.asarray(value).astype(target.dtype, copy=False)
 
 
 class Sequential(Module):
