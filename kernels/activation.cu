@@ -1,31 +1,39 @@
 // Elementwise activations; T is float or double. One thread per element.
 //
-// relu_forward: y = max(x, 0) (NaN passes through), mask = x > 0.
+// relu_forward: y = max(x, 0) (NaN passes through).
+// relu_backward: dx = dy where y > 0, else 0; y > 0 exactly where x > 0, so y is all it needs.
 // bias_relu: fused conv/linear epilogue on y (N, C, L): y = max(y + b[c], 0) in place,
-//   c = (i / L) % C, with the mask kept for backward.
+//   c = (i / L) % C; relu_backward on the result gives its gradient.
 
 template <typename T>
-__global__ void relu_forward(const T* __restrict__ x, T* __restrict__ y, bool* __restrict__ mask, long long total) {
+__global__ void relu_forward(const T* __restrict__ x, T* __restrict__ y, long long total) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= total) return;
     T v = x[i];
-    mask[i] = v > T(0);
     y[i] = (v > T(0) || v != v) ? v : T(0);
 }
 
 template <typename T>
-__global__ void bias_relu(T* __restrict__ y, const T* __restrict__ bias, bool* __restrict__ mask,
-                          long long total, int C, int L) {
+__global__ void relu_backward(const T* __restrict__ dy, const T* __restrict__ y, T* __restrict__ dx,
+                              long long total) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    dx[i] = y[i] > T(0) ? dy[i] : T(0);
+}
+
+template <typename T>
+__global__ void bias_relu(T* __restrict__ y, const T* __restrict__ bias, long long total, int C, int L) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= total) return;
     T v = y[i] + bias[(i / L) % C];
-    mask[i] = v > T(0);
-    y[i] = v > T(0) ? v : T(0);
+    y[i] = (v > T(0) || v != v) ? v : T(0);
 }
 
 #ifdef MINICNN_INSTANTIATE
-template __global__ void relu_forward<float>(const float*, float*, bool*, long long);
-template __global__ void relu_forward<double>(const double*, double*, bool*, long long);
-template __global__ void bias_relu<float>(float*, const float*, bool*, long long, int, int);
-template __global__ void bias_relu<double>(double*, const double*, bool*, long long, int, int);
+template __global__ void relu_forward<float>(const float*, float*, long long);
+template __global__ void relu_forward<double>(const double*, double*, long long);
+template __global__ void relu_backward<float>(const float*, const float*, float*, long long);
+template __global__ void relu_backward<double>(const double*, const double*, double*, long long);
+template __global__ void bias_relu<float>(float*, const float*, long long, int, int);
+template __global__ void bias_relu<double>(double*, const double*, long long, int, int);
 #endif

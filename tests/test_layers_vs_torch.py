@@ -249,6 +249,7 @@ def test_conv2d_in_chunks_equals_one_piece(cpu_backend, monkeypatch, input_grad)
     backward); results must match torch exactly as the one-piece path does."""
     from minicnn.nn import conv
     monkeypatch.setattr(conv, "MAX_COL_BYTES", 2 * 7 * 7 * 3 * 9 * 8)       # two samples per chunk
+    monkeypatch.setattr(conv, "DIRECT_MAX_CHANNELS", 0)                     # the im2col path
     layer = nn.Conv2d(3, 4, 3, padding=1).to(np.float64)
     ref = torch.nn.Conv2d(3, 4, 3, padding=1)
     x = random_input((5, 3, 7, 7), np.float64)
@@ -270,3 +271,28 @@ def test_default_initialization_follows_torch(make, fan_in):
     assert abs(w.std() - bound / np.sqrt(3)) < 0.05 * bound        # the std of U(-b, b)
     bn = nn.BatchNorm2d(4)
     assert (bn.weight.data == 1).all() and (bn.bias.data == 0).all() and (bn.running_var == 1).all()
+
+
+@pytest.mark.parametrize("kernel,padding,c_in,batch,H,W", [
+    (5, 2, 1, 3, 12, 12), (3, 0, 3, 1, 7, 9), ((2, 3), (1, 0), 2, 2, 5, 13), (1, 0, 1, 2, 4, 4), (3, 1, 3, 2, 1, 1)])
+def test_direct_convolution_equals_im2col(monkeypatch, dtype, kernel, padding, c_in, batch, H, W):
+    """Numba's stride-1 direct convolution (few input channels) against the im2col path of the same
+    backend and against torch: forward, input and parameter gradients."""
+    from minicnn import backend
+    from minicnn.nn import conv
+    with backend.use_backend("numba"):
+        layer = nn.Conv2d(c_in, 5, kernel, padding=padding).to(dtype)
+        x = random_input((batch, c_in, H, W), dtype)
+        dy = random_input(layer(x).shape, dtype)
+        assert layer._saved.padded is not None, "expected the direct path"
+        direct = (layer(x), layer.zero_grad(), layer.backward(dy), layer.weight.grad.copy(), layer.bias.grad.copy())
+        monkeypatch.setattr(conv, "DIRECT_MAX_CHANNELS", 0)
+        gemm = (layer(x), layer.zero_grad(), layer.backward(dy), layer.weight.grad.copy(), layer.bias.grad.copy())
+        assert layer._saved.padded is None
+    for a, b in zip(direct, gemm):
+        if a is not None:
+            np.testing.assert_allclose(a, b, **tolerance(dtype))
+    ref = torch.nn.Conv2d(c_in, 5, kernel, padding=padding)
+    monkeypatch.setattr(conv, "DIRECT_MAX_CHANNELS", 3)
+    with backend.use_backend("numba"):
+        assert_matches_torch(layer, ref, x, **tolerance(dtype))

@@ -24,7 +24,7 @@ _KERNELS = {
     "pool.cu": ["maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward"],
     "batchnorm.cu": ["bn_forward_train", "bn_backward_train"],
     "softmax_ce.cu": ["softmax_ce_forward", "softmax_ce_backward"],
-    "activation.cu": ["relu_forward", "bias_relu"],
+    "activation.cu": ["relu_forward", "relu_backward", "bias_relu"],
     "optim.cu": ["sgd_step", "adam_step"],
 }
 _TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -197,9 +197,17 @@ def softmax_cross_entropy_backward(probs, labels, label_smoothing, scale):
 def relu_forward(x):
     _check_float(x)
     x = cp.ascontiguousarray(x)
-    y, mask = cp.empty_like(x), cp.empty(x.shape, dtype=cp.bool_)
-    _launch("activation.cu", "relu_forward", x.dtype, x.size, (x, y, mask, np.int64(x.size)))
-    return y, mask
+    y = cp.empty_like(x)
+    _launch("activation.cu", "relu_forward", x.dtype, x.size, (x, y, np.int64(x.size)))
+    return y
+
+
+def relu_backward(dy, y):
+    _check_float(dy, y)
+    dy, y = cp.ascontiguousarray(dy), cp.ascontiguousarray(y)
+    dx = cp.empty_like(dy)
+    _launch("activation.cu", "relu_backward", dy.dtype, dy.size, (dy, y, dx, np.int64(dy.size)))
+    return dx
 
 
 def dropout_mask(shape, p, dtype, rng):

@@ -100,6 +100,143 @@ def col2im(col, x_shape, KH, KW, SH, SW, PH, PW):
     return dx
 
 
+# ---------------------------------------------------------------- direct convolution (stride 1)
+# For few input channels im2col is all overhead: LeNet's first layer copies each pixel 25 times
+# into a column matrix that then feeds a 6-column GEMM. Here each output plane is accumulated
+# directly as a sum of shifted input planes, one multiply-add sweep per filter tap.
+# The "wide" layout makes every sweep one contiguous, vectorizable loop: a padded input plane of
+# width Wp is read as a flat vector, and output pixel (oh, ow) sits at i = oh*Wp + ow, so tap
+# (kh, kw) reads xp[i + kh*Wp + kw] for all i at once. Positions ow >= OW (the last KW-1 of each
+# wide row) wrap into the next row; they are computed, never used, and zero in the wide dy.
+#     xp  (N, C, Hp*Wp)   y_wide (OH-1)*Wp + OW = L     valid outputs: i % Wp < OW
+# Inner loops index array views with a plain range() counter: Numba then proves the index is
+# non-negative and vectorizes; `a[off + i]` would keep a negative-index check and stay scalar.
+# FMA contraction is on, so results may differ from mul-then-add in the last bit.
+
+DIRECT = dict(FAST, fastmath={"contract"})
+
+
+@njit(**DIRECT)
+def _pad_wide(x, xp, PH, PW):
+    N, C, H, W = x.shape
+    Wp = W + 2 * PW
+    for n in prange(N):
+        for c in range(C):
+            plane = xp[n, c]
+            plane[:] = 0
+            for h in range(H):
+                start = (h + PH) * Wp + PW
+                plane[start:start + W] = x[n, c, h]
+
+
+@njit(**DIRECT)
+def _direct_conv_forward(xp, w, b, y, Wp):
+    N, C = xp.shape[0], xp.shape[1]
+    OC, _, KH, KW = w.shape
+    OH, OW = y.shape[2], y.shape[3]
+    L = (OH - 1) * Wp + OW
+    for n in prange(N):
+        acc = np.empty(L, dtype=y.dtype)
+        for o in range(OC):
+            acc[:] = b[o]
+            for c in range(C):
+                for kh in range(KH):
+                    for kw in range(KW):
+                        tap, src = w[o, c, kh, kw], xp[n, c, kh * Wp + kw:kh * Wp + kw + L]
+                        for i in range(L):
+                            acc[i] += tap * src[i]
+            for oh in range(OH):
+                y[n, o, oh] = acc[oh * Wp:oh * Wp + OW]
+
+
+def direct_conv2d_forward(x, w, b, PH, PW):
+    """Stride-1 convolution without im2col. x (N, C, H, W), w (OC, C, KH, KW), b (OC,) or None.
+    Returns y (N, OC, OH, OW) and the padded wide input, which backward needs."""
+    N, C, H, W = x.shape
+    OC, _, KH, KW = w.shape
+    Hp, Wp = H + 2 * PH, W + 2 * PW
+    xp = np.empty((N, C, Hp * Wp), dtype=x.dtype)
+    _pad_wide(np.ascontiguousarray(x), xp, PH, PW)
+    y = np.empty((N, OC, Hp - KH + 1, Wp - KW + 1), dtype=x.dtype)
+    bias = np.zeros(OC, dtype=x.dtype) if b is None else b
+    _direct_conv_forward(xp, np.ascontiguousarray(w), bias, y, Wp)
+    return y, xp
+
+
+@njit(**DIRECT)
+def _widen(dy, dyw, Wp):
+    N, OC, OH, OW = dy.shape
+    for n in prange(N):
+        for o in range(OC):
+            row = dyw[n, o]
+            row[:] = 0
+            for oh in range(OH):
+                row[oh * Wp:oh * Wp + OW] = dy[n, o, oh]
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
+def _direct_conv_weight_grad(xp, dyw, dw, db, Wp):
+    """dw[o, c, kh, kw] = sum over n, i of dy_wide[n, o, i] * xp[n, c, i + kh*Wp + kw]; threads own
+    output channels. 'reassoc' lets the dot products vectorize (a fixed, repeatable order)."""
+    N, C = xp.shape[0], xp.shape[1]
+    OC, _, KH, KW = dw.shape
+    L = dyw.shape[2]
+    for o in prange(OC):              # dw and db arrive zeroed: their zeros start each sum
+        total = db[o]
+        for n in range(N):
+            for i in range(L):
+                total += dyw[n, o, i]
+        db[o] = total
+        for c in range(C):
+            for kh in range(KH):
+                for kw in range(KW):
+                    total = dw[o, c, kh, kw]
+                    for n in range(N):
+                        g, src = dyw[n, o], xp[n, c, kh * Wp + kw:kh * Wp + kw + L]
+                        for i in range(L):
+                            total += g[i] * src[i]
+                    dw[o, c, kh, kw] = total
+
+
+@njit(**DIRECT)
+def _direct_conv_input_grad(dyw, w, dx, PH, PW, Wp):
+    """The adjoint of the forward sweep: each tap adds w * dy_wide into the padded plane at its
+    shift; the padding is cut off at the end. Threads own samples."""
+    N, C, H, W = dx.shape
+    OC, _, KH, KW = w.shape
+    L = dyw.shape[2]
+    for n in prange(N):
+        plane = np.empty((H + 2 * PH) * Wp, dtype=dx.dtype)
+        for c in range(C):
+            plane[:] = 0
+            for o in range(OC):
+                g = dyw[n, o]
+                for kh in range(KH):
+                    for kw in range(KW):
+                        tap, dst = w[o, c, kh, kw], plane[kh * Wp + kw:kh * Wp + kw + L]
+                        for i in range(L):
+                            dst[i] += tap * g[i]
+            for h in range(H):
+                start = (h + PH) * Wp + PW
+                dx[n, c, h] = plane[start:start + W]
+
+
+def direct_conv2d_backward(dy, xp, w, x_shape, PH, PW, input_grad=True):
+    """Gradients of direct_conv2d_forward: (dx or None, dw, db)."""
+    W = x_shape[3]
+    Wp = W + 2 * PW
+    OH, OW = dy.shape[2], dy.shape[3]
+    dyw = np.empty(dy.shape[:2] + ((OH - 1) * Wp + OW,), dtype=dy.dtype)
+    _widen(np.ascontiguousarray(dy), dyw, Wp)
+    dw, db = np.zeros_like(w), np.zeros(w.shape[0], dtype=dy.dtype)
+    _direct_conv_weight_grad(xp, dyw, dw, db, Wp)
+    if not input_grad:
+        return None, dw, db
+    dx = np.empty(x_shape, dtype=dy.dtype)
+    _direct_conv_input_grad(dyw, np.ascontiguousarray(w), dx, PH, PW, Wp)
+    return dx, dw, db
+
+
 # ---------------------------------------------------------------- pooling
 
 @njit(**FAST)
@@ -127,12 +264,41 @@ def _maxpool_forward(x, y, idx, KH, KW, SH, SW, PH, PW):
                     idx[n, c, oh, ow] = best_k
 
 
+@njit(**FAST)
+def _maxpool_forward_2x2(x, y, idx):
+    """The common case, 2x2 windows at stride 2 without padding, with the four taps written out:
+    the same first-maximum-wins, NaN-wins rule as above, as branch-free selects (bitwise & and |)
+    that the compiler keeps out of the branch predictor's way."""
+    N, C = x.shape[0], x.shape[1]
+    OH, OW = y.shape[2], y.shape[3]
+    for p in prange(N * C):
+        n, c = p // C, p % C
+        for oh in range(OH):
+            top, bottom = x[n, c, 2 * oh], x[n, c, 2 * oh + 1]
+            y_row, idx_row = y[n, c, oh], idx[n, c, oh]
+            for ow in range(OW):
+                best, best_k = top[2 * ow], 0
+                v = top[2 * ow + 1]
+                wins = (v > best) | ((v != v) & (best == best))
+                best, best_k = (v, 1) if wins else (best, best_k)
+                v = bottom[2 * ow]
+                wins = (v > best) | ((v != v) & (best == best))
+                best, best_k = (v, 2) if wins else (best, best_k)
+                v = bottom[2 * ow + 1]
+                wins = (v > best) | ((v != v) & (best == best))
+                best, best_k = (v, 3) if wins else (best, best_k)
+                y_row[ow], idx_row[ow] = best, best_k
+
+
 def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW):
     N, C, H, W = x.shape
     OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
     idx = np.empty((N, C, OH, OW), dtype=np.int64)
-    _maxpool_forward(np.ascontiguousarray(x), y, idx, KH, KW, SH, SW, PH, PW)
+    if (KH, KW, SH, SW, PH, PW) == (2, 2, 2, 2, 0, 0):
+        _maxpool_forward_2x2(np.ascontiguousarray(x), y, idx)
+    else:
+        _maxpool_forward(np.ascontiguousarray(x), y, idx, KH, KW, SH, SW, PH, PW)
     return y, idx
 
 
@@ -278,19 +444,31 @@ softmax_cross_entropy_backward = numpy_ops.softmax_cross_entropy_backward
 
 # ---------------------------------------------------------------- elementwise
 
-@njit(**FAST)
-def _relu(x, y, mask):
-    flat_x, flat_y, flat_m = x.reshape(-1), y.reshape(-1), mask.reshape(-1)
-    for i in prange(flat_x.size):
-        v = flat_x[i]
-        flat_m[i] = v > 0
-        flat_y[i] = v if v > 0 else (v if v != v else 0)
+# zero comes in with the arrays' dtype: a literal 0 would make each select float64 and keep
+# the loop scalar; bitwise | (no short-circuit branch) lets it vectorize.
+
+@njit(cache=True, nogil=True)
+def _relu(x, y, zero):
+    for i in range(x.size):
+        v = x[i]
+        y[i] = v if (v > zero) | (v != v) else zero
+
+
+@njit(cache=True, nogil=True)
+def _relu_backward(dy, y, dx, zero):
+    for i in range(dy.size):
+        dx[i] = dy[i] if y[i] > zero else zero
 
 
 def relu_forward(x):
-    if not x.flags.c_contiguous:
-        return numpy_ops.relu_forward(x)
+    x = np.ascontiguousarray(x)
     y = np.empty_like(x)
-    mask = np.empty(x.shape, dtype=np.bool_)
-    _relu(x, y, mask)
-    return y, mask
+    _relu(x.reshape(-1), y.reshape(-1), x.dtype.type(0))
+    return y
+
+
+def relu_backward(dy, y):
+    dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
+    dx = np.empty_like(dy)
+    _relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1), dy.dtype.type(0))
+    return dx

@@ -166,8 +166,13 @@ def softmax_cross_entropy_backward(probs, labels, label_smoothing, scale):
 # ---------------------------------------------------------------- elementwise helpers
 
 def relu_forward(x):
-    """Returns max(x, 0) and the mask x > 0 that backward needs."""
-    return np.maximum(x, 0), x > 0
+    """max(x, 0); NaN stays NaN, as in torch."""
+    return np.maximum(x, 0)
+
+
+def relu_backward(dy, y):
+    """dy where the output y = relu(x) is positive (x > 0), else 0 (torch's choice at 0 and NaN)."""
+    return np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
 
 
 def dropout_mask(shape, p, dtype, rng):

@@ -56,6 +56,22 @@ class TinyBNNet(Sequential):
             Linear(196, num_classes))
 
 
+class FashionCNN(Sequential):
+    """Three [conv, batch norm, ReLU, max-pool] blocks of 32, 64 and 128 channels and a dropout
+    classifier (390,634 parameters): the Fashion-MNIST model. Shape: (N, 1, 28, 28) -> (N, num_classes).
+    The convolutions have no bias: the batch norm after each one would cancel it."""
+    input_shape = (1, 28, 28)
+
+    def __init__(self, num_classes=10):
+        super().__init__(
+            Conv2d(1, 32, 3, padding=1, bias=False), BatchNorm2d(32), ReLU(), MaxPool2d(2),     # 32x14x14
+            Conv2d(32, 64, 3, padding=1, bias=False), BatchNorm2d(64), ReLU(), MaxPool2d(2),    # 64x7x7
+            Conv2d(64, 128, 3, padding=1, bias=False), BatchNorm2d(128), ReLU(), MaxPool2d(2),  # 128x3x3
+            Flatten(),
+            Dropout(0.3), Linear(1152, 256), ReLU(),
+            Dropout(0.3), Linear(256, num_classes))
+
+
 class AlexNetMNIST(Sequential):
     """AlexNet adapted to 1x28x28 inputs. Shape: (N, 1, 28, 28) -> (N, num_classes)."""
     input_shape = (1, 28, 28)
@@ -87,7 +103,7 @@ class AnimalNet(Sequential):
         super().__init__(*layers)
 
 
-MODELS = {cls.__name__.lower(): cls for cls in (LeNet, ConvNet, MnistCNN, TinyBNNet, AlexNetMNIST, AnimalNet)}
+MODELS = {cls.__name__.lower(): cls for cls in (LeNet, ConvNet, MnistCNN, TinyBNNet, FashionCNN, AlexNetMNIST, AnimalNet)}
 
 
 def get_model_class(name):

@@ -10,12 +10,12 @@ class ReLU(Module):
 
     def forward(self, x):
         check_float_array(self, x)
-        y, mask = backend.ops_for(x).relu_forward(x)
-        self.save_for_backward(y, mask=mask)
+        y = backend.ops_for(x).relu_forward(x)
+        self.save_for_backward(y, y=y)
         return y
 
     def backward(self, dy):
-        return dy * self.saved(dy).mask
+        return backend.ops_for(dy).relu_backward(dy, self.saved(dy).y)   # y > 0 exactly where x > 0
 
 
 class LeakyReLU(Module):
