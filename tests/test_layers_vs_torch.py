@@ -224,17 +224,21 @@ def test_sequential_can_skip_the_input_gradient(cpu_backend, monkeypatch):
     """fit() asks for parameter gradients only; they must equal those of a full backward, and
     the first convolution must not fold a gradient back onto the images."""
     import minicnn as mc
-    from minicnn import backend
     x = random_input((3, 1, 28, 28), np.float64)
     net = mc.models.LeNet().double()
     dy = random_input((3, 10), np.float64)
     net(x)
     net.zero_grad()
-    ops = backend.ops_for(x)
-    folded = []
-    monkeypatch.setattr(ops, "col2im", lambda col, shape, *a, _f=ops.col2im: folded.append(shape) or _f(col, shape, *a))
+    asked = []
+    original = mc.nn.Conv2d.backward
+
+    def spy(layer, dy, input_grad=True):
+        dx = original(layer, dy, input_grad)
+        asked.append((layer.in_channels, input_grad, dx is None))
+        return dx
+    monkeypatch.setattr(mc.nn.Conv2d, "backward", spy)
     assert net.backward(dy, input_grad=False) is None
-    assert folded == [(3, 6, 14, 14)]                   # only the second conv's input gradient
+    assert asked == [(6, True, False), (1, False, True)]     # the first conv computes no input gradient
     monkeypatch.undo()
     partial = {k: p.grad.copy() for k, p in net.named_parameters()}
     net.zero_grad()
@@ -249,7 +253,7 @@ def test_conv2d_in_chunks_equals_one_piece(cpu_backend, monkeypatch, input_grad)
     backward); results must match torch exactly as the one-piece path does."""
     from minicnn.nn import conv
     monkeypatch.setattr(conv, "MAX_COL_BYTES", 2 * 7 * 7 * 3 * 9 * 8)       # two samples per chunk
-    monkeypatch.setattr(conv, "DIRECT_MAX_CHANNELS", 0)                     # the im2col path
+    monkeypatch.setattr(conv.Conv2d, "_uses_stride1_kernels", lambda self, ops: False)   # im2col path
     layer = nn.Conv2d(3, 4, 3, padding=1).to(np.float64)
     ref = torch.nn.Conv2d(3, 4, 3, padding=1)
     x = random_input((5, 3, 7, 7), np.float64)
@@ -273,26 +277,38 @@ def test_default_initialization_follows_torch(make, fan_in):
     assert (bn.weight.data == 1).all() and (bn.bias.data == 0).all() and (bn.running_var == 1).all()
 
 
+@pytest.mark.parametrize("mode", ["direct", "gemm", "gemm in chunks"])
 @pytest.mark.parametrize("kernel,padding,c_in,batch,H,W", [
     (5, 2, 1, 3, 12, 12), (3, 0, 3, 1, 7, 9), ((2, 3), (1, 0), 2, 2, 5, 13), (1, 0, 1, 2, 4, 4), (3, 1, 3, 2, 1, 1)])
-def test_direct_convolution_equals_im2col(monkeypatch, dtype, kernel, padding, c_in, batch, H, W):
-    """Numba's stride-1 direct convolution (few input channels) against the im2col path of the same
-    backend and against torch: forward, input and parameter gradients."""
+def test_numba_stride1_convolution(monkeypatch, dtype, mode, kernel, padding, c_in, batch, H, W):
+    """Numba's stride-1 kernels (direct sweeps for few channels, the wide-layout GEMM otherwise, in
+    sample chunks when rows would be large) against the same backend's im2col path and torch:
+    forward, input and parameter gradients."""
     from minicnn import backend
+    from minicnn.backend import numba_ops
     from minicnn.nn import conv
+    monkeypatch.setattr(numba_ops, "DIRECT_MAX_CHANNELS", 3 if mode == "direct" else 0)
+    if mode == "gemm in chunks":
+        monkeypatch.setattr(conv, "MAX_COL_BYTES", 1)                       # one sample per chunk
+    layer = nn.Conv2d(c_in, 5, kernel, padding=padding).to(dtype)
+    x = random_input((batch, c_in, H, W), dtype)
+
+    def run():
+        y = layer(x)
+        layer.zero_grad()
+        dx = layer.backward(dy)
+        return y, dx, layer.weight.grad.copy(), layer.bias.grad.copy()
+
     with backend.use_backend("numba"):
-        layer = nn.Conv2d(c_in, 5, kernel, padding=padding).to(dtype)
-        x = random_input((batch, c_in, H, W), dtype)
         dy = random_input(layer(x).shape, dtype)
-        assert layer._saved.padded is not None, "expected the direct path"
-        direct = (layer(x), layer.zero_grad(), layer.backward(dy), layer.weight.grad.copy(), layer.bias.grad.copy())
-        monkeypatch.setattr(conv, "DIRECT_MAX_CHANNELS", 0)
-        gemm = (layer(x), layer.zero_grad(), layer.backward(dy), layer.weight.grad.copy(), layer.bias.grad.copy())
-        assert layer._saved.padded is None
-    for a, b in zip(direct, gemm):
-        if a is not None:
-            np.testing.assert_allclose(a, b, **tolerance(dtype))
-    ref = torch.nn.Conv2d(c_in, 5, kernel, padding=padding)
-    monkeypatch.setattr(conv, "DIRECT_MAX_CHANNELS", 3)
+        stride1 = run()
+        assert layer._saved.stride1 is not None, "expected the stride-1 kernels"
+        monkeypatch.setattr(conv.Conv2d, "_uses_stride1_kernels", lambda self, ops: False)
+        im2col = run()
+        assert layer._saved.stride1 is None
+    for a, b in zip(stride1, im2col):
+        np.testing.assert_allclose(a, b, **tolerance(dtype))
+    monkeypatch.undo()
+    monkeypatch.setattr(numba_ops, "DIRECT_MAX_CHANNELS", 3 if mode == "direct" else 0)
     with backend.use_backend("numba"):
-        assert_matches_torch(layer, ref, x, **tolerance(dtype))
+        assert_matches_torch(layer, torch.nn.Conv2d(c_in, 5, kernel, padding=padding), x, **tolerance(dtype))

@@ -4,9 +4,8 @@
     col  (N*OH*OW, C*KH*KW) = im2col(x)
     y    (N, OC, OH, OW)  = (col @ W.reshape(OC, -1).T + b), reshaped
 Large inputs are processed a few samples at a time so that col stays within MAX_COL_BYTES.
-Backends that have a direct convolution (Numba) use it instead for stride 1 and at most
-DIRECT_MAX_CHANNELS input channels, where im2col would copy every pixel KH*KW times to feed a
-thin GEMM (LeNet's first layer: 25 copies for 6 filters).
+Backends with their own stride-1 kernels (Numba: conv2d_stride1_forward/backward, see
+numba_ops) use them for stride 1, the most common case.
 """
 import numpy as np
 
@@ -18,9 +17,6 @@ from .module import Module, Parameter
 # Column matrices larger than this are built a chunk of samples at a time (and rebuilt in
 # backward instead of kept): AnimalNet's second layer alone would need 585 MB at batch 16.
 MAX_COL_BYTES = 64 * 2**20
-# Measured on 2 Xeon cores, batch 64: direct is 4.5x faster for LeNet's 1-channel first layer and
-# on par at 6 channels, where the GEMM's efficiency starts to win.
-DIRECT_MAX_CHANNELS = 3
 
 
 class Conv2d(Module):
@@ -56,10 +52,10 @@ class Conv2d(Module):
             raise ValueError(f"{self!r}: kernel {KH}x{KW} is larger than the padded input "
                              f"{H + 2 * PH}x{W + 2 * PW} (input {H}x{W}, padding {PH}x{PW})")
         ops, xp = backend.ops_for(x), backend.xp_for(x)
-        if self._uses_direct(ops):
+        if self._uses_stride1_kernels(ops):
             bias = None if self.bias is None else self.bias.data
-            y, padded = ops.direct_conv2d_forward(x, self.weight.data, bias, PH, PW)
-            self.save_for_backward(y, x_shape=x.shape, padded=padded)
+            y, stride1 = ops.conv2d_stride1_forward(x, self.weight.data, bias, PH, PW, MAX_COL_BYTES)
+            self.save_for_backward(y, x_shape=x.shape, stride1=stride1)
             return y
         OH, OW = ops.output_size(H, KH, SH, PH), ops.output_size(W, KW, SW, PW)
         W_col = self.weight.data.reshape(self.out_channels, -1)     # (OC, C*KH*KW)
@@ -73,7 +69,7 @@ class Conv2d(Module):
             outputs.append(y.reshape(-1, OH, OW, self.out_channels).transpose(0, 3, 1, 2))
         y = xp.ascontiguousarray(outputs[0] if len(outputs) == 1 else xp.concatenate(outputs))
         # one chunk: keep its col for backward; several: keep x and rebuild each col in backward
-        self.save_for_backward(y, x=x, col=col if chunk >= N else None, chunk=chunk, padded=None)
+        self.save_for_backward(y, x=x, col=col if chunk >= N else None, chunk=chunk, stride1=None)
         return y
 
     can_skip_input_grad = True
@@ -82,9 +78,9 @@ class Conv2d(Module):
         s = self.saved(dy)
         (KH, KW), (SH, SW), (PH, PW) = self.kernel_size, self.stride, self.padding
         ops, xp = backend.ops_for(dy), backend.xp_for(dy)
-        if s.padded is not None:
-            dx, dW, db = ops.direct_conv2d_backward(dy, s.padded, self.weight.data, s.x_shape, PH, PW,
-                                                    input_grad)
+        if s.stride1 is not None:
+            dx, dW, db = ops.conv2d_stride1_backward(dy, s.stride1, self.weight.data, s.x_shape, PH, PW,
+                                                     MAX_COL_BYTES, input_grad)
             self.weight.accumulate_grad(dW)
             if self.bias is not None:
                 self.bias.accumulate_grad(db)
@@ -107,9 +103,8 @@ class Conv2d(Module):
             return None
         return dx_parts[0] if len(dx_parts) == 1 else xp.concatenate(dx_parts)
 
-    def _uses_direct(self, ops):
-        return (hasattr(ops, "direct_conv2d_forward") and self.stride == (1, 1)
-                and self.in_channels <= DIRECT_MAX_CHANNELS)
+    def _uses_stride1_kernels(self, ops):
+        return self.stride == (1, 1) and hasattr(ops, "conv2d_stride1_forward")
 
     def _samples_per_chunk(self, x, OH, OW):
         """How many samples' column matrices fit in MAX_COL_BYTES (at least one)."""
