@@ -53,7 +53,7 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("name,kwargs", CONFIGS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CONFIGS)])
-def test_optimizer_trajectory(name, kwargs):
+def test_optimizer_trajectory(cpu_backend, name, kwargs):
     ours, theirs = make_params()
     run(ours, theirs, getattr(mc.optim, name)(ours, **kwargs), getattr(torch.optim, name)(theirs, **kwargs), 20)
 
@@ -73,7 +73,7 @@ def test_scheduler_trajectory(sched_name, kwargs, opt_name):
 
 
 @pytest.mark.parametrize("name,kwargs", [CONFIGS[4], CONFIGS[7], CONFIGS[9]])
-def test_state_dict_resumes_exactly(name, kwargs, tmp_path):
+def test_state_dict_resumes_exactly(cpu_backend, name, kwargs, tmp_path):
     ours, theirs = make_params()
     opt, opt_t = getattr(mc.optim, name)(ours, **kwargs), getattr(torch.optim, name)(theirs, **kwargs)
     sched, sched_t = mc.optim.StepLR(opt, 4, 0.5), torch.optim.lr_scheduler.StepLR(opt_t, 4, 0.5)
@@ -103,7 +103,28 @@ def test_param_groups_and_zero_grad():
     assert all(p.grad is None for p in ours)
 
 
-def test_float32_parameters_stay_float32():
+@pytest.mark.parametrize("name,kwargs", CONFIGS[:5], ids=[f"SGD-{i}" for i in range(5)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_sgd_step_equals_the_reference_bit_for_bit(name, kwargs, dtype):
+    """Numba's one-pass SGD update performs NumPy's operations in the same order and precision."""
+    from minicnn import backend
+    results = []
+    for backend_name in ("numpy", "numba"):
+        ours, _ = make_params()
+        params = [mc.nn.Parameter(p.data.astype(dtype)) for p in ours]
+        opt = mc.optim.SGD(params, **kwargs)
+        with backend.use_backend(backend_name):
+            for step in range(5):
+                for i, p in enumerate(params):
+                    p.grad = gradient(p.data, step, i).astype(dtype)
+                opt.step()
+        results.append([p.data for p in params])
+    for a, b in zip(*results):
+        assert a.dtype == dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def test_float32_parameters_stay_float32(cpu_backend):
     p = mc.nn.Parameter(np.ones(3, dtype=np.float32))
     for opt in (mc.optim.SGD([p], lr=0.1, momentum=0.9, weight_decay=0.1), mc.optim.AdamW([p], lr=0.1)):
         p.grad = np.ones(3, dtype=np.float32)

@@ -582,3 +582,28 @@ def relu_backward(dy, y):
     dx = np.empty_like(dy)
     _relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1), dy.dtype.type(0))
     return dx
+
+
+# ---------------------------------------------------------------- optimizer step
+
+@njit(cache=True, nogil=True)
+def _sgd_step(p, grad, buf, lr, momentum, undamped, weight_decay, nesterov, first):
+    for i in range(p.size):
+        g = grad[i]
+        if weight_decay != 0:
+            g = g + weight_decay * p[i]
+        if momentum != 0:
+            b = g if first else momentum * buf[i] + undamped * g
+            buf[i] = b
+            g = g + momentum * b if nesterov else b
+        p[i] = p[i] - lr * g
+
+
+def sgd_step(p, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    """One SGD update of p (and of the momentum buffer buf) in place, in one pass over memory: the
+    operations and their order of optim.SGD._update, so results are the same bit for bit. The
+    hyper-parameters are cast to p's dtype first, as NumPy does with Python scalars (an integer
+    literal like the 1 of 1 - dampening would make Numba compute in float64)."""
+    t = p.dtype.type
+    _sgd_step(p.reshape(-1), np.ascontiguousarray(grad).reshape(-1), buf.reshape(-1), t(lr), t(momentum),
+              t(1 - dampening), t(weight_decay), bool(nesterov), bool(first))

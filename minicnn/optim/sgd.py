@@ -7,6 +7,7 @@ torch.optim.SGD's update, in the same order of operations:
     g = g + momentum * buf  (nesterov)   or   g = buf
     p = p - lr * g
 """
+from .. import backend
 from .optimizer import Optimizer
 
 
@@ -21,6 +22,14 @@ class SGD(Optimizer):
 
     def _update(self, p, grad, group, state):
         momentum, wd = group["momentum"], group["weight_decay"]
+        fused = getattr(backend.ops_for(p.data), "sgd_step", None)
+        if fused is not None and p.data.flags.c_contiguous:      # the same steps in one pass (Numba)
+            first = momentum and "momentum_buffer" not in state
+            if first:
+                state["momentum_buffer"] = backend.xp_for(p.data).empty_like(p.data)
+            buf = state.get("momentum_buffer", p.data)            # unused without momentum
+            fused(p.data, grad, buf, group["lr"], momentum, group["dampening"], wd, group["nesterov"], first)
+            return
         if wd:
             grad = grad + wd * p.data
         if momentum:
