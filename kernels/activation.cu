@@ -1,7 +1,7 @@
 // Elementwise activations; T is float or double. One thread per element.
 //
 // relu_forward: y = max(x, 0) (NaN passes through).
-// relu_backward: dx = dy where y > 0, else 0; y > 0 exactly where x > 0, so y is all it needs.
+// relu_backward: dx = 0 where y <= 0, else dy (NaN passes, as in torch); y is all it needs.
 // bias_relu: fused conv/linear epilogue on y (N, C, L): y = max(y + b[c], 0) in place,
 //   c = (i / L) % C; relu_backward on the result gives its gradient.
 
@@ -18,7 +18,7 @@ __global__ void relu_backward(const T* __restrict__ dy, const T* __restrict__ y,
                               long long total) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= total) return;
-    dx[i] = y[i] > T(0) ? dy[i] : T(0);
+    dx[i] = y[i] <= T(0) ? T(0) : dy[i];
 }
 
 template <typename T>

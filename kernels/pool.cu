@@ -2,7 +2,7 @@
 //
 // Forward: one thread per output (n, c, oh, ow); its window covers rows oh*SH - PH + kh and
 //   columns ow*SW - PW + kw. Max pooling skips padded taps (padding is -inf), keeps the first
-//   maximum (a NaN wins over numbers) and records idx = kh*KW + kw. Average pooling divides by
+//   maximum, or the last NaN (torch's rule), and records idx = kh*KW + kw. Average pooling divides by
 //   KH*KW, or by the number of taps inside the image when count_include_pad is 0.
 // Backward: one thread per input pixel (n, c, ih, iw) gathers from every window containing it:
 //   max pooling takes dy where idx names this pixel, average pooling dy / divisor. No atomics.
@@ -26,7 +26,7 @@ __global__ void maxpool_forward(const T* __restrict__ x, T* __restrict__ y, long
             int iw = w0 + kw;
             if (iw < 0 || iw >= W) continue;
             T v = plane[ih * W + iw];
-            if (best_k < 0 || v > best || (v != v && best == best)) { best = v; best_k = kh * KW + kw; }
+            if (best_k < 0 || v > best || v != v) { best = v; best_k = kh * KW + kw; }
         }
     }
     y[i] = best;

@@ -312,3 +312,21 @@ def test_numba_stride1_convolution(monkeypatch, dtype, mode, kernel, padding, c_
     monkeypatch.setattr(numba_ops, "DIRECT_MAX_CHANNELS", 3 if mode == "direct" else 0)
     with backend.use_backend("numba"):
         assert_matches_torch(layer, torch.nn.Conv2d(c_in, 5, kernel, padding=padding), x, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 1), ((2, 3), 2)])
+def test_maxpool_and_relu_treat_nan_as_torch_does(cpu_backend, dtype, kernel, stride):
+    """A NaN wins its window (the last of several), ReLU passes NaN forward and its gradient back."""
+    x = random_input((2, 3, 6, 7), dtype)
+    x.reshape(-1)[rng.choice(x.size, 12, replace=False)] = np.nan
+    x[0, 0, :2, :3] = np.nan                                          # several NaNs in one window
+    for ours, theirs in [(nn.MaxPool2d(kernel, stride), torch.nn.MaxPool2d(kernel, stride)),
+                         (nn.ReLU(), torch.nn.ReLU())]:
+        xt = torch.from_numpy(x).requires_grad_()
+        yt = theirs(xt)
+        y = ours(x)
+        np.testing.assert_array_equal(np.isnan(y), torch.isnan(yt).numpy())
+        np.testing.assert_allclose(y, yt.detach().numpy(), **tolerance(dtype))
+        dy = random_input(y.shape, dtype)
+        yt.backward(torch.from_numpy(dy))
+        np.testing.assert_allclose(ours.backward(dy), xt.grad.numpy(), **tolerance(dtype))

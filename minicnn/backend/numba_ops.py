@@ -352,7 +352,8 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
 @njit(**FAST)
 def _maxpool_forward(x, y, idx, KH, KW, SH, SW, PH, PW):
     """The window's rows and columns are clipped to the image instead of testing every tap
-    (padding is -inf, so it never wins); the first maximum wins ties, a NaN wins over numbers."""
+    (padding is -inf, so it never wins). torch's rule: the first maximum wins ties, and a NaN wins
+    over everything before it (so the last NaN of a window wins)."""
     N, C, H, W = x.shape
     OH, OW = y.shape[2], y.shape[3]
     for n in prange(N):
@@ -368,17 +369,23 @@ def _maxpool_forward(x, y, idx, KH, KW, SH, SW, PH, PW):
                     for kh in range(kh_lo, kh_hi):
                         for kw in range(kw_lo, kw_hi):
                             v = x[n, c, h0 + kh, w0 + kw]
-                            if v > best or (v != v and best == best):
+                            if v > best or v != v:
                                 best, best_k = v, kh * KW + kw
                     y[n, c, oh, ow] = best
                     idx[n, c, oh, ow] = best_k
 
 
+@njit(cache=True, inline="always")
+def _first_max(a, ka, b, kb):
+    """The winner of a before b: b if it is larger or NaN."""
+    b_wins = (b > a) | (b != b)                        # bitwise: no branches to mispredict
+    return (b, kb) if b_wins else (a, ka)
+
+
 @njit(**FAST)
 def _maxpool_forward_2x2(x, y, idx):
-    """The common case, 2x2 windows at stride 2 without padding, with the four taps written out:
-    the same first-maximum-wins, NaN-wins rule as above, as branch-free selects (bitwise & and |)
-    that the compiler keeps out of the branch predictor's way."""
+    """The common case, 2x2 windows at stride 2 without padding: a tournament of the four taps,
+    with the same rule as the general kernel (first maximum, or last NaN)."""
     N, C = x.shape[0], x.shape[1]
     OH, OW = y.shape[2], y.shape[3]
     for p in prange(N * C):
@@ -387,17 +394,9 @@ def _maxpool_forward_2x2(x, y, idx):
             top, bottom = x[n, c, 2 * oh], x[n, c, 2 * oh + 1]
             y_row, idx_row = y[n, c, oh], idx[n, c, oh]
             for ow in range(OW):
-                best, best_k = top[2 * ow], 0
-                v = top[2 * ow + 1]
-                wins = (v > best) | ((v != v) & (best == best))
-                best, best_k = (v, 1) if wins else (best, best_k)
-                v = bottom[2 * ow]
-                wins = (v > best) | ((v != v) & (best == best))
-                best, best_k = (v, 2) if wins else (best, best_k)
-                v = bottom[2 * ow + 1]
-                wins = (v > best) | ((v != v) & (best == best))
-                best, best_k = (v, 3) if wins else (best, best_k)
-                y_row[ow], idx_row[ow] = best, best_k
+                top_best, top_k = _first_max(top[2 * ow], 0, top[2 * ow + 1], 1)
+                bottom_best, bottom_k = _first_max(bottom[2 * ow], 2, bottom[2 * ow + 1], 3)
+                y_row[ow], idx_row[ow] = _first_max(top_best, top_k, bottom_best, bottom_k)
 
 
 def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW):
@@ -567,7 +566,7 @@ def _relu(x, y, zero):
 @njit(cache=True, nogil=True)
 def _relu_backward(dy, y, dx, zero):
     for i in range(dy.size):
-        dx[i] = dy[i] if y[i] > zero else zero
+        dx[i] = zero if y[i] <= zero else dy[i]
 
 
 def relu_forward(x):

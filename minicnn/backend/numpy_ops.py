@@ -69,11 +69,16 @@ def col2im(col, x_shape, KH, KW, SH, SW, PH, PW):
 # ---------------------------------------------------------------- pooling
 
 def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW):
-    """Returns y (N, C, OH, OW) and idx, the argmax of each window (first one on ties)."""
+    """Returns y (N, C, OH, OW) and idx, the argmax of each window: the first maximum, or where a
+    window holds NaNs, the last NaN (torch's rule: a NaN wins over everything before it)."""
     win = _windows(_pad(x, PH, PW, value=-np.inf), KH, KW, SH, SW)
     N, C, OH, OW = win.shape[:4]
     flat = win.reshape(N, C, OH, OW, KH * KW)
     idx = flat.argmax(axis=-1)
+    nan = np.isnan(flat)
+    if nan.any():
+        last_nan = KH * KW - 1 - nan[..., ::-1].argmax(axis=-1)
+        idx = np.where(nan.any(axis=-1), last_nan, idx)
     y = np.take_along_axis(flat, idx[..., None], axis=-1)[..., 0]
     return y, idx
 
@@ -171,8 +176,8 @@ def relu_forward(x):
 
 
 def relu_backward(dy, y):
-    """dy where the output y = relu(x) is positive (x > 0), else 0 (torch's choice at 0 and NaN)."""
-    return np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
+    """0 where the output y = relu(x) is <= 0, else dy: torch's rule (0 at x = 0, dy at NaN)."""
+    return np.where(y <= 0, 0, dy).astype(dy.dtype, copy=False)
 
 
 def dropout_mask(shape, p, dtype, rng):

@@ -15,7 +15,7 @@ class ReLU(Module):
         return y
 
     def backward(self, dy):
-        return backend.ops_for(dy).relu_backward(dy, self.saved(dy).y)   # y > 0 exactly where x > 0
+        return backend.ops_for(dy).relu_backward(dy, self.saved(dy).y)   # y <= 0 exactly where x <= 0
 
 
 class LeakyReLU(Module):
