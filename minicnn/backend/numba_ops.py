@@ -118,6 +118,21 @@ def col2im(col, x_shape, KH, KW, SH, SW, PH, PW):
 # non-negative and vectorizes; `a[off + i]` would keep a negative-index check and stay scalar.
 # FMA contraction is on, so results may differ from mul-then-add in the last bit.
 
+# Numba's slice assignment (a[i:j] = b) costs about 4x a plain loop over views at these row
+# lengths, so the kernels copy and fill through these two.
+
+@njit(cache=True, inline="always")
+def _copy(dst, src):
+    for i in range(dst.size):
+        dst[i] = src[i]
+
+
+@njit(cache=True, inline="always")
+def _fill(dst, value):
+    for i in range(dst.size):
+        dst[i] = value
+
+
 @njit(**DIRECT)
 def _pad_wide(x, xp, PH, PW):
     N, C, H, W = x.shape
@@ -125,10 +140,10 @@ def _pad_wide(x, xp, PH, PW):
     for n in prange(N):
         for c in range(C):
             plane = xp[n, c]
-            plane[:] = 0
+            _fill(plane, 0)
             for h in range(H):
                 start = (h + PH) * Wp + PW
-                plane[start:start + W] = x[n, c, h]
+                _copy(plane[start:start + W], x[n, c, h])
 
 
 @njit(**DIRECT)
@@ -140,7 +155,7 @@ def _direct_conv_forward(xp, w, b, y, Wp):
     for n in prange(N):
         acc = np.empty(L, dtype=y.dtype)
         for o in range(OC):
-            acc[:] = b[o]
+            _fill(acc, b[o])
             for c in range(C):
                 for kh in range(KH):
                     for kw in range(KW):
@@ -148,7 +163,7 @@ def _direct_conv_forward(xp, w, b, y, Wp):
                         for i in range(L):
                             acc[i] += tap * src[i]
             for oh in range(OH):
-                y[n, o, oh] = acc[oh * Wp:oh * Wp + OW]
+                _copy(y[n, o, oh], acc[oh * Wp:oh * Wp + OW])
 
 
 @njit(**DIRECT)
@@ -157,9 +172,9 @@ def _widen(dy, dyw, Wp):
     for n in prange(N):
         for o in range(OC):
             row = dyw[n, o]
-            row[:] = 0
+            _fill(row, 0)
             for oh in range(OH):
-                row[oh * Wp:oh * Wp + OW] = dy[n, o, oh]
+                _copy(row[oh * Wp:oh * Wp + OW], dy[n, o, oh])
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
@@ -196,7 +211,7 @@ def _direct_conv_input_grad(dyw, w, dx, PH, PW, Wp):
     for n in prange(N):
         plane = np.empty((H + 2 * PH) * Wp, dtype=dx.dtype)
         for c in range(C):
-            plane[:] = 0
+            _fill(plane, 0)
             for o in range(OC):
                 g = dyw[n, o]
                 for kh in range(KH):
@@ -206,7 +221,7 @@ def _direct_conv_input_grad(dyw, w, dx, PH, PW, Wp):
                             dst[i] += tap * g[i]
             for h in range(H):
                 start = (h + PH) * Wp + PW
-                dx[n, c, h] = plane[start:start + W]
+                _copy(dx[n, c, h], plane[start:start + W])
 
 
 # With more input channels the sum over taps is better left to BLAS, still in the wide layout:
@@ -265,7 +280,7 @@ def _crop_padding(xp, x, PH, PW):
     for n in prange(N):
         for c in range(C):
             for h in range(H):
-                x[n, c, h] = xp[n, c, (h + PH) * Wp + PW:(h + PH) * Wp + PW + W]
+                _copy(x[n, c, h], xp[n, c, (h + PH) * Wp + PW:(h + PH) * Wp + PW + W])
 
 
 def _padded_wide(x, PH, PW):
@@ -436,8 +451,30 @@ def _pool_backward(dy, idx, divisor, dx, KH, KW, SH, SW, PH, PW, use_idx):
                                 dx[n, c, ih, iw] += share
 
 
+@njit(**FAST)
+def _maxpool_backward_2x2(dy, idx, dx, zero):
+    """2x2 windows at stride 2 do not overlap: every input pixel is written once, dy where its
+    window's idx names it, else zero, with no separate zero fill (but for an odd last row/column)."""
+    N, C, H, W = dx.shape
+    OH, OW = dy.shape[2], dy.shape[3]
+    for p in prange(N * C):
+        n, c = p // C, p % C
+        if 2 * OH < H or 2 * OW < W:
+            _fill(dx[n, c].reshape(-1), zero)
+        for oh in range(OH):
+            top, bottom = dx[n, c, 2 * oh], dx[n, c, 2 * oh + 1]
+            g_row, k_row = dy[n, c, oh], idx[n, c, oh]
+            for j in range(2 * OW):             # input columns, in memory order
+                g, k = g_row[j >> 1], k_row[j >> 1]
+                top[j] = g if k == (j & 1) else zero
+                bottom[j] = g if k == 2 + (j & 1) else zero
+
+
 def maxpool2d_backward(dy, idx, x_shape, KH, KW, SH, SW, PH, PW):
     dx = np.empty(x_shape, dtype=dy.dtype)
+    if (KH, KW, SH, SW, PH, PW) == (2, 2, 2, 2, 0, 0):
+        _maxpool_backward_2x2(np.ascontiguousarray(dy), idx, dx, dy.dtype.type(0))
+        return dx
     dummy = np.ones((1, 1), dtype=dy.dtype)
     _pool_backward(np.ascontiguousarray(dy), idx, dummy, dx, KH, KW, SH, SW, PH, PW, True)
     return dx
