@@ -1,9 +1,9 @@
 """PyTorch's time for the README's main job, for comparison with `minicnn train --model lenet
---dataset mnist --epochs 3`: the same LeNet, the same starting weights, the same recipe (SGD lr 0.02,
+--dataset mnist --epochs 3`: the same LeNet, the same starting weights, the same recipe (SGD lr 0.03,
 Nesterov momentum 0.9, cosine schedule per epoch, batch 64, the same shuffled batches from
 minicnn's DataLoader, normalized MNIST), then test accuracy.
 
-    MINICNN_DATA=../shared/data python benchmarks/lenet_recipe_torch.py [--epochs 3] [--limit N]
+    MINICNN_DATA=../shared/data python benchmarks/lenet_recipe_torch.py [--epochs 3] [--seed 0] [--limit N]
 
 Prints the training seconds and test accuracy of torch and, with --minicnn, of minicnn run the
 same way in the same process (training loop only: no plots, no checkpoints).
@@ -29,9 +29,9 @@ def loaders(limit, seed):
             data.DataLoader(test_set, 1000, transform=normalize))
 
 
-def train_torch(model, train_loader, test_loader, epochs):
+def train_torch(model, train_loader, test_loader, epochs, lr):
     net = torch_twin(model)
-    opt = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     loss_fn = torch.nn.CrossEntropyLoss()
     started = time.perf_counter()
@@ -49,8 +49,8 @@ def train_torch(model, train_loader, test_loader, epochs):
     return seconds, correct / len(test_loader.dataset)
 
 
-def train_minicnn(model, train_loader, test_loader, epochs):
-    opt = mc.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, nesterov=True)
+def train_minicnn(model, train_loader, test_loader, epochs, lr):
+    opt = mc.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
     sched = mc.optim.CosineAnnealingLR(opt, epochs)
     loss_fn = mc.nn.CrossEntropyLoss()
     started = time.perf_counter()
@@ -70,17 +70,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--limit", type=int, default=0, help="train on the first N images only")
+    parser.add_argument("--lr", type=float, default=0.03)
+    parser.add_argument("--seed", type=int, default=0, help="initial weights and batch order, as minicnn train --seed")
     parser.add_argument("--minicnn", action="store_true", help="also time minicnn the same way")
     args = parser.parse_args()
     torch.manual_seed(0)
     runs = [("torch", train_torch)] + ([("minicnn", train_minicnn)] if args.minicnn else [])
-    print(f"LeNet, MNIST, {args.epochs} epochs, SGD lr 0.02 Nesterov, cosine, batch 64, torch threads "
-          f"{torch.get_num_threads()}")
+    print(f"LeNet, MNIST, {args.epochs} epochs, SGD lr {args.lr:g} Nesterov, cosine, batch 64, seed {args.seed}, "
+          f"torch threads {torch.get_num_threads()}")
     for name, run in runs:
-        mc.manual_seed(0)
+        mc.manual_seed(args.seed)
         model = mc.models.LeNet()                       # both start from these weights
-        train_loader, test_loader = loaders(args.limit, seed=0)
-        seconds, accuracy = run(model, train_loader, test_loader, args.epochs)
+        train_loader, test_loader = loaders(args.limit, seed=args.seed)
+        seconds, accuracy = run(model, train_loader, test_loader, args.epochs, args.lr)
         print(f"{name:8s} training {seconds:6.1f} s   test accuracy {accuracy:.2%}")
 
 
