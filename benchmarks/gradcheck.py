@@ -19,7 +19,7 @@ THRESHOLD = 1e-6
 LAYERS = layer_cases()
 MODELS = [(name, cls, (batch,) + cls.input_shape) for name, cls, batch in
           [("LeNet", mc.models.LeNet, 2), ("ConvNet", mc.models.ConvNet, 2), ("MnistCNN", mc.models.MnistCNN, 2),
-           ("TinyBNNet", mc.models.TinyBNNet, 2), ("AlexNetMNIST", mc.models.AlexNetMNIST, 2),
+           ("TinyBNNet", mc.models.TinyBNNet, 2), ("FashionCNN", mc.models.FashionCNN, 2), ("AlexNetMNIST", mc.models.AlexNetMNIST, 2),
            ("AnimalNet", mc.models.AnimalNet, 1)]]
 # AnimalNet has about 3 million ReLU and max-pool units on a 256x256 image: a step of +-eps in an
 # early weight moves thousands of them across their kinks, each too small to be detected, so

@@ -35,6 +35,15 @@ def torch_tinybnnet():
                           tnn.Flatten(), tnn.Linear(196, 10))
 
 
+def torch_fashioncnn():
+    layers, c_in = [], 1
+    for c in (32, 64, 128):
+        layers += [tnn.Conv2d(c_in, c, 3, padding=1, bias=False), tnn.BatchNorm2d(c), tnn.ReLU(), tnn.MaxPool2d(2)]
+        c_in = c
+    layers += [tnn.Flatten(), tnn.Dropout(0.3), tnn.Linear(1152, 256), tnn.ReLU(), tnn.Dropout(0.3), tnn.Linear(256, 10)]
+    return tnn.Sequential(*layers)
+
+
 def torch_alexnet_mnist():
     return tnn.Sequential(tnn.Conv2d(1, 64, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(3, 1),
                           tnn.Conv2d(64, 192, 3, padding=2), tnn.ReLU(), tnn.MaxPool2d(3, 2),
@@ -58,6 +67,7 @@ MODELS = [
     (mc.models.ConvNet, torch_convnet, 36_830, 4),
     (mc.models.MnistCNN, torch_mnistcnn, 843_658, 3),
     (mc.models.TinyBNNet, torch_tinybnnet, 2_174, 4),
+    (mc.models.FashionCNN, torch_fashioncnn, 390_634, 3),
     (mc.models.AlexNetMNIST, torch_alexnet_mnist, 56_826_570, 2),
     (mc.models.AnimalNet, torch_animalnet, 2_230_170, 2),
 ]
@@ -139,7 +149,7 @@ def test_training_steps_match_torch(make_ours, make_theirs, n_params, batch, opt
         np.testing.assert_allclose(value, theirs_state[name].numpy(), rtol=1e-8, atol=1e-10, err_msg=name)
 
 
-@pytest.mark.parametrize("make_ours,make_theirs,n_params,batch", MODELS[:4], ids=IDS[:4])
+@pytest.mark.parametrize("make_ours,make_theirs,n_params,batch", MODELS[:5], ids=IDS[:5])
 def test_eval_mode_matches_torch(make_ours, make_theirs, n_params, batch):
     ours, theirs = paired(make_ours, make_theirs)
     ours.eval(), theirs.eval()
