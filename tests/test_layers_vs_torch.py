@@ -330,3 +330,24 @@ def test_maxpool_and_relu_treat_nan_as_torch_does(cpu_backend, dtype, kernel, st
         dy = random_input(y.shape, dtype)
         yt.backward(torch.from_numpy(dy))
         np.testing.assert_allclose(ours.backward(dy), xt.grad.numpy(), **tolerance(dtype))
+
+
+def test_inference_in_chunks_equals_one_batch(cpu_backend, monkeypatch):
+    """Eval mode under no_grad runs big batches through Sequential in chunks; the result must be
+    that of the whole batch at once (batch norm with running statistics included), and training
+    mode (batch statistics: chunks would change the result) must not be chunked."""
+    import minicnn as mc
+    net = mc.models.ConvNet().double()
+    x = random_input((7, 1, 28, 28), np.float64)
+    net(x)                                            # move the running statistics off their defaults
+    net.eval()
+    with mc.nn.no_grad():
+        whole = net(x)
+        monkeypatch.setattr(mc.nn.Sequential, "INFERENCE_CHUNK", 3)
+        chunked = net(x)
+        net.train()
+        seen = []
+        monkeypatch.setattr(net[0], "forward", lambda x, _f=net[0].forward: seen.append(len(x)) or _f(x))
+        net(x)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-14)
+    assert seen == [7]
