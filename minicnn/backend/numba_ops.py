@@ -105,7 +105,7 @@ def col2im(col, x_shape, KH, KW, SH, SW, PH, PW):
     return dx
 
 
-# ---------------------------------------------------------------- direct convolution (stride 1)
+# ---------------------------------------------------------------- stride-1 convolution: direct or wide GEMM
 # For few input channels im2col is all overhead: LeNet's first layer copies each pixel 25 times
 # into a column matrix that then feeds a 6-column GEMM. Here each output plane is accumulated
 # directly as a sum of shifted input planes, one multiply-add sweep per filter tap.
@@ -229,7 +229,8 @@ def _direct_conv_input_grad(dyw, w, dx, PH, PW, Wp):
 # rows (C*KH*KW, n*L) holds, per tap k = (c, kh, kw), the shifted plane xp[n, c, kh*Wp + kw:][:L]
 # (one contiguous copy each), and y_wide (OC, n*L) = W (OC, C*KH*KW) @ rows. Unlike im2col's
 # short per-pixel runs, every copy is a whole shifted plane. Samples go in chunks that keep rows
-# under max_bytes; rows are kept for backward when one chunk holds the batch, else rebuilt.
+# in the cache (ROWS_CHUNK_BYTES, below); rows are kept for backward only when one chunk holds the
+# whole batch, else rebuilt there.
 
 @njit(**FAST)
 def _gather_rows(xp, rows, KH, KW, Wp, L):
@@ -238,10 +239,8 @@ def _gather_rows(xp, rows, KH, KW, Wp, L):
         for c in range(C):
             for kh in range(KH):
                 for kw in range(KW):
-                    dst = rows[(c * KH + kh) * KW + kw, n * L:(n + 1) * L]
-                    src = xp[n, c, kh * Wp + kw:kh * Wp + kw + L]
-                    for i in range(L):
-                        dst[i] = src[i]
+                    shift = kh * Wp + kw
+                    _copy(rows[(c * KH + kh) * KW + kw, n * L:(n + 1) * L], xp[n, c, shift:shift + L])
 
 
 @njit(**FAST)
