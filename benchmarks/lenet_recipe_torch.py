@@ -1,5 +1,5 @@
 """PyTorch's time for the README's main job, for comparison with `minicnn train --model lenet
---dataset mnist --epochs 3`: the same LeNet, the same starting weights, the same recipe (SGD lr 0.03,
+--dataset mnist --epochs 3`: the same LeNet, the same starting weights, the same recipe (SGD lr 0.02,
 Nesterov momentum 0.9, cosine schedule per epoch, batch 64, the same shuffled batches from
 minicnn's DataLoader, normalized MNIST), then test accuracy.
 
@@ -70,7 +70,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--limit", type=int, default=0, help="train on the first N images only")
-    parser.add_argument("--lr", type=float, default=0.03)
+    parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0, help="initial weights and batch order, as minicnn train --seed")
     parser.add_argument("--minicnn", action="store_true", help="also time minicnn the same way")
     args = parser.parse_args()

@@ -5,5 +5,5 @@ from _recipe import epochs_from_argv, run
 
 epochs = epochs_from_argv(3)
 run(mc.models.LeNet(), "mnist",
-    lambda params: mc.optim.SGD(params, lr=0.03, momentum=0.9, nesterov=True), epochs, "runs/lenet-mnist",
+    lambda params: mc.optim.SGD(params, lr=0.02, momentum=0.9, nesterov=True), epochs, "runs/lenet-mnist",
     scheduler_factory=lambda opt: mc.optim.CosineAnnealingLR(opt, epochs))

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-DEFAULT_LR = {"sgd": 0.03, "adam": 1e-3, "adamw": 1e-3}
+DEFAULT_LR = {"sgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
 
 
 class UsageError(Exception):
@@ -49,7 +49,7 @@ def build_parser():
     t.add_argument("--epochs", type=positive_int, default=3)
     t.add_argument("--batch-size", type=positive_int, default=64)
     t.add_argument("--optimizer", default="sgd", help="sgd (momentum 0.9), adam or adamw")
-    t.add_argument("--lr", type=positive_float, default=None, help="default: 0.03 for sgd, 1e-3 for adam")
+    t.add_argument("--lr", type=positive_float, default=None, help="default: 0.02 for sgd, 1e-3 for adam")
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--scheduler", default="cosine", help="cosine, step or none")
     t.add_argument("--augment", action="store_true", help="random shifts of up to 2 pixels")
