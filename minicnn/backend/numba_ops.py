@@ -203,15 +203,15 @@ def _direct_conv_weight_grad(xp, dyw, dw, db, Wp, zero):
 
 
 @njit(**DIRECT)
-def _direct_conv_input_grad(dyw, w, dx, PH, PW, Wp):
-    """The adjoint of the forward sweep: each tap adds w * dy_wide into the padded plane at its
-    shift; the padding is cut off at the end. Threads own samples."""
-    N, C, H, W = dx.shape
+def _direct_conv_input_grad(dyw, w, dxp, Wp):
+    """The adjoint of the forward sweep: each tap adds w * dy_wide into the padded plane dxp[n, c]
+    at its shift (the caller cuts the padding off). Threads own samples."""
+    N, C = dxp.shape[0], dxp.shape[1]
     OC, _, KH, KW = w.shape
     L = dyw.shape[2]
     for n in prange(N):
-        plane = np.empty((H + 2 * PH) * Wp, dtype=dx.dtype)
         for c in range(C):
+            plane = dxp[n, c]
             _fill(plane, 0)
             for o in range(OC):
                 g = dyw[n, o]
@@ -220,9 +220,6 @@ def _direct_conv_input_grad(dyw, w, dx, PH, PW, Wp):
                         tap, dst = w[o, c, kh, kw], plane[kh * Wp + kw:kh * Wp + kw + L]
                         for i in range(L):
                             dst[i] += tap * g[i]
-            for h in range(H):
-                start = (h + PH) * Wp + PW
-                _copy(dx[n, c, h], plane[start:start + W])
 
 
 # With more input channels the sum over taps is better left to BLAS, still in the wide layout:
@@ -329,7 +326,7 @@ def conv2d_stride1_forward(x, w, b, PH, PW, max_bytes):
 
 def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad=True):
     """Gradients of conv2d_stride1_forward: (dx or None, dw, db)."""
-    xp, rows = saved
+    xp, kept_rows = saved
     N, C, H, W = x_shape
     OC, _, KH, KW = w.shape
     Wp = W + 2 * PW
@@ -337,36 +334,35 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
     L = (OH - 1) * Wp + OW
     dyw = np.empty((N, OC, L), dtype=dy.dtype)
     _widen(np.ascontiguousarray(dy), dyw, Wp)
+    dxp = np.empty(xp.shape, dtype=dy.dtype) if input_grad else None      # padded wide planes
     if C <= DIRECT_MAX_CHANNELS:
         dw, db = np.zeros_like(w), np.zeros(OC, dtype=dy.dtype)
         _direct_conv_weight_grad(xp, dyw, dw, db, Wp, dy.dtype.type(0))
-        if not input_grad:
-            return None, dw, db
-        dx = np.empty(x_shape, dtype=dy.dtype)
-        _direct_conv_input_grad(dyw, np.ascontiguousarray(w), dx, PH, PW, Wp)
-        return dx, dw, db
-    dy_rows = np.ascontiguousarray(dyw.transpose(1, 0, 2)).reshape(OC, N * L)   # (OC, N*L)
-    w_col = w.reshape(OC, -1)
-    chunk = N if rows is not None else _chunk(w_col.shape[1], L, N, dy.dtype.itemsize, max_bytes)
-    dw = 0
-    dxp = np.empty(xp.shape, dtype=dy.dtype) if input_grad else None
-    for first in range(0, N, chunk):
-        part = xp[first:first + chunk]
-        g = dy_rows[:, first * L:(first + len(part)) * L]
-        if rows is None or chunk < N:
-            rows = np.empty((w_col.shape[1], len(part) * L), dtype=dy.dtype)
-            _gather_rows(part, rows, KH, KW, Wp, L)
-        dw = dw + g @ rows.T
         if input_grad:
-            _scatter_rows(w_col.T @ g, dxp[first:first + chunk], KH, KW, Wp, L)
-    db = dy_rows.sum(axis=1)
+            _direct_conv_input_grad(dyw, np.ascontiguousarray(w), dxp, Wp)
+    else:
+        dy_rows = np.ascontiguousarray(dyw.transpose(1, 0, 2)).reshape(OC, N * L)   # (OC, N*L)
+        w_col = w.reshape(OC, -1)
+        chunk = N if kept_rows is not None else _chunk(w_col.shape[1], L, N, dy.dtype.itemsize, max_bytes)
+        dw = 0
+        for first in range(0, N, chunk):
+            part = xp[first:first + chunk]
+            g = dy_rows[:, first * L:(first + len(part)) * L]
+            rows = kept_rows
+            if rows is None:
+                rows = np.empty((w_col.shape[1], len(part) * L), dtype=dy.dtype)
+                _gather_rows(part, rows, KH, KW, Wp, L)
+            dw = dw + g @ rows.T
+            if input_grad:
+                _scatter_rows(w_col.T @ g, dxp[first:first + chunk], KH, KW, Wp, L)
+        dw, db = dw.reshape(w.shape), dy_rows.sum(axis=1)
     if not input_grad:
-        return None, dw.reshape(w.shape), db
+        return None, dw, db
     if PH == PW == 0:
-        return dxp.reshape(x_shape), dw.reshape(w.shape), db
+        return dxp.reshape(x_shape), dw, db
     dx = np.empty(x_shape, dtype=dy.dtype)
     _crop_padding(dxp, dx, PH, PW)
-    return dx, dw.reshape(w.shape), db
+    return dx, dw, db
 
 
 # ---------------------------------------------------------------- pooling

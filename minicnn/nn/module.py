@@ -300,7 +300,7 @@ class Sequential(Module):
 
     def forward(self, x):
         if not _grad_enabled and not self.training and getattr(x, "ndim", 0) > 0 \
-                and len(x) > self.INFERENCE_CHUNK and self.all_layers_eval():
+                and len(x) > self.INFERENCE_CHUNK and self._all_layers_eval():
             parts = [self._run(x[i:i + self.INFERENCE_CHUNK]) for i in range(0, len(x), self.INFERENCE_CHUNK)]
             return backend.xp_for(parts[0]).concatenate(parts)
         return self._run(x)
@@ -310,7 +310,7 @@ class Sequential(Module):
             x = layer(x)
         return x
 
-    def all_layers_eval(self):
+    def _all_layers_eval(self):
         return all(not m.training for m in self.modules())
 
     def backward(self, dy, input_grad=True):
