@@ -6,6 +6,8 @@
 // col2im (adjoint, a gather): one thread per element of dx (N, C, H, W); it sums every
 //   (oh, kh) with oh*SH - PH + kh = ih (and likewise for columns), so no atomics and a fixed
 //   summation order: results are bit-for-bit repeatable.
+// rows_to_nchw: the convolution's epilogue. The GEMM gives rows (N*L, OC), L = OH*OW; one thread
+//   per element of y (N, OC, L) reads rows[n*L + l, oc] and adds bias[oc] (bias may be null).
 
 template <typename T>
 __global__ void im2col(const T* __restrict__ x, T* __restrict__ col, long long total,
@@ -46,9 +48,22 @@ __global__ void col2im(const T* __restrict__ col, T* __restrict__ dx, long long 
     dx[i] = sum;
 }
 
+template <typename T>
+__global__ void rows_to_nchw(const T* __restrict__ rows, const T* __restrict__ bias, T* __restrict__ y,
+                             long long total, int OC, int L) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    int l = (int)(i % L), oc = (int)((i / L) % OC);
+    long long n = i / ((long long)L * OC);
+    T v = rows[(n * L + l) * OC + oc];
+    y[i] = bias != nullptr ? v + bias[oc] : v;
+}
+
 #ifdef MINICNN_INSTANTIATE
 template __global__ void im2col<float>(const float*, float*, long long, int, int, int, int, int, int, int, int, int, int, int);
 template __global__ void im2col<double>(const double*, double*, long long, int, int, int, int, int, int, int, int, int, int, int);
 template __global__ void col2im<float>(const float*, float*, long long, int, int, int, int, int, int, int, int, int, int, int);
 template __global__ void col2im<double>(const double*, double*, long long, int, int, int, int, int, int, int, int, int, int, int);
+template __global__ void rows_to_nchw<float>(const float*, const float*, float*, long long, int, int);
+template __global__ void rows_to_nchw<double>(const double*, const double*, double*, long long, int, int);
 #endif

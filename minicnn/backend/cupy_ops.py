@@ -19,14 +19,17 @@ xp = cp
 output_size = numpy_ops.output_size
 BLOCK = 256
 
-_KERNELS = {
-    "im2col.cu": ["im2col", "col2im"],
+_KERNELS = {           # file -> kernels templated on T (instantiated for float and double)
+    "im2col.cu": ["im2col", "col2im", "rows_to_nchw"],
     "pool.cu": ["maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward"],
     "batchnorm.cu": ["bn_forward_train", "bn_backward_train"],
     "softmax_ce.cu": ["softmax_ce_forward", "softmax_ce_backward"],
     "activation.cu": ["relu_forward", "relu_backward", "bias_relu"],
-    "optim.cu": ["sgd_step", "adam_step"],
+    "optim.cu": ["sgd_step", "adam_step", "sgd_multi", "adam_multi"],
+    "dropout.cu": ["dropout_forward"],
+    "gemm.cu": ["gemm"],
 }
+_PLAIN_KERNELS = {"dropout.cu": ["rng_advance"]}      # file -> kernels without a type parameter
 _TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _modules = {}
 
@@ -44,8 +47,10 @@ def _kernel(file, kernel, dtype):
     if file not in _modules:
         with open(os.path.join(kernel_dir(), file)) as f:
             source = f.read()
-        names = [f"{k}<{t}>" for k in _KERNELS[file] for t in _TYPES.values()]
+        names = [f"{k}<{t}>" for k in _KERNELS[file] for t in _TYPES.values()] + _PLAIN_KERNELS.get(file, [])
         _modules[file] = cp.RawModule(code=source, options=("-std=c++14",), name_expressions=names)
+    if dtype is None:
+        return _modules[file].get_function(kernel)
     return _modules[file].get_function(f"{kernel}<{_TYPES[np.dtype(dtype)]}>")
 
 
@@ -67,6 +72,68 @@ def _check_float(*arrays):
     for a in arrays:
         if a.dtype not in _TYPES:
             raise TypeError(f"minicnn CUDA kernels take float32 or float64 arrays, got {a.dtype}")
+
+
+# ---------------------------------------------------------------- matrix products
+
+_own_gemm = False     # True: every product through kernels/gemm.cu (tests compare graph and eager runs)
+
+
+def use_own_gemm(flag):
+    """Multiply with kernels/gemm.cu even outside CUDA-graph captures; returns the previous setting."""
+    global _own_gemm
+    previous, _own_gemm = _own_gemm, bool(flag)
+    return previous
+
+
+def matmul(a, b):
+    """a @ b for 2-D or 3-D (batched, broadcast) operands: cuBLAS normally; kernels/gemm.cu while
+    a CUDA graph is captured (CuPy refuses cuBLAS calls then) or when use_own_gemm(True)."""
+    if not (_own_gemm or capturing()):
+        return a @ b
+    _check_float(a, b)
+    if a.dtype != b.dtype or a.ndim not in (2, 3) or b.ndim not in (2, 3) or a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"minicnn gemm: cannot multiply {a.dtype} {a.shape} by {b.dtype} {b.shape}")
+    batch = max(a.shape[0] if a.ndim == 3 else 1, b.shape[0] if b.ndim == 3 else 1)
+    for x in (a, b):
+        if x.ndim == 3 and x.shape[0] not in (1, batch):
+            raise ValueError(f"minicnn gemm: batch sizes {a.shape} and {b.shape} do not broadcast")
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    item = a.dtype.itemsize
+    a_b = a.strides[0] // item if a.ndim == 3 and a.shape[0] > 1 else 0
+    b_b = b.strides[0] // item if b.ndim == 3 and b.shape[0] > 1 else 0
+    c = cp.empty((batch, M, N), dtype=a.dtype)
+    grid = ((N + 63) // 64, (M + 63) // 64, batch)
+    if c.size:
+        _kernel("gemm.cu", "gemm", a.dtype)(grid, (256,), (
+            a, b, c, *_i(M, N, K), np.int64(a_b), np.int64(a.strides[-2] // item), np.int64(a.strides[-1] // item),
+            np.int64(b_b), np.int64(b.strides[-2] // item), np.int64(b.strides[-1] // item)))
+    return c if (a.ndim == 3 or b.ndim == 3) else c[0]
+
+
+def conv_backward_gemms(dy, col, W_col, bias, input_grad):
+    """The convolution's three gradient products on the GPU, from dy (n, OC, OH, OW) and the
+    column matrix col (n*L, CKK) of forward. dW = sum over samples of dy[i] (OC, L) @ col[i]
+    (L, CKK): one batched product straight from NCHW (one product with K = n*L, what the
+    CPU does, gives cuBLAS a 32 x 9 result to reduce over 700,000 terms, 15 ms for MnistCNN's
+    first layer at batch 1024); db = sum of dy over samples and pixels; dcol = dy rows @ W_col.
+    Returns (dW (OC, CKK), db or None, dcol or None)."""
+    n, OC = dy.shape[:2]
+    dy3 = cp.ascontiguousarray(dy).reshape(n, OC, -1)
+    L = dy3.shape[2]
+    col3 = col.reshape(n, L, -1)
+    per_sample = OC * col3.shape[2] * dy.dtype.itemsize
+    chunk = max(1, min(n, (64 * 2**20) // max(per_sample, 1)))   # bound the (chunk, OC, CKK) products
+    dW = None
+    for start in range(0, n, chunk):
+        part = matmul(dy3[start:start + chunk], col3[start:start + chunk]).sum(axis=0)
+        dW = part if dW is None else dW + part
+    db = dy3.sum(axis=(0, 2)) if bias else None
+    dcol = None
+    if input_grad:
+        rows = dy3.transpose(0, 2, 1).reshape(-1, OC)
+        dcol = matmul(rows, W_col)
+    return dW, db, dcol
 
 
 # ---------------------------------------------------------------- convolution
@@ -91,6 +158,16 @@ def col2im(col, x_shape, KH, KW, SH, SW, PH, PW):
     _launch("im2col.cu", "col2im", col.dtype, dx.size,
             (col, dx, np.int64(dx.size), *_i(C, H, W, KH, KW, SH, SW, PH, PW, OH, OW)))
     return dx
+
+
+def rows_to_nchw(rows, bias, N, OC, L):
+    """The convolution's epilogue: rows (N*L, OC) from the GEMM -> y (N, OC, L) + bias[oc], one launch."""
+    _check_float(rows)
+    rows = cp.ascontiguousarray(rows)
+    y = cp.empty((N, OC, L), dtype=rows.dtype)
+    b = np.uint64(0) if bias is None else cp.ascontiguousarray(bias)    # a null pointer
+    _launch("im2col.cu", "rows_to_nchw", rows.dtype, y.size, (rows, b, y, np.int64(y.size), *_i(OC, L)))
+    return y
 
 
 # ---------------------------------------------------------------- pooling
@@ -171,15 +248,41 @@ def log_softmax(logits):
     return shifted - cp.log(cp.exp(shifted).sum(axis=1, keepdims=True))
 
 
+_bad_label_flag = None      # one int32 on the device, set by softmax_ce_forward when a label is out of range
+
+
 def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
+    """As numpy_ops; labels are checked by the kernel itself (no reductions, one flag). Outside
+    a CUDA-graph capture the flag is read at once and a bad label raises ValueError; inside
+    one it stays set for :func:`raise_if_bad_labels`, which the graph's runner calls."""
+    global _bad_label_flag
     _check_float(logits)
     logits = cp.ascontiguousarray(logits)
     N, K = logits.shape
+    if _bad_label_flag is None:
+        _bad_label_flag = cp.zeros(1, dtype=cp.int32)
+    labels = cp.ascontiguousarray(labels, dtype=cp.int64)
     loss, probs = cp.empty(N, dtype=logits.dtype), cp.empty_like(logits)
     _launch("softmax_ce.cu", "softmax_ce_forward", logits.dtype, N,
-            (logits, cp.ascontiguousarray(labels, dtype=cp.int64), logits.dtype.type(label_smoothing), *_i(N, K),
-             loss, probs))
+            (logits, labels, logits.dtype.type(label_smoothing), *_i(N, K), loss, probs, _bad_label_flag))
+    if not capturing():
+        raise_if_bad_labels(labels, K)
     return loss, probs
+
+
+def raise_if_bad_labels(labels, K):
+    """Raise ValueError naming a label outside [0, K) if a cross-entropy kernel met one (and reset the flag)."""
+    if _bad_label_flag is not None and int(_bad_label_flag[0]):
+        _bad_label_flag.fill(0)
+        host = cp.asnumpy(labels)
+        bad = host[(host < 0) | (host >= K)]
+        seen = f"got {int(bad[0])}" if bad.size else "got one in an earlier batch"
+        raise ValueError(f"labels must be in [0, {K}) for {K} classes, {seen}")
+
+
+def capturing():
+    """True while the current stream is being captured into a CUDA graph (no host reads allowed)."""
+    return cp.cuda.get_current_stream().is_capturing()
 
 
 def softmax_cross_entropy_backward(probs, labels, label_smoothing, scale):
@@ -211,6 +314,75 @@ def relu_backward(dy, y):
 
 
 def dropout_mask(shape, p, dtype, rng):
-    """The mask is drawn on the host from minicnn's generator (so seeds mean the same on both
-    devices) and copied over."""
+    """A mask drawn on the host from a NumPy generator and copied over (Dropout itself uses
+    dropout_forward, which a CUDA graph can replay)."""
     return cp.asarray(numpy_ops.dropout_mask(shape, p, np.dtype(dtype), rng))
+
+
+def new_rng_state(seed):
+    """Device state {seed, counter} for dropout_forward."""
+    return cp.asarray(np.array([seed, 0], dtype=np.uint64))
+
+
+def dropout_forward(x, p, state):
+    """y = x * mask, mask = 0 with probability p else 1/(1-p), drawn on the GPU from ``state``
+    (advanced on the GPU afterwards, so every call, and every graph replay, draws anew)."""
+    _check_float(x)
+    x = cp.ascontiguousarray(x)
+    y, mask = cp.empty_like(x), cp.empty_like(x)
+    _launch("dropout.cu", "dropout_forward", x.dtype, x.size,
+            (x, y, mask, np.int64(x.size), np.float64(p), x.dtype.type(1 / (1 - p)), state))
+    _kernel("dropout.cu", "rng_advance", None)((1,), (1,), (state,))
+    return y, mask
+
+
+# ---------------------------------------------------------------- optimizers, one launch per group
+
+_tables = {}        # tuple of device pointers (or sizes, or hyper-parameters) -> device array holding them
+captured_tables = []   # the tables a capture in progress reads: its graph must keep them alive
+
+
+def _table(values, dtype):
+    """A cached device copy of a small tuple of numbers: pointer tables, offsets, hyper-parameters.
+    Parameters, gradients and optimizer state keep their addresses from step to step, so the
+    copy is made once (and never inside a CUDA-graph capture, where host-to-device copies are
+    not allowed). The cache is emptied when it grows large (eager steps with fresh gradients
+    make new tables); a captured graph holds on to its own tables (see captured_tables)."""
+    key = (dtype, values)
+    table = _tables.get(key)
+    if table is None:
+        if len(_tables) > 512:
+            _tables.clear()
+        table = _tables[key] = cp.asarray(np.array(values, dtype=dtype))
+    if capturing():
+        captured_tables.append(table)
+    return table
+
+
+def _group_tables(*lists):
+    first = lists[0]
+    dtype = first[0].dtype
+    for arrays in lists:
+        for a in arrays:
+            if a.dtype != dtype or not a.flags.c_contiguous:
+                raise ValueError("minicnn fused optimizer: parameters, gradients and state must be contiguous "
+                                 f"arrays of one dtype, got {a.dtype} (contiguous={a.flags.c_contiguous})")
+    sizes = np.cumsum([0] + [a.size for a in first])
+    pointers = [_table(tuple(a.data.ptr for a in arrays), np.uint64) for arrays in lists]
+    return dtype, int(sizes[-1]), _table(tuple(int(v) for v in sizes), np.int64), pointers
+
+
+def sgd_multi(params, grads, bufs, hyper, nesterov, first):
+    """One SGD step for every array in ``params`` (see optim.cu); hyper = device [lr, momentum,
+    dampening, weight_decay]; bufs may be ``params`` again when momentum is 0 (never read then)."""
+    dtype, total, offsets, (p, g, b) = _group_tables(params, grads, bufs)
+    _launch("optim.cu", "sgd_multi", dtype, total,
+            (p, g, b, offsets, np.int32(len(params)), hyper, np.int32(bool(nesterov)), np.int32(bool(first))))
+
+
+def adam_multi(params, grads, ms, vs, vmaxs, hyper, decoupled, amsgrad):
+    """One Adam/AdamW step for every array in ``params``; hyper = device [lr, beta1, beta2, eps,
+    weight_decay, step_size, bc2_sqrt]; vmaxs is vs again without amsgrad (never read then)."""
+    dtype, total, offsets, (p, g, m, v, vmax) = _group_tables(params, grads, ms, vs, vmaxs)
+    _launch("optim.cu", "adam_multi", dtype, total,
+            (p, g, m, v, vmax, offsets, np.int32(len(params)), hyper, np.int32(bool(decoupled)), np.int32(bool(amsgrad))))
