@@ -27,6 +27,8 @@ xp = np
 output_size = numpy_ops.output_size
 dropout_mask = numpy_ops.dropout_mask
 log_softmax = numpy_ops.log_softmax
+matmul = numpy_ops.matmul
+conv_backward_gemms = numpy_ops.conv_backward_gemms
 
 FAST = dict(parallel=True, cache=True, fastmath=False, nogil=True)
 DIRECT = dict(FAST, fastmath={"contract"})        # multiply-adds may fuse into FMA instructions

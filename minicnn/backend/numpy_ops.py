@@ -58,6 +58,22 @@ def im2col(x, KH, KW, SH, SW, PH, PW):
     return win.transpose(0, 2, 3, 1, 4, 5).reshape(N * OH * OW, C * KH * KW)
 
 
+def matmul(a, b):
+    """a @ b (a backend seam: the CUDA backend swaps in its own kernel inside graph captures)."""
+    return a @ b
+
+
+def conv_backward_gemms(dy, col, W_col, bias, input_grad):
+    """The convolution's gradient products from dy (n, OC, OH, OW) and forward's col (n*L, CKK):
+    dW = dy_rows.T @ col, db = column sums of dy_rows, dcol = dy_rows @ W_col, with dy_rows
+    (n*L, OC) the pixels of dy as rows. Returns (dW, db or None, dcol or None)."""
+    rows = dy.transpose(0, 2, 3, 1).reshape(-1, dy.shape[1])
+    dW = rows.T @ col
+    db = rows.sum(axis=0) if bias else None            # contiguous: faster than summing over NCHW
+    dcol = rows @ W_col if input_grad else None
+    return dW, db, dcol
+
+
 def col2im(col, x_shape, KH, KW, SH, SW, PH, PW):
     """Adjoint of im2col: col (N*OH*OW, C*KH*KW) -> (N, C, H, W), overlaps summed."""
     N, C, H, W = x_shape

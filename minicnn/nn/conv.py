@@ -63,7 +63,12 @@ class Conv2d(Module):
         outputs = []
         for start in range(0, N, chunk):
             col = ops.im2col(x[start:start + chunk], KH, KW, SH, SW, PH, PW)   # (n*OH*OW, C*KH*KW)
-            y = col @ W_col.T                                       # (n*OH*OW, OC)
+            y = ops.matmul(col, W_col.T)                            # (n*OH*OW, OC)
+            if hasattr(ops, "rows_to_nchw"):                        # bias and layout in one pass (CUDA)
+                bias = None if self.bias is None else self.bias.data
+                n = y.shape[0] // (OH * OW)
+                outputs.append(ops.rows_to_nchw(y, bias, n, self.out_channels, OH * OW).reshape(n, -1, OH, OW))
+                continue
             if self.bias is not None:
                 y += self.bias.data
             outputs.append(y.reshape(-1, OH, OW, self.out_channels).transpose(0, 3, 1, 2))
@@ -86,16 +91,15 @@ class Conv2d(Module):
                 self.bias.accumulate_grad(db)
             return dx
         W_col = self.weight.data.reshape(self.out_channels, -1)
-        dW, db, dx_parts = 0, 0, []
+        dW, db, dx_parts = None, None, []
         for start in range(0, dy.shape[0], s.chunk):
             x_part = s.x[start:start + s.chunk]
             col = s.col if s.col is not None else ops.im2col(x_part, KH, KW, SH, SW, PH, PW)
-            dy_col = dy[start:start + s.chunk].transpose(0, 2, 3, 1).reshape(-1, self.out_channels)
-            dW = dW + dy_col.T @ col                                # (OC, C*KH*KW)
-            if self.bias is not None:
-                db = db + dy_col.sum(axis=0)                        # contiguous: faster than over NCHW
+            dW_part, db_part, dcol = ops.conv_backward_gemms(dy[start:start + s.chunk], col, W_col,
+                                                             self.bias is not None, input_grad)
+            dW, db = _add(dW, dW_part), _add(db, db_part)            # (OC, C*KH*KW), (OC,)
             if input_grad:
-                dx_parts.append(ops.col2im(dy_col @ W_col, x_part.shape, KH, KW, SH, SW, PH, PW))
+                dx_parts.append(ops.col2im(dcol, x_part.shape, KH, KW, SH, SW, PH, PW))
         self.weight.accumulate_grad(dW.reshape(self.weight.shape))
         if self.bias is not None:
             self.bias.accumulate_grad(db)
@@ -120,3 +124,8 @@ class Conv2d(Module):
         if self.bias is None:
             text += ", bias=False"
         return text
+
+
+def _add(total, part):
+    """total + part, where total None means nothing yet (no extra pass over part)."""
+    return part if total is None else total + part

@@ -1,5 +1,9 @@
 """Inverted dropout: in training, zero each element with probability p and scale the rest by
-1/(1-p), so eval needs no rescaling; in eval, the identity. Shape: any -> same."""
+1/(1-p), so eval needs no rescaling; in eval, the identity. Shape: any -> same.
+
+On the CPU the mask comes from minicnn's NumPy generator; on the GPU from a counter-based
+generator in device memory (kernels/dropout.cu), seeded once from that same generator, so
+seeded runs are reproducible on each device (the masks differ between devices)."""
 import numpy as np
 
 from .. import backend, random
@@ -27,8 +31,13 @@ class Dropout(Module):
             self.save_for_backward(x, mask=None)
             return x
         rng = self._rng or random.get_rng()
-        mask = backend.ops_for(x).dropout_mask(x.shape, self.p, x.dtype, rng)
-        y = x * mask
+        if backend.is_cupy_array(x):       # drawn on the GPU, so a captured CUDA graph draws anew each replay
+            if self.__dict__.get("_gpu_state") is None:
+                object.__setattr__(self, "_gpu_state", backend.ops_for(x).new_rng_state(int(rng.integers(2**63))))
+            y, mask = backend.ops_for(x).dropout_forward(x, self.p, self._gpu_state)
+        else:
+            mask = backend.ops_for(x).dropout_mask(x.shape, self.p, x.dtype, rng)
+            y = x * mask
         self.save_for_backward(y, mask=mask)
         return y
 

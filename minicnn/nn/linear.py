@@ -5,6 +5,7 @@
 """
 import numpy as np
 
+from .. import backend
 from ._checks import check_float_array, check_input, count
 from .init import default_bound, uniform
 from .module import Module, Parameter
@@ -29,7 +30,7 @@ class Linear(Module):
         check_input(self, x, f"(N, {self.in_features})", None, self.in_features, channel_axis=-1,
                     params_dtype=self.weight.dtype)
         x2 = x.reshape(-1, self.in_features)
-        y = x2 @ self.weight.data.T
+        y = backend.ops_for(x).matmul(x2, self.weight.data.T)
         if self.bias is not None:
             y += self.bias.data
         y = y.reshape(x.shape[:-1] + (self.out_features,))
@@ -39,10 +40,11 @@ class Linear(Module):
     def backward(self, dy):
         s = self.saved(dy)
         dy2 = dy.reshape(-1, self.out_features)
-        self.weight.accumulate_grad(dy2.T @ s.x2)
+        matmul = backend.ops_for(dy).matmul
+        self.weight.accumulate_grad(matmul(dy2.T, s.x2))
         if self.bias is not None:
             self.bias.accumulate_grad(dy2.sum(axis=0))
-        return (dy2 @ self.weight.data).reshape(s.x_shape)
+        return matmul(dy2, self.weight.data).reshape(s.x_shape)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -37,11 +37,14 @@ class CrossEntropyLoss(Module):
         if labels.shape != (N,):
             raise ValueError(f"{self!r}: expected labels of shape ({N},) to match logits {tuple(logits.shape)}, "
                              f"got {tuple(labels.shape)}")
-        if N and (int(labels.min()) < 0 or int(labels.max()) >= K):
+        if not backend.is_cupy_array(labels) and N and (int(labels.min()) < 0 or int(labels.max()) >= K):
             bad = labels[(labels < 0) | (labels >= K)]
             raise ValueError(f"{self!r}: labels must be in [0, {K}) for {K} classes, got {int(bad[0])}")
         ops = backend.ops_for(logits)
-        losses, probs = ops.softmax_cross_entropy(logits, labels, self.label_smoothing)
+        try:          # the CUDA kernel checks GPU labels itself (no extra reductions)
+            losses, probs = ops.softmax_cross_entropy(logits, labels, self.label_smoothing)
+        except ValueError as err:
+            raise ValueError(f"{self!r}: {err}") from None
         if self.reduction == "mean":
             loss = losses.mean()
         elif self.reduction == "sum":

@@ -20,6 +20,27 @@ class SGD(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov))
 
+    def _hyper_values(self, group, params, states):
+        return (group["lr"], group["momentum"], group["dampening"], group["weight_decay"])
+
+    def _gpu_group_step(self, group, params, states):
+        """The group in one launch (kernels/optim.cu, sgd_multi); parameters whose momentum
+        buffer starts now get a second launch with first=1."""
+        from ..backend import cupy_ops
+        hyper = self._hyper(group, self._hyper_values(group, params, states), params[0].data.dtype)
+        if not group["momentum"]:
+            datas = [p.data for p in params]
+            cupy_ops.sgd_multi(datas, [p.grad for p in params], datas, hyper, False, False)
+            return
+        starting = [("momentum_buffer" not in state) for state in states]
+        for p, state in zip(params, states):
+            state.setdefault("momentum_buffer", backend.xp_for(p.data).empty_like(p.data))
+        for first in (False, True):
+            chosen = [i for i, s in enumerate(starting) if s == first]
+            if chosen:
+                cupy_ops.sgd_multi([params[i].data for i in chosen], [params[i].grad for i in chosen],
+                                   [states[i]["momentum_buffer"] for i in chosen], hyper, group["nesterov"], first)
+
     def _update(self, p, grad, group, state):
         momentum, wd = group["momentum"], group["weight_decay"]
         fused = getattr(backend.ops_for(p.data), "sgd_step", None)
