@@ -60,6 +60,7 @@ def build_parser():
     t.add_argument("--every", type=positive_int, default=1, help="checkpoint every N epochs")
     t.add_argument("--resume", default=None, help="continue from a checkpoint written by an earlier run")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.add_argument("--cuda-graph", action="store_true", help="on cuda: replay each training step as one CUDA graph")
     t.add_argument("--data", default=None, help="folder holding the dataset files")
     t.add_argument("--out", default=None, help="run folder (default runs/MODEL-DATASET-TIME)")
 
@@ -95,6 +96,8 @@ def cmd_train(args):
         raise ValueError(f"unknown optimizer {args.optimizer!r}; choose sgd, adam or adamw")
     if args.scheduler.lower() not in ("cosine", "step", "none"):
         raise ValueError(f"unknown scheduler {args.scheduler!r}; choose cosine, step or none")
+    if args.cuda_graph and args.device == "cpu":
+        raise ValueError("--cuda-graph needs --device cuda")
     if not 0 <= args.val_split < 1:
         raise ValueError(f"--val-split must be in [0, 1), got {args.val_split}")
     out = args.out or os.path.join("runs", f"{model_name}-{dataset_name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
@@ -136,7 +139,7 @@ def cmd_train(args):
     started = time.perf_counter()
     history = train.fit(model, mc.nn.CrossEntropyLoss(), opt, loader, args.epochs, val_loader=val_loader,
                         scheduler=scheduler, checkpoint_dir=os.path.join(out, "checkpoints"), every=args.every,
-                        resume=args.resume)
+                        resume=args.resume, cuda_graph=args.cuda_graph)
     wall = time.perf_counter() - started
     test = train.evaluate(model, test_loader, mc.nn.CrossEntropyLoss())
 

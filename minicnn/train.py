@@ -108,24 +108,77 @@ def confusion_matrix(y_true, y_pred, n_classes):
     return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def _train_epoch(model, loss_fn, optimizer, loader, bar):
+def _train_epoch(model, loss_fn, optimizer, loader, bar, graph_step=None):
     model.train()
-    total_loss, correct, count = 0.0, 0, 0
+    totals = _Totals()
     for x, y in loader:
-        logits = model(x)
-        loss = loss_fn(logits, y)
-        optimizer.zero_grad()
-        _backward_params_only(model, loss_fn.backward())
-        optimizer.step()
-        loss = float(loss)
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"fit: the training loss became {loss}; lower the learning rate")
-        total_loss += loss * len(y)
-        correct += _correct(logits, y)
-        count += len(y)
-        bar.update(len(y))
-        bar.set_postfix(loss=f"{total_loss / count:.4f}", acc=f"{correct / count:.4f}", refresh=False)
-    return total_loss / count, correct / count, count
+        if graph_step is not None:
+            loss, logits = graph_step(x, y)
+        else:
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad()
+            _backward_params_only(model, loss_fn.backward())
+            optimizer.step()
+        totals.add(loss, logits, y)
+        if totals.due():
+            _read_totals(totals, graph_step, bar)
+    _read_totals(totals, graph_step, bar)
+    return totals.loss / totals.count, totals.correct / totals.count, totals.count
+
+
+class _Totals:
+    """Running sums of loss * batch size and of correct predictions. CPU values are read at
+    once; GPU values are summed on the device and read every GPU_READ_EVERY steps, because a
+    read waits for the GPU to finish everything queued (steps would otherwise not overlap)."""
+    GPU_READ_EVERY = 50
+
+    def __init__(self):
+        self.loss, self.correct, self.count, self.shown = 0.0, 0, 0, 0
+        self._pending = None          # (device loss sum, device correct count, images, steps)
+
+    def add(self, loss, logits, labels):
+        n = len(labels)
+        if not backend.is_cupy_array(logits):
+            self.loss += float(loss) * n
+            self.correct += _correct(logits, labels)
+            self.count += n
+            return
+        loss_sum = loss.astype("float64") * n
+        right = (logits.argmax(axis=1) == labels).sum()
+        if self._pending is None:
+            self._pending = [loss_sum, right, n, 1]
+        else:
+            p = self._pending
+            p[0], p[1], p[2], p[3] = p[0] + loss_sum, p[1] + right, p[2] + n, p[3] + 1
+
+    def due(self):
+        return self._pending is None or self._pending[3] >= self.GPU_READ_EVERY
+
+    def read(self):
+        """Fold the device sums into the host totals; returns the loss sum just read."""
+        if self._pending is None:
+            return None
+        loss_sum, right, n, _ = self._pending
+        self._pending = None
+        loss_sum = float(loss_sum)
+        self.loss += loss_sum
+        self.correct += int(right)
+        self.count += n
+        return loss_sum
+
+
+def _read_totals(totals, graph_step, bar):
+    totals.read()
+    if graph_step is not None:
+        graph_step.check_labels()
+    if not np.isfinite(totals.loss):
+        raise FloatingPointError(f"fit: the training loss became {totals.loss}; lower the learning rate")
+    if totals.count > totals.shown:
+        bar.update(totals.count - totals.shown)
+        totals.shown = totals.count
+        bar.set_postfix(loss=f"{totals.loss / totals.count:.4f}", acc=f"{totals.correct / totals.count:.4f}",
+                        refresh=False)
 
 
 def _backward_params_only(model, dlogits):
@@ -137,7 +190,7 @@ def _backward_params_only(model, dlogits):
 
 
 def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
-        checkpoint_dir=None, every=1, resume=None, progress=None, log=print):
+        checkpoint_dir=None, every=1, resume=None, progress=None, log=print, cuda_graph=False):
     """Train for ``epochs`` epochs (counted from the start, also when resuming).
 
     Args:
@@ -147,6 +200,9 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
             an uninterrupted run would.
         progress: None shows a tqdm bar on terminals only; False never; True always.
         log: called with one summary line per epoch (None: silent).
+        cuda_graph: on the GPU, replay each training step as one captured CUDA graph
+            (minicnn.cuda_graph.CudaGraphStep): the same arithmetic without the per-kernel
+            launch cost. Needs a model on the GPU and a loader with device='cuda'.
     Returns: History.
     """
     if int(epochs) < 1:
@@ -159,12 +215,18 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
         _restore(state, model, optimizer, scheduler, train_loader)
         history, start_epoch = History(state["history"]), int(state["epoch"])
     best = history.best()
+    graph_step = None
+    if cuda_graph:
+        if not all(backend.is_cupy_array(p.data) for p in model.parameters()):
+            raise ValueError("fit: cuda_graph=True needs the model on the GPU (model.to('cuda'))")
+        from .cuda_graph import CudaGraphStep
+        graph_step = CudaGraphStep(model, loss_fn, optimizer)
     for epoch in range(start_epoch, int(epochs)):
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         with tqdm(total=len(train_loader.dataset), unit="img", desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                   disable=None if progress is None else not progress) as bar:
-            train_loss, train_acc, seen = _train_epoch(model, loss_fn, optimizer, train_loader, bar)
+            train_loss, train_acc, seen = _train_epoch(model, loss_fn, optimizer, train_loader, bar, graph_step)
         seconds = time.perf_counter() - started
         val = evaluate(model, val_loader, loss_fn) if val_loader is not None else {"loss": None, "accuracy": None}
         if scheduler is not None:
