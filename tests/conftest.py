@@ -25,6 +25,45 @@ def cpu_backend(request):
         pytest.skip(str(err))
 
 
+def gpu_reason():
+    """None when CuPy and a CUDA device are usable, else why not."""
+    try:
+        import cupy
+        count = cupy.cuda.runtime.getDeviceCount()
+        return None if count > 0 else "no CUDA device"
+    except Exception as err:  # ImportError without CuPy, CUDARuntimeError without a driver
+        return f"no usable GPU ({type(err).__name__}: {err})"
+
+
+GPU_REASON = gpu_reason()
+
+
+@pytest.fixture(params=["numpy", "numba", pytest.param("cupy", marks=pytest.mark.gpu)])
+def any_backend(request):
+    """Like cpu_backend, plus 'cupy': the layer and its input move to the GPU and are compared
+    with torch on CUDA (TF32 off, so float32 means float32 there too)."""
+    import torch_compare
+    if request.param != "cupy":
+        try:
+            with mc_backend.use_backend(request.param):
+                yield request.param
+        except ImportError as err:
+            pytest.skip(str(err))
+        return
+    if GPU_REASON is not None:
+        pytest.skip(GPU_REASON)
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here: the GPU reference is torch on CUDA")
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch_compare.DEVICE = "cuda"
+    try:
+        yield "cupy"
+    finally:
+        torch_compare.DEVICE = "cpu"
+
+
 @pytest.fixture(params=[np.float64, np.float32], ids=["float64", "float32"])
 def dtype(request):
     return request.param

@@ -154,3 +154,314 @@ def test_models_train_the_same_on_both_devices(model_cls, tmp_path):
 def _cpu_copy(layer):
     import copy
     return copy.deepcopy(layer).to("cpu")
+
+
+# ------------------------------------------------------------------ the rest of the GPU path
+# Layers over the whole torch-equivalence grid run on the GPU through the any_backend fixture
+# (tests/test_layers_vs_torch.py); the tests below cover models, optimizers, dropout, labels,
+# device moves and CUDA graphs, against torch on CUDA with TF32 off.
+
+def _torch_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here: the GPU reference is torch on CUDA")
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return torch.device("cuda")
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name,kwargs", [
+    ("SGD", dict(lr=0.05)), ("SGD", dict(lr=0.05, momentum=0.9)), ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.3)),
+    ("SGD", dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.001)), ("Adam", dict(lr=0.01)),
+    ("Adam", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01)), ("Adam", dict(lr=0.01, amsgrad=True)),
+    ("AdamW", dict(lr=0.01)), ("AdamW", dict(lr=0.01, weight_decay=0.1, amsgrad=True))])
+def test_fused_gpu_optimizers_follow_torch_cuda(name, kwargs, dtype):
+    """One launch per group (optim.cu's *_multi kernels) over tensors of several shapes, 20 steps
+    with a learning rate that changes mid-way, against torch.optim on CUDA."""
+    import cupy as cp
+    dev = _torch_cuda()
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(s).astype(dtype) for s in [(3, 4), (5,), (2, 3, 2, 2), (1,)]]
+    ours = [mc.nn.Parameter(cp.asarray(a)) for a in arrays]
+    theirs = [torch.nn.Parameter(torch.from_numpy(a.copy()).to(dev)) for a in arrays]
+    opt, opt_t = getattr(mc.optim, name)(ours, **kwargs), getattr(torch.optim, name)(theirs, **kwargs)
+    sched, sched_t = mc.optim.StepLR(opt, 7, 0.5), torch.optim.lr_scheduler.StepLR(opt_t, 7, 0.5)
+    tol = dict(rtol=1e-10, atol=1e-13) if dtype == np.float64 else dict(rtol=2e-5, atol=1e-6)
+    for step in range(20):
+        for i, (p, pt) in enumerate(zip(ours, theirs)):
+            g = p.data ** 3 - cp.sin(p.data + step) * (i + 1)
+            p.grad = g
+            pt.grad = torch.from_dlpack(g.copy())
+        opt.step()
+        opt_t.step()
+        sched.step()
+        sched_t.step()
+        for p, pt in zip(ours, theirs):
+            np.testing.assert_allclose(cp.asnumpy(p.data), pt.detach().cpu().numpy(), err_msg=f"step {step}", **tol)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("index", range(7), ids=["LeNet", "ConvNet", "MnistCNN", "TinyBNNet", "FashionCNN",
+                                                 "AlexNetMNIST", "AnimalNet"])
+def test_models_on_gpu_match_torch_cuda(index, optimizer):
+    """Every model, 3 training steps in float64 on CuPy arrays against the torch twin on CUDA
+    (dropout: the twin applies our GPU-drawn mask)."""
+    import cupy as cp
+    from test_models_vs_torch import MODELS, paired
+    dev = _torch_cuda()
+    make_ours, make_theirs, _, batch = MODELS[index]
+    ours, theirs = paired(make_ours, make_theirs)
+    ours.to("cuda")
+    theirs.to(dev)
+    if optimizer == "sgd":
+        opt, opt_t = mc.optim.SGD(ours.parameters(), lr=0.01, momentum=0.9), torch.optim.SGD(theirs.parameters(), lr=0.01, momentum=0.9)
+    else:
+        opt, opt_t = mc.optim.Adam(ours.parameters(), lr=1e-3), torch.optim.Adam(theirs.parameters(), lr=1e-3)
+    loss_fn, loss_fn_t = mc.nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        x, y = rng.standard_normal((batch,) + make_ours.input_shape), rng.integers(0, 10, batch)
+        logits = ours(cp.asarray(x))
+        loss = loss_fn(logits, cp.asarray(y))
+        opt.zero_grad()
+        dx = ours.backward(loss_fn.backward())
+        opt.step()
+        xt = torch.from_numpy(x).to(dev).requires_grad_()
+        logits_t = theirs(xt)
+        loss_t = loss_fn_t(logits_t, torch.from_numpy(y).to(dev))
+        opt_t.zero_grad()
+        loss_t.backward()
+        opt_t.step()
+        np.testing.assert_allclose(cp.asnumpy(logits), logits_t.detach().cpu().numpy(), rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(float(loss), loss_t.item(), rtol=1e-8)
+        np.testing.assert_allclose(cp.asnumpy(dx), xt.grad.cpu().numpy(), rtol=1e-8, atol=1e-12)
+    theirs_state = theirs.state_dict()
+    for name, value in ours.state_dict().items():
+        np.testing.assert_allclose(cp.asnumpy(value), theirs_state[name].cpu().numpy(), rtol=1e-8, atol=1e-10, err_msg=name)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gpu_dropout_draws_fresh_reproducible_masks(dtype):
+    import cupy as cp
+    x = cp.asarray(np.random.default_rng(0).standard_normal((256, 300)).astype(dtype))
+    mc.manual_seed(5)
+    layer = nn.Dropout(0.3)
+    y1, mask1 = layer(x), layer._saved.mask
+    layer(x)
+    mask2 = layer._saved.mask
+    values = set(cp.asnumpy(cp.unique(mask1)).tolist())
+    assert values == {0.0, float(dtype(1 / 0.7))}
+    assert abs(float((mask1 != 0).mean()) - 0.7) < 0.01
+    assert not bool((mask1 == mask2).all())                       # a fresh mask every call
+    np.testing.assert_array_equal(cp.asnumpy(y1), cp.asnumpy(x * mask1))
+    dy = cp.ones_like(x)
+    np.testing.assert_array_equal(cp.asnumpy(layer.backward(dy)), cp.asnumpy(mask2))
+    mc.manual_seed(5)
+    again = nn.Dropout(0.3)
+    again(x)
+    np.testing.assert_array_equal(cp.asnumpy(again._saved.mask), cp.asnumpy(mask1))   # same seed, same masks
+    assert bool((mask2 != 0).any()) and abs(float((mask2 != 0).mean()) - 0.7) < 0.01
+
+
+@gpu
+@pytest.mark.gpu
+def test_gpu_labels_out_of_range_are_one_clear_error():
+    import cupy as cp
+    loss_fn = nn.CrossEntropyLoss()
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\) for 3 classes, got 7"):
+        loss_fn(cp.zeros((2, 3)), cp.asarray([0, 7]))
+    with pytest.raises(ValueError, match="got -1"):
+        loss_fn(cp.zeros((2, 3)), cp.asarray([-1, 0]))
+    assert float(loss_fn(cp.zeros((2, 3)), cp.asarray([0, 2]))) == pytest.approx(np.log(3))   # the flag was reset
+
+
+@gpu
+@pytest.mark.gpu
+def test_model_and_optimizer_state_move_between_devices():
+    """Two steps on the CPU, two on the GPU, one more on the CPU: the optimizer's state follows
+    the parameters, and the result equals five steps on the CPU."""
+    import cupy as cp
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((4, 1, 28, 28)), rng.integers(0, 10, 4)) for _ in range(5)]
+    results = []
+    for devices in (["cpu"] * 5, ["cpu", "cpu", "cuda", "cuda", "cpu"]):
+        mc.manual_seed(0)
+        model = mc.models.LeNet().double()
+        opt = mc.optim.Adam(model.parameters(), lr=1e-3)
+        loss_fn = nn.CrossEntropyLoss()
+        for (x, y), device in zip(batches, devices):
+            model.to(device)
+            move = cp.asarray if device == "cuda" else np.asarray
+            loss_fn(model(move(x)), move(y))
+            opt.zero_grad()
+            model.backward(loss_fn.backward())
+            opt.step()
+        model.to("cpu")
+        assert all(isinstance(v, np.ndarray) for st in opt.state.values() for v in st.values() if hasattr(v, "shape"))
+        results.append(model.state_dict())
+    for name in results[0]:
+        np.testing.assert_allclose(results[1][name], results[0][name], rtol=1e-10, atol=1e-13, err_msg=name)
+
+
+def _graph_vs_eager(make_model, make_opt, steps=8, batch=16, dtype=np.float64, odd_batch_at=None, own_gemm=True,
+                    meanwhile=None):
+    """Train twice from the same seed: with CudaGraphStep and eagerly (zero_grad in place, as the
+    graph does). own_gemm: both runs multiply with kernels/gemm.cu, which the captured graph
+    uses, so the two must agree bit for bit. Returns both models' states, the losses, and the
+    step object."""
+    import cupy as cp
+    from minicnn.backend import cupy_ops
+    from minicnn.cuda_graph import CudaGraphStep
+    previous = cupy_ops.use_own_gemm(own_gemm)
+    try:
+        return _two_runs(make_model, make_opt, steps, batch, dtype, odd_batch_at, cp, CudaGraphStep, meanwhile)
+    finally:
+        cupy_ops.use_own_gemm(previous)
+
+
+def _two_runs(make_model, make_opt, steps, batch, dtype, odd_batch_at, cp, CudaGraphStep, meanwhile):
+    rng = np.random.default_rng(1)
+    data = []
+    for i in range(steps):
+        n = batch // 2 if i == odd_batch_at else batch
+        data.append((cp.asarray(rng.standard_normal((n, 1, 28, 28)).astype(dtype)), cp.asarray(rng.integers(0, 10, n))))
+    runs = []
+    for use_graph in (True, False):
+        mc.manual_seed(0)
+        model = make_model().to(dtype).to("cuda")
+        opt, sched = make_opt(model)
+        loss_fn = nn.CrossEntropyLoss()
+        step = CudaGraphStep(model, loss_fn, opt) if use_graph else None
+        losses = []
+        for i, (x, y) in enumerate(data):
+            if step is not None:
+                loss, _ = step(x, y)
+            else:
+                loss = loss_fn(model(x), y)
+                opt.zero_grad(set_to_none=False)
+                model.backward(loss_fn.backward(), input_grad=False)
+                opt.step()
+            losses.append(float(loss))
+            if i == 4:
+                sched.step()                     # a new learning rate between replays
+                if meanwhile is not None:
+                    meanwhile()
+        runs.append(({k: cp.asnumpy(v) for k, v in model.state_dict().items()}, losses, step))
+    return runs
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("model_name", ["LeNet", "MnistCNN", "TinyBNNet"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_cuda_graph_training_equals_eager_training(model_name, optimizer):
+    """Dropout (MnistCNN), batch norm (TinyBNNet), momentum, Adam's bias corrections and a
+    scheduler all replay correctly: the graph's run equals the eager run bit for bit."""
+    def make_opt(model):
+        if optimizer == "sgd":
+            opt = mc.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+        else:
+            opt = mc.optim.Adam(model.parameters(), lr=1e-3)
+        return opt, mc.optim.StepLR(opt, 1, 0.5)
+    (graph_state, graph_losses, step), (eager_state, eager_losses, _) = _graph_vs_eager(
+        getattr(mc.models, model_name), make_opt)
+    assert step.replays == 8 - step.warmup
+    assert graph_losses == eager_losses
+    for name in eager_state:
+        np.testing.assert_array_equal(graph_state[name], eager_state[name], err_msg=name)
+
+
+@gpu
+@pytest.mark.gpu
+def test_cuda_graph_runs_other_shapes_eagerly_and_checks_labels():
+    import cupy as cp
+
+    def make_opt(model):
+        opt = mc.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        return opt, mc.optim.StepLR(opt, 1, 1.0)
+    (graph_state, graph_losses, step), (eager_state, eager_losses, _) = _graph_vs_eager(
+        mc.models.LeNet, make_opt, odd_batch_at=5, own_gemm=False)      # cuBLAS eagerly, gemm.cu in the graph
+    assert step.replays == 8 - step.warmup - 1
+    np.testing.assert_allclose(graph_losses, eager_losses, rtol=1e-12)
+    for name in eager_state:
+        np.testing.assert_allclose(graph_state[name], eager_state[name], rtol=1e-12, atol=1e-15, err_msg=name)
+    x = cp.zeros((16, 1, 28, 28))
+    y = cp.zeros(16, dtype=cp.int64)
+    y[3] = 12
+    step(x, y)
+    with pytest.raises(ValueError, match="labels must be in"):
+        step.check_labels()
+
+
+@gpu
+@pytest.mark.gpu
+def test_fit_with_a_cuda_graph():
+    from minicnn import data, train
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (200, 1, 28, 28)).astype(np.uint8)
+    y = rng.integers(0, 10, 200)
+    ds = data.ArrayDataset(x, y, classes=[str(i) for i in range(10)])
+    mc.manual_seed(0)
+    model = mc.models.LeNet().to("cuda")
+    opt = mc.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loader = data.DataLoader(ds, 32, shuffle=True, seed=0, transform=data.ToFloat(), device="cuda")
+    history = train.fit(model, nn.CrossEntropyLoss(), opt, loader, 2, val_loader=loader, cuda_graph=True, log=None)
+    assert len(history) == 2 and all(np.isfinite(history.train_loss))
+    assert 0 <= history.val_accuracy[-1] <= 1
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape_a,shape_b,transpose_a,transpose_b", [
+    ((1, 1), (1, 1), False, False), ((70, 33), (33, 129), False, False), ((70, 33), (33, 5), True, False),
+    ((64, 16), (16, 10), False, True), ((3, 65, 17), (3, 17, 66), False, False), ((65, 17), (4, 17, 9), False, False),
+    ((4, 20, 7), (7, 3), False, False), ((5, 0), (0, 4), False, False), ((2, 9, 300), (2, 300, 8), False, False)])
+def test_own_gemm_kernel_matches_cublas_and_numpy(shape_a, shape_b, transpose_a, transpose_b, dtype):
+    """kernels/gemm.cu (what a captured CUDA graph multiplies with) on 2-D, batched and broadcast
+    operands, transposed views included, against NumPy in float64 and cuBLAS."""
+    import cupy as cp
+    from minicnn.backend import cupy_ops
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(shape_a).astype(dtype)
+    b = rng.standard_normal(shape_b).astype(dtype)
+    # a transposed operand is the .T view of a contiguous array: the kernel reads it through strides
+    ga = cp.asarray(np.ascontiguousarray(a.T)).T if transpose_a else cp.asarray(a)
+    gb = cp.asarray(np.ascontiguousarray(b.T)).T if transpose_b else cp.asarray(b)
+    assert ga.flags.c_contiguous != transpose_a and gb.flags.c_contiguous != transpose_b
+    previous = cupy_ops.use_own_gemm(True)
+    try:
+        ours = cupy_ops.matmul(ga, gb)
+    finally:
+        cupy_ops.use_own_gemm(previous)
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    assert ours.shape == expected.shape and ours.dtype == dtype
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(cp.asnumpy(ours), expected, **tol)
+    np.testing.assert_allclose(cp.asnumpy(ours), cp.asnumpy(ga @ gb), **tol)
+
+
+@gpu
+@pytest.mark.gpu
+def test_cuda_graph_keeps_its_tables_when_the_cache_is_emptied():
+    """Eager steps with fresh gradients fill the backend's table cache until it is emptied; a
+    captured graph must keep reading valid pointer tables afterwards (it once read freed ones)."""
+    from minicnn.backend import cupy_ops
+
+    def make_opt(model):
+        opt = mc.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        return opt, mc.optim.StepLR(opt, 1, 1.0)
+
+    def flood():
+        for i in range(1200):
+            cupy_ops._table((i, -i), np.int64)
+    (graph_state, _, step), (eager_state, _, _) = _graph_vs_eager(mc.models.LeNet, make_opt, steps=10, meanwhile=flood)
+    assert step.replays == 8
+    for name in eager_state:
+        np.testing.assert_array_equal(graph_state[name], eager_state[name], err_msg=name)

@@ -8,7 +8,8 @@ import torch
 
 import minicnn.nn as nn
 from conftest import tolerance
-from torch_compare import assert_matches_torch
+from minicnn.backend import to_numpy
+from torch_compare import assert_matches_torch, on_device, torch_device
 
 rng = np.random.default_rng(0)
 
@@ -35,7 +36,7 @@ for i, (kernel, stride, padding) in enumerate(itertools.product(
 
 
 @pytest.mark.parametrize("kernel,stride,padding,c_in,c_out,batch,H,W,bias", CONV_CASES)
-def test_conv2d(cpu_backend, dtype, kernel, stride, padding, c_in, c_out, batch, H, W, bias):
+def test_conv2d(any_backend, dtype, kernel, stride, padding, c_in, c_out, batch, H, W, bias):
     layer = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=bias).to(dtype)
     ref = torch.nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=bias)
     assert_matches_torch(layer, ref, random_input((batch, c_in, H, W), dtype), **tolerance(dtype))
@@ -56,14 +57,14 @@ for i, (kernel, stride, padding) in enumerate(itertools.product(
 
 
 @pytest.mark.parametrize("kernel,stride,padding,batch,channels,H,W", POOL_CASES)
-def test_maxpool2d(cpu_backend, dtype, kernel, stride, padding, batch, channels, H, W):
+def test_maxpool2d(any_backend, dtype, kernel, stride, padding, batch, channels, H, W):
     layer = nn.MaxPool2d(kernel, stride=stride, padding=padding)
     ref = torch.nn.MaxPool2d(kernel, stride=stride, padding=padding)
     assert_matches_torch(layer, ref, tie_free_input((batch, channels, H, W), dtype), **tolerance(dtype))
 
 
 @pytest.mark.parametrize("kernel,stride,padding,batch,channels,H,W", POOL_CASES)
-def test_avgpool2d(cpu_backend, dtype, kernel, stride, padding, batch, channels, H, W):
+def test_avgpool2d(any_backend, dtype, kernel, stride, padding, batch, channels, H, W):
     count_include_pad = batch != 2
     layer = nn.AvgPool2d(kernel, stride=stride, padding=padding, count_include_pad=count_include_pad)
     ref = torch.nn.AvgPool2d(kernel, stride=stride, padding=padding, count_include_pad=count_include_pad)
@@ -87,7 +88,7 @@ BN2D_CASES = list(itertools.product([1, 3, 16], [(1, 5, 4), (4, 3, 3), (2, 1, 7)
 
 
 @pytest.mark.parametrize("channels,shape,training,momentum", BN2D_CASES)
-def test_batchnorm2d(cpu_backend, dtype, channels, shape, training, momentum):
+def test_batchnorm2d(any_backend, dtype, channels, shape, training, momentum):
     batch, H, W = shape
     layer = nn.BatchNorm2d(channels, momentum=momentum).to(dtype)
     ref = torch.nn.BatchNorm2d(channels, momentum=momentum)
@@ -98,7 +99,7 @@ def test_batchnorm2d(cpu_backend, dtype, channels, shape, training, momentum):
 
 
 @pytest.mark.parametrize("shape,training,affine", list(itertools.product([(2, 5), (8, 3), (3, 4, 6), (1, 2, 5)], [True, False], [True, False])))
-def test_batchnorm1d(cpu_backend, dtype, shape, training, affine):
+def test_batchnorm1d(any_backend, dtype, shape, training, affine):
     layer = nn.BatchNorm1d(shape[1], affine=affine).to(dtype)
     ref = torch.nn.BatchNorm1d(shape[1], affine=affine)
     _randomize_bn(layer, dtype)
@@ -134,7 +135,7 @@ ACTIVATIONS = [(nn.ReLU, torch.nn.ReLU, {}), (nn.LeakyReLU, torch.nn.LeakyReLU, 
 
 @pytest.mark.parametrize("ours,theirs,kwargs", ACTIVATIONS, ids=lambda v: getattr(v, "__name__", ""))
 @pytest.mark.parametrize("shape", [(1, 5), (3, 4, 5, 6), (2, 7)])
-def test_activation(cpu_backend, dtype, ours, theirs, kwargs, shape):
+def test_activation(any_backend, dtype, ours, theirs, kwargs, shape):
     x = random_input(shape, dtype) * 4
     assert_matches_torch(ours(**kwargs), theirs(**kwargs), x, **tolerance(dtype))
 
@@ -149,13 +150,13 @@ def test_sigmoid_extreme_inputs_do_not_overflow(dtype):
 @pytest.mark.parametrize("in_f,out_f,shape,bias", [
     (1, 1, (1, 1), True), (5, 3, (4, 5), True), (16, 7, (1, 16), False), (9, 12, (2, 3, 9), True),
     (400, 120, (3, 400), True), (3, 10, (8, 3), False)])
-def test_linear(cpu_backend, dtype, in_f, out_f, shape, bias):
+def test_linear(any_backend, dtype, in_f, out_f, shape, bias):
     layer = nn.Linear(in_f, out_f, bias=bias).to(dtype)
     assert_matches_torch(layer, torch.nn.Linear(in_f, out_f, bias=bias), random_input(shape, dtype), **tolerance(dtype))
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 4, 5), (2, 7), (3, 2, 2)])
-def test_flatten(cpu_backend, dtype, shape):
+def test_flatten(any_backend, dtype, shape):
     assert_matches_torch(nn.Flatten(), torch.nn.Flatten(), random_input(shape, dtype), **tolerance(dtype))
 
 
@@ -191,21 +192,21 @@ def test_dropout_is_identity_in_eval_and_reproducible_with_a_seed(dtype):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5])
 @pytest.mark.parametrize("N,K", [(1, 2), (5, 10), (16, 3)])
-def test_cross_entropy(cpu_backend, dtype, reduction, smoothing, N, K):
+def test_cross_entropy(any_backend, dtype, reduction, smoothing, N, K):
     logits = random_input((N, K), dtype) * 3
     labels = rng.integers(0, K, N)
     loss_fn = nn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing)
     ref = torch.nn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing)
-    lt = torch.from_numpy(logits).requires_grad_()
-    loss_t = ref(lt, torch.from_numpy(labels))
-    loss = loss_fn(logits, labels)
-    np.testing.assert_allclose(loss, loss_t.detach().numpy(), **tolerance(dtype))
-    assert np.asarray(loss).dtype == dtype
+    lt = torch_device(torch.from_numpy(logits)).requires_grad_()
+    loss_t = ref(lt, torch_device(torch.from_numpy(labels)))
+    loss = loss_fn(on_device(logits), on_device(labels))
+    np.testing.assert_allclose(to_numpy(loss), loss_t.detach().cpu().numpy(), **tolerance(dtype))
+    assert loss.dtype == dtype
     dloss = None if reduction != "none" else random_input((N,), dtype)
-    loss_t.backward(None if dloss is None else torch.from_numpy(dloss))
-    dlogits = loss_fn.backward(dloss)
+    loss_t.backward(None if dloss is None else torch_device(torch.from_numpy(dloss)))
+    dlogits = loss_fn.backward(None if dloss is None else on_device(dloss))
     assert dlogits.dtype == dtype
-    np.testing.assert_allclose(dlogits, lt.grad.numpy(), **tolerance(dtype))
+    np.testing.assert_allclose(to_numpy(dlogits), lt.grad.cpu().numpy(), **tolerance(dtype))
 
 
 def test_cross_entropy_is_stable_for_huge_logits(dtype):

@@ -84,7 +84,9 @@ class SameMaskDropout(tnn.Module):
 
     def forward(self, x):
         mask = self.ours._saved.mask
-        return x if mask is None else x * torch.from_numpy(mask)
+        if mask is None:
+            return x
+        return x * (torch.from_numpy(mask) if isinstance(mask, np.ndarray) else torch.from_dlpack(mask))
 
 
 def paired(make_ours, make_theirs):
