@@ -2,12 +2,18 @@
 
     python benchmarks/speed.py                      # full run, writes results/cpu-DATE.json and .png
     python benchmarks/speed.py --tiny               # a few steps of everything: CI keeps it alive
+    python benchmarks/speed.py --device cuda        # GPU: minicnn eager, minicnn with a CUDA graph, torch
 
 For each model (LeNet, MnistCNN, ConvNet) and library: training throughput (forward + backward
 + SGD-momentum step, images/s) at batch 64 and 256 and inference throughput at batch 1000, on
 real MNIST batches when MINICNN_DATA is set (random images otherwise). Every measurement is
 repeated --repeats times, the libraries taking turns, and the median is reported with the ratio
 to PyTorch. Speed is never asserted: this is a measurement, not a test.
+
+With --device cuda the libraries are minicnn on CuPy arrays (eager), minicnn replaying each
+training step as a CUDA graph (minicnn-graph), and torch on CUDA with its defaults (eager, cuDNN);
+training at batch 64, 256 and 1024 and inference at 1000, data already on the GPU, every timed
+run ending with a device synchronization; results go to results/gpu-<date>.json.
 """
 import argparse
 import datetime
@@ -110,6 +116,81 @@ def torch_runner(model_cls, x, y, batch, train):
     return run
 
 
+def cuda_batches(x, y, batch):
+    import cupy as cp
+    n = len(x) // batch
+    return [(cp.asarray(x[i * batch:(i + 1) * batch]), cp.asarray(y[i * batch:(i + 1) * batch])) for i in range(n)]
+
+
+def cuda_minicnn_runner(model_cls, x, y, batch, train, graph):
+    import cupy as cp
+    from minicnn.cuda_graph import CudaGraphStep
+    mc.manual_seed(0)
+    model = model_cls().to("cuda")
+    loss_fn = mc.nn.CrossEntropyLoss()
+    opt = mc.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batches = cuda_batches(x, y, batch)
+    step = CudaGraphStep(model, loss_fn, opt) if graph else None
+
+    def run(steps):
+        for i in range(steps):
+            xb, yb = batches[i % len(batches)]
+            if not train:
+                model.eval()
+                with mc.no_grad():
+                    model(xb)
+            elif step is not None:
+                model.train()
+                step(xb, yb)
+            else:
+                model.train()
+                loss_fn(model(xb), yb)
+                opt.zero_grad()
+                model.backward(loss_fn.backward(), input_grad=False)
+                opt.step()
+        cp.cuda.Device().synchronize()
+    if graph:
+        run(step.warmup + 1)                       # eager warm-up steps and the capture
+    return run
+
+
+def cuda_torch_runner(model_cls, x, y, batch, train):
+    import torch
+    mc.manual_seed(0)
+    model = torch_twin(model_cls()).cuda()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batches = [(torch.from_numpy(x[i * batch:(i + 1) * batch]).cuda(), torch.from_numpy(y[i * batch:(i + 1) * batch]).cuda())
+               for i in range(len(x) // batch)]
+
+    def run(steps):
+        for i in range(steps):
+            xb, yb = batches[i % len(batches)]
+            if train:
+                model.train()
+                loss = loss_fn(model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            else:
+                model.eval()
+                with torch.no_grad():
+                    model(xb)
+        torch.cuda.synchronize()
+    return run
+
+
+def gpu_description():
+    try:
+        import cupy as cp
+        props = cp.cuda.runtime.getDeviceProperties(0)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return {"gpu": name, "driver": cp.cuda.runtime.driverGetVersion(), "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
+                "cupy": cp.__version__}
+    except Exception as err:  # no CuPy or no device
+        return {"gpu": f"unavailable ({err})"}
+
+
 def measure(run, steps, batch, min_seconds):
     run(1)                                           # warm-up (compilation, allocations)
     start = time.perf_counter()
@@ -147,13 +228,20 @@ def main():
     parser.add_argument("--models", default="lenet,mnistcnn,convnet")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0, help="minimum time of one measurement")
-    parser.add_argument("--libraries", default="numpy,numba,torch")
+    parser.add_argument("--libraries", default=None, help="default: numpy,numba,torch (cpu); "
+                        "minicnn,minicnn-graph,torch (cuda)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--tiny", action="store_true", help="one short repeat of everything (for CI)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args()
     if args.tiny:
         args.repeats, args.seconds = 1, 0.0
+    cuda = args.device == "cuda"
+    if args.libraries is None:
+        args.libraries = "minicnn,minicnn-graph,torch" if cuda else "numpy,numba,torch"
     libraries = [lib for lib in args.libraries.split(",") if lib]
+    if cuda:
+        backend.device_converter("cuda")           # one clear error without a GPU
     if "numba" in libraries and "numba" not in backend.available_backends():
         print("numba backend unavailable: skipped", file=sys.stderr)
         libraries.remove("numba")
@@ -164,20 +252,25 @@ def main():
         except ImportError:
             print("torch not installed: skipped", file=sys.stderr)
             libraries.remove("torch")
-    x, y, source = load_batches(4096 if not args.tiny else 1024)
-    settings = [("train", 64), ("train", 256), ("infer", 1000)]
+    x, y, source = load_batches(8192 if cuda and not args.tiny else 4096 if not args.tiny else 1024)
+    settings = [("train", 64), ("train", 256), ("train", 1024), ("infer", 1000)] if cuda else \
+        [("train", 64), ("train", 256), ("infer", 1000)]
     results = []
     for model_name in args.models.split(","):
         model_cls = MODELS[model_name]
         for mode, batch in settings:
             runners = {}
             for lib in libraries:
-                if lib == "torch":
+                if cuda and lib == "torch":
+                    runners[lib] = cuda_torch_runner(model_cls, x, y, batch, mode == "train")
+                elif cuda:
+                    runners[lib] = cuda_minicnn_runner(model_cls, x, y, batch, mode == "train", lib == "minicnn-graph")
+                elif lib == "torch":
                     runners[lib] = torch_runner(model_cls, x, y, batch, mode == "train")
                 else:
                     runners[lib] = minicnn_runner(model_cls, lib, x, y, batch, mode == "train")
             samples = {lib: [] for lib in libraries}
-            steps = 1 if args.tiny else max(1, 2048 // batch)
+            steps = 1 if args.tiny else max(1, (8192 if cuda else 2048) // batch)
             for _ in range(args.repeats):
                 for lib in libraries:                    # interleaved: drift hits every library alike
                     samples[lib].append(measure(runners[lib], steps, batch, args.seconds))
@@ -187,12 +280,14 @@ def main():
             results.append(row)
             print(format_row(row, libraries), flush=True)
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(), "data": source,
-              "repeats": args.repeats, "results": results}
+              "repeats": args.repeats, "device": args.device, "results": results}
+    if cuda:
+        report["machine"]["gpu"] = gpu_description()
     print()
     print(markdown(report, libraries))
     if not args.tiny:
         os.makedirs(args.out, exist_ok=True)
-        stem = os.path.join(args.out, f"cpu-{datetime.date.today():%Y-%m-%d}")
+        stem = os.path.join(args.out, f"{'gpu' if cuda else 'cpu'}-{datetime.date.today():%Y-%m-%d}")
         with open(stem + ".json", "w") as f:
             json.dump(report, f, indent=1)
         bar_chart(report, libraries, stem + ".png")
@@ -207,7 +302,8 @@ def format_row(row, libraries):
 
 def markdown(report, libraries):
     m = report["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores; {', '.join(f'{k} {v}' for k, v in m['versions'].items())}; "
+    gpu = f"GPU {m['gpu'].get('gpu')} (CuPy {m['gpu'].get('cupy')}); " if "gpu" in m else ""
+    lines = [f"Machine: {gpu}{m['cpu']}, {m['cores']} cores; {', '.join(f'{k} {v}' for k, v in m['versions'].items())}; "
              f"{report['data']}; median of {report['repeats']}; images/s (ratio to torch).", "",
              "| model | mode | batch | " + " | ".join(libraries) + " |", "|" + " --- |" * (3 + len(libraries))]
     for row in report["results"]:
@@ -235,7 +331,10 @@ def bar_chart(report, libraries, path):
     ax.set_ylabel("images / s")
     ax.set_yscale("log")
     ax.legend()
-    ax.set_title(f"CPU throughput, {report['machine']['cpu']} ({report['machine']['cores']} cores)")
+    if "gpu" in report["machine"]:
+        ax.set_title(f"GPU throughput, {report['machine']['gpu'].get('gpu')}")
+    else:
+        ax.set_title(f"CPU throughput, {report['machine']['cpu']} ({report['machine']['cores']} cores)")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
