@@ -169,7 +169,9 @@ class _Totals:
 
 
 def _read_totals(totals, graph_step, bar):
-    totals.read()
+    if totals.read() is not None:                 # GPU sums: also collect the label checks' verdicts
+        from .backend import cupy_ops
+        cupy_ops.check_labels()
     if graph_step is not None:
         graph_step.check_labels()
     if not np.isfinite(totals.loss):

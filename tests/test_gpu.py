@@ -272,13 +272,20 @@ def test_gpu_dropout_draws_fresh_reproducible_masks(dtype):
 @gpu
 @pytest.mark.gpu
 def test_gpu_labels_out_of_range_are_one_clear_error():
+    """The kernel flags a bad label without making the step wait; the error names it at the
+    next cross-entropy call or at check_labels() (which fit calls when it reads its totals)."""
     import cupy as cp
+    from minicnn.backend import cupy_ops
     loss_fn = nn.CrossEntropyLoss()
+    loss = loss_fn(cp.zeros((2, 3)), cp.asarray([0, 7]))
+    assert np.isnan(float(loss))                                   # the bad row's loss is NaN, nothing read out of bounds
     with pytest.raises(ValueError, match=r"labels must be in \[0, 3\) for 3 classes, got 7"):
-        loss_fn(cp.zeros((2, 3)), cp.asarray([0, 7]))
+        loss_fn(cp.zeros((2, 3)), cp.asarray([0, 1]))
+    loss_fn(cp.zeros((2, 3)), cp.asarray([-1, 0]))
     with pytest.raises(ValueError, match="got -1"):
-        loss_fn(cp.zeros((2, 3)), cp.asarray([-1, 0]))
+        cupy_ops.check_labels()
     assert float(loss_fn(cp.zeros((2, 3)), cp.asarray([0, 2]))) == pytest.approx(np.log(3))   # the flag was reset
+    cupy_ops.check_labels()
 
 
 @gpu

@@ -10,6 +10,7 @@ in cuBLAS through CuPy's matmul.
 import os
 
 import cupy as cp
+import cupyx
 import numpy as np
 
 from . import numpy_ops
@@ -248,36 +249,64 @@ def log_softmax(logits):
     return shifted - cp.log(cp.exp(shifted).sum(axis=1, keepdims=True))
 
 
-_bad_label_flag = None      # one int32 on the device, set by softmax_ce_forward when a label is out of range
+_bad_label_flag = None   # int32 on the device, set by softmax_ce_forward when a label is out of range
+_flag_on_host = None     # pinned host memory the flag is copied into, asynchronously, after each launch
+_unchecked = None        # (event after that copy, labels, K) of the last launch, not yet examined
 
 
 def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
-    """As numpy_ops; labels are checked by the kernel itself (no reductions, one flag). Outside
-    a CUDA-graph capture the flag is read at once and a bad label raises ValueError; inside
-    one it stays set for :func:`raise_if_bad_labels`, which the graph's runner calls."""
-    global _bad_label_flag
+    """As numpy_ops. Labels are checked by the kernel itself: no reductions and no waiting. Its
+    flag travels back to the host asynchronously and is examined at the next call (or by
+    check_labels(), which fit calls whenever it reads its totals), so a bad label raises
+    ValueError naming it one call later, while the step's loss is NaN. Inside a CUDA-graph
+    capture the flag stays on the device for raise_if_bad_labels."""
+    global _bad_label_flag, _flag_on_host, _unchecked
     _check_float(logits)
+    check_labels()
     logits = cp.ascontiguousarray(logits)
     N, K = logits.shape
     if _bad_label_flag is None:
         _bad_label_flag = cp.zeros(1, dtype=cp.int32)
+        _flag_on_host = cupyx.empty_pinned(1, dtype=np.int32)
     labels = cp.ascontiguousarray(labels, dtype=cp.int64)
     loss, probs = cp.empty(N, dtype=logits.dtype), cp.empty_like(logits)
     _launch("softmax_ce.cu", "softmax_ce_forward", logits.dtype, N,
             (logits, labels, logits.dtype.type(label_smoothing), *_i(N, K), loss, probs, _bad_label_flag))
     if not capturing():
-        raise_if_bad_labels(labels, K)
+        stream = cp.cuda.get_current_stream()
+        cp.cuda.runtime.memcpyAsync(_flag_on_host.ctypes.data, _bad_label_flag.data.ptr, 4,
+                                    cp.cuda.runtime.memcpyDeviceToHost, stream.ptr)
+        _unchecked = (stream.record(), labels, K)
     return loss, probs
 
 
+def check_labels():
+    """Raise ValueError if the last cross-entropy launch met a label outside [0, K) (waits only
+    for that launch's flag to arrive, normally long done)."""
+    global _unchecked
+    if _unchecked is None:
+        return
+    event, labels, K = _unchecked
+    _unchecked = None
+    event.synchronize()
+    if _flag_on_host[0]:
+        _flag_on_host[0] = 0
+        _raise_bad_labels(labels, K)
+
+
 def raise_if_bad_labels(labels, K):
-    """Raise ValueError naming a label outside [0, K) if a cross-entropy kernel met one (and reset the flag)."""
+    """Read the device flag now (waits for the GPU) and raise ValueError if it is set: for
+    CUDA-graph replays, whose kernels set the flag without the asynchronous copy."""
     if _bad_label_flag is not None and int(_bad_label_flag[0]):
-        _bad_label_flag.fill(0)
-        host = cp.asnumpy(labels)
-        bad = host[(host < 0) | (host >= K)]
-        seen = f"got {int(bad[0])}" if bad.size else "got one in an earlier batch"
-        raise ValueError(f"labels must be in [0, {K}) for {K} classes, {seen}")
+        _raise_bad_labels(labels, K)
+
+
+def _raise_bad_labels(labels, K):
+    _bad_label_flag.fill(0)
+    host = cp.asnumpy(labels)
+    bad = host[(host < 0) | (host >= K)]
+    seen = f"got {int(bad[0])}" if bad.size else "got one in an earlier batch"
+    raise ValueError(f"labels must be in [0, {K}) for {K} classes, {seen}")
 
 
 def capturing():
@@ -287,6 +316,8 @@ def capturing():
 
 def softmax_cross_entropy_backward(probs, labels, label_smoothing, scale):
     N, K = probs.shape
+    if isinstance(scale, (int, float)):           # one scale for every row: a cached device scalar
+        scale = _table((float(scale),), probs.dtype)
     scale = cp.ascontiguousarray(cp.asarray(scale, dtype=probs.dtype).reshape(-1))
     dlogits = cp.empty_like(probs)
     _launch("softmax_ce.cu", "softmax_ce_backward", probs.dtype, N * K,
@@ -360,16 +391,21 @@ def _table(values, dtype):
 
 
 def _group_tables(*lists):
+    """(dtype, total size, offsets table, one pointer table per list). Arrays are checked when
+    their tables are first made (a table seen before holds arrays that passed)."""
     first = lists[0]
     dtype = first[0].dtype
-    for arrays in lists:
-        for a in arrays:
-            if a.dtype != dtype or not a.flags.c_contiguous:
-                raise ValueError("minicnn fused optimizer: parameters, gradients and state must be contiguous "
-                                 f"arrays of one dtype, got {a.dtype} (contiguous={a.flags.c_contiguous})")
-    sizes = np.cumsum([0] + [a.size for a in first])
-    pointers = [_table(tuple(a.data.ptr for a in arrays), np.uint64) for arrays in lists]
-    return dtype, int(sizes[-1]), _table(tuple(int(v) for v in sizes), np.int64), pointers
+    keys = [tuple(a.data.ptr for a in arrays) for arrays in lists]
+    if any((np.uint64, key) not in _tables for key in keys):
+        for arrays in lists:
+            for a in arrays:
+                if a.dtype != dtype or not a.flags.c_contiguous:
+                    raise ValueError("minicnn fused optimizer: parameters, gradients and state must be contiguous "
+                                     f"arrays of one dtype, got {a.dtype} (contiguous={a.flags.c_contiguous})")
+    sizes = [0]
+    for a in first:
+        sizes.append(sizes[-1] + a.size)
+    return dtype, sizes[-1], _table(tuple(sizes), np.int64), [_table(key, np.uint64) for key in keys]
 
 
 def sgd_multi(params, grads, bufs, hyper, nesterov, first):

@@ -82,8 +82,8 @@ class _BatchNorm(Module):
             dx3 = dy3 * (gamma * s.invstd)[:, None]
             dgamma, dbeta = (dy3 * s.xhat).sum(axis=(0, 2)), dy3.sum(axis=(0, 2))
         if self.affine:
-            self.weight.accumulate_grad(dgamma)
-            self.bias.accumulate_grad(dbeta)
+            self.weight.accumulate_grad(dgamma, owned=True)
+            self.bias.accumulate_grad(dbeta, owned=True)
         return dx3.reshape(dy.shape)
 
     def extra_repr(self):

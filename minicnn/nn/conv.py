@@ -86,9 +86,9 @@ class Conv2d(Module):
         if s.stride1 is not None:
             dx, dW, db = ops.conv2d_stride1_backward(dy, s.stride1, self.weight.data, s.x_shape, PH, PW,
                                                      MAX_COL_BYTES, input_grad)
-            self.weight.accumulate_grad(dW)
+            self.weight.accumulate_grad(dW, owned=True)
             if self.bias is not None:
-                self.bias.accumulate_grad(db)
+                self.bias.accumulate_grad(db, owned=True)
             return dx
         W_col = self.weight.data.reshape(self.out_channels, -1)
         dW, db, dx_parts = None, None, []
@@ -100,9 +100,9 @@ class Conv2d(Module):
             dW, db = _add(dW, dW_part), _add(db, db_part)            # (OC, C*KH*KW), (OC,)
             if input_grad:
                 dx_parts.append(ops.col2im(dcol, x_part.shape, KH, KW, SH, SW, PH, PW))
-        self.weight.accumulate_grad(dW.reshape(self.weight.shape))
+        self.weight.accumulate_grad(dW.reshape(self.weight.shape), owned=True)
         if self.bias is not None:
-            self.bias.accumulate_grad(db)
+            self.bias.accumulate_grad(db, owned=True)
         if not input_grad:
             return None
         return dx_parts[0] if len(dx_parts) == 1 else xp.concatenate(dx_parts)

@@ -41,9 +41,9 @@ class Linear(Module):
         s = self.saved(dy)
         dy2 = dy.reshape(-1, self.out_features)
         matmul = backend.ops_for(dy).matmul
-        self.weight.accumulate_grad(matmul(dy2.T, s.x2))
+        self.weight.accumulate_grad(matmul(dy2.T, s.x2), owned=True)
         if self.bias is not None:
-            self.bias.accumulate_grad(dy2.sum(axis=0))
+            self.bias.accumulate_grad(dy2.sum(axis=0), owned=True)
         return matmul(dy2, self.weight.data).reshape(s.x_shape)
 
     def extra_repr(self):

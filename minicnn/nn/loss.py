@@ -41,7 +41,7 @@ class CrossEntropyLoss(Module):
             bad = labels[(labels < 0) | (labels >= K)]
             raise ValueError(f"{self!r}: labels must be in [0, {K}) for {K} classes, got {int(bad[0])}")
         ops = backend.ops_for(logits)
-        try:          # the CUDA kernel checks GPU labels itself (no extra reductions)
+        try:          # the CUDA kernel checks GPU labels itself (reported one call later, see cupy_ops)
             losses, probs = ops.softmax_cross_entropy(logits, labels, self.label_smoothing)
         except ValueError as err:
             raise ValueError(f"{self!r}: {err}") from None
@@ -57,6 +57,10 @@ class CrossEntropyLoss(Module):
     def backward(self, dloss=None):
         """dL/dlogits (N, K); dloss scales it (default 1, or ones for reduction='none')."""
         saved = self.__dict__.get("_saved")
+        if dloss is None and saved is not None and self.reduction != "none":   # a plain number: no array to build
+            scale = 1.0 / len(saved.probs) if self.reduction == "mean" else 1.0
+            return backend.ops_for(saved.probs).softmax_cross_entropy_backward(saved.probs, saved.labels,
+                                                                               self.label_smoothing, scale)
         if saved is not None:          # else self.saved() below says backward came before forward
             xp = backend.xp_for(saved.probs)
             dloss = xp.ones(saved.out_shape, saved.out_dtype) if dloss is None else xp.asarray(dloss, saved.out_dtype)

@@ -58,10 +58,12 @@ class Parameter:
     def size(self):
         return self.data.size
 
-    def accumulate_grad(self, g):
-        """Add ``g`` into ``.grad`` (which starts as None, like torch's)."""
+    def accumulate_grad(self, g, owned=False):
+        """Add ``g`` into ``.grad`` (which starts as None, like torch's). ``owned``: g is a fresh
+        array nobody else holds, so a first gradient can be kept as it is instead of copied."""
         if self.grad is None:
-            self.grad = g.astype(self.data.dtype, copy=True)
+            keep = owned and g.dtype == self.data.dtype and g.shape == self.data.shape
+            self.grad = g if keep else g.astype(self.data.dtype, copy=True)
         else:
             self.grad += g
 
