@@ -13,8 +13,8 @@ one launch. How it works:
 * The next call captures one step from the graph's own input buffers, allocating from a
   private memory pool. Arrays freed during the capture return to that pool, which nothing
   else allocates from, so the addresses the graph reads and writes stay reserved for it. The
-  pool lives until :meth:`release` (destroying a CuPy pool frees its blocks even where arrays
-  still point at them, and the layers keep views of the captured step's activations).
+  pool is kept alive until :meth:`release`, also after the step object is gone: the layers
+  keep views of the captured step's activations in it, and the graph may still be replayed.
 * Every later call copies the batch into the input buffers, lets the optimizer write this
   step's hyper-parameters (learning rate from the scheduler, Adam's bias corrections) into
   the device buffers its captured kernel reads, and launches the graph. Dropout draws fresh

@@ -1,5 +1,7 @@
-"""GPU backend. Without a GPU these tests skip with the reason, except two that need none:
-every kernels/*.cu compiles with nvcc for sm_80 and sm_90, and the wheel ships the kernels."""
+"""GPU backend. Without a GPU these tests skip with the reason, except those that need none:
+every kernels/*.cu compiles with nvcc for sm_80 and sm_90, the wheel ships the kernels, and
+asking for cuda without a GPU is one clear error. The layer grid runs on the GPU from
+tests/test_layers_vs_torch.py (the any_backend fixture)."""
 import glob
 import os
 import shutil
@@ -13,22 +15,13 @@ import torch
 
 import minicnn as mc
 import minicnn.nn as nn
+from conftest import GPU_REASON as REASON
 from torch_compare import copy_state_to_torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNELS = sorted(glob.glob(os.path.join(ROOT, "kernels", "*.cu")))
 
 
-def gpu_reason():
-    try:
-        import cupy
-        count = cupy.cuda.runtime.getDeviceCount()
-        return None if count > 0 else "no CUDA device"
-    except Exception as err:  # ImportError without CuPy, CUDARuntimeError without a driver
-        return f"no usable GPU ({type(err).__name__}: {err})"
-
-
-REASON = gpu_reason()
 gpu = pytest.mark.skipif(REASON is not None, reason=str(REASON))
 
 

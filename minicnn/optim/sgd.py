@@ -33,8 +33,9 @@ class SGD(Optimizer):
             cupy_ops.sgd_multi(datas, [p.grad for p in params], datas, hyper, False, False)
             return
         starting = [("momentum_buffer" not in state) for state in states]
-        for p, state in zip(params, states):
-            state.setdefault("momentum_buffer", backend.xp_for(p.data).empty_like(p.data))
+        for p, state, start in zip(params, states, starting):
+            if start:
+                state["momentum_buffer"] = backend.xp_for(p.data).empty_like(p.data)
         for first in (False, True):
             chosen = [i for i, s in enumerate(starting) if s == first]
             if chosen:
