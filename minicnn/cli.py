@@ -47,10 +47,11 @@ def build_parser():
     t.add_argument("--model", default="lenet", help="lenet, convnet, mnistcnn, tinybnnet, alexnetmnist")
     t.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist")
     t.add_argument("--epochs", type=positive_int, default=3)
-    t.add_argument("--batch-size", type=positive_int, default=64)
+    t.add_argument("--batch-size", type=positive_int, default=32)
     t.add_argument("--optimizer", default="sgd", help="sgd (momentum 0.9), adam or adamw")
     t.add_argument("--lr", type=positive_float, default=None, help="default: 0.02 for sgd, 1e-3 for adam")
     t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy target smoothing in [0, 1)")
     t.add_argument("--scheduler", default="cosine", help="cosine, step or none")
     t.add_argument("--augment", action="store_true", help="random shifts of up to 2 pixels")
     t.add_argument("--val-split", type=float, default=0.0, help="fraction of the training set held out")
@@ -98,6 +99,8 @@ def cmd_train(args):
         raise ValueError(f"unknown scheduler {args.scheduler!r}; choose cosine, step or none")
     if args.cuda_graph and args.device == "cpu":
         raise ValueError("--cuda-graph needs --device cuda")
+    if not 0 <= args.label_smoothing < 1:
+        raise ValueError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
     if not 0 <= args.val_split < 1:
         raise ValueError(f"--val-split must be in [0, 1), got {args.val_split}")
     out = args.out or os.path.join("runs", f"{model_name}-{dataset_name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
@@ -135,9 +138,10 @@ def cmd_train(args):
 
     print(f"minicnn {mc.__version__}: training {type(model).__name__} ({model.num_parameters():,} parameters) on "
           f"{dataset_name} ({len(train_set):,} train / {len(test_set):,} test images), {args.optimizer} lr {lr:g}, "
-          f"batch {args.batch_size}, {args.epochs} epochs, backend {mc.backend.get_backend() if args.device == 'cpu' else 'cupy'}")
+          f"batch {args.batch_size}, label smoothing {args.label_smoothing:g}, {args.epochs} epochs, backend {mc.backend.get_backend() if args.device == 'cpu' else 'cupy'}")
     started = time.perf_counter()
-    history = train.fit(model, mc.nn.CrossEntropyLoss(), opt, loader, args.epochs, val_loader=val_loader,
+    history = train.fit(model, mc.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), opt, loader, args.epochs,
+                        val_loader=val_loader,
                         scheduler=scheduler, checkpoint_dir=os.path.join(out, "checkpoints"), every=args.every,
                         resume=args.resume, cuda_graph=args.cuda_graph)
     wall = time.perf_counter() - started

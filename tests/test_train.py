@@ -110,6 +110,8 @@ def test_plots_are_written_as_png(tmp_path):
     (["train", "--epochs", "0"], "expected a positive integer"),
     (["train", "--lr", "-1"], "expected a positive number"),
     (["train", "--optimizer", "rmsprop"], "unknown optimizer"),
+    (["train", "--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1)"),
+    (["train", "--cuda-graph"], "--cuda-graph needs --device cuda"),
     (["evaluate", "/nonexistent/run"], "does not exist"),
     (["predict", "/nonexistent.npz", "x"], "does not exist"),
     (["bogus"], "invalid choice"),
