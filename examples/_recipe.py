@@ -11,7 +11,7 @@ from minicnn import data, plot, train
 
 
 def run(model, dataset, optimizer_factory, epochs, out, batch_size=64, augment=None, val_fraction=0.0,
-        scheduler_factory=None, every=1, seed=0):
+        scheduler_factory=None, every=1, seed=0, label_smoothing=0.0):
     """Train ``model`` on MNIST or Fashion-MNIST and write history, checkpoints and plots to ``out``."""
     device = os.environ.get("MINICNN_DEVICE", "cpu")
     graph = os.environ.get("MINICNN_CUDA_GRAPH", "0") == "1"
@@ -32,9 +32,9 @@ def run(model, dataset, optimizer_factory, epochs, out, batch_size=64, augment=N
     optimizer = optimizer_factory(model.parameters())
     scheduler = scheduler_factory(optimizer) if scheduler_factory else None
     started = time.perf_counter()
-    history = train.fit(model, mc.nn.CrossEntropyLoss(), optimizer, loader, epochs, val_loader=val_loader,
-                        scheduler=scheduler, checkpoint_dir=os.path.join(out, "checkpoints"), every=every,
-                        cuda_graph=graph)
+    loss_fn = mc.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    history = train.fit(model, loss_fn, optimizer, loader, epochs, val_loader=val_loader, scheduler=scheduler, checkpoint_dir=os.path.join(out, "checkpoints"),
+                        every=every, cuda_graph=graph)
     test = train.evaluate(model, data.DataLoader(test_set, 1000, transform=normalize, device=device))
     print(f"test accuracy {test['accuracy']:.2%}, best validation accuracy {history.best():.2%}, "
           f"{time.perf_counter() - started:.0f}s")
