@@ -33,8 +33,8 @@ def run(model, dataset, optimizer_factory, epochs, out, batch_size=64, augment=N
     scheduler = scheduler_factory(optimizer) if scheduler_factory else None
     started = time.perf_counter()
     loss_fn = mc.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    history = train.fit(model, loss_fn, optimizer, loader, epochs, val_loader=val_loader, scheduler=scheduler, checkpoint_dir=os.path.join(out, "checkpoints"),
-                        every=every, cuda_graph=graph)
+    history = train.fit(model, loss_fn, optimizer, loader, epochs, val_loader=val_loader, scheduler=scheduler,
+                        checkpoint_dir=os.path.join(out, "checkpoints"), every=every, cuda_graph=graph)
     test = train.evaluate(model, data.DataLoader(test_set, 1000, transform=normalize, device=device))
     print(f"test accuracy {test['accuracy']:.2%}, best validation accuracy {history.best():.2%}, "
           f"{time.perf_counter() - started:.0f}s")
