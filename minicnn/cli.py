@@ -270,7 +270,8 @@ def cmd_info(args):
         import cupy
         for i in range(cupy.cuda.runtime.getDeviceCount()):
             props = cupy.cuda.runtime.getDeviceProperties(i)
-            print(f"GPU {i}: {props['name'].decode()}, {props['totalGlobalMem'] / 2**30:.0f} GiB")
+            name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+            print(f"GPU {i}: {name}, {props['totalGlobalMem'] / 2**30:.0f} GiB")
     except Exception as err:
         print(f"GPU: none usable ({type(err).__name__})")
     return 0

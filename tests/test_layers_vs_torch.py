@@ -352,3 +352,20 @@ def test_inference_in_chunks_equals_one_batch(cpu_backend, monkeypatch):
         net(x)
     np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-14)
     assert seen == [7]
+
+
+def test_inference_pools_before_relu_with_the_same_result(cpu_backend):
+    """Under no_grad, Sequential runs max pooling before the ReLU that precedes it (a quarter of
+    the values to rectify); the output must be the layer-by-layer output bit for bit, NaN and
+    all-negative windows included."""
+    import minicnn as mc
+    net = mc.models.MnistCNN().eval()
+    assert [type(m).__name__ for m in mc.nn.module._pool_before_activation(list(net))][:3] == ["Conv2d", "MaxPool2d", "ReLU"]
+    x = random_input((5, 1, 28, 28), np.float32)
+    x[0, 0, 3:9, 3:9] = np.nan
+    x[1] = -np.abs(x[1]) - 5                                 # windows with nothing positive
+    expected = x
+    for layer in net:                                        # one layer after another, as written
+        expected = layer(expected)
+    with mc.no_grad():
+        np.testing.assert_array_equal(net(x), expected)

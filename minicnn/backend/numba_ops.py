@@ -423,10 +423,11 @@ def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW):
     N, C, H, W = x.shape
     OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
-    idx = np.empty((N, C, OH, OW), dtype=np.int64)
     if (KH, KW, SH, SW, PH, PW) == (2, 2, 2, 2, 0, 0):
+        idx = np.empty((N, C, OH, OW), dtype=np.int8)       # 0..3: an eighth of int64's memory traffic
         _maxpool_forward_2x2(np.ascontiguousarray(x), y, idx)
     else:
+        idx = np.empty((N, C, OH, OW), dtype=np.int64)
         _maxpool_forward(np.ascontiguousarray(x), y, idx, KH, KW, SH, SW, PH, PW)
     return y, idx
 

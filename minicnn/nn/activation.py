@@ -7,6 +7,8 @@ from .module import Module
 
 class ReLU(Module):
     """max(x, 0); derivative 1 where x > 0, else 0 (torch's choice at 0)."""
+    # max(relu(window)) == relu(max(window)) exactly (NaN included): inference may pool first
+    commutes_with_max_pool = True
 
     def forward(self, x):
         check_float_array(self, x)

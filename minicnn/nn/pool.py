@@ -44,6 +44,7 @@ class MaxPool2d(_Pool2d):
     Args: kernel_size, stride (default: kernel_size), padding: an int or a pair.
     Shape: (N, C, H, W) -> (N, C, OH, OW).
     """
+    is_max_pool = True
 
     def forward(self, x):
         geometry = self._geometry(x)
