@@ -90,19 +90,18 @@ def minicnn_runner(model_cls, backend_name, x, y, batch, train):
     return run
 
 
-def torch_runner(model_cls, x, y, batch, train):
+def torch_runner(model_cls, x, y, batch, train, device="cpu"):
     import torch
     mc.manual_seed(0)
-    model = torch_twin(model_cls())
+    model = torch_twin(model_cls()).to(device)
     loss_fn = torch.nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    n_batches = len(x) // batch
+    batches = [(torch.from_numpy(x[i * batch:(i + 1) * batch]).to(device),
+                torch.from_numpy(y[i * batch:(i + 1) * batch]).to(device)) for i in range(len(x) // batch)]
 
     def run(steps):
         for i in range(steps):
-            k = i % n_batches
-            xb, yb = xt[k * batch:(k + 1) * batch], yt[k * batch:(k + 1) * batch]
+            xb, yb = batches[i % len(batches)]
             if train:
                 model.train()
                 loss = loss_fn(model(xb), yb)
@@ -113,6 +112,8 @@ def torch_runner(model_cls, x, y, batch, train):
                 model.eval()
                 with torch.no_grad():
                     model(xb)
+        if device == "cuda":
+            torch.cuda.synchronize()             # GPU work is asynchronous: the timing ends here
     return run
 
 
@@ -151,32 +152,6 @@ def cuda_minicnn_runner(model_cls, x, y, batch, train, graph):
         cp.cuda.Device().synchronize()
     if graph:
         run(step.warmup + 1)                       # eager warm-up steps and the capture
-    return run
-
-
-def cuda_torch_runner(model_cls, x, y, batch, train):
-    import torch
-    mc.manual_seed(0)
-    model = torch_twin(model_cls()).cuda()
-    loss_fn = torch.nn.CrossEntropyLoss()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    batches = [(torch.from_numpy(x[i * batch:(i + 1) * batch]).cuda(), torch.from_numpy(y[i * batch:(i + 1) * batch]).cuda())
-               for i in range(len(x) // batch)]
-
-    def run(steps):
-        for i in range(steps):
-            xb, yb = batches[i % len(batches)]
-            if train:
-                model.train()
-                loss = loss_fn(model(xb), yb)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            else:
-                model.eval()
-                with torch.no_grad():
-                    model(xb)
-        torch.cuda.synchronize()
     return run
 
 
@@ -261,12 +236,10 @@ def main():
         for mode, batch in settings:
             runners = {}
             for lib in libraries:
-                if cuda and lib == "torch":
-                    runners[lib] = cuda_torch_runner(model_cls, x, y, batch, mode == "train")
+                if lib == "torch":
+                    runners[lib] = torch_runner(model_cls, x, y, batch, mode == "train", args.device)
                 elif cuda:
                     runners[lib] = cuda_minicnn_runner(model_cls, x, y, batch, mode == "train", lib == "minicnn-graph")
-                elif lib == "torch":
-                    runners[lib] = torch_runner(model_cls, x, y, batch, mode == "train")
                 else:
                     runners[lib] = minicnn_runner(model_cls, lib, x, y, batch, mode == "train")
             samples = {lib: [] for lib in libraries}
