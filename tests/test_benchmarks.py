@@ -35,3 +35,8 @@ def test_example_scripts_compile(script):
 def test_torch_recipe_benchmark_tiny():
     out = run("benchmarks/lenet_recipe_torch.py", "--epochs", "1", "--limit", "640", "--minicnn")
     assert "torch" in out and "minicnn" in out and "test accuracy" in out
+
+
+def test_layer_profile_tiny():
+    out = run("benchmarks/layer_profile.py", "--models", "lenet", "--batches", "2", "--repeats", "1")
+    assert "| 0 Conv2d |" in out and "optimizer step" in out
