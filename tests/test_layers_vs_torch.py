@@ -354,18 +354,35 @@ def test_inference_in_chunks_equals_one_batch(cpu_backend, monkeypatch):
     assert seen == [7]
 
 
-def test_inference_pools_before_relu_with_the_same_result(cpu_backend):
-    """Under no_grad, Sequential runs max pooling before the ReLU that precedes it (a quarter of
-    the values to rectify); the output must be the layer-by-layer output bit for bit, NaN and
-    all-negative windows included."""
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_sequential_pools_before_relu_with_the_same_result(cpu_backend, grad):
+    """Sequential runs max pooling before the ReLU in front of it (a quarter of the values to
+    rectify); output, input gradient and every parameter gradient must equal those of the
+    layers run one after another as written, bit for bit, NaN and all-negative windows included,
+    for non-overlapping (MnistCNN) and overlapping (3x3 stride 1 and 2) pools."""
     import minicnn as mc
-    net = mc.models.MnistCNN().eval()
-    assert [type(m).__name__ for m in mc.nn.module._pool_before_activation(list(net))][:3] == ["Conv2d", "MaxPool2d", "ReLU"]
-    x = random_input((5, 1, 28, 28), np.float32)
+    net = mc.nn.Sequential(mc.nn.Conv2d(1, 4, 3), mc.nn.ReLU(), mc.nn.MaxPool2d(2), mc.nn.Conv2d(4, 6, 3),
+                           mc.nn.ReLU(), mc.nn.MaxPool2d(3, 1), mc.nn.Conv2d(6, 3, 3), mc.nn.ReLU(),
+                           mc.nn.MaxPool2d(3, 2, padding=1), mc.nn.Flatten()).double()
+    order = [type(m).__name__ for m in mc.nn.module._pool_before_activation(list(net))]
+    assert order[:3] == ["Conv2d", "MaxPool2d", "ReLU"] and order[4:6] == ["MaxPool2d", "ReLU"]
+    x = random_input((3, 1, 20, 20), np.float64)
     x[0, 0, 3:9, 3:9] = np.nan
     x[1] = -np.abs(x[1]) - 5                                 # windows with nothing positive
     expected = x
     for layer in net:                                        # one layer after another, as written
         expected = layer(expected)
-    with mc.no_grad():
-        np.testing.assert_array_equal(net(x), expected)
+    dy = random_input(expected.shape, np.float64)
+    if not grad:
+        with mc.no_grad():
+            np.testing.assert_array_equal(net(x), expected)
+        return
+    expected_dx = dy
+    for layer in reversed(list(net)):
+        expected_dx = layer.backward(expected_dx)
+    expected_grads = {k: p.grad.copy() for k, p in net.named_parameters()}
+    net.zero_grad()
+    np.testing.assert_array_equal(net(x), expected)
+    np.testing.assert_array_equal(net.backward(dy), expected_dx)
+    for k, p in net.named_parameters():
+        np.testing.assert_array_equal(p.grad, expected_grads[k], err_msg=k)

@@ -269,9 +269,11 @@ class Sequential(Module):
     intermediate activations of a chunk stay in the cache instead of being fresh, page-faulting
     memory the size of the whole batch (measured at batch 1000 on 2 Xeon cores: LeNet 21k -> 37k
     images/s, MnistCNN 5.6k -> 7.5k). Layers that mix samples in eval mode would not allow this.
-    GPU batches run whole: there, chunks would only multiply the kernel launches. Under no_grad
-    a ReLU followed by max pooling runs after the pooling instead, on a quarter of the values
-    (2x2 windows) with the very same result.
+    GPU batches run whole: there, chunks would only multiply the kernel launches.
+
+    A ReLU followed by max pooling runs after the pooling instead, on a quarter of the values
+    (2x2 windows), and backward follows the order forward ran: the output and every gradient
+    are the very same (see _pool_before_activation).
     """
     can_skip_input_grad = True
     INFERENCE_CHUNK = 128
@@ -311,9 +313,8 @@ class Sequential(Module):
         return self._run(x)
 
     def _run(self, x):
-        layers = list(self._modules.values())
-        if not _grad_enabled:
-            layers = _pool_before_activation(layers)
+        layers = _pool_before_activation(self._modules.values())
+        object.__setattr__(self, "_order", layers)          # the order backward retraces
         for layer in layers:
             x = layer(x)
         return x
@@ -328,7 +329,7 @@ class Sequential(Module):
         images' gradient during training; torch skips it too since images need no grad) and
         returns None. fit() uses it.
         """
-        layers = list(self._modules.values())
+        layers = self.__dict__.get("_order") or list(self._modules.values())
         for layer in reversed(layers[1:]):
             dy = layer.backward(dy)
         first = layers[0]
@@ -340,8 +341,10 @@ class Sequential(Module):
 
 def _pool_before_activation(layers):
     """The layers with every (activation, max pool) pair swapped where the activation commutes
-    with taking a maximum (ReLU): the same output from fewer activations. Inference only: the
-    layers' saved state for backward would not match the order."""
+    with taking a maximum (ReLU), so the activation runs on the pooled values only. Nothing
+    changes but the work: max(relu(window)) = relu(max(window)) exactly (NaN included), and the
+    gradient reaches the same pixel with the same value: the window's winner when its maximum is
+    positive (or NaN), and nowhere (a zero) when it is not, since ReLU's derivative is 0 there."""
     layers = list(layers)
     for i in range(len(layers) - 1):
         if getattr(layers[i], "commutes_with_max_pool", False) and getattr(layers[i + 1], "is_max_pool", False):
