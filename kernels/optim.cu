@@ -1,4 +1,4 @@
-// Fused optimizer updates, one thread per parameter element; T is float or double.
+// Fused optimizer updates of a whole parameter group, one thread per element; T is float or double.
 // The arithmetic follows torch.optim's order of operations (see minicnn/optim/*.py).
 //
 // sgd: g = grad + wd*p; buf = first ? g : momentum*buf + (1-dampening)*g;
@@ -6,46 +6,13 @@
 // adam: g = grad + wd*p (L2) or p *= 1 - lr*wd (decoupled); m += (1-b1)*(g - m);
 //      v = b2*v + (1-b2)*g*g; p -= step_size * m / (sqrt(v)/bc2_sqrt + eps)
 //
-// The *_multi kernels update every parameter of a group in one launch. Tensor j owns elements
+// One launch updates every parameter of a group. Tensor j owns elements
 // offsets[j] .. offsets[j+1]-1 of a virtual concatenation (offsets[n] = total); thread i finds its
 // tensor by binary search and updates element i - offsets[j] of it through the pointer tables
 // (one device pointer per tensor). The hyper-parameters are read from device memory, hyper =
 // {lr, momentum, dampening, weight_decay} (sgd) or {lr, beta1, beta2, eps, weight_decay, step_size,
 // bc2_sqrt} (adam), so a captured CUDA graph sees the values of every step (the host rewrites them
 // before each launch).
-
-template <typename T>
-__global__ void sgd_step(T* __restrict__ p, const T* __restrict__ grad, T* __restrict__ buf, long long total,
-                         T lr, T momentum, T dampening, T weight_decay, int nesterov, int first) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= total) return;
-    T g = grad[i];
-    if (weight_decay != T(0)) g = g + weight_decay * p[i];
-    if (momentum != T(0)) {
-        T b = first ? g : momentum * buf[i] + (T(1) - dampening) * g;
-        buf[i] = b;
-        g = nesterov ? g + momentum * b : b;
-    }
-    p[i] -= lr * g;
-}
-
-template <typename T>
-__global__ void adam_step(T* __restrict__ p, const T* __restrict__ grad, T* __restrict__ m, T* __restrict__ v,
-                          long long total, T lr, T beta1, T beta2, T eps, T weight_decay, int decoupled,
-                          T step_size, T bc2_sqrt) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= total) return;
-    T g = grad[i];
-    if (weight_decay != T(0)) {
-        if (decoupled) p[i] *= T(1) - lr * weight_decay;
-        else g = g + weight_decay * p[i];
-    }
-    T mi = m[i] + (T(1) - beta1) * (g - m[i]);
-    T vi = beta2 * v[i] + (T(1) - beta2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    p[i] -= step_size * (mi / (sqrt(vi) / bc2_sqrt + eps));
-}
 
 __device__ __forceinline__ int owner(const long long* __restrict__ offsets, int n, long long i) {
     int lo = 0, hi = n;                       // invariant: offsets[lo] <= i < offsets[hi]
@@ -105,8 +72,6 @@ __global__ void adam_multi(T* const* p, T* const* grad, T* const* m, T* const* v
 
 #ifdef MINICNN_INSTANTIATE
 #define OPT(T) \
-template __global__ void sgd_step<T>(T*, const T*, T*, long long, T, T, T, T, int, int); \
-template __global__ void adam_step<T>(T*, const T*, T*, T*, long long, T, T, T, T, T, int, T, T); \
 template __global__ void sgd_multi<T>(T* const*, T* const*, T* const*, const long long*, int, const T*, int, int); \
 template __global__ void adam_multi<T>(T* const*, T* const*, T* const*, T* const*, T* const*, const long long*, int, const T*, int, int);
 OPT(float)

@@ -156,20 +156,19 @@ class _Totals:
         return self._pending is None or self._pending[3] >= self.GPU_READ_EVERY
 
     def read(self):
-        """Fold the device sums into the host totals; returns the loss sum just read."""
+        """Fold pending device sums into the host totals; True if there were any."""
         if self._pending is None:
-            return None
+            return False
         loss_sum, right, n, _ = self._pending
         self._pending = None
-        loss_sum = float(loss_sum)
-        self.loss += loss_sum
+        self.loss += float(loss_sum)
         self.correct += int(right)
         self.count += n
-        return loss_sum
+        return True
 
 
 def _read_totals(totals, graph_step, bar):
-    if totals.read() is not None:                 # GPU sums: also collect the label checks' verdicts
+    if totals.read():                             # GPU sums: also collect the label checks' verdicts
         from .backend import cupy_ops
         cupy_ops.check_labels()
     if graph_step is not None:

@@ -460,7 +460,7 @@ def test_cuda_graph_keeps_its_tables_when_the_cache_is_emptied():
 
     def flood():
         for i in range(1200):
-            cupy_ops._table((i, -i), np.int64)
+            cupy_ops.cached_table((i, -i), np.int64)
     (graph_state, _, step), (eager_state, _, _) = _graph_vs_eager(mc.models.LeNet, make_opt, steps=10, meanwhile=flood)
     assert step.replays == 8
     for name in eager_state:

@@ -26,7 +26,7 @@ _KERNELS = {           # file -> kernels templated on T (instantiated for float 
     "batchnorm.cu": ["bn_forward_train", "bn_backward_train"],
     "softmax_ce.cu": ["softmax_ce_forward", "softmax_ce_backward"],
     "activation.cu": ["relu_forward", "relu_backward", "bias_relu"],
-    "optim.cu": ["sgd_step", "adam_step", "sgd_multi", "adam_multi"],
+    "optim.cu": ["sgd_multi", "adam_multi"],
     "dropout.cu": ["dropout_forward"],
     "gemm.cu": ["gemm"],
 }
@@ -317,7 +317,7 @@ def capturing():
 def softmax_cross_entropy_backward(probs, labels, label_smoothing, scale):
     N, K = probs.shape
     if isinstance(scale, (int, float)):           # one scale for every row: a cached device scalar
-        scale = _table((float(scale),), probs.dtype)
+        scale = cached_table((float(scale),), probs.dtype)
     scale = cp.ascontiguousarray(cp.asarray(scale, dtype=probs.dtype).reshape(-1))
     dlogits = cp.empty_like(probs)
     _launch("softmax_ce.cu", "softmax_ce_backward", probs.dtype, N * K,
@@ -373,7 +373,7 @@ _tables = {}        # tuple of device pointers (or sizes, or hyper-parameters) -
 captured_tables = []   # the tables a capture in progress reads: its graph must keep them alive
 
 
-def _table(values, dtype):
+def cached_table(values, dtype):
     """A cached device copy of a small tuple of numbers: pointer tables, offsets, hyper-parameters.
     Parameters, gradients and optimizer state keep their addresses from step to step, so the
     copy is made once (and never inside a CUDA-graph capture, where host-to-device copies are
@@ -405,7 +405,7 @@ def _group_tables(*lists):
     sizes = [0]
     for a in first:
         sizes.append(sizes[-1] + a.size)
-    return dtype, sizes[-1], _table(tuple(sizes), np.int64), [_table(key, np.uint64) for key in keys]
+    return dtype, sizes[-1], cached_table(tuple(sizes), np.int64), [cached_table(key, np.uint64) for key in keys]
 
 
 def sgd_multi(params, grads, bufs, hyper, nesterov, first):

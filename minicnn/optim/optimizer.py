@@ -47,7 +47,7 @@ class Optimizer:
 
     def step(self):
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params = _with_grad(group)
             states = [self._state_on_device(p) for p in params]
             if params and self._can_fuse_on_gpu(params):
                 self._gpu_group_step(group, params, states)
@@ -78,7 +78,7 @@ class Optimizer:
         from ..backend import cupy_ops
         if cupy_ops.capturing():
             return self._graph_hyper_buffer(group, len(values), dtype)
-        return cupy_ops._table(tuple(float(v) for v in values), dtype)
+        return cupy_ops.cached_table(tuple(float(v) for v in values), dtype)
 
     def _graph_hyper_buffer(self, group, n, dtype):
         import cupy
@@ -93,7 +93,7 @@ class Optimizer:
         this step's hyper-parameters into the buffers the captured kernels read."""
         import cupy
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params = _with_grad(group)
             if params:
                 states = [self.state[p] for p in params]
                 values = self._hyper_values(group, params, states)
@@ -165,3 +165,8 @@ class Optimizer:
             lines.append(f"Parameter Group {i}")
             lines += [f"    {k}: {v}" for k, v in sorted(group.items()) if k != "params"]
         return "\n".join(lines + [")"])
+
+
+def _with_grad(group):
+    """The group's parameters that have a gradient to apply."""
+    return [p for p in group["params"] if p.grad is not None]
