@@ -39,4 +39,4 @@ def test_torch_recipe_benchmark_tiny():
 
 def test_layer_profile_tiny():
     out = run("benchmarks/layer_profile.py", "--models", "lenet", "--batches", "2", "--repeats", "1")
-    assert "| 0 Conv2d |" in out and "optimizer step" in out
+    assert "| 0 ConvReLUPool |" in out and "| 3 Linear |" in out and "optimizer step" in out

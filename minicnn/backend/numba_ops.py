@@ -29,6 +29,7 @@ dropout_mask = numpy_ops.dropout_mask
 log_softmax = numpy_ops.log_softmax
 matmul = numpy_ops.matmul
 conv_backward_gemms = numpy_ops.conv_backward_gemms
+FUSES_CONV_RELU_POOL = True      # conv2d_stride1_forward(relu_pool=True), see nn.fused
 
 FAST = dict(parallel=True, cache=True, fastmath=False, nogil=True)
 DIRECT = dict(FAST, fastmath={"contract"})        # multiply-adds may fuse into FMA instructions
@@ -148,32 +149,52 @@ def _pad_wide(x, xp, PH, PW):
                 _copy(plane[start:start + W], x[n, c, h])
 
 
+@njit(cache=True, inline="always")
+def _sum_taps(acc, xp_n, w_o, bias, Wp):
+    """acc (L,) = bias + the sum over taps (c, kh, kw) of w_o[c, kh, kw] * xp_n[c] shifted by kh*Wp + kw,
+    one multiply-add sweep per tap."""
+    L = acc.size
+    _fill(acc, bias)
+    for c in range(w_o.shape[0]):
+        for kh in range(w_o.shape[1]):
+            for kw in range(w_o.shape[2]):
+                tap, src = w_o[c, kh, kw], xp_n[c, kh * Wp + kw:kh * Wp + kw + L]
+                for i in range(L):
+                    acc[i] += tap * src[i]
+
+
 @njit(**DIRECT)
 def _direct_conv_forward(xp, w, b, y, Wp):
-    N, C = xp.shape[0], xp.shape[1]
-    OC, _, KH, KW = w.shape
+    N, OC = xp.shape[0], w.shape[0]
     OH, OW = y.shape[2], y.shape[3]
     L = (OH - 1) * Wp + OW
     for n in prange(N):
         acc = np.empty(L, dtype=y.dtype)
         for o in range(OC):
-            _fill(acc, b[o])
-            for c in range(C):
-                for kh in range(KH):
-                    for kw in range(KW):
-                        tap, src = w[o, c, kh, kw], xp[n, c, kh * Wp + kw:kh * Wp + kw + L]
-                        for i in range(L):
-                            acc[i] += tap * src[i]
+            _sum_taps(acc, xp[n], w[o], b[o], Wp)
             for oh in range(OH):
                 _copy(y[n, o, oh], acc[oh * Wp:oh * Wp + OW])
 
 
 @njit(**DIRECT)
+def _direct_conv_relu_pool_forward(xp, w, b, y, idx, Wp, L, zero):
+    """The direct forward with the 2x2 max pool and ReLU applied to each output plane while it is
+    in the cache: y (N, OC, OH//2, OW//2) and the winners idx; the plane itself is never stored."""
+    N, OC = xp.shape[0], w.shape[0]
+    for n in prange(N):
+        acc = np.empty(L, dtype=y.dtype)
+        for o in range(OC):
+            _sum_taps(acc, xp[n], w[o], b[o], Wp)
+            _relu_pool_plane(acc, zero, Wp, y[n, o], idx[n, o], zero)
+
+
+@njit(**DIRECT)
 def _widen(dy, dyw, Wp):
+    """dyw (OC, N, L): dy (N, OC, OH, OW) in the wide layout, zero where ow >= OW."""
     N, OC, OH, OW = dy.shape
     for n in prange(N):
         for o in range(OC):
-            row = dyw[n, o]
+            row = dyw[o, n]
             _fill(row, 0)
             for oh in range(OH):
                 _copy(row[oh * Wp:oh * Wp + OW], dy[n, o, oh])
@@ -181,7 +202,7 @@ def _widen(dy, dyw, Wp):
 
 @njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
 def _direct_conv_weight_grad(xp, dyw, dw, db, Wp, zero):
-    """dw[o, c, kh, kw] = sum over n of (sum over i of dy_wide[n, o, i] * xp[n, c, i + kh*Wp + kw]);
+    """dw[o, c, kh, kw] = sum over n of (sum over i of dy_wide[o, n, i] * xp[n, c, i + kh*Wp + kw]);
     threads own output channels. Sample by sample, so that one dy row and one input plane stay in
     L1 while every tap reads them; 'reassoc' lets the dot products vectorize (a fixed order)."""
     N, C = xp.shape[0], xp.shape[1]
@@ -189,7 +210,7 @@ def _direct_conv_weight_grad(xp, dyw, dw, db, Wp, zero):
     L = dyw.shape[2]
     for o in prange(OC):              # dw and db arrive zeroed
         for n in range(N):
-            g = dyw[n, o]
+            g = dyw[o, n]
             total = zero
             for i in range(L):
                 total += g[i]
@@ -216,7 +237,7 @@ def _direct_conv_input_grad(dyw, w, dxp, Wp):
             plane = dxp[n, c]
             _fill(plane, 0)
             for o in range(OC):
-                g = dyw[n, o]
+                g = dyw[o, n]
                 for kh in range(KH):
                     for kw in range(KW):
                         tap, dst = w[o, c, kh, kw], plane[kh * Wp + kw:kh * Wp + kw + L]
@@ -272,6 +293,17 @@ def _unwiden(y_wide, b, y, Wp, first):
 
 
 @njit(**FAST)
+def _unwiden_relu_pool(y_wide, b, y, idx, Wp, L, first, zero):
+    """_unwiden followed by the 2x2 max pool and ReLU: y[first + n, o] (OH//2, OW//2) and idx from
+    the wide plane y_wide[o, n*L:(n+1)*L] + b[o], without storing the full-size output."""
+    OC = y.shape[1]
+    n_samples = y_wide.shape[1] // L
+    for n in prange(n_samples):
+        for o in range(OC):
+            _relu_pool_plane(y_wide[o, n * L:(n + 1) * L], b[o], Wp, y[first + n, o], idx[first + n, o], zero)
+
+
+@njit(**FAST)
 def _crop_padding(xp, x, PH, PW):
     """x (N, C, H, W) = the interior of the padded wide planes xp (N, C, Hp*Wp)."""
     N, C, H, W = x.shape
@@ -302,40 +334,62 @@ def _chunk(n_rows, L, N, itemsize, max_bytes):
     return max(1, min(N, budget // max(n_rows * L * itemsize, 1)))
 
 
-def conv2d_stride1_forward(x, w, b, PH, PW, max_bytes):
+def conv2d_stride1_forward(x, w, b, PH, PW, max_bytes, relu_pool=False):
     """Stride-1 convolution in the wide layout. x (N, C, H, W), w (OC, C, KH, KW), b (OC,) or None.
-    Returns y (N, OC, OH, OW) and what conv2d_stride1_backward needs."""
+    Returns y (N, OC, OH, OW) and what conv2d_stride1_backward needs.
+
+    relu_pool=True fuses the ReLU and 2x2 max pool (stride 2) that follow the convolution: y is
+    relu(maxpool(conv(x))) (N, OC, OH//2, OW//2), each output plane pooled while it is in the
+    cache; the full-size output is never stored. The same values, bit for bit, as the three
+    layers run one by one (pool first: max and ReLU commute, see nn.module._pool_before_activation)."""
     N, C, H, W = x.shape
     OC, _, KH, KW = w.shape
     Hp, Wp = H + 2 * PH, W + 2 * PW
     OH, OW = Hp - KH + 1, Wp - KW + 1
-    xp = _padded_wide(x, PH, PW)
-    y = np.empty((N, OC, OH, OW), dtype=x.dtype)
-    bias = np.zeros(OC, dtype=x.dtype) if b is None else b
-    if C <= DIRECT_MAX_CHANNELS:
-        _direct_conv_forward(xp, np.ascontiguousarray(w), bias, y, Wp)
-        return y, (xp, None)
     L = (OH - 1) * Wp + OW
+    xp = _padded_wide(x, PH, PW)
+    bias = np.zeros(OC, dtype=x.dtype) if b is None else b
+    zero = x.dtype.type(0)
+    if relu_pool:
+        y = np.empty((N, OC, OH // 2, OW // 2), dtype=x.dtype)
+        idx = np.empty(y.shape, dtype=np.int8)             # the winner of each window, 0..3
+        pooled = (y, idx, OH, OW)
+    else:
+        y, pooled = np.empty((N, OC, OH, OW), dtype=x.dtype), None
+    if C <= DIRECT_MAX_CHANNELS:
+        if relu_pool:
+            _direct_conv_relu_pool_forward(xp, np.ascontiguousarray(w), bias, y, idx, Wp, L, zero)
+        else:
+            _direct_conv_forward(xp, np.ascontiguousarray(w), bias, y, Wp)
+        return y, (xp, None, pooled)
     w_col = w.reshape(OC, -1)
     chunk = _chunk(w_col.shape[1], L, N, x.dtype.itemsize, max_bytes)
     for first in range(0, N, chunk):
         part = xp[first:first + chunk]
         rows = np.empty((w_col.shape[1], len(part) * L), dtype=x.dtype)
         _gather_rows(part, rows, KH, KW, Wp, L)
-        _unwiden(w_col @ rows, bias, y, Wp, first)
-    return y, (xp, rows if chunk >= N else None)
+        if relu_pool:
+            _unwiden_relu_pool(w_col @ rows, bias, y, idx, Wp, L, first, zero)
+        else:
+            _unwiden(w_col @ rows, bias, y, Wp, first)
+    return y, (xp, rows if chunk >= N else None, pooled)
 
 
 def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad=True):
-    """Gradients of conv2d_stride1_forward: (dx or None, dw, db)."""
-    xp, kept_rows = saved
+    """Gradients of conv2d_stride1_forward: (dx or None, dw, db). dy has the shape of its y (the
+    pooled shape after relu_pool=True: the gradient then goes straight into the wide layout)."""
+    xp, kept_rows, pooled = saved
     N, C, H, W = x_shape
     OC, _, KH, KW = w.shape
     Wp = W + 2 * PW
-    OH, OW = dy.shape[2], dy.shape[3]
+    OH, OW = (dy.shape[2], dy.shape[3]) if pooled is None else pooled[2:]
     L = (OH - 1) * Wp + OW
-    dyw = np.empty((N, OC, L), dtype=dy.dtype)
-    _widen(np.ascontiguousarray(dy), dyw, Wp)
+    dyw = np.empty((OC, N, L), dtype=dy.dtype)                  # the wide layout, channel-major
+    if pooled is None:
+        _widen(np.ascontiguousarray(dy), dyw, Wp)
+    else:
+        y, idx = pooled[:2]
+        _widen_relu_pool_grad(np.ascontiguousarray(dy), y, idx, dyw, Wp, dy.dtype.type(0))
     dxp = np.empty(xp.shape, dtype=dy.dtype) if input_grad else None      # padded wide planes
     if C <= DIRECT_MAX_CHANNELS:
         dw, db = np.zeros_like(w), np.zeros(OC, dtype=dy.dtype)
@@ -343,7 +397,7 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
         if input_grad:
             _direct_conv_input_grad(dyw, np.ascontiguousarray(w), dxp, Wp)
     else:
-        dy_rows = np.ascontiguousarray(dyw.transpose(1, 0, 2)).reshape(OC, N * L)   # (OC, N*L)
+        dy_rows = dyw.reshape(OC, N * L)
         w_col = w.reshape(OC, -1)
         chunk = N if kept_rows is not None else _chunk(w_col.shape[1], L, N, dy.dtype.itemsize, max_bytes)
         dw = 0
@@ -365,6 +419,41 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
     dx = np.empty(x_shape, dtype=dy.dtype)
     _crop_padding(dxp, dx, PH, PW)
     return dx, dw, db
+
+
+# ---------------------------------------------------------------- ReLU and 2x2 max pool fused into a convolution
+# The epilogue and its adjoint for conv2d_stride1_forward(relu_pool=True). A plane here is one
+# output channel of one sample in the wide layout: pixel (oh, ow) at oh*Wp + ow.
+
+@njit(cache=True, inline="always")
+def _relu_pool_plane(src, bias, Wp, y, idx, zero):
+    """y (OH//2, OW//2) = relu of the maximum of each 2x2 window of the wide plane src + bias, and
+    idx its winner: the same tournament as _maxpool_forward_2x2, the same ReLU as _relu."""
+    for ph in range(y.shape[0]):
+        top, bottom = src[2 * ph * Wp:], src[(2 * ph + 1) * Wp:]
+        for pw in range(y.shape[1]):
+            top_best, top_k = _first_max(top[2 * pw] + bias, 0, top[2 * pw + 1] + bias, 1)
+            bottom_best, bottom_k = _first_max(bottom[2 * pw] + bias, 2, bottom[2 * pw + 1] + bias, 3)
+            best, k = _first_max(top_best, top_k, bottom_best, bottom_k)
+            y[ph, pw] = best if (best > zero) | (best != best) else zero
+            idx[ph, pw] = k
+
+
+@njit(**FAST)
+def _widen_relu_pool_grad(dy, y, idx, dyw, Wp, zero):
+    """dyw (OC, N, L): the gradient of the convolution's wide output from the pooled gradient dy
+    (N, OC, OH//2, OW//2): each window's winner gets dy where the ReLU let it through (y > 0 or
+    NaN, as _relu_backward), every other position zero."""
+    N, OC, PH, PW = dy.shape
+    for n in prange(N):
+        for o in range(OC):
+            row = dyw[o, n]
+            _fill(row, zero)
+            for ph in range(PH):
+                for pw in range(PW):
+                    k = idx[n, o, ph, pw]
+                    g = zero if y[n, o, ph, pw] <= zero else dy[n, o, ph, pw]
+                    row[(2 * ph + (k >> 1)) * Wp + 2 * pw + (k & 1)] = g
 
 
 # ---------------------------------------------------------------- pooling

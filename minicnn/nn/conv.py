@@ -43,21 +43,28 @@ class Conv2d(Module):
         self.weight = Parameter(uniform((out_channels, in_channels) + self.kernel_size, bound, dtype))
         self.bias = Parameter(uniform((out_channels,), bound, dtype)) if bias else None
 
-    def forward(self, x):
+    def checked_output_size(self, x):
+        """Raise a clear error unless x is (N, in_channels, H, W), of the weights' dtype, and at least
+        as large as the kernel once padded. Returns (OH, OW)."""
         (KH, KW), (SH, SW), (PH, PW) = self.kernel_size, self.stride, self.padding
         check_input(self, x, f"(N, {self.in_channels}, H, W)", 4, self.in_channels,
                     params_dtype=self.weight.dtype)
-        N, C, H, W = x.shape
+        H, W = x.shape[2:]
         if H + 2 * PH < KH or W + 2 * PW < KW:
             raise ValueError(f"{self!r}: kernel {KH}x{KW} is larger than the padded input "
                              f"{H + 2 * PH}x{W + 2 * PW} (input {H}x{W}, padding {PH}x{PW})")
+        return (H + 2 * PH - KH) // SH + 1, (W + 2 * PW - KW) // SW + 1
+
+    def forward(self, x):
+        (KH, KW), (SH, SW), (PH, PW) = self.kernel_size, self.stride, self.padding
+        OH, OW = self.checked_output_size(x)
+        N = x.shape[0]
         ops, xp = backend.ops_for(x), backend.xp_for(x)
         if self._uses_stride1_kernels(ops):
             bias = None if self.bias is None else self.bias.data
             y, stride1 = ops.conv2d_stride1_forward(x, self.weight.data, bias, PH, PW, MAX_COL_BYTES)
             self.save_for_backward(y, x_shape=x.shape, stride1=stride1)
             return y
-        OH, OW = ops.output_size(H, KH, SH, PH), ops.output_size(W, KW, SW, PW)
         W_col = self.weight.data.reshape(self.out_channels, -1)     # (OC, C*KH*KW)
         chunk = self._samples_per_chunk(x, OH, OW)
         outputs = []

@@ -273,7 +273,8 @@ class Sequential(Module):
 
     A ReLU followed by max pooling runs after the pooling instead, on a quarter of the values
     (2x2 windows), and backward follows the order forward ran: the output and every gradient
-    are the very same (see _pool_before_activation).
+    are the very same (see _pool_before_activation). Where the backend can, a convolution with
+    its ReLU and 2x2 pool runs as one step (nn.fused.ConvReLUPool), again with the same results.
     """
     can_skip_input_grad = True
     INFERENCE_CHUNK = 128
@@ -313,7 +314,10 @@ class Sequential(Module):
         return self._run(x)
 
     def _run(self, x):
+        from .fused import fuse                             # fused.py imports the layers, which import this
         layers = _pool_before_activation(self._modules.values())
+        if backend.is_array(x):
+            layers = fuse(layers, backend.ops_for(x))
         object.__setattr__(self, "_order", layers)          # the order backward retraces
         for layer in layers:
             x = layer(x)
