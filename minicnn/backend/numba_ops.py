@@ -152,15 +152,36 @@ def _pad_wide(x, xp, PH, PW):
 @njit(cache=True, inline="always")
 def _sum_taps(acc, xp_n, w_o, bias, Wp):
     """acc (L,) = bias + the sum over taps (c, kh, kw) of w_o[c, kh, kw] * xp_n[c] shifted by kh*Wp + kw,
-    one multiply-add sweep per tap."""
+    in that order. The common kernel widths 3 and 5 add a whole kernel row per sweep (the same
+    additions in the same order, with a third of the loads and stores of acc: ~2x faster on
+    2 Xeon cores); other widths sweep once per tap."""
     L = acc.size
     _fill(acc, bias)
     for c in range(w_o.shape[0]):
         for kh in range(w_o.shape[1]):
-            for kw in range(w_o.shape[2]):
-                tap, src = w_o[c, kh, kw], xp_n[c, kh * Wp + kw:kh * Wp + kw + L]
-                for i in range(L):
-                    acc[i] += tap * src[i]
+            row, w = xp_n[c, kh * Wp:], w_o[c, kh]
+            if w.size == 3:
+                _add_row_of_3(acc, row[0:L], row[1:1 + L], row[2:2 + L], w[0], w[1], w[2])
+            elif w.size == 5:
+                _add_row_of_5(acc, row[0:L], row[1:1 + L], row[2:2 + L], row[3:3 + L], row[4:4 + L],
+                              w[0], w[1], w[2], w[3], w[4])
+            else:
+                for kw in range(w.size):
+                    tap, src = w[kw], row[kw:kw + L]
+                    for i in range(L):
+                        acc[i] += tap * src[i]
+
+
+@njit(cache=True, inline="always")
+def _add_row_of_3(acc, s0, s1, s2, w0, w1, w2):
+    for i in range(acc.size):
+        acc[i] = acc[i] + w0 * s0[i] + w1 * s1[i] + w2 * s2[i]
+
+
+@njit(cache=True, inline="always")
+def _add_row_of_5(acc, s0, s1, s2, s3, s4, w0, w1, w2, w3, w4):
+    for i in range(acc.size):
+        acc[i] = acc[i] + w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i] + w4 * s4[i]
 
 
 @njit(**DIRECT)
