@@ -225,7 +225,9 @@ def _widen(dy, dyw, Wp):
 def _direct_conv_weight_grad(xp, dyw, dw, db, Wp, zero):
     """dw[o, c, kh, kw] = sum over n of (sum over i of dy_wide[o, n, i] * xp[n, c, i + kh*Wp + kw]);
     threads own output channels. Sample by sample, so that one dy row and one input plane stay in
-    L1 while every tap reads them; 'reassoc' lets the dot products vectorize (a fixed order)."""
+    L1 while every tap reads them; 'reassoc' lets the dot products vectorize (a fixed order).
+    Kernel widths 3 and 5 take a kernel row's dot products in one sweep, reading dy once for all
+    (MnistCNN's first layer at batch 64: 1.46 -> 1.25 ms min, 2.3 -> 1.3 ms median).""" 
     N, C = xp.shape[0], xp.shape[1]
     OC, _, KH, KW = dw.shape
     L = dyw.shape[2]
@@ -238,12 +240,50 @@ def _direct_conv_weight_grad(xp, dyw, dw, db, Wp, zero):
             db[o] += total
             for c in range(C):
                 for kh in range(KH):
+                    row, d = xp[n, c, kh * Wp:], dw[o, c, kh]
+                    if KW == 3:                # a kernel row's dot products in one sweep, as in _sum_taps
+                        t0, t1, t2 = _dot_row_of_3(g, row[0:L], row[1:1 + L], row[2:2 + L], zero)
+                        d[0] += t0
+                        d[1] += t1
+                        d[2] += t2
+                        continue
+                    if KW == 5:
+                        t0, t1, t2, t3, t4 = _dot_row_of_5(g, row[0:L], row[1:1 + L], row[2:2 + L],
+                                                           row[3:3 + L], row[4:4 + L], zero)
+                        d[0] += t0
+                        d[1] += t1
+                        d[2] += t2
+                        d[3] += t3
+                        d[4] += t4
+                        continue
                     for kw in range(KW):
-                        src = xp[n, c, kh * Wp + kw:kh * Wp + kw + L]
+                        src = row[kw:kw + L]
                         total = zero
                         for i in range(L):
                             total += g[i] * src[i]
-                        dw[o, c, kh, kw] += total
+                        d[kw] += total
+
+
+@njit(cache=True, inline="always")
+def _dot_row_of_3(g, s0, s1, s2, zero):
+    t0, t1, t2 = zero, zero, zero
+    for i in range(g.size):
+        t0 += g[i] * s0[i]
+        t1 += g[i] * s1[i]
+        t2 += g[i] * s2[i]
+    return t0, t1, t2
+
+
+@njit(cache=True, inline="always")
+def _dot_row_of_5(g, s0, s1, s2, s3, s4, zero):
+    t0, t1, t2, t3, t4 = zero, zero, zero, zero, zero
+    for i in range(g.size):
+        t0 += g[i] * s0[i]
+        t1 += g[i] * s1[i]
+        t2 += g[i] * s2[i]
+        t3 += g[i] * s3[i]
+        t4 += g[i] * s4[i]
+    return t0, t1, t2, t3, t4
 
 
 @njit(**DIRECT)
