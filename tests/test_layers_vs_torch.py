@@ -474,3 +474,32 @@ def test_conv_relu_pool_is_not_fused_where_it_does_not_fit(dtype):
     assert "ConvReLUPool" not in [type(step).__name__ for step in net._order]
     with mc.backend.use_backend("numba"), pytest.raises(ValueError, match="larger than the padded input"):
         net(random_input((2, 1, 3, 4), dtype))
+
+
+@pytest.mark.parametrize("channels", [1, 8], ids=["direct", "gemm"])
+def test_fused_relu_pool_breaks_ties_and_treats_nan_as_the_pool(dtype, channels):
+    """The fused epilogue's vectorized sweep (no NaN) and its exact redo (planes with NaN) must pick
+    the same winner as MaxPool2d (the first maximum; a NaN wins over everything before it) and give
+    the same bits as ReLU (-0.0 becomes 0): small integers make ties everywhere, zeros of both signs
+    and NaN planes included."""
+    from minicnn.backend import numba_ops
+    x = rng.integers(-2, 3, (4, channels, 9, 10)).astype(dtype)
+    x[1, 0, 2:5, 3:6] = np.nan
+    w = rng.integers(-1, 2, (5, channels, 3, 3)).astype(dtype)
+    x[2] = -1
+    w[0] = 0                                # sample 2's first plane: -0.0 + 0 * -1 + ... = -0.0 (direct)
+    b = np.array([-0.0, 0.0, 1.0, -1.0, 0.5], dtype=dtype)
+    y, saved = numba_ops.conv2d_stride1_forward(x, w, b, 1, 0, 2**26, relu_pool=True)
+    conv, _ = numba_ops.conv2d_stride1_forward(x, w, b, 1, 0, 2**26)
+    pooled, idx = numba_ops.maxpool2d_forward(conv, 2, 2, 2, 2, 0, 0)
+    expected = numba_ops.relu_forward(pooled)
+    N, C, PH, PW = pooled.shape
+    windows = conv[:, :, :2 * PH, :2 * PW].reshape(N, C, PH, 2, PW, 2)
+    ties = (windows == pooled[:, :, :, None, :, None]).sum(axis=(3, 5)) > 1
+    assert ties.mean() > 0.2                                 # the test means something
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(expected))
+    np.testing.assert_array_equal(saved[2][1], idx)
+    assert np.isnan(y).any() and (idx != 0).any()
+    if channels == 1:
+        assert np.signbit(pooled[2, 0]).any() and not np.signbit(y[2, 0]).any()

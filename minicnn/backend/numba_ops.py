@@ -495,7 +495,34 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
 @njit(cache=True, inline="always")
 def _relu_pool_plane(src, bias, Wp, y, idx, zero):
     """y (OH//2, OW//2) = relu of the maximum of each 2x2 window of the wide plane src + bias, and
-    idx its winner: the same tournament as _maxpool_forward_2x2, the same ReLU as _relu."""
+    idx its winner (0..3): the same tournament as _maxpool_forward_2x2 (the first maximum wins, a
+    NaN wins over everything before it) and the same ReLU as _relu.
+    The sweep assumes no NaN, which lets LLVM vectorize it: max(a, b) keeps a unless b > a (the
+    first maximum), the winner is computed with integer arithmetic, not branches, and
+    max(0, v) turns -0.0 into 0 as _relu does. If any tap was NaN, the plane is redone by
+    _relu_pool_plane_exact. 3x faster than the exact sweep alone (MnistCNN's first layer)."""
+    PW = y.shape[1]
+    saw_nan = False
+    for ph in range(y.shape[0]):
+        top = src[2 * ph * Wp:2 * ph * Wp + 2 * PW]
+        bottom = src[(2 * ph + 1) * Wp:(2 * ph + 1) * Wp + 2 * PW]
+        y_row, idx_row = y[ph], idx[ph]
+        for pw in range(PW):
+            a0, a1 = top[2 * pw] + bias, top[2 * pw + 1] + bias
+            a2, a3 = bottom[2 * pw] + bias, bottom[2 * pw + 1] + bias
+            saw_nan |= (a0 != a0) | (a1 != a1) | (a2 != a2) | (a3 != a3)
+            top_k, bottom_k = np.int32(a1 > a0), np.int32(2) + np.int32(a3 > a2)
+            top_best, bottom_best = max(a0, a1), max(a2, a3)
+            bottom_wins = np.int32(bottom_best > top_best)
+            y_row[pw] = max(zero, max(top_best, bottom_best))
+            idx_row[pw] = np.int8(top_k + bottom_wins * (bottom_k - top_k))
+    if saw_nan:
+        _relu_pool_plane_exact(src, bias, Wp, y, idx, zero)
+
+
+@njit(cache=True, inline="always")
+def _relu_pool_plane_exact(src, bias, Wp, y, idx, zero):
+    """_relu_pool_plane for planes with NaN: the tournament of _first_max, one window at a time."""
     for ph in range(y.shape[0]):
         top, bottom = src[2 * ph * Wp:], src[(2 * ph + 1) * Wp:]
         for pw in range(y.shape[1]):
