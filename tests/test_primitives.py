@@ -75,3 +75,24 @@ def test_backend_switch():
             backend.set_backend("tpu")
     finally:
         backend.set_backend(previous)
+
+
+@pytest.mark.parametrize("nan", [False, True], ids=["no NaN", "NaN"])
+def test_max_pool_breaks_ties_as_torch_does(cpu_backend, dtype, nan):
+    """Small integers make ties in most windows, zeros come with both signs: every backend (Numba's
+    2x2 kernel sweeps vectorized and redoes planes with a NaN) must pick the first maximum, or the
+    last NaN, and return its very bits (-0.0 stays -0.0), as torch does."""
+    import torch
+    x = rng.integers(-2, 3, (3, 4, 7, 9)).astype(dtype)
+    x[x == 0] = rng.choice(np.array([0.0, -0.0], dtype=dtype), int((x == 0).sum()))
+    if nan:
+        x[rng.random(x.shape) < 0.05] = np.nan
+    ops = backend.ops_for(x)
+    y, idx = ops.maxpool2d_forward(x, 2, 2, 2, 2, 0, 0)
+    xt = torch.from_numpy(x).requires_grad_()
+    yt = torch.nn.functional.max_pool2d(xt, 2)
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(yt.detach().numpy()))
+    dy = rng.permutation(np.arange(1, y.size + 1)).reshape(y.shape).astype(dtype)
+    yt.backward(torch.from_numpy(dy))
+    np.testing.assert_array_equal(ops.maxpool2d_backward(dy, idx, x.shape, 2, 2, 2, 2, 0, 0), xt.grad.numpy())

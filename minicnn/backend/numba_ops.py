@@ -587,12 +587,28 @@ def _first_max(a, ka, b, kb):
 
 @njit(**FAST)
 def _maxpool_forward_2x2(x, y, idx):
-    """The common case, 2x2 windows at stride 2 without padding: a tournament of the four taps,
-    with the same rule as the general kernel (first maximum, or last NaN)."""
+    """The common case, 2x2 windows at stride 2 without padding, with the same rule as the general
+    kernel (the first maximum, or the last NaN). As in _relu_pool_plane, each plane is swept
+    assuming no NaN (vectorized: max(a, b) keeps a unless b > a, so ties and signed zeros go to
+    the first tap) and redone by the _first_max tournament if it held a NaN."""
     N, C = x.shape[0], x.shape[1]
     OH, OW = y.shape[2], y.shape[3]
     for p in prange(N * C):
         n, c = p // C, p % C
+        saw_nan = False
+        for oh in range(OH):
+            top, bottom = x[n, c, 2 * oh], x[n, c, 2 * oh + 1]
+            y_row, idx_row = y[n, c, oh], idx[n, c, oh]
+            for ow in range(OW):
+                a0, a1, a2, a3 = top[2 * ow], top[2 * ow + 1], bottom[2 * ow], bottom[2 * ow + 1]
+                saw_nan |= (a0 != a0) | (a1 != a1) | (a2 != a2) | (a3 != a3)
+                top_k, bottom_k = np.int32(a1 > a0), np.int32(2) + np.int32(a3 > a2)
+                top_best, bottom_best = max(a0, a1), max(a2, a3)
+                bottom_wins = np.int32(bottom_best > top_best)
+                y_row[ow] = max(top_best, bottom_best)
+                idx_row[ow] = np.int8(top_k + bottom_wins * (bottom_k - top_k))
+        if not saw_nan:
+            continue
         for oh in range(OH):
             top, bottom = x[n, c, 2 * oh], x[n, c, 2 * oh + 1]
             y_row, idx_row = y[n, c, oh], idx[n, c, oh]
