@@ -467,7 +467,7 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
         dy_rows = dyw.reshape(OC, N * L)
         w_col = w.reshape(OC, -1)
         chunk = N if kept_rows is not None else _chunk(w_col.shape[1], L, N, OC, dy.dtype.itemsize, max_bytes)
-        dw = 0
+        dw_t = 0                                                # dw transposed: (C*KH*KW, OC)
         for first in range(0, N, chunk):
             part = xp[first:first + chunk]
             g = dy_rows[:, first * L:(first + len(part)) * L]
@@ -475,10 +475,10 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
             if rows is None:
                 rows = np.empty((w_col.shape[1], len(part) * L), dtype=dy.dtype)
                 _gather_rows(part, rows, KH, KW, Wp, L)
-            dw = dw + g @ rows.T
+            dw_t = dw_t + rows @ g.T     # as (rows, g) not (g, rows): 2x faster in OpenBLAS for LeNet
             if input_grad:
                 _scatter_rows(w_col.T @ g, dxp[first:first + chunk], KH, KW, Wp, L)
-        dw, db = dw.reshape(w.shape), dy_rows.sum(axis=1)
+        dw, db = np.ascontiguousarray(dw_t.T).reshape(w.shape), dy_rows.sum(axis=1)
     if not input_grad:
         return None, dw, db
     if PH == PW == 0:
