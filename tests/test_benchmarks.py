@@ -40,3 +40,8 @@ def test_torch_recipe_benchmark_tiny():
 def test_layer_profile_tiny():
     out = run("benchmarks/layer_profile.py", "--models", "lenet", "--batches", "2", "--repeats", "1")
     assert "| 0 ConvReLUPool |" in out and "| 3 Linear |" in out and "optimizer step" in out
+
+
+def test_memory_benchmark_tiny():
+    out = run("benchmarks/memory.py", "--tiny")
+    assert "AnimalNet batch 1 minicnn: peak" in out and "torch: peak" in out and "cache warm" in out
