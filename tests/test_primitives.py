@@ -96,3 +96,14 @@ def test_max_pool_breaks_ties_as_torch_does(cpu_backend, dtype, nan):
     dy = rng.permutation(np.arange(1, y.size + 1)).reshape(y.shape).astype(dtype)
     yt.backward(torch.from_numpy(dy))
     np.testing.assert_array_equal(ops.maxpool2d_backward(dy, idx, x.shape, 2, 2, 2, 2, 0, 0), xt.grad.numpy())
+
+
+def test_matmul_with_an_inner_dimension_of_one_is_the_outer_product(cpu_backend, dtype):
+    """A Linear layer's weight gradient at batch 1 goes through broadcasting, not BLAS: the same bits."""
+    a = rng.standard_normal((1, 7)).astype(dtype).T                   # a transposed view, as dy.T
+    b = rng.standard_normal((1, 5)).astype(dtype)
+    ops = backend.ops_for(a)
+    out = ops.matmul(a, b)
+    assert out.shape == (7, 5) and out.dtype == dtype
+    np.testing.assert_array_equal(out, a @ b)
+    np.testing.assert_array_equal(ops.matmul(b.T, a.T), b.T @ a.T)    # (5, 1) @ (1, 7)

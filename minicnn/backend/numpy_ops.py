@@ -59,7 +59,13 @@ def im2col(x, KH, KW, SH, SW, PH, PW):
 
 
 def matmul(a, b):
-    """a @ b (a backend seam: the CUDA backend swaps in its own kernel inside graph captures)."""
+    """a @ b (a backend seam: the CUDA backend swaps in its own kernel inside graph captures).
+
+    An inner dimension of 1 (a Linear layer's weight gradient at batch 1) is an outer product:
+    OpenBLAS takes 1.0-1.6 ms for (512, 1) @ (1, 1600), broadcasting 0.1 ms; every element is
+    one product either way, so the result is the same."""
+    if a.ndim == 2 and b.ndim == 2 and a.shape[1] == 1 and b.shape[0] == 1:
+        return a * b
     return a @ b
 
 
