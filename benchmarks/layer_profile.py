@@ -20,7 +20,8 @@ import numpy as np
 import minicnn as mc
 from minicnn import backend
 
-MODELS = {"lenet": mc.models.LeNet, "mnistcnn": mc.models.MnistCNN, "convnet": mc.models.ConvNet}
+MODELS = {"lenet": mc.models.LeNet, "mnistcnn": mc.models.MnistCNN, "convnet": mc.models.ConvNet,
+          "tinybnnet": mc.models.TinyBNNet, "fashioncnn": mc.models.FashionCNN}
 
 
 def profile(model_cls, batch, device, repeats):
