@@ -227,45 +227,63 @@ def _widen(dy, dyw, Wp):
 
 @njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
 def _direct_conv_weight_grad(xp, dyw, dw, db, Wp, zero):
-    """dw[o, c, kh, kw] = sum over n of (sum over i of dy_wide[o, n, i] * xp[n, c, i + kh*Wp + kw]);
-    threads own output channels. Sample by sample, so that one dy row and one input plane stay in
-    L1 while every tap reads them; 'reassoc' lets the dot products vectorize (a fixed order).
-    Kernel widths 3 and 5 take a kernel row's dot products in one sweep, reading dy once for all
-    (MnistCNN's first layer at batch 64: 1.46 -> 1.25-1.36 ms, min of 100, over runs)."""
-    N, C = xp.shape[0], xp.shape[1]
-    OC, _, KH, KW = dw.shape
-    L = dyw.shape[2]
+    """dw[o, c, kh, kw] = sum over n of (sum over i of dy_wide[o, n, i] * xp[n, c, i + kh*Wp + kw]),
+    db[o] = the sum of dy_wide[o]; threads own output channels. 'reassoc' lets the dot products
+    vectorize (a fixed order)."""
+    N, OC = xp.shape[0], dw.shape[0]
     for o in prange(OC):              # dw and db arrive zeroed
         for n in range(N):
-            g = dyw[o, n]
-            total = zero
-            for i in range(L):
-                total += g[i]
-            db[o] += total
-            for c in range(C):
-                for kh in range(KH):
-                    row, d = xp[n, c, kh * Wp:], dw[o, c, kh]
-                    if KW == 3:                # a kernel row's dot products in one sweep, as in _sum_taps
-                        t0, t1, t2 = _dot_row_of_3(g, row[0:L], row[1:1 + L], row[2:2 + L], zero)
-                        d[0] += t0
-                        d[1] += t1
-                        d[2] += t2
-                        continue
-                    if KW == 5:
-                        t0, t1, t2, t3, t4 = _dot_row_of_5(g, row[0:L], row[1:1 + L], row[2:2 + L],
-                                                           row[3:3 + L], row[4:4 + L], zero)
-                        d[0] += t0
-                        d[1] += t1
-                        d[2] += t2
-                        d[3] += t3
-                        d[4] += t4
-                        continue
-                    for kw in range(KW):
-                        src = row[kw:kw + L]
-                        total = zero
-                        for i in range(L):
-                            total += g[i] * src[i]
-                        d[kw] += total
+            _add_weight_grad(dyw[o, n], xp[n], dw[o], db, o, Wp, zero)
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
+def _direct_conv_weight_grad_pooled(xp, dy, y, idx, dw, db, Wp, L, zero):
+    """_direct_conv_weight_grad from the pooled gradient dy (N, OC, OH//2, OW//2) of
+    relu_pool=True: each wide gradient plane is built in a buffer that stays in L1 (_unpool_plane)
+    and used at once, instead of being written to and read back from a 6 MB widened copy."""
+    N, OC = xp.shape[0], dw.shape[0]
+    for o in prange(OC):              # dw and db arrive zeroed
+        g = np.empty(L, dtype=dw.dtype)
+        for n in range(N):
+            _unpool_plane(g, dy[n, o], y[n, o], idx[n, o], Wp, zero)
+            _add_weight_grad(g, xp[n], dw[o], db, o, Wp, zero)
+
+
+@njit(cache=True, inline="always")
+def _add_weight_grad(g, xp_n, dw_o, db, o, Wp, zero):
+    """dw_o[c, kh, kw] += g . xp_n[c] shifted by kh*Wp + kw, db[o] += sum(g), for one sample: one
+    gradient plane and one input plane stay in L1 while every tap reads them. Kernel widths 3 and 5
+    take a kernel row's dot products in one sweep, reading g once for all (MnistCNN's first layer
+    at batch 64: 1.46 -> 1.25-1.36 ms, min of 100, over runs)."""
+    L = g.size
+    total = zero
+    for i in range(L):
+        total += g[i]
+    db[o] += total
+    for c in range(dw_o.shape[0]):
+        for kh in range(dw_o.shape[1]):
+            row, d = xp_n[c, kh * Wp:], dw_o[c, kh]
+            if d.size == 3:
+                t0, t1, t2 = _dot_row_of_3(g, row[0:L], row[1:1 + L], row[2:2 + L], zero)
+                d[0] += t0
+                d[1] += t1
+                d[2] += t2
+                continue
+            if d.size == 5:
+                t0, t1, t2, t3, t4 = _dot_row_of_5(g, row[0:L], row[1:1 + L], row[2:2 + L],
+                                                   row[3:3 + L], row[4:4 + L], zero)
+                d[0] += t0
+                d[1] += t1
+                d[2] += t2
+                d[3] += t3
+                d[4] += t4
+                continue
+            for kw in range(d.size):
+                src = row[kw:kw + L]
+                total = zero
+                for i in range(L):
+                    total += g[i] * src[i]
+                d[kw] += total
 
 
 @njit(cache=True, inline="always")
@@ -470,16 +488,20 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
     Wp = W + 2 * PW
     OH, OW = (dy.shape[2], dy.shape[3]) if pooled is None else pooled[2:]
     L = (OH - 1) * Wp + OW
+    dy, zero = np.ascontiguousarray(dy), dy.dtype.type(0)
+    if C <= DIRECT_MAX_CHANNELS and pooled is not None and not input_grad:    # a model's first layer
+        dw, db = np.zeros_like(w), np.zeros(OC, dtype=dy.dtype)
+        _direct_conv_weight_grad_pooled(xp, dy, pooled[0], pooled[1], dw, db, Wp, L, zero)
+        return None, dw, db
     dyw = np.empty((OC, N, L), dtype=dy.dtype)                  # the wide layout, channel-major
     if pooled is None:
-        _widen(np.ascontiguousarray(dy), dyw, Wp)
+        _widen(dy, dyw, Wp)
     else:
-        y, idx = pooled[:2]
-        _widen_relu_pool_grad(np.ascontiguousarray(dy), y, idx, dyw, Wp, dy.dtype.type(0))
+        _widen_relu_pool_grad(dy, pooled[0], pooled[1], dyw, Wp, zero)
     dxp = np.empty(xp.shape, dtype=dy.dtype) if input_grad else None      # padded wide planes
     if C <= DIRECT_MAX_CHANNELS:
         dw, db = np.zeros_like(w), np.zeros(OC, dtype=dy.dtype)
-        _direct_conv_weight_grad(xp, dyw, dw, db, Wp, dy.dtype.type(0))
+        _direct_conv_weight_grad(xp, dyw, dw, db, Wp, zero)
         if input_grad:
             _direct_conv_input_grad(dyw, np.ascontiguousarray(w), dxp, Wp)
     else:
@@ -556,19 +578,23 @@ def _relu_pool_plane_exact(src, bias, Wp, y, idx, zero):
 
 @njit(**FAST)
 def _widen_relu_pool_grad(dy, y, idx, dyw, Wp, zero):
-    """dyw (OC, N, L): the gradient of the convolution's wide output from the pooled gradient dy
-    (N, OC, OH//2, OW//2): each window's winner gets dy where the ReLU let it through (y > 0 or
-    NaN, as _relu_backward), every other position zero."""
-    N, OC, PH, PW = dy.shape
+    """dyw (OC, N, L): every wide gradient plane from the pooled gradient (_unpool_plane)."""
+    N, OC = dy.shape[0], dy.shape[1]
     for n in prange(N):
         for o in range(OC):
-            row = dyw[o, n]
-            _fill(row, zero)
-            for ph in range(PH):
-                for pw in range(PW):
-                    k = idx[n, o, ph, pw]
-                    g = zero if y[n, o, ph, pw] <= zero else dy[n, o, ph, pw]
-                    row[(2 * ph + (k >> 1)) * Wp + 2 * pw + (k & 1)] = g
+            _unpool_plane(dyw[o, n], dy[n, o], y[n, o], idx[n, o], Wp, zero)
+
+
+@njit(cache=True, inline="always")
+def _unpool_plane(g, dy, y, idx, Wp, zero):
+    """g (L,): the gradient of one wide output plane from its pooled gradient dy (OH//2, OW//2):
+    each window's winner idx gets dy where the ReLU let it through (y > 0 or NaN, as
+    _relu_backward), every other position zero."""
+    _fill(g, zero)
+    for ph in range(dy.shape[0]):
+        for pw in range(dy.shape[1]):
+            k = idx[ph, pw]
+            g[(2 * ph + (k >> 1)) * Wp + 2 * pw + (k & 1)] = zero if y[ph, pw] <= zero else dy[ph, pw]
 
 
 # ---------------------------------------------------------------- pooling
