@@ -474,6 +474,8 @@ def test_conv_relu_pool_is_not_fused_where_it_does_not_fit(dtype):
     assert "ConvReLUPool" not in [type(step).__name__ for step in net._order]
     with mc.backend.use_backend("numba"), pytest.raises(ValueError, match="larger than the padded input"):
         net(random_input((2, 1, 3, 4), dtype))
+    with mc.backend.use_backend("numba"), pytest.raises(ValueError, match=r"Conv2d\(1, 2.*expected input \(N, 1, H, W\)"):
+        net(random_input((2, 3, 9, 9), dtype))                      # the convolution's own error, fused or not
 
 
 @pytest.mark.parametrize("channels", [1, 8], ids=["direct", "gemm"])

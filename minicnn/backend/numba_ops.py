@@ -540,10 +540,9 @@ def _relu_pool_plane(src, bias, Wp, y, idx, zero):
     """y (OH//2, OW//2) = relu of the maximum of each 2x2 window of the wide plane src + bias, and
     idx its winner (0..3): the same tournament as _maxpool_forward_2x2 (the first maximum wins, a
     NaN wins over everything before it) and the same ReLU as _relu.
-    The sweep assumes no NaN, which lets LLVM vectorize it: max(a, b) keeps a unless b > a (the
-    first maximum), the winner is computed with integer arithmetic, not branches, and
-    max(0, v) turns -0.0 into 0 as _relu does. If any tap was NaN, the plane is redone by
-    _relu_pool_plane_exact. 3x faster than the exact sweep alone (MnistCNN's first layer)."""
+    The sweep assumes no NaN, which lets LLVM vectorize it (_max_of_four), and max(0, v) turns
+    -0.0 into 0 as _relu does. If any tap was NaN, the plane is redone by _relu_pool_plane_exact.
+    3x faster than the exact sweep alone (MnistCNN's first layer)."""
     PW = y.shape[1]
     saw_nan = False
     for ph in range(y.shape[0]):
@@ -551,16 +550,26 @@ def _relu_pool_plane(src, bias, Wp, y, idx, zero):
         bottom = src[(2 * ph + 1) * Wp:(2 * ph + 1) * Wp + 2 * PW]
         y_row, idx_row = y[ph], idx[ph]
         for pw in range(PW):
-            a0, a1 = top[2 * pw] + bias, top[2 * pw + 1] + bias
-            a2, a3 = bottom[2 * pw] + bias, bottom[2 * pw + 1] + bias
-            saw_nan |= (a0 != a0) | (a1 != a1) | (a2 != a2) | (a3 != a3)
-            top_k, bottom_k = np.int32(a1 > a0), np.int32(2) + np.int32(a3 > a2)
-            top_best, bottom_best = max(a0, a1), max(a2, a3)
-            bottom_wins = np.int32(bottom_best > top_best)
-            y_row[pw] = max(zero, max(top_best, bottom_best))
-            idx_row[pw] = np.int8(top_k + bottom_wins * (bottom_k - top_k))
+            best, k, nan = _max_of_four(top[2 * pw] + bias, top[2 * pw + 1] + bias,
+                                        bottom[2 * pw] + bias, bottom[2 * pw + 1] + bias)
+            saw_nan |= nan
+            y_row[pw] = max(zero, best)
+            idx_row[pw] = np.int8(k)
     if saw_nan:
         _relu_pool_plane_exact(src, bias, Wp, y, idx, zero)
+
+
+@njit(cache=True, inline="always")
+def _max_of_four(a0, a1, a2, a3):
+    """The maximum of a 2x2 window (a0 a1 / a2 a3), the index of its first occurrence, and whether
+    any tap is NaN (then both are meaningless and the caller redoes the window exactly). Built for
+    vectorizing: max(a, b) keeps a unless b > a, the index comes from integer arithmetic, and no
+    (value, index) pair is ever selected as a whole (that kept the loops scalar)."""
+    top_k, bottom_k = np.int32(a1 > a0), np.int32(2) + np.int32(a3 > a2)
+    top_best, bottom_best = max(a0, a1), max(a2, a3)
+    bottom_wins = np.int32(bottom_best > top_best)
+    nan = (a0 != a0) | (a1 != a1) | (a2 != a2) | (a3 != a3)
+    return max(top_best, bottom_best), top_k + bottom_wins * (bottom_k - top_k), nan
 
 
 @njit(cache=True, inline="always")
@@ -636,8 +645,8 @@ def _first_max(a, ka, b, kb):
 def _maxpool_forward_2x2(x, y, idx):
     """The common case, 2x2 windows at stride 2 without padding, with the same rule as the general
     kernel (the first maximum, or the last NaN). As in _relu_pool_plane, each plane is swept
-    assuming no NaN (vectorized: max(a, b) keeps a unless b > a, so ties and signed zeros go to
-    the first tap) and redone by the _first_max tournament if it held a NaN."""
+    assuming no NaN (_max_of_four: ties and signed zeros go to the first tap) and redone by the
+    _first_max tournament if it held a NaN."""
     N, C = x.shape[0], x.shape[1]
     OH, OW = y.shape[2], y.shape[3]
     for p in prange(N * C):
@@ -647,13 +656,10 @@ def _maxpool_forward_2x2(x, y, idx):
             top, bottom = x[n, c, 2 * oh], x[n, c, 2 * oh + 1]
             y_row, idx_row = y[n, c, oh], idx[n, c, oh]
             for ow in range(OW):
-                a0, a1, a2, a3 = top[2 * ow], top[2 * ow + 1], bottom[2 * ow], bottom[2 * ow + 1]
-                saw_nan |= (a0 != a0) | (a1 != a1) | (a2 != a2) | (a3 != a3)
-                top_k, bottom_k = np.int32(a1 > a0), np.int32(2) + np.int32(a3 > a2)
-                top_best, bottom_best = max(a0, a1), max(a2, a3)
-                bottom_wins = np.int32(bottom_best > top_best)
-                y_row[ow] = max(top_best, bottom_best)
-                idx_row[ow] = np.int8(top_k + bottom_wins * (bottom_k - top_k))
+                best, k, nan = _max_of_four(top[2 * ow], top[2 * ow + 1], bottom[2 * ow], bottom[2 * ow + 1])
+                saw_nan |= nan
+                y_row[ow] = best
+                idx_row[ow] = np.int8(k)
         if not saw_nan:
             continue
         for oh in range(OH):
