@@ -61,8 +61,7 @@ class Conv2d(Module):
         N = x.shape[0]
         ops, xp = backend.ops_for(x), backend.xp_for(x)
         if self._uses_stride1_kernels(ops):
-            bias = None if self.bias is None else self.bias.data
-            y, stride1 = ops.conv2d_stride1_forward(x, self.weight.data, bias, PH, PW, MAX_COL_BYTES)
+            y, stride1 = self.stride1_forward(ops, x)
             self.save_for_backward(y, x_shape=x.shape, stride1=stride1)
             return y
         W_col = self.weight.data.reshape(self.out_channels, -1)     # (OC, C*KH*KW)
@@ -91,12 +90,7 @@ class Conv2d(Module):
         (KH, KW), (SH, SW), (PH, PW) = self.kernel_size, self.stride, self.padding
         ops, xp = backend.ops_for(dy), backend.xp_for(dy)
         if s.stride1 is not None:
-            dx, dW, db = ops.conv2d_stride1_backward(dy, s.stride1, self.weight.data, s.x_shape, PH, PW,
-                                                     MAX_COL_BYTES, input_grad)
-            self.weight.accumulate_grad(dW, owned=True)
-            if self.bias is not None:
-                self.bias.accumulate_grad(db, owned=True)
-            return dx
+            return self.stride1_backward(ops, dy, s.stride1, s.x_shape, input_grad)
         W_col = self.weight.data.reshape(self.out_channels, -1)
         dW, db, dx_parts = None, None, []
         for start in range(0, dy.shape[0], s.chunk):
@@ -113,6 +107,23 @@ class Conv2d(Module):
         if not input_grad:
             return None
         return dx_parts[0] if len(dx_parts) == 1 else xp.concatenate(dx_parts)
+
+    def stride1_forward(self, ops, x, relu_pool=False):
+        """The backend's own stride-1 kernels (see numba_ops.conv2d_stride1_forward; relu_pool fuses
+        the ReLU and 2x2 max pool that follow, for nn.fused). Returns (y, what backward needs)."""
+        bias = None if self.bias is None else self.bias.data
+        PH, PW = self.padding
+        return ops.conv2d_stride1_forward(x, self.weight.data, bias, PH, PW, MAX_COL_BYTES, relu_pool=relu_pool)
+
+    def stride1_backward(self, ops, dy, stride1, x_shape, input_grad):
+        """Gradients through stride1_forward: adds dW and db into the parameters, returns dx or None."""
+        PH, PW = self.padding
+        dx, dW, db = ops.conv2d_stride1_backward(dy, stride1, self.weight.data, x_shape, PH, PW,
+                                                 MAX_COL_BYTES, input_grad)
+        self.weight.accumulate_grad(dW, owned=True)
+        if self.bias is not None:
+            self.bias.accumulate_grad(db, owned=True)
+        return dx
 
     def _uses_stride1_kernels(self, ops):
         return self.stride == (1, 1) and hasattr(ops, "conv2d_stride1_forward")

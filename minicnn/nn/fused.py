@@ -13,7 +13,6 @@ fused step is only how Sequential runs them.
 """
 from .. import backend
 from .activation import ReLU
-from . import conv as conv_module
 from .conv import Conv2d
 from .module import Module
 from .pool import MaxPool2d
@@ -45,23 +44,13 @@ class ConvReLUPool(Module):
             object.__setattr__(layer, "_saved", None)
         if OH < 2 or OW < 2:                         # let the pool raise its error
             return pool(relu(conv(x)))
-        bias = None if conv.bias is None else conv.bias.data
-        (PH, PW) = conv.padding
-        y, saved = backend.ops_for(x).conv2d_stride1_forward(x, conv.weight.data, bias, PH, PW,
-                                                             conv_module.MAX_COL_BYTES, relu_pool=True)
+        y, saved = conv.stride1_forward(backend.ops_for(x), x, relu_pool=True)
         self.save_for_backward(y, x_shape=x.shape, stride1=saved)
         return y
 
     def backward(self, dy, input_grad=True):
-        conv = self.layers[0]
         s = self.saved(dy)
-        PH, PW = conv.padding
-        dx, dW, db = backend.ops_for(dy).conv2d_stride1_backward(dy, s.stride1, conv.weight.data, s.x_shape,
-                                                                 PH, PW, conv_module.MAX_COL_BYTES, input_grad)
-        conv.weight.accumulate_grad(dW, owned=True)
-        if conv.bias is not None:
-            conv.bias.accumulate_grad(db, owned=True)
-        return dx
+        return self.layers[0].stride1_backward(backend.ops_for(dy), dy, s.stride1, s.x_shape, input_grad)
 
     def __repr__(self):
         return "ConvReLUPool(" + ", ".join(repr(layer) for layer in self.layers) + ")"
