@@ -1,23 +1,26 @@
-"""Numba's kernels give every thread whole samples (or channels) to write, so results do not
-depend on the number of threads: one training step of ConvNet and MnistCNN on 1 and on 2 threads
-must agree bit for bit (each run in its own process: the thread count is fixed at import)."""
+"""minicnn cuts a layer's work into tasks by the shapes alone and adds partial sums in task order,
+so results do not depend on the number of threads (backend.cores): one training step of ConvNet,
+MnistCNN and FashionCNN on 1, 2 and 3 threads must agree bit for bit (each run in its own process,
+with MINICNN_THREADS)."""
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 pytest.importorskip("numba")
 
+# batch 40: several tasks in every convolution and in the 1600x512 matrix products
 STEP = r"""
 import sys, numpy as np, minicnn as mc
 out = {}
 for name in ("convnet", "mnistcnn", "fashioncnn"):
     mc.manual_seed(0)
     model = mc.models.get_model(name)
-    x = np.random.default_rng(1).standard_normal((5, 1, 28, 28)).astype(np.float32)
-    y = np.arange(5) % 10
+    x = np.random.default_rng(1).standard_normal((40, 1, 28, 28)).astype(np.float32)
+    y = np.arange(40) % 10
     loss_fn = mc.nn.CrossEntropyLoss()
     out[name + "/loss"] = np.array(loss_fn(model(x), y))
     out[name + "/dx"] = model.backward(loss_fn.backward())
@@ -28,14 +31,80 @@ np.savez(sys.argv[1], **out)
 
 
 def run_step(threads, path):
-    env = dict(os.environ, MINICNN_NUMBA_THREADS=str(threads), MINICNN_BACKEND="numba")
+    env = dict(os.environ, MINICNN_THREADS=str(threads), MINICNN_BACKEND="numba")
     subprocess.run([sys.executable, "-c", STEP, str(path)], check=True, env=env, timeout=600)
     with np.load(path) as f:
         return dict(f)
 
 
-def test_one_and_two_threads_agree_bit_for_bit(tmp_path):
-    one, two = run_step(1, tmp_path / "one.npz"), run_step(2, tmp_path / "two.npz")
-    assert one.keys() == two.keys() and len(one) > 20
+@pytest.mark.parametrize("threads", [2, 3])
+def test_thread_counts_agree_bit_for_bit(tmp_path, threads):
+    one, many = run_step(1, tmp_path / "one.npz"), run_step(threads, tmp_path / "many.npz")
+    assert one.keys() == many.keys() and len(one) > 20
     for key in one:
-        np.testing.assert_array_equal(one[key], two[key], err_msg=key)
+        np.testing.assert_array_equal(one[key], many[key], err_msg=key)
+
+
+def test_run_returns_results_in_task_order_and_uses_every_thread():
+    from minicnn.backend import cores
+    old = cores.threads()
+    try:
+        cores.set_threads(2)
+        seen = set()
+
+        def task(i, worker):
+            seen.add(worker)
+            time.sleep(0.002)                       # long enough that the worker takes some
+            return i * i
+        assert cores.run(task, 20) == [i * i for i in range(20)]
+        assert seen == {0, 1}
+        cores.set_threads(1)
+        assert cores.run(lambda i, worker: (i, worker), 3) == [(0, 0), (1, 0), (2, 0)]
+    finally:
+        cores.set_threads(old)
+
+
+def test_run_raises_the_error_after_every_task_has_stopped():
+    from minicnn.backend import cores
+    old = cores.threads()
+    finished = []
+    try:
+        cores.set_threads(2)
+
+        def task(i, worker):
+            if i == 0:
+                raise RuntimeError("task 0 failed")
+            time.sleep(0.01)
+            finished.append(i)
+        with pytest.raises(RuntimeError, match="task 0 failed"):
+            cores.run(task, 4)
+        count = len(finished)
+        time.sleep(0.05)
+        assert len(finished) == count == 3           # nothing still running after the raise
+    finally:
+        cores.set_threads(old)
+
+
+def test_nested_run_stays_on_its_thread():
+    from minicnn.backend import cores
+    old = cores.threads()
+    try:
+        cores.set_threads(2)
+        inner = cores.run(lambda i, worker: cores.run(lambda j, w: (j, w), 3), 4)
+        assert inner == [[(0, 0), (1, 0), (2, 0)]] * 4
+    finally:
+        cores.set_threads(old)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
+def test_set_threads_rejects_bad_counts(bad):
+    from minicnn.backend import cores
+    with pytest.raises(ValueError, match="positive integer"):
+        cores.set_threads(bad)
+
+
+def test_bad_minicnn_threads_is_a_clear_error():
+    env = dict(os.environ, MINICNN_THREADS="two")
+    out = subprocess.run([sys.executable, "-c", "import minicnn.backend.cores"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "MINICNN_THREADS must be a positive integer, got 'two'" in out.stderr

@@ -1,38 +1,29 @@
 """Numba-compiled CPU primitives, the same functions and signatures as numpy_ops.
 
-Each kernel is a plain loop nest compiled by Numba, parallel over the batch (prange over N, or
-over channels for batch-norm reductions). Backward passes that fold windows back onto the input
-(col2im, pooling) scatter-add, but each thread owns whole samples, so no two threads write the
-same element and the order of additions is fixed: results are repeatable bit for bit.
+Each kernel is a plain single-threaded loop nest compiled by Numba. The cores are used by
+cutting a layer's work into tasks (a chunk of samples each) that run on minicnn's own threads
+(backend.cores): the stride-1 convolutions and large matrix products do this. Backward passes
+that fold windows back onto the input (col2im, pooling) scatter-add within a sample, so the
+order of additions is fixed and results are repeatable bit for bit, on any number of threads.
 Index formulas (for input row ih, kernel row kh, stride SH, padding PH):
     ih = oh * SH - PH + kh        and conversely   oh = (ih + PH - kh) / SH  when it divides.
-GEMMs stay in NumPy's BLAS.
-
-Threads: on the 2-core machines we measure on, OpenBLAS's threads keep spinning after a GEMM
-while Numba's OpenMP threads start the next kernel; the two pools then fight over the cores and a
-LeNet training step took 73 ms instead of 13 ms. BLAS threads and Numba threads together must not
-exceed the cores, and the big GEMMs gain more from threads than these memory-bound loops do, so
-Numba runs its kernels on one thread (set MINICNN_NUMBA_THREADS to change that).
+GEMMs stay in NumPy's BLAS, held to one thread per task (see cores for why).
 """
-import os
-
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from . import numpy_ops
+from . import cores, numpy_ops
 
 name = "numba"
 xp = np
 output_size = numpy_ops.output_size
 dropout_mask = numpy_ops.dropout_mask
 log_softmax = numpy_ops.log_softmax
-matmul = numpy_ops.matmul
-conv_backward_gemms = numpy_ops.conv_backward_gemms
 FUSES_CONV_RELU_POOL = True      # conv2d_stride1_forward(relu_pool=True), see nn.fused
 
-FAST = dict(parallel=True, cache=True, fastmath=False, nogil=True)
+FAST = dict(cache=True, fastmath=False, nogil=True)
 DIRECT = dict(FAST, fastmath={"contract"})        # multiply-adds may fuse into FMA instructions
+DOT = dict(FAST, fastmath={"contract", "reassoc"})   # dot products may keep vector partial sums
 # Batch-norm statistics sum in float64; in strict order every add waits for the one before (a
 # 4-cycle chain per element: FashionCNN spent a quarter of its step there). 'reassoc' lets LLVM
 # keep several partial sums in vector registers: a fixed order still, repeatable, not sequential.
@@ -41,7 +32,39 @@ REDUCE = dict(FAST, fastmath={"reassoc"})
 # (direct), wider ones through a GEMM. Measured on 2 Xeon cores, batch 64: direct is 4.5x faster
 # than im2col for LeNet's 1-channel first layer and on par at 6 channels.
 DIRECT_MAX_CHANNELS = 3
-numba.set_num_threads(min(numba.config.NUMBA_NUM_THREADS, int(os.environ.get("MINICNN_NUMBA_THREADS", 1))))
+
+
+# ---------------------------------------------------------------- matrix products
+
+# A layer's matrix product (Linear, the im2col convolution) on the cores: the rows of a are cut
+# into parts that depend only on the shapes (OpenBLAS's result for a row depends on how many rows
+# it was given, so cutting by the thread count would make the bits depend on it), each part a task
+# with single-threaded BLAS. Small products are one task: a task costs ~10-50 us to hand over.
+MATMUL_TASK_FLOPS = 2**23          # about 70 us of one core's float32 GEMM
+MATMUL_MAX_TASKS = 8
+
+
+def matmul(a, b):
+    """a @ b, as numpy_ops.matmul, with the rows of a shared out to the cores when it is large."""
+    M = a.shape[0] if a.ndim == 2 else 0
+    flops = 2 * M * a.shape[-1] * b.shape[-1] if b.ndim == 2 else 0
+    n_tasks = max(1, min(MATMUL_MAX_TASKS, M // 16, flops // MATMUL_TASK_FLOPS))
+    if n_tasks == 1:
+        with cores.one_blas_thread():
+            return numpy_ops.matmul(a, b)
+    out = np.empty((M, b.shape[1]), dtype=np.result_type(a, b))
+    rows = -(-M // n_tasks)
+
+    def product(i, worker):
+        np.matmul(a[i * rows:(i + 1) * rows], b, out=out[i * rows:(i + 1) * rows])
+
+    cores.run(product, -(-M // rows))
+    return out
+
+
+def conv_backward_gemms(dy, col, W_col, bias, input_grad):
+    with cores.one_blas_thread():
+        return numpy_ops.conv_backward_gemms(dy, col, W_col, bias, input_grad)
 
 
 # ---------------------------------------------------------------- convolution
@@ -51,7 +74,7 @@ def _im2col(x, col, KH, KW, SH, SW, PH, PW, OH, OW):
     """Per output pixel, the kernel columns that land inside the image are [kw_lo, kw_hi): the
     inner loop copies that contiguous run and zero-fills the rest, with no test per tap."""
     N, C, H, W = x.shape
-    for n in prange(N):
+    for n in range(N):
         for oh in range(OH):
             for ow in range(OW):
                 row = (n * OH + oh) * OW + ow
@@ -87,7 +110,7 @@ def _col2im(col, dx, KH, KW, SH, SW, PH, PW, OH, OW):
     col is read in memory order (the fast direction); the summation order is fixed. Taps in the
     padding are skipped by clipping the kernel-column range once per output pixel."""
     N, C, H, W = dx.shape
-    for n in prange(N):
+    for n in range(N):
         dx[n] = 0
         for oh in range(OH):
             for ow in range(OW):
@@ -144,7 +167,7 @@ def _fill(dst, value):
 def _pad_wide(x, xp, PH, PW):
     N, C, H, W = x.shape
     Wp = W + 2 * PW
-    for n in prange(N):
+    for n in range(N):
         for c in range(C):
             plane = xp[n, c]
             _fill(plane, 0)
@@ -193,7 +216,7 @@ def _direct_conv_forward(xp, w, b, y, Wp):
     N, OC = xp.shape[0], w.shape[0]
     OH, OW = y.shape[2], y.shape[3]
     L = (OH - 1) * Wp + OW
-    for n in prange(N):
+    for n in range(N):
         acc = np.empty(L, dtype=y.dtype)
         for o in range(OC):
             _sum_taps(acc, xp[n], w[o], b[o], Wp)
@@ -206,7 +229,7 @@ def _direct_conv_relu_pool_forward(xp, w, b, y, idx, Wp, L, zero):
     """The direct forward with the 2x2 max pool and ReLU applied to each output plane while it is
     in the cache: y (N, OC, OH//2, OW//2) and the winners idx; the plane itself is never stored."""
     N, OC = xp.shape[0], w.shape[0]
-    for n in prange(N):
+    for n in range(N):
         acc = np.empty(L, dtype=y.dtype)
         for o in range(OC):
             _sum_taps(acc, xp[n], w[o], b[o], Wp)
@@ -217,7 +240,7 @@ def _direct_conv_relu_pool_forward(xp, w, b, y, idx, Wp, L, zero):
 def _widen(dy, dyw, Wp):
     """dyw (OC, N, L): dy (N, OC, OH, OW) in the wide layout, zero where ow >= OW."""
     N, OC, OH, OW = dy.shape
-    for n in prange(N):
+    for n in range(N):
         for o in range(OC):
             row = dyw[o, n]
             _fill(row, 0)
@@ -225,24 +248,24 @@ def _widen(dy, dyw, Wp):
                 _copy(row[oh * Wp:oh * Wp + OW], dy[n, o, oh])
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
+@njit(**DOT)
 def _direct_conv_weight_grad(xp, dyw, dw, db, Wp, zero):
     """dw[o, c, kh, kw] = sum over n of (sum over i of dy_wide[o, n, i] * xp[n, c, i + kh*Wp + kw]),
     db[o] = the sum of dy_wide[o]; threads own output channels. 'reassoc' lets the dot products
     vectorize (a fixed order)."""
     N, OC = xp.shape[0], dw.shape[0]
-    for o in prange(OC):              # dw and db arrive zeroed
+    for o in range(OC):              # dw and db arrive zeroed
         for n in range(N):
             _add_weight_grad(dyw[o, n], xp[n], dw[o], db, o, Wp, zero)
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "reassoc"})
+@njit(**DOT)
 def _direct_conv_weight_grad_pooled(xp, dy, y, idx, dw, db, Wp, L, zero):
     """_direct_conv_weight_grad from the pooled gradient dy (N, OC, OH//2, OW//2) of
     relu_pool=True: each wide gradient plane is built in a buffer that stays in L1 (_unpool_plane)
     and used at once, instead of being written to and read back from a 6 MB widened copy."""
     N, OC = xp.shape[0], dw.shape[0]
-    for o in prange(OC):              # dw and db arrive zeroed
+    for o in range(OC):              # dw and db arrive zeroed
         g = np.empty(L, dtype=dw.dtype)
         for n in range(N):
             _unpool_plane(g, dy[n, o], y[n, o], idx[n, o], Wp, zero)
@@ -315,7 +338,7 @@ def _direct_conv_input_grad(dyw, w, dxp, Wp):
     N, C = dxp.shape[0], dxp.shape[1]
     OC, _, KH, KW = w.shape
     L = dyw.shape[2]
-    for n in prange(N):
+    for n in range(N):
         for c in range(C):
             plane = dxp[n, c]
             _fill(plane, 0)
@@ -338,7 +361,7 @@ def _direct_conv_input_grad(dyw, w, dxp, Wp):
 @njit(**FAST)
 def _gather_rows(xp, rows, KH, KW, Wp, L):
     n_samples, C = xp.shape[0], xp.shape[1]
-    for n in prange(n_samples):
+    for n in range(n_samples):
         for c in range(C):
             for kh in range(KH):
                 for kw in range(KW):
@@ -350,7 +373,7 @@ def _gather_rows(xp, rows, KH, KW, Wp, L):
 def _scatter_rows(drows, dxp, KH, KW, Wp, L):
     """The adjoint of _gather_rows, adding into dxp (zeroed here). Threads own samples."""
     n_samples, C = dxp.shape[0], dxp.shape[1]
-    for n in prange(n_samples):
+    for n in range(n_samples):
         dxp[n] = 0
         for c in range(C):
             for kh in range(KH):
@@ -367,7 +390,7 @@ def _unwiden(y_wide, b, y, Wp, first):
     OC, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     L = (OH - 1) * Wp + OW
     n_samples = y_wide.shape[1] // L
-    for n in prange(n_samples):
+    for n in range(n_samples):
         for o in range(OC):
             for oh in range(OH):
                 src, dst = y_wide[o, n * L + oh * Wp:n * L + oh * Wp + OW], y[first + n, o, oh]
@@ -381,7 +404,7 @@ def _unwiden_relu_pool(y_wide, b, y, idx, Wp, L, first, zero):
     the wide plane y_wide[o, n*L:(n+1)*L] + b[o], without storing the full-size output."""
     OC = y.shape[1]
     n_samples = y_wide.shape[1] // L
-    for n in prange(n_samples):
+    for n in range(n_samples):
         for o in range(OC):
             _relu_pool_plane(y_wide[o, n * L:(n + 1) * L], b[o], Wp, y[first + n, o], idx[first + n, o], zero)
 
@@ -391,19 +414,19 @@ def _crop_padding(xp, x, PH, PW):
     """x (N, C, H, W) = the interior of the padded wide planes xp (N, C, Hp*Wp)."""
     N, C, H, W = x.shape
     Wp = W + 2 * PW
-    for n in prange(N):
+    for n in range(N):
         for c in range(C):
             for h in range(H):
                 _copy(x[n, c, h], xp[n, c, (h + PH) * Wp + PW:(h + PH) * Wp + PW + W])
 
 
 def _padded_wide(x, PH, PW):
+    """x (N, C, H, W) as wide planes (N, C, Hp*Wp): x itself without padding, else a new array
+    that forward's tasks fill (_pad_wide), a chunk of samples each."""
     N, C, H, W = x.shape
     if PH == PW == 0:
-        return np.ascontiguousarray(x).reshape(N, C, H * W)
-    xp = np.empty((N, C, (H + 2 * PH) * (W + 2 * PW)), dtype=x.dtype)
-    _pad_wide(np.ascontiguousarray(x), xp, PH, PW)
-    return xp
+        return x.reshape(N, C, H * W)
+    return np.empty((N, C, (H + 2 * PH) * (W + 2 * PW)), dtype=x.dtype)
 
 
 # Rows are built and consumed a chunk of samples at a time, the chunk sized by what bounds the GEMM
@@ -416,6 +439,9 @@ def _padded_wide(x, PH, PW):
 # when one chunk holds the whole batch, else rebuilt there.
 ROWS_CHUNK_BYTES = 2**18           # at 16 output channels
 MAX_ROWS_CHUNK_BYTES = 2**23
+# The direct kernels' tasks: this many samples each (the first layer's weight gradient is summed
+# per chunk, then over chunks, so this fixes its order of additions).
+DIRECT_CHUNK = 8
 
 
 def _chunk(n_rows, L, N, OC, itemsize, max_bytes):
@@ -430,12 +456,14 @@ def conv2d_stride1_forward(x, w, b, PH, PW, max_bytes, relu_pool=False):
     relu_pool=True fuses the ReLU and 2x2 max pool (stride 2) that follow the convolution: y is
     relu(maxpool(conv(x))) (N, OC, OH//2, OW//2), each output plane pooled while it is in the
     cache; the full-size output is never stored. The same values, bit for bit, as the three
-    layers run one by one (pool first: max and ReLU commute, see nn.module._pool_before_activation)."""
+    layers run one by one (pool first: max and ReLU commute, see nn.module._pool_before_activation).
+    Chunks of samples are tasks for the cores (backend.cores), each writing its own samples."""
     N, C, H, W = x.shape
     OC, _, KH, KW = w.shape
     Hp, Wp = H + 2 * PH, W + 2 * PW
     OH, OW = Hp - KH + 1, Wp - KW + 1
     L = (OH - 1) * Wp + OW
+    x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     xp = _padded_wide(x, PH, PW)
     bias = np.zeros(OC, dtype=x.dtype) if b is None else b
     zero = x.dtype.type(0)
@@ -445,25 +473,36 @@ def conv2d_stride1_forward(x, w, b, PH, PW, max_bytes, relu_pool=False):
         pooled = (y, idx, OH, OW)
     else:
         y, pooled = np.empty((N, OC, OH, OW), dtype=x.dtype), None
-    if C <= DIRECT_MAX_CHANNELS:
-        if relu_pool:
-            _direct_conv_relu_pool_forward(xp, np.ascontiguousarray(w), bias, y, idx, Wp, L, zero)
-        else:
-            _direct_conv_forward(xp, np.ascontiguousarray(w), bias, y, Wp)
-        return y, (xp, None, pooled)
+    direct = C <= DIRECT_MAX_CHANNELS
     w_col = w.reshape(OC, -1)
-    chunk = _chunk(w_col.shape[1], L, N, OC, x.dtype.itemsize, max_bytes)
-    rows_buffer, out_buffer = _Scratch(w_col.shape[1], chunk * L, x.dtype), _Scratch(OC, chunk * L, x.dtype)
-    for first in range(0, N, chunk):
-        part = xp[first:first + chunk]
-        rows = rows_buffer.take(len(part) * L)
-        _gather_rows(part, rows, KH, KW, Wp, L)
-        y_wide = np.matmul(w_col, rows, out=out_buffer.take(len(part) * L))
-        if relu_pool:
-            _unwiden_relu_pool(y_wide, bias, y, idx, Wp, L, first, zero)
+    chunk = DIRECT_CHUNK if direct else _chunk(w_col.shape[1], L, N, OC, x.dtype.itemsize, max_bytes)
+    n_tasks = -(-N // chunk)
+    buffers = [(_Scratch(w_col.shape[1], chunk * L, x.dtype), _Scratch(OC, chunk * L, x.dtype))
+               for _ in range(0 if direct else cores.workers_for(n_tasks))]
+
+    def forward_chunk(i, worker):
+        first = i * chunk
+        part = slice(first, first + chunk)
+        if PH or PW:
+            _pad_wide(x[part], xp[part], PH, PW)
+        if direct and relu_pool:
+            _direct_conv_relu_pool_forward(xp[part], w, bias, y[part], idx[part], Wp, L, zero)
+        elif direct:
+            _direct_conv_forward(xp[part], w, bias, y[part], Wp)
         else:
-            _unwiden(y_wide, bias, y, Wp, first)
-    return y, (xp, rows if chunk >= N else None, pooled)
+            rows_buffer, out_buffer = buffers[worker]
+            n = min(chunk, N - first)
+            rows = rows_buffer.take(n * L)
+            _gather_rows(xp[part], rows, KH, KW, Wp, L)
+            y_wide = np.matmul(w_col, rows, out=out_buffer.take(n * L))
+            if relu_pool:
+                _unwiden_relu_pool(y_wide, bias, y, idx, Wp, L, first, zero)
+            else:
+                _unwiden(y_wide, bias, y, Wp, first)
+            return rows
+
+    rows = cores.run(forward_chunk, n_tasks)[0]
+    return y, (xp, rows if n_tasks == 1 and not direct else None, pooled)
 
 
 class _Scratch:
@@ -481,54 +520,67 @@ class _Scratch:
 
 def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad=True):
     """Gradients of conv2d_stride1_forward: (dx or None, dw, db). dy has the shape of its y (the
-    pooled shape after relu_pool=True: the gradient then goes straight into the wide layout)."""
+    pooled shape after relu_pool=True: the gradient then goes straight into the wide layout).
+    The same chunks of samples as forward are the tasks; each returns its share of dw and db,
+    added in chunk order."""
     xp, kept_rows, pooled = saved
     N, C, H, W = x_shape
     OC, _, KH, KW = w.shape
     Wp = W + 2 * PW
     OH, OW = (dy.shape[2], dy.shape[3]) if pooled is None else pooled[2:]
     L = (OH - 1) * Wp + OW
-    dy, zero = np.ascontiguousarray(dy), dy.dtype.type(0)
-    if C <= DIRECT_MAX_CHANNELS and pooled is not None and not input_grad:    # a model's first layer
-        dw, db = np.zeros_like(w), np.zeros(OC, dtype=dy.dtype)
-        _direct_conv_weight_grad_pooled(xp, dy, pooled[0], pooled[1], dw, db, Wp, L, zero)
-        return None, dw, db
-    dyw = np.empty((OC, N, L), dtype=dy.dtype)                  # the wide layout, channel-major
-    if pooled is None:
-        _widen(dy, dyw, Wp)
-    else:
-        _widen_relu_pool_grad(dy, pooled[0], pooled[1], dyw, Wp, zero)
+    dy, w, zero = np.ascontiguousarray(dy), np.ascontiguousarray(w), dy.dtype.type(0)
+    direct = C <= DIRECT_MAX_CHANNELS
+    w_col = w.reshape(OC, -1)
+    chunk = DIRECT_CHUNK if direct else N if kept_rows is not None else \
+        _chunk(w_col.shape[1], L, N, OC, dy.dtype.itemsize, max_bytes)
+    n_tasks = -(-N // chunk)
     dxp = np.empty(xp.shape, dtype=dy.dtype) if input_grad else None      # padded wide planes
-    if C <= DIRECT_MAX_CHANNELS:
+    dx = np.empty(x_shape, dtype=dy.dtype) if input_grad and (PH or PW) else None
+    first_layer = direct and pooled is not None and not input_grad
+    buffers = [[_Scratch(OC, chunk * L, dy.dtype)] + [_Scratch(w_col.shape[1], chunk * L, dy.dtype)
+                                                      for _ in range(0 if direct else 2)]
+               for _ in range(0 if first_layer else cores.workers_for(n_tasks))]
+
+    def backward_chunk(i, worker):
+        first = i * chunk
+        part = slice(first, first + chunk)
+        n = min(chunk, N - first)
         dw, db = np.zeros_like(w), np.zeros(OC, dtype=dy.dtype)
-        _direct_conv_weight_grad(xp, dyw, dw, db, Wp, zero)
-        if input_grad:
-            _direct_conv_input_grad(dyw, np.ascontiguousarray(w), dxp, Wp)
-    else:
-        dy_rows = dyw.reshape(OC, N * L)
-        w_col = w.reshape(OC, -1)
-        chunk = N if kept_rows is not None else _chunk(w_col.shape[1], L, N, OC, dy.dtype.itemsize, max_bytes)
-        dw_t = 0                                                # dw transposed: (C*KH*KW, OC)
-        rows_buffer, drows_buffer = (_Scratch(w_col.shape[1], chunk * L, dy.dtype) for _ in range(2))
-        for first in range(0, N, chunk):
-            part = xp[first:first + chunk]
-            g = dy_rows[:, first * L:(first + len(part)) * L]
+        if first_layer:                  # a model's first layer: no widened copy at all
+            y, idx = pooled[0][part], pooled[1][part]
+            _direct_conv_weight_grad_pooled(xp[part], dy[part], y, idx, dw, db, Wp, L, zero)
+            return dw, db
+        g = buffers[worker][0].take(n * L)                  # the wide layout, channel-major
+        if pooled is None:
+            _widen(dy[part], g.reshape(OC, n, L), Wp)
+        else:
+            _widen_relu_pool_grad(dy[part], pooled[0][part], pooled[1][part], g.reshape(OC, n, L), Wp, zero)
+        if direct:
+            _direct_conv_weight_grad(xp[part], g.reshape(OC, n, L), dw, db, Wp, zero)
+            if input_grad:
+                _direct_conv_input_grad(g.reshape(OC, n, L), w, dxp[part], Wp)
+        else:
             rows = kept_rows
             if rows is None:
-                rows = rows_buffer.take(len(part) * L)
-                _gather_rows(part, rows, KH, KW, Wp, L)
-            dw_t = dw_t + rows @ g.T     # as (rows, g) not (g, rows): 2x faster in OpenBLAS for LeNet
+                rows = buffers[worker][1].take(n * L)
+                _gather_rows(xp[part], rows, KH, KW, Wp, L)
+            dw = np.ascontiguousarray((rows @ g.T).T).reshape(w.shape)   # rows @ g.T: 2x faster than g @ rows.T
+            db = g.sum(axis=1)
             if input_grad:
-                drows = np.matmul(w_col.T, g, out=drows_buffer.take(len(part) * L))
-                _scatter_rows(drows, dxp[first:first + chunk], KH, KW, Wp, L)
-        dw, db = np.ascontiguousarray(dw_t.T).reshape(w.shape), dy_rows.sum(axis=1)
+                drows = np.matmul(w_col.T, g, out=buffers[worker][2].take(n * L))
+                _scatter_rows(drows, dxp[part], KH, KW, Wp, L)
+        if dx is not None:
+            _crop_padding(dxp[part], dx[part], PH, PW)
+        return dw, db
+
+    parts = cores.run(backward_chunk, n_tasks)
+    dw, db = parts[0]
+    for dw_part, db_part in parts[1:]:
+        dw, db = dw + dw_part, db + db_part
     if not input_grad:
         return None, dw, db
-    if PH == PW == 0:
-        return dxp.reshape(x_shape), dw, db
-    dx = np.empty(x_shape, dtype=dy.dtype)
-    _crop_padding(dxp, dx, PH, PW)
-    return dx, dw, db
+    return (dxp.reshape(x_shape) if dx is None else dx), dw, db
 
 
 # ---------------------------------------------------------------- ReLU and 2x2 max pool fused into a convolution
@@ -589,7 +641,7 @@ def _relu_pool_plane_exact(src, bias, Wp, y, idx, zero):
 def _widen_relu_pool_grad(dy, y, idx, dyw, Wp, zero):
     """dyw (OC, N, L): every wide gradient plane from the pooled gradient (_unpool_plane)."""
     N, OC = dy.shape[0], dy.shape[1]
-    for n in prange(N):
+    for n in range(N):
         for o in range(OC):
             _unpool_plane(dyw[o, n], dy[n, o], y[n, o], idx[n, o], Wp, zero)
 
@@ -615,7 +667,7 @@ def _maxpool_forward(x, y, idx, KH, KW, SH, SW, PH, PW):
     over everything before it (so the last NaN of a window wins)."""
     N, C, H, W = x.shape
     OH, OW = y.shape[2], y.shape[3]
-    for n in prange(N):
+    for n in range(N):
         for c in range(C):
             for oh in range(OH):
                 h0 = oh * SH - PH
@@ -649,7 +701,7 @@ def _maxpool_forward_2x2(x, y, idx):
     _first_max tournament if it held a NaN."""
     N, C = x.shape[0], x.shape[1]
     OH, OW = y.shape[2], y.shape[3]
-    for p in prange(N * C):
+    for p in range(N * C):
         n, c = p // C, p % C
         saw_nan = False
         for oh in range(OH):
@@ -690,7 +742,7 @@ def _pool_backward(dy, idx, divisor, dx, KH, KW, SH, SW, PH, PW, use_idx):
     average pooling shares dy / divisor over the window."""
     N, C, H, W = dx.shape
     OH, OW = dy.shape[2], dy.shape[3]
-    for n in prange(N):
+    for n in range(N):
         dx[n] = 0
         for c in range(C):
             for oh in range(OH):
@@ -715,7 +767,7 @@ def _maxpool_backward_2x2(dy, idx, dx, zero):
     window's idx names it, else zero, with no separate zero fill (but for an odd last row/column)."""
     N, C, H, W = dx.shape
     OH, OW = dy.shape[2], dy.shape[3]
-    for p in prange(N * C):
+    for p in range(N * C):
         n, c = p // C, p % C
         if 2 * OH < H or 2 * OW < W:
             _fill(dx[n, c].reshape(-1), zero)
@@ -757,7 +809,7 @@ def avgpool2d_backward(dy, divisor, x_shape, KH, KW, SH, SW, PH, PW):
 def _bn_forward(x, gamma, beta, eps, y, xhat, mean, var, invstd):
     N, C, L = x.shape
     M = N * L
-    for c in prange(C):
+    for c in range(C):
         s = 0.0
         for n in range(N):
             for i in range(L):
@@ -791,7 +843,7 @@ def batchnorm_forward_train(x3, gamma, beta, eps):
 def _bn_backward(dy, xhat, invstd, gamma, dx, dgamma, dbeta):
     N, C, L = dy.shape
     M = N * L
-    for c in prange(C):
+    for c in range(C):
         sb, sg = 0.0, 0.0
         for n in range(N):
             for i in range(L):
@@ -818,7 +870,7 @@ def batchnorm_backward_train(dy3, xhat, invstd, gamma):
 @njit(**FAST)
 def _softmax_ce(logits, labels, smoothing, loss, probs):
     N, K = logits.shape
-    for n in prange(N):
+    for n in range(N):
         m = logits[n, 0]
         for k in range(1, K):
             m = max(m, logits[n, k])
