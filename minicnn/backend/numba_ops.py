@@ -9,6 +9,8 @@ Index formulas (for input row ih, kernel row kh, stride SH, padding PH):
     ih = oh * SH - PH + kh        and conversely   oh = (ih + PH - kh) / SH  when it divides.
 GEMMs stay in NumPy's BLAS, held to one thread per task (see cores for why).
 """
+import threading
+
 import numpy as np
 from numba import njit
 
@@ -429,24 +431,34 @@ def _padded_wide(x, PH, PW):
     return np.empty((N, C, (H + 2 * PH) * (W + 2 * PW)), dtype=x.dtype)
 
 
-# Rows are built and consumed a chunk of samples at a time, the chunk sized by what bounds the GEMM
-# W (OC, C*KH*KW) @ rows: it does OC multiply-adds per element of rows it reads. With few output
-# channels it streams rows from memory unless they stay in the cache (measured: LeNet's second
-# layer, OC = 16, at batch 256 spent most of its time streaming 20 MB of rows; best at 256 KB).
-# With many it is bound by arithmetic and wants long rows (MnistCNN's second layer, OC = 64, at
-# batch 64: 10-20 % faster with 2-8 MB chunks than with 256 KB, on 2 Xeon cores). So the budget
-# grows as OC squared: 256 KB at 16 channels, 4 MB at 64, at most 8 MB. Rows are kept for backward
-# when one chunk holds the whole batch, else rebuilt there.
-ROWS_CHUNK_BYTES = 2**18           # at 16 output channels
-MAX_ROWS_CHUNK_BYTES = 2**23
-# The direct kernels' tasks: this many samples each (the first layer's weight gradient is summed
-# per chunk, then over chunks, so this fixes its order of additions).
-DIRECT_CHUNK = 8
+# The batch goes through a convolution in chunks of samples, each chunk one task for the cores
+# (backend.cores): at least MIN_TASKS of them, so that two cores share the work evenly although the
+# second starts 20-100 us late (a sleeping thread's wake-up on these virtual machines), and for the
+# GEMM path at most ROWS_CHUNK_BYTES of rows per chunk. Measured on 2 AMD EPYC cores (per-core L2
+# 1 MB, L3 32 MB), 2 threads, forward/backward ms by samples per chunk:
+#     LeNet's second layer (OC 16), batch 64:   3: 0.47/1.17   8: 0.42/0.77   16: 0.38/0.69   32: 0.37/0.67
+#     LeNet's second layer, batch 256:          3: 1.73/4.68   8: 1.44/2.97   16: 1.36/2.68   32: 1.25/2.61
+#     MnistCNN's second layer (OC 64), 64:      4: 1.82/3.78   8: 1.80/3.59   16: 1.71/3.48   22: 2.21/4.59
+#     MnistCNN's second layer, 256:             8: 7.45/15.0   16: 7.17/14.3   32: 7.06/15.7   43: 7.60/16.5
+#     MnistCNN's first layer (direct), 256:     8: 2.08/2.11   16: 1.99/2.04   32: 1.97/2.00   64: 2.01/2.03
+# (On 2 Xeon cores with OpenBLAS's own 2 threads per GEMM, LeNet's second layer had been best at
+# 256 KB of rows per chunk: those numbers no longer apply.) Chunk sizes depend on the shapes alone,
+# never on the thread count: the first layer's weight gradient is summed per chunk, then over
+# chunks, so the chunk fixes its order of additions. Rows are kept for backward when one chunk
+# holds the whole batch, else rebuilt there.
+ROWS_CHUNK_BYTES = 2**22
+MIN_TASKS = 4
+DIRECT_MAX_CHUNK = 32
 
 
-def _chunk(n_rows, L, N, OC, itemsize, max_bytes):
-    budget = min(max_bytes, MAX_ROWS_CHUNK_BYTES, max(ROWS_CHUNK_BYTES, ROWS_CHUNK_BYTES * OC * OC // 256))
-    return max(1, min(N, budget // max(n_rows * L * itemsize, 1)))
+def _chunk(n_rows, L, N, itemsize, max_bytes):
+    """Samples per chunk of the wide-GEMM path: n_rows * L * itemsize bytes of rows each."""
+    budget = min(max_bytes, ROWS_CHUNK_BYTES)
+    return max(1, min(-(-N // MIN_TASKS), budget // max(n_rows * L * itemsize, 1)))
+
+
+def _direct_chunk(N):
+    return max(1, min(-(-N // MIN_TASKS), DIRECT_MAX_CHUNK))
 
 
 def conv2d_stride1_forward(x, w, b, PH, PW, max_bytes, relu_pool=False):
@@ -475,10 +487,8 @@ def conv2d_stride1_forward(x, w, b, PH, PW, max_bytes, relu_pool=False):
         y, pooled = np.empty((N, OC, OH, OW), dtype=x.dtype), None
     direct = C <= DIRECT_MAX_CHANNELS
     w_col = w.reshape(OC, -1)
-    chunk = DIRECT_CHUNK if direct else _chunk(w_col.shape[1], L, N, OC, x.dtype.itemsize, max_bytes)
+    chunk = _direct_chunk(N) if direct else _chunk(w_col.shape[1], L, N, x.dtype.itemsize, max_bytes)
     n_tasks = -(-N // chunk)
-    buffers = [(_Scratch(w_col.shape[1], chunk * L, x.dtype), _Scratch(OC, chunk * L, x.dtype))
-               for _ in range(0 if direct else cores.workers_for(n_tasks))]
 
     def forward_chunk(i, worker):
         first = i * chunk
@@ -490,11 +500,12 @@ def conv2d_stride1_forward(x, w, b, PH, PW, max_bytes, relu_pool=False):
         elif direct:
             _direct_conv_forward(xp[part], w, bias, y[part], Wp)
         else:
-            rows_buffer, out_buffer = buffers[worker]
             n = min(chunk, N - first)
-            rows = rows_buffer.take(n * L)
+            # one task keeps its rows for backward: a new array, not this thread's scratch
+            rows = _scratch("rows", (w_col.shape[1], n * L), x.dtype) if n < N else \
+                np.empty((w_col.shape[1], n * L), dtype=x.dtype)
             _gather_rows(xp[part], rows, KH, KW, Wp, L)
-            y_wide = np.matmul(w_col, rows, out=out_buffer.take(n * L))
+            y_wide = np.matmul(w_col, rows, out=_scratch("out", (OC, n * L), x.dtype))
             if relu_pool:
                 _unwiden_relu_pool(y_wide, bias, y, idx, Wp, L, first, zero)
             else:
@@ -505,17 +516,19 @@ def conv2d_stride1_forward(x, w, b, PH, PW, max_bytes, relu_pool=False):
     return y, (xp, rows if n_tasks == 1 and not direct else None, pooled)
 
 
-class _Scratch:
-    """One allocation reused by every chunk: (rows, first columns) views of a flat buffer, each
-    C-contiguous. A fresh multi-megabyte array per chunk can cost its page faults every time
-    (measured on one convolution called alone: FashionCNN's second layer forward 11.1 -> 4.4 ms;
-    inside a training loop glibc mostly keeps the memory and the gain was within noise)."""
+_thread_scratch = threading.local()
 
-    def __init__(self, n_rows, max_columns, dtype):
-        self.flat, self.n_rows = np.empty(n_rows * max_columns, dtype=dtype), n_rows
 
-    def take(self, columns):
-        return self.flat[:self.n_rows * columns].reshape(self.n_rows, columns)
+def _scratch(role, shape, dtype):
+    """A C-contiguous array of this shape, this thread's own, reused by every call: chunks of rows
+    are megabytes, and a fresh array that size can cost its page faults every time (measured:
+    LeNet's second layer, batch 256, backward on 2 threads 4.1 -> 2.7 ms with 16-sample chunks).
+    Valid until the thread asks for the same role again; the memory stays with the thread."""
+    buffers = _thread_scratch.__dict__
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if role not in buffers or buffers[role].size < size:
+        buffers[role] = np.empty(size, dtype=np.uint8)
+    return buffers[role][:size].view(dtype).reshape(shape)
 
 
 def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad=True):
@@ -532,15 +545,12 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
     dy, w, zero = np.ascontiguousarray(dy), np.ascontiguousarray(w), dy.dtype.type(0)
     direct = C <= DIRECT_MAX_CHANNELS
     w_col = w.reshape(OC, -1)
-    chunk = DIRECT_CHUNK if direct else N if kept_rows is not None else \
-        _chunk(w_col.shape[1], L, N, OC, dy.dtype.itemsize, max_bytes)
+    chunk = _direct_chunk(N) if direct else N if kept_rows is not None else \
+        _chunk(w_col.shape[1], L, N, dy.dtype.itemsize, max_bytes)
     n_tasks = -(-N // chunk)
     dxp = np.empty(xp.shape, dtype=dy.dtype) if input_grad else None      # padded wide planes
     dx = np.empty(x_shape, dtype=dy.dtype) if input_grad and (PH or PW) else None
     first_layer = direct and pooled is not None and not input_grad
-    buffers = [[_Scratch(OC, chunk * L, dy.dtype)] + [_Scratch(w_col.shape[1], chunk * L, dy.dtype)
-                                                      for _ in range(0 if direct else 2)]
-               for _ in range(0 if first_layer else cores.workers_for(n_tasks))]
 
     def backward_chunk(i, worker):
         first = i * chunk
@@ -551,7 +561,7 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
             y, idx = pooled[0][part], pooled[1][part]
             _direct_conv_weight_grad_pooled(xp[part], dy[part], y, idx, dw, db, Wp, L, zero)
             return dw, db
-        g = buffers[worker][0].take(n * L)                  # the wide layout, channel-major
+        g = _scratch("dy", (OC, n * L), dy.dtype)           # the wide layout, channel-major
         if pooled is None:
             _widen(dy[part], g.reshape(OC, n, L), Wp)
         else:
@@ -563,12 +573,12 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
         else:
             rows = kept_rows
             if rows is None:
-                rows = buffers[worker][1].take(n * L)
+                rows = _scratch("rows", (w_col.shape[1], n * L), dy.dtype)
                 _gather_rows(xp[part], rows, KH, KW, Wp, L)
             dw = np.ascontiguousarray((rows @ g.T).T).reshape(w.shape)   # rows @ g.T: 2x faster than g @ rows.T
             db = g.sum(axis=1)
             if input_grad:
-                drows = np.matmul(w_col.T, g, out=buffers[worker][2].take(n * L))
+                drows = np.matmul(w_col.T, g, out=_scratch("drows", (w_col.shape[1], n * L), dy.dtype))
                 _scatter_rows(drows, dxp[part], KH, KW, Wp, L)
         if dx is not None:
             _crop_padding(dxp[part], dx[part], PH, PW)
