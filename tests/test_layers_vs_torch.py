@@ -409,10 +409,13 @@ def test_conv_relu_pool_fused_equals_the_layers(monkeypatch, dtype, mode, c_in, 
                                                 batch, bias, relu_first):
     """Sequential runs Conv2d -> ReLU -> MaxPool2d(2) (or with pool and ReLU swapped) on Numba as one
     step, ConvReLUPool; output, input gradient and parameter gradients must equal those of the three
-    layers run one by one, bit for bit (NaN and all-negative windows included), and match torch."""
+    layers run one by one, bit for bit (NaN and all-negative windows included), and match torch.
+    (3x3 kernels on the GEMM path go by Winograd's algorithm when fused, a different rounding:
+    switched off here, tested on its own below.)"""
     import minicnn as mc
     from minicnn.backend import numba_ops
     from minicnn.nn import conv
+    monkeypatch.setattr(numba_ops, "WINOGRAD", False)
     monkeypatch.setattr(numba_ops, "DIRECT_MAX_CHANNELS", 3 if mode == "direct" else 0)
     if mode == "gemm in chunks":
         monkeypatch.setattr(conv, "MAX_COL_BYTES", 1)                       # one sample per chunk
@@ -451,6 +454,72 @@ def test_conv_relu_pool_fused_equals_the_layers(monkeypatch, dtype, mode, c_in, 
         torch_net = torch.nn.Sequential(torch.nn.Conv2d(c_in, c_out, kernel, padding=padding, bias=bias),
                                         torch.nn.ReLU(), torch.nn.MaxPool2d(2)).to(torch.float64)
         assert_matches_torch(net, torch_net, x, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("c_in,c_out,padding,H,W,batch,bias,relu_first", [
+    (32, 64, 0, 13, 13, 64, True, True),       # MnistCNN's second block (odd output: last row, column unpooled)
+    (4, 3, 1, 9, 12, 1, True, False),          # padded, batch 1, pool before ReLU
+    (5, 2, 0, 4, 5, 3, False, True),           # no bias, a 2x3 output: one window
+    (6, 7, 1, 10, 7, 40, True, True),          # several tasks (chunks of samples), padded, odd width
+])
+def test_winograd_conv_relu_pool(dtype, c_in, c_out, padding, H, W, batch, bias, relu_first):
+    """A 3x3 stride-1 convolution with more than DIRECT_MAX_CHANNELS inputs, fused with ReLU and the
+    2x2 pool, goes by Winograd F(2x2, 3x3): output, input gradient (with and without) and parameter
+    gradients against the three layers run one by one and against torch; NaN reaches exactly the
+    windows whose receptive field holds it."""
+    import minicnn as mc
+    from minicnn.backend import numba_ops
+    assert numba_ops.WINOGRAD and c_in > numba_ops.DIRECT_MAX_CHANNELS
+    pair = [nn.ReLU(), nn.MaxPool2d(2)] if relu_first else [nn.MaxPool2d(2), nn.ReLU()]
+    net = nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=padding, bias=bias), *pair).to(dtype)
+    x = random_input((batch, c_in, H, W), dtype)
+    tol = tolerance(dtype)
+
+    def close(a, b, what):
+        np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, np.abs(b).max()), err_msg=what)
+
+    with mc.backend.use_backend("numba"):
+        expected = x
+        for layer in net:
+            expected = layer(expected)
+        dy = random_input(expected.shape, dtype)
+        expected_dx = dy
+        for layer in reversed(list(net)):
+            expected_dx = layer.backward(expected_dx)
+        expected_grads = {k: p.grad.copy() for k, p in net.named_parameters()}
+        net.zero_grad()
+        y = net(x)
+        assert [type(step).__name__ for step in net._order] == ["ConvReLUPool"]
+        assert net._order[0]._saved.stride1[3] == "winograd"
+        close(y, expected, "output")
+        close(net.backward(dy), expected_dx, "input gradient")
+        for k, p in net.named_parameters():
+            close(p.grad, expected_grads[k], k)
+        net.zero_grad()
+        net(x)
+        assert net.backward(dy, input_grad=False) is None
+        for k, p in net.named_parameters():
+            close(p.grad, expected_grads[k], k)
+        x_nan = x.copy()
+        x_nan[0, 0, 2, 3] = np.nan
+        y_nan = net(x_nan)
+        conv_nan = net[0](x_nan)                  # NaN where the receptive field holds the pixel
+        nan_windows = np.isnan(conv_nan[:, :, :2 * y.shape[2], :2 * y.shape[3]]).reshape(
+            batch, c_out, y.shape[2], 2, y.shape[3], 2).any(axis=(3, 5))
+        np.testing.assert_array_equal(np.isnan(y_nan), nan_windows)
+        assert nan_windows.any()
+        # torch in float64 on the same float32 values: sums of thousands of float32 terms (the
+        # weight gradient at batch 64) differ from it by more than atol, so atol scales with the array
+        conv64 = torch.nn.Conv2d(c_in, c_out, 3, padding=padding, bias=bias).to(torch.float64)
+        conv64.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in net[0].state_dict().items()})
+        xt = torch.from_numpy(x.astype(np.float64)).requires_grad_()
+        yt = torch.nn.functional.max_pool2d(torch.relu(conv64(xt)), 2)
+        yt.backward(torch.from_numpy(dy.astype(np.float64)))
+        net.zero_grad()
+        close(net(x), yt.detach().numpy(), "output vs torch")
+        close(net.backward(dy), xt.grad.numpy(), "input gradient vs torch")
+        for k, p in conv64.named_parameters():
+            close(net[0].weight.grad if k == "weight" else net[0].bias.grad, p.grad.numpy(), k + " vs torch")
 
 
 def test_conv_relu_pool_is_not_fused_where_it_does_not_fit(dtype):
