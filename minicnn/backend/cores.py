@@ -119,17 +119,25 @@ def _executor():
 
 @contextmanager
 def one_blas_thread():
-    """NumPy's BLAS on one thread inside: minicnn's threads are the only ones computing."""
+    """NumPy's BLAS on one thread inside: minicnn's threads are the only ones computing. Calls
+    threadpoolctl's per-library controls directly (its limit() re-reads every library's state:
+    ~2 us a call, and a LeNet step enters this ~25 times)."""
     global _blas
     if getattr(_inside, "blas", False):
         yield
         return
     if _blas is None:
         from threadpoolctl import ThreadpoolController
-        _blas = ThreadpoolController().select(user_api="blas")
+        _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+    before = [lib.get_num_threads() for lib in _blas]
+    for lib, n in zip(_blas, before):
+        if n != 1:
+            lib.set_num_threads(1)
     _inside.blas = True
     try:
-        with _blas.limit(limits=1):
-            yield
+        yield
     finally:
         _inside.blas = False
+        for lib, n in zip(_blas, before):
+            if n != 1:
+                lib.set_num_threads(n)
