@@ -554,12 +554,13 @@ def _scratch_planes(role, shape, dtype):
     """_scratch for (16, rows, columns) arrays whose 16 planes a kernel writes or reads side by side:
     planes a multiple of 4 KB apart share the same L1 cache sets and evict each other (measured:
     storing one value to each of 16 planes of (64, 1600) float32 in turn, 3.8 ms; plane by plane,
-    0.1 ms). So each plane starts 256 bytes further into the 4 KB cycle than the one before."""
+    0.1 ms). So each plane starts 256 bytes further into the 4 KB cycle than the one before.
+    Returns the planes (16, stride), C-contiguous, and the (16, rows, columns) view of them."""
     n_planes, plane = shape[0], shape[1] * shape[2]
     itemsize = np.dtype(dtype).itemsize
     stride = (-(-plane * itemsize // 4096) * 4096 + 256) // itemsize
-    flat = _scratch(role, (n_planes * stride,), dtype)
-    return flat.reshape(n_planes, stride)[:, :plane].reshape(shape)
+    planes = _scratch(role, (n_planes * stride,), dtype).reshape(n_planes, stride)
+    return planes, planes[:, :plane].reshape(shape)
 
 
 def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad=True):
@@ -753,31 +754,61 @@ def _winograd_input_grad(dV, dxp, Wp, TH, TW):
 
 
 @njit(**FAST)
-def _winograd_output_relu_pool(M, b, y, idx, first, zero):
+def _winograd_output_relu_pool(M, M_row, b, y, idx, first, zero):
     """y[first + n, o, th, tw] = relu(max of the 2x2 output tile A^T M[:, o, t] A + b[o]) and idx its
-    winner (0..3), with the tournament of _maxpool_forward_2x2 (first maximum; a NaN wins)."""
+    winner (0..3), with the rule of _maxpool_forward_2x2 (first maximum; a NaN wins). As in
+    _relu_pool_plane, a whole row M[:, o, :] is swept assuming no NaN (_max_of_four: a loop LLVM
+    vectorizes) and redone by the exact tournament if it held one."""
     OC, TH, TW = y.shape[1], y.shape[2], y.shape[3]
-    n_samples = M.shape[2] // (TH * TW)
+    per_sample = TH * TW
+    n_samples = M_row // per_sample
     for o in range(OC):                   # o outer: M[k, o] is read in order
         bias = b[o]
         for n in range(n_samples):
-            for th in range(TH):
-                for tw in range(TW):
-                    t = (n * TH + th) * TW + tw
-                    # A^T M: rows r0 = M0 + M1 + M2, r1 = M1 - M2 - M3, for each of the 4 columns
-                    a0 = M[0, o, t] + M[4, o, t] + M[8, o, t]
-                    a1 = M[1, o, t] + M[5, o, t] + M[9, o, t]
-                    a2 = M[2, o, t] + M[6, o, t] + M[10, o, t]
-                    a3 = M[3, o, t] + M[7, o, t] + M[11, o, t]
-                    c0 = M[4, o, t] - M[8, o, t] - M[12, o, t]
-                    c1 = M[5, o, t] - M[9, o, t] - M[13, o, t]
-                    c2 = M[6, o, t] - M[10, o, t] - M[14, o, t]
-                    c3 = M[7, o, t] - M[11, o, t] - M[15, o, t]
-                    top_best, top_k = _first_max(a0 + a1 + a2 + bias, 0, a1 - a2 - a3 + bias, 1)
-                    bottom_best, bottom_k = _first_max(c0 + c1 + c2 + bias, 2, c1 - c2 - c3 + bias, 3)
-                    best, k = _first_max(top_best, top_k, bottom_best, bottom_k)
-                    y[first + n, o, th, tw] = best if (best > zero) | (best != best) else zero
-                    idx[first + n, o, th, tw] = k
+            y_n, idx_n = y[first + n, o].reshape(per_sample), idx[first + n, o].reshape(per_sample)
+            start = o * M_row + n * per_sample
+            m = _rows_of_16(M, start, start + per_sample)
+            saw_nan = False
+            for j in range(per_sample):
+                v0, v1, v2, v3 = _winograd_tile(m, j, bias)
+                best, k, nan = _max_of_four(v0, v1, v2, v3)
+                saw_nan |= nan
+                y_n[j] = max(zero, best)
+                idx_n[j] = np.int8(k)
+            if not saw_nan:
+                continue
+            for j in range(per_sample):
+                v0, v1, v2, v3 = _winograd_tile(m, j, bias)
+                top_best, top_k = _first_max(v0, 0, v1, 1)
+                bottom_best, bottom_k = _first_max(v2, 2, v3, 3)
+                best, k = _first_max(top_best, top_k, bottom_best, bottom_k)
+                y_n[j] = best if (best > zero) | (best != best) else zero
+                idx_n[j] = k
+
+
+@njit(cache=True, inline="always")
+def _rows_of_16(P, start, stop):
+    """The 16 planes' columns [start, stop) of P (16, plane stride): contiguous 1-D views, which
+    Numba indexes without stride arithmetic (a 3-D view of the staggered planes it cannot)."""
+    return (P[0, start:stop], P[1, start:stop], P[2, start:stop], P[3, start:stop],
+            P[4, start:stop], P[5, start:stop], P[6, start:stop], P[7, start:stop],
+            P[8, start:stop], P[9, start:stop], P[10, start:stop], P[11, start:stop],
+            P[12, start:stop], P[13, start:stop], P[14, start:stop], P[15, start:stop])
+
+
+@njit(cache=True, inline="always")
+def _winograd_tile(m, j, bias):
+    """The 2x2 output tile A^T m[:, j] A + bias, as (top left, top right, bottom left, bottom right)."""
+    # A^T m: row 0 = m0 + m1 + m2, row 1 = m1 - m2 - m3 (m_i the i-th row of the 4x4), per column
+    a0 = m[0][j] + m[4][j] + m[8][j]
+    a1 = m[1][j] + m[5][j] + m[9][j]
+    a2 = m[2][j] + m[6][j] + m[10][j]
+    a3 = m[3][j] + m[7][j] + m[11][j]
+    c0 = m[4][j] - m[8][j] - m[12][j]
+    c1 = m[5][j] - m[9][j] - m[13][j]
+    c2 = m[6][j] - m[10][j] - m[14][j]
+    c3 = m[7][j] - m[11][j] - m[15][j]
+    return a0 + a1 + a2 + bias, a1 - a2 - a3 + bias, c0 + c1 + c2 + bias, c1 - c2 - c3 + bias
 
 
 @njit(**FAST)
@@ -829,10 +860,11 @@ def _winograd_relu_pool_forward(x, xp, w, bias, y, idx, PH, PW, zero):
         T = min(chunk, N - first) * TH * TW
         if PH or PW:
             _pad_wide(x[part], xp[part], PH, PW)
-        V = _scratch_planes("winograd V", (16, C, T), x.dtype)
+        V = _scratch_planes("winograd V", (16, C, T), x.dtype)[1]
         _winograd_input(xp[part], V, Wp, TH, TW)
-        M = np.matmul(U, V, out=_scratch_planes("winograd M", (16, OC, T), x.dtype))
-        _winograd_output_relu_pool(M, bias, y, idx, first, zero)
+        M_planes, M = _scratch_planes("winograd M", (16, OC, T), x.dtype)
+        np.matmul(U, V, out=M)
+        _winograd_output_relu_pool(M_planes, T, bias, y, idx, first, zero)
 
     cores.run(forward_chunk, -(-N // chunk))
 
@@ -854,9 +886,9 @@ def _winograd_relu_pool_backward(dy, xp, y, idx, w, x_shape, PH, PW, input_grad)
         part = slice(first, first + chunk)
         T = min(chunk, N - first) * TH * TW
         db = np.zeros(OC, dtype=dy.dtype)
-        Z = _scratch_planes("winograd Z", (16, OC, T), dy.dtype)
+        Z = _scratch_planes("winograd Z", (16, OC, T), dy.dtype)[1]
         _winograd_pooled_grad(dy[part], y[part], idx[part], Z, db)
-        V = _scratch_planes("winograd V", (16, C, T), dy.dtype)
+        V = _scratch_planes("winograd V", (16, C, T), dy.dtype)[1]
         _winograd_input(xp[part], V, Wp, TH, TW)
         dU = np.matmul(Z, V.transpose(0, 2, 1))
         if input_grad:
