@@ -108,3 +108,21 @@ def test_bad_minicnn_threads_is_a_clear_error():
     out = subprocess.run([sys.executable, "-c", "import minicnn.backend.cores"], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "MINICNN_THREADS must be a positive integer, got 'two'" in out.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_runs_with_threads_of_its_own():
+    """A child forked after the worker threads started does not wait for threads it does not have."""
+    code = r"""
+import os, sys, numpy as np
+from minicnn.backend import cores
+cores.set_threads(2)
+assert cores.run(lambda i, w: i, 8) == list(range(8))
+pid = os.fork()
+if pid == 0:
+    ok = cores.run(lambda i, w: i * 2, 8) == [2 * i for i in range(8)]
+    os._exit(0 if ok else 1)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

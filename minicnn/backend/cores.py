@@ -12,6 +12,10 @@ this one, and NumPy's BLAS is held to one thread while a layer's tasks run (thre
 Numba's kernels are compiled without parallel=True (Numba's parallel kernels called from two
 threads at once ran 4x slower than one after the other).
 
+The worker threads wait for work, and the caller for their end, by polling a flag for a few
+milliseconds before they sleep (see SPIN_LOADS): cheaper than waking a sleeping thread for every
+layer. run() from two threads at once is safe: the second runs its tasks on its own thread.
+
 Results do not depend on the number of threads: how work is cut into tasks depends only on the
 shapes, each task writes its own part of the output, and partial sums (weight gradients) are
 added in task order, whichever thread computed them.
@@ -24,8 +28,13 @@ added in task order, whichever thread computed them.
 import itertools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 from contextlib import contextmanager
+
+import numpy as np
+from numba import njit
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 
 def _cores():
@@ -49,7 +58,7 @@ def _threads_from_env():
 
 
 _threads = _threads_from_env()
-_pool = None                   # ThreadPoolExecutor of _threads - 1 workers, started on first use
+_crew = None                   # the _threads - 1 worker threads (_Crew), started on first use
 _inside = threading.local()    # set while this thread runs tasks: a nested run() stays on it
 _blas = None                   # threadpoolctl's handle on the BLAS libraries, found on first use
 
@@ -61,12 +70,12 @@ def threads():
 
 def set_threads(n):
     """Run minicnn's CPU work on n threads (1 = the calling thread only). Results are the same."""
-    global _threads, _pool
+    global _threads, _crew
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"threads must be a positive integer, got {n!r}")
-    if _pool is not None:
-        _pool.shutdown(wait=True)
-        _pool = None
+    if _crew is not None:
+        _crew.stop()
+        _crew = None
     _threads = n
 
 
@@ -93,28 +102,122 @@ def run(task, n_tasks):
         finally:
             _inside.active = False
 
-    if workers == 1:
+    crew = _crew_of(_threads) if workers > 1 else None
+    if crew is None or not crew.busy.acquire(blocking=False):     # or another thread's job is running
         with one_blas_thread():
             for i in range(n_tasks):
                 results[i] = task(i, 0)
         return results
-    with one_blas_thread():
-        futures = [_executor().submit(work, worker) for worker in range(1, workers)]
-        try:
-            work(0)
-        finally:
-            errors = [f.exception() for f in futures]      # waits for every worker
-        for error in errors:
-            if error is not None:
-                raise error
+    try:
+        with one_blas_thread():
+            crew.start(work, workers)
+            try:
+                work(0)
+            finally:
+                errors = crew.wait()                # every worker has stopped
+            if errors:
+                raise errors[0]
+    finally:
+        crew.busy.release()
     return results
 
 
-def _executor():
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(_threads - 1, thread_name_prefix="minicnn")
-    return _pool
+def _crew_of(n):
+    global _crew
+    if _crew is None:
+        _crew = _Crew(n)
+    return _crew
+
+
+def _forget_crew():
+    """A forked child has only the thread that forked: it starts a crew of its own when it needs one."""
+    global _crew
+    _crew = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_crew)
+
+
+# Handing work to a sleeping thread cost 20-100 us on the virtual machines we measure on (the idle
+# core halts and must be woken), and a LeNet step hands out 4 jobs, each waited for at its end. So a
+# thread that has finished polls for the next job, and the caller for the end of a job, in a Numba
+# loop that holds no GIL (reading a flag with an atomic load), for up to SPIN_LOADS reads (a few ms)
+# before it sleeps.
+SPIN_LOADS = 5_000_000
+
+
+@intrinsic
+def _load_acquire(typingctx, flags, i):
+    """flags[i], read with an atomic load: the loop below sees other threads' stores."""
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, array, [args[1]])
+        return builder.load_atomic(pointer, "acquire", array_type.dtype.bitwidth // 8)
+    return flags.dtype(flags, i), codegen
+
+
+@njit(cache=True, nogil=True)
+def _spin_while_equal(flags, i, value, max_loads):
+    """Whether flags[i] became different from value within max_loads reads."""
+    for _ in range(max_loads):
+        if _load_acquire(flags, i) != value:
+            return True
+    return False
+
+
+class _Crew:
+    """n - 1 daemon threads. start(work, workers) has threads 1 .. workers-1 run work(thread);
+    wait() returns once they all have, with the errors they raised. flags[0] counts the jobs
+    started, flags[w] the jobs thread w has finished."""
+
+    def __init__(self, n):
+        self.flags = np.zeros(n, dtype=np.int64)
+        self.job, self.errors, self.stopping, self.sleeping = None, [], False, 0
+        self.wakeup = threading.Condition()
+        self.busy = threading.Lock()                # held by the thread whose job is running
+        _spin_while_equal(self.flags, 0, 0, 0)      # compiled (or loaded) here, not by the first job
+        for worker in range(1, n):
+            threading.Thread(target=self._loop, args=(worker,), daemon=True, name=f"minicnn-{worker}").start()
+
+    def start(self, work, workers):
+        self.job, self.workers, self.errors = work, workers, []
+        self.flags[0] += 1
+        if self.sleeping:
+            with self.wakeup:
+                self.wakeup.notify_all()
+
+    def wait(self):
+        job = self.flags[0]
+        for worker in range(1, len(self.flags)):
+            if not _spin_while_equal(self.flags, worker, job - 1, SPIN_LOADS):
+                while self.flags[worker] != job:
+                    time.sleep(0.0001)
+        return self.errors
+
+    def stop(self):
+        self.stopping = True
+        self.start(None, 0)
+
+    def _loop(self, worker):
+        seen = 0
+        while True:
+            if not _spin_while_equal(self.flags, 0, seen, SPIN_LOADS):
+                with self.wakeup:
+                    self.sleeping += 1
+                    while self.flags[0] == seen:
+                        self.wakeup.wait()
+                    self.sleeping -= 1
+            seen = self.flags[0]
+            if self.stopping:
+                return
+            if worker < self.workers:
+                try:
+                    self.job(worker)
+                except BaseException as error:      # handed to the caller by wait()
+                    self.errors.append(error)
+            self.flags[worker] = seen
 
 
 @contextmanager
