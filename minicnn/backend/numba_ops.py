@@ -470,11 +470,20 @@ DIRECT_MAX_CHUNK = 32
 def _chunk(n_rows, L, N, itemsize, max_bytes):
     """Samples per chunk of the wide-GEMM path: n_rows * L * itemsize bytes of rows each."""
     budget = min(max_bytes, ROWS_CHUNK_BYTES)
-    return max(1, min(-(-N // MIN_TASKS), budget // max(n_rows * L * itemsize, 1)))
+    return _balanced_chunk(N, budget // max(n_rows * L * itemsize, 1))
 
 
 def _direct_chunk(N):
-    return max(1, min(-(-N // MIN_TASKS), DIRECT_MAX_CHUNK))
+    return _balanced_chunk(N, DIRECT_MAX_CHUNK)
+
+
+def _balanced_chunk(N, most):
+    """Samples per chunk: at most `most`, in a multiple of MIN_TASKS chunks of equal size (but the
+    last), so that 2 or 4 threads end together (measured: LeNet's second layer at batch 256 in six
+    chunks of 51, 51, 51, 51, 51 and 1 sample left one thread idle for a whole chunk, 0.7 ms)."""
+    n_chunks = -(-N // max(1, most))
+    n_chunks = min(N, -(-n_chunks // MIN_TASKS) * MIN_TASKS)
+    return -(-N // n_chunks)
 
 
 def conv2d_stride1_forward(x, w, b, PH, PW, max_bytes, relu_pool=False):
@@ -842,7 +851,7 @@ def _winograd_pooled_grad(dy, y, idx, Z, db):
 def _winograd_chunk(C, OC, T, N, itemsize):
     """Samples per task: at least MIN_TASKS tasks, at most ROWS_CHUNK_BYTES of V and M."""
     per_sample = 16 * (C + OC) * T * itemsize
-    return max(1, min(-(-N // MIN_TASKS), ROWS_CHUNK_BYTES // max(per_sample, 1)))
+    return _balanced_chunk(N, ROWS_CHUNK_BYTES // max(per_sample, 1))
 
 
 def _winograd_relu_pool_forward(x, xp, w, bias, y, idx, PH, PW, zero):
