@@ -259,12 +259,23 @@ def main():
     print()
     print(markdown(report, libraries))
     if not args.tiny:
-        os.makedirs(args.out, exist_ok=True)
-        stem = os.path.join(args.out, f"{'gpu' if cuda else 'cpu'}-{datetime.date.today():%Y-%m-%d}")
-        with open(stem + ".json", "w") as f:
+        stem = results_stem(args.out, f"{'gpu' if cuda else 'cpu'}-{datetime.date.today():%Y-%m-%d}")
+        partial = stem + ".json.partial"              # written whole, then renamed: never half a file
+        with open(partial, "w") as f:
             json.dump(report, f, indent=1)
+        os.replace(partial, stem + ".json")
         bar_chart(report, libraries, stem + ".png")
         print(f"\nwrote {stem}.json and {stem}.png")
+
+
+def results_stem(folder, name):
+    """folder/name, or folder/name + b, c, ... when a run of the same day is already there."""
+    os.makedirs(folder, exist_ok=True)
+    for suffix in [""] + [chr(c) for c in range(ord("b"), ord("z") + 1)]:
+        stem = os.path.join(folder, name + suffix)
+        if not os.path.exists(stem + ".json"):
+            return stem
+    raise FileExistsError(f"{folder} already holds runs {name} to {name}z")
 
 
 def format_row(row, libraries):

@@ -45,3 +45,17 @@ def test_layer_profile_tiny():
 def test_memory_benchmark_tiny():
     out = run("benchmarks/memory.py", "--tiny")
     assert "AnimalNet batch 1 minicnn: peak" in out and "torch: peak" in out and "cache warm" in out
+
+
+def test_speed_results_never_overwrite_a_run_of_the_same_day(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import speed
+    finally:
+        sys.path.pop(0)
+    first = speed.results_stem(str(tmp_path), "cpu-2026-01-01")
+    assert first == str(tmp_path / "cpu-2026-01-01")
+    (tmp_path / "cpu-2026-01-01.json").write_text("{}")
+    assert speed.results_stem(str(tmp_path), "cpu-2026-01-01") == str(tmp_path / "cpu-2026-01-01b")
+    (tmp_path / "cpu-2026-01-01b.json").write_text("{}")
+    assert speed.results_stem(str(tmp_path), "cpu-2026-01-01") == str(tmp_path / "cpu-2026-01-01c")
