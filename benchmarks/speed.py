@@ -195,6 +195,11 @@ def machine():
         versions["blas"] = ", ".join(f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads)" for i in threadpool_info() if i["user_api"] == "blas")
     except ImportError:
         pass
+    try:
+        from minicnn.backend import cores
+        versions["minicnn threads"] = cores.threads()      # the Numba path's (BLAS on 1 inside them)
+    except ImportError:
+        pass
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "versions": versions}
 
 
