@@ -398,6 +398,21 @@ def test_sequential_pools_before_relu_with_the_same_result(cpu_backend, grad):
         np.testing.assert_array_equal(p.grad, expected_grads[k], err_msg=k)
 
 
+def run_layers_one_by_one(net, x):
+    """Forward and backward through each layer of net by itself (nothing fused), for a random dy:
+    (output, dy, input gradient, parameter gradients); the gradients are then zeroed again."""
+    expected = x
+    for layer in net:
+        expected = layer(expected)
+    dy = random_input(expected.shape, x.dtype)
+    expected_dx = dy
+    for layer in reversed(list(net)):
+        expected_dx = layer.backward(expected_dx)
+    expected_grads = {k: p.grad.copy() for k, p in net.named_parameters()}
+    net.zero_grad()
+    return expected, dy, expected_dx, expected_grads
+
+
 @pytest.mark.parametrize("mode", ["direct", "gemm", "gemm in chunks"])
 @pytest.mark.parametrize("c_in,c_out,kernel,padding,H,W,batch,bias,relu_first", [
     (1, 4, 3, 0, 12, 12, 3, True, True),          # MnistCNN's first block, even conv output
@@ -425,15 +440,7 @@ def test_conv_relu_pool_fused_equals_the_layers(monkeypatch, dtype, mode, c_in, 
     x[0, 0, :2, :2] = np.nan
     x[-1] = -np.abs(x[-1]) - 5
     with mc.backend.use_backend("numba"):
-        expected = x
-        for layer in net:
-            expected = layer(expected)
-        dy = random_input(expected.shape, dtype)
-        expected_dx = dy
-        for layer in reversed(list(net)):
-            expected_dx = layer.backward(expected_dx)
-        expected_grads = {k: p.grad.copy() for k, p in net.named_parameters()}
-        net.zero_grad()
+        expected, dy, expected_dx, expected_grads = run_layers_one_by_one(net, x)
         y = net(x)
         assert [type(step).__name__ for step in net._order] == ["ConvReLUPool"]
         np.testing.assert_array_equal(y, expected)
@@ -479,15 +486,7 @@ def test_winograd_conv_relu_pool(dtype, c_in, c_out, padding, H, W, batch, bias,
         np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, np.abs(b).max()), err_msg=what)
 
     with mc.backend.use_backend("numba"):
-        expected = x
-        for layer in net:
-            expected = layer(expected)
-        dy = random_input(expected.shape, dtype)
-        expected_dx = dy
-        for layer in reversed(list(net)):
-            expected_dx = layer.backward(expected_dx)
-        expected_grads = {k: p.grad.copy() for k, p in net.named_parameters()}
-        net.zero_grad()
+        expected, dy, expected_dx, expected_grads = run_layers_one_by_one(net, x)
         y = net(x)
         assert [type(step).__name__ for step in net._order] == ["ConvReLUPool"]
         assert net._order[0]._saved.stride1[3] == "winograd"
