@@ -123,9 +123,8 @@ def im2col(x, KH, KW, SH, SW, PH, PW):
 
 @njit(**FAST)
 def _col2im(col, dx, KH, KW, SH, SW, PH, PW, OH, OW):
-    """Each thread owns whole samples, so its scatter never meets another thread's writes, and
-    col is read in memory order (the fast direction); the summation order is fixed. Taps in the
-    padding are skipped by clipping the kernel-column range once per output pixel."""
+    """Sample by sample, col read in memory order (the fast direction): the summation order is
+    fixed. Taps in the padding are skipped by clipping the kernel-column range once per output pixel."""
     N, C, H, W = dx.shape
     for n in range(N):
         dx[n] = 0
@@ -268,7 +267,7 @@ def _widen(dy, dyw, Wp):
 @njit(**DOT)
 def _direct_conv_weight_grad(xp, dyw, dw, db, Wp, zero):
     """dw[o, c, kh, kw] = sum over n of (sum over i of dy_wide[o, n, i] * xp[n, c, i + kh*Wp + kw]),
-    db[o] = the sum of dy_wide[o]; threads own output channels. 'reassoc' lets the dot products
+    db[o] = the sum of dy_wide[o]. 'reassoc' lets the dot products
     vectorize (a fixed order)."""
     N, OC = xp.shape[0], dw.shape[0]
     for o in range(OC):              # dw and db arrive zeroed
@@ -351,7 +350,7 @@ def _dot_row_of_5(g, s0, s1, s2, s3, s4, zero):
 @njit(**DIRECT)
 def _direct_conv_input_grad(dyw, w, dxp, Wp):
     """The adjoint of the forward sweep: each tap adds w * dy_wide into the padded plane dxp[n, c]
-    at its shift (the caller cuts the padding off). Threads own samples."""
+    at its shift (the caller cuts the padding off), sample by sample."""
     N, C = dxp.shape[0], dxp.shape[1]
     OC, _, KH, KW = w.shape
     L = dyw.shape[2]
@@ -388,7 +387,7 @@ def _gather_rows(xp, rows, KH, KW, Wp, L):
 
 @njit(**FAST)
 def _scatter_rows(drows, dxp, KH, KW, Wp, L):
-    """The adjoint of _gather_rows, adding into dxp (zeroed here). Threads own samples."""
+    """The adjoint of _gather_rows, adding into dxp (zeroed here), sample by sample."""
     n_samples, C = dxp.shape[0], dxp.shape[1]
     for n in range(n_samples):
         dxp[n] = 0
@@ -1073,7 +1072,7 @@ def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW):
 
 @njit(**FAST)
 def _pool_backward(dy, idx, divisor, dx, KH, KW, SH, SW, PH, PW, use_idx):
-    """Scatter per sample (threads own samples): max pooling sends dy to the pixel idx names,
+    """Scatter per sample: max pooling sends dy to the pixel idx names,
     average pooling shares dy / divisor over the window."""
     N, C, H, W = dx.shape
     OH, OW = dy.shape[2], dy.shape[3]
