@@ -8,8 +8,10 @@ rectified right after it is computed, while it is still in the cache: the full-s
 never written to memory nor read back, and backward writes the pooled gradient straight into the
 layout the convolution's backward reads. The arithmetic is that of the three layers run one by
 one (the same sums in the same order, the same tournament, the same ReLU), so results are equal
-bit for bit; tests check it. The three modules keep their parameters and state_dict names: the
-fused step is only how Sequential runs them.
+bit for bit; tests check it. One exception: a 3x3 convolution with more than 3 input channels goes
+by Winograd's F(2x2, 3x3) on Numba (see numba_ops), the pool's windows being its output tiles:
+the same values up to rounding, tested against the layers and torch. The three modules keep their
+parameters and state_dict names: the fused step is only how Sequential runs them.
 """
 from .. import backend
 from .activation import ReLU
