@@ -28,6 +28,9 @@ LAYERS = [
     ("dropout", lambda: nn.Dropout(0.4), (4, 6)),
     ("tinybnnet", mc.models.TinyBNNet, (2, 1, 28, 28)),
     ("lenet", mc.models.LeNet, (2, 1, 28, 28)),
+    # on Numba, a fused step computed by Winograd F(2x2, 3x3) (odd output: the last row unpooled)
+    ("conv3x3 relu pool", lambda: nn.Sequential(nn.Conv2d(5, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)), (3, 5, 7, 8)),
+    ("mnistcnn", mc.models.MnistCNN, (2, 1, 28, 28)),
 ]
 
 
