@@ -126,3 +126,15 @@ _, status = os.waitpid(pid, 0)
 sys.exit(os.waitstatus_to_exitcode(status))
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_blas_runs_on_one_thread_inside_minicnn_and_is_restored_after():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from minicnn.backend import cores
+    with threadpool_limits(2, user_api="blas"):
+        with cores.one_blas_thread():
+            with cores.one_blas_thread():                      # nested: still one, still restored once
+                assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {1}
+            assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {1}
+        assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {2}

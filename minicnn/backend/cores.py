@@ -29,7 +29,6 @@ import itertools
 import os
 import threading
 import time
-from contextlib import contextmanager
 
 import numpy as np
 from numba import njit
@@ -220,27 +219,36 @@ class _Crew:
             self.flags[worker] = seen
 
 
-@contextmanager
-def one_blas_thread():
-    """NumPy's BLAS on one thread inside: minicnn's threads are the only ones computing. Calls
-    threadpoolctl's per-library controls directly (its limit() re-reads every library's state:
-    ~2 us a call, and a LeNet step enters this ~25 times)."""
-    global _blas
-    if getattr(_inside, "blas", False):
-        yield
-        return
-    if _blas is None:
-        from threadpoolctl import ThreadpoolController
-        _blas = ThreadpoolController().select(user_api="blas").lib_controllers
-    before = [lib.get_num_threads() for lib in _blas]
-    for lib, n in zip(_blas, before):
-        if n != 1:
-            lib.set_num_threads(1)
-    _inside.blas = True
-    try:
-        yield
-    finally:
+class _OneBlasThread:
+    """The context manager one_blas_thread() returns (a class: a generator-based one cost 1 us more
+    per use, and a LeNet step enters this ~25 times)."""
+
+    def __enter__(self):
+        global _blas
+        self.before = None
+        if getattr(_inside, "blas", False):
+            return self
+        if _blas is None:
+            from threadpoolctl import ThreadpoolController
+            _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+        self.before = [lib.get_num_threads() for lib in _blas]
+        for lib, n in zip(_blas, self.before):
+            if n != 1:
+                lib.set_num_threads(1)
+        _inside.blas = True
+        return self
+
+    def __exit__(self, *exc):
+        if self.before is None:
+            return
         _inside.blas = False
-        for lib, n in zip(_blas, before):
+        for lib, n in zip(_blas, self.before):
             if n != 1:
                 lib.set_num_threads(n)
+
+
+def one_blas_thread():
+    """NumPy's BLAS on one thread inside (a context manager): minicnn's threads are the only ones
+    computing. Calls threadpoolctl's per-library controls directly (its limit() re-reads every
+    library's state, ~2 us a call). Nested uses, and uses from inside a task, change nothing."""
+    return _OneBlasThread()

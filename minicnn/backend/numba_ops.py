@@ -9,6 +9,7 @@ Index formulas (for input row ih, kernel row kh, stride SH, padding PH):
     ih = oh * SH - PH + kh        and conversely   oh = (ih + PH - kh) / SH  when it divides.
 GEMMs stay in NumPy's BLAS, held to one thread per task (see cores for why).
 """
+import math
 import threading
 
 import numpy as np
@@ -552,7 +553,7 @@ def _scratch(role, shape, dtype):
     LeNet's second layer, batch 256, backward on 2 threads 4.1 -> 2.7 ms with 16-sample chunks).
     Valid until the thread asks for the same role again; the memory stays with the thread."""
     buffers = _thread_scratch.__dict__
-    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    size = math.prod(shape) * np.dtype(dtype).itemsize           # math.prod: np.prod costs 5 us
     if role not in buffers or buffers[role].size < size:
         buffers[role] = np.empty(size, dtype=np.uint8)
     return buffers[role][:size].view(dtype).reshape(shape)
