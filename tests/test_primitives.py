@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
+from conftest import tolerance
 from minicnn import backend
 from minicnn.backend import numpy_ops
 
@@ -107,3 +108,29 @@ def test_matmul_with_an_inner_dimension_of_one_is_the_outer_product(cpu_backend,
     assert out.shape == (7, 5) and out.dtype == dtype
     np.testing.assert_array_equal(out, a @ b)
     np.testing.assert_array_equal(ops.matmul(b.T, a.T), b.T @ a.T)    # (5, 1) @ (1, 7)
+
+
+@pytest.mark.parametrize("shape", [(1000, 300, 120), (64, 1600, 512), (512, 64, 1600), (4099, 1029, 5), (3, 1400, 4097)],
+                         ids=["rows", "columns", "weight-gradient", "odd rows", "odd columns"])
+def test_numba_matmul_in_parts_equals_one_product(dtype, shape):
+    """Numba's matmul cuts a large product into row or column blocks for the cores: every shape gets
+    the product (to rounding: OpenBLAS's bits depend on the block's size), views and transposes
+    included, and the same bits on 1 and 2 threads (the blocks depend on the shapes only)."""
+    pytest.importorskip("numba")
+    from minicnn.backend import cores, numba_ops
+    M, K, N = shape
+    a = rng.standard_normal((K, M)).astype(dtype).T                   # a transposed view, as dy.T
+    b = rng.standard_normal((K, N)).astype(dtype)
+    assert 2 * M * K * N >= 2 * numba_ops.MATMUL_TASK_FLOPS           # the test means something
+    old = cores.threads()
+    try:
+        cores.set_threads(1)
+        one = numba_ops.matmul(a, b)
+        cores.set_threads(2)
+        two = numba_ops.matmul(a, b)
+    finally:
+        cores.set_threads(old)
+    tol = tolerance(dtype)
+    np.testing.assert_allclose(one, a @ b, rtol=tol["rtol"], atol=tol["atol"] * np.abs(a @ b).max())
+    np.testing.assert_array_equal(one, two)
+    assert one.flags.c_contiguous and one.dtype == dtype

@@ -63,20 +63,17 @@ def matmul(a, b):
         with cores.one_blas_thread():
             return numpy_ops.matmul(a, b)
     out = np.empty((M, N), dtype=np.result_type(a, b))
-    if M < N:                       # column blocks: strided, still one BLAS call each
-        step = -(-N // n_tasks)
-        part = lambda i: (slice(None), slice(i * step, (i + 1) * step))
-        cut_a, n_tasks = False, -(-N // step)
-    else:
-        step = -(-M // n_tasks)
-        part = lambda i: (slice(i * step, (i + 1) * step), slice(None))
-        cut_a, n_tasks = True, -(-M // step)
+    step = -(-max(M, N) // n_tasks)
 
-    def product(i, worker):
-        rows, cols = part(i)
-        np.matmul(a[rows] if cut_a else a, b if cut_a else b[:, cols], out=out[rows, cols])
+    def column_block(i, worker):            # strided, still one BLAS call
+        cols = slice(i * step, (i + 1) * step)
+        np.matmul(a, b[:, cols], out=out[:, cols])
 
-    cores.run(product, n_tasks)
+    def row_block(i, worker):
+        rows = slice(i * step, (i + 1) * step)
+        np.matmul(a[rows], b, out=out[rows])
+
+    cores.run(column_block if M < N else row_block, -(-max(M, N) // step))
     return out
 
 
