@@ -12,8 +12,8 @@ this one, and NumPy's BLAS is held to one thread while a layer's tasks run (thre
 Numba's kernels are compiled without parallel=True (Numba's parallel kernels called from two
 threads at once ran 4x slower than one after the other).
 
-The worker threads wait for work, and the caller for their end, by polling a flag for a few
-milliseconds before they sleep (see SPIN_LOADS): cheaper than waking a sleeping thread for every
+The worker threads wait for work, and the caller for their end, by polling a flag for about a
+millisecond before they sleep (see SPIN_LOADS): cheaper than waking a sleeping thread for every
 layer. run() from two threads at once is safe: the second runs its tasks on its own thread.
 
 Results do not depend on the number of threads: how work is cut into tasks depends only on the
@@ -141,7 +141,7 @@ if hasattr(os, "register_at_fork"):
 # Handing work to a sleeping thread cost 20-100 us on the virtual machines we measure on (the idle
 # core halts and must be woken), and a LeNet step hands out 4 jobs, each waited for at its end. So a
 # thread that has finished polls for the next job, and the caller for the end of a job, in a Numba
-# loop that holds no GIL (reading a flag with an atomic load), for up to SPIN_LOADS reads (a few ms)
+# loop that holds no GIL (reading a flag with an atomic load), for up to SPIN_LOADS reads (1.3 ms here)
 # before it sleeps.
 SPIN_LOADS = 5_000_000
 
