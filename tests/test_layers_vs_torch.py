@@ -573,3 +573,26 @@ def test_fused_relu_pool_breaks_ties_and_treats_nan_as_the_pool(dtype, channels)
     assert np.isnan(y).any() and (idx != 0).any()
     if channels == 1:
         assert np.signbit(pooled[2, 0]).any() and not np.signbit(y[2, 0]).any()
+
+
+@pytest.mark.parametrize("ours,theirs", [
+    (lambda: nn.BatchNorm2d(6), lambda: torch.nn.BatchNorm2d(6)),
+    (lambda: nn.MaxPool2d(2), lambda: torch.nn.MaxPool2d(2)),
+    (lambda: nn.MaxPool2d(3, 2, 1), lambda: torch.nn.MaxPool2d(3, 2, 1)),
+    (lambda: nn.AvgPool2d(3, 2, 1), lambda: torch.nn.AvgPool2d(3, 2, 1)),
+], ids=["batchnorm", "maxpool 2x2", "maxpool 3x3 s2 p1", "avgpool 3x3 s2 p1"])
+def test_large_inputs_split_over_the_cores_match_torch(dtype, ours, theirs):
+    """On Numba, batch norm and pooling of a large tensor run in chunks of channels or samples on
+    the cores (SPLIT_BYTES): the same as torch, and the same bits as one chunk."""
+    import minicnn as mc
+    from minicnn.backend import numba_ops
+    x = random_input((37, 6, 30, 26), dtype)
+    assert x.nbytes >= numba_ops.SPLIT_BYTES                   # the test means something
+    layer = ours().to(dtype)
+    with mc.backend.use_backend("numba"):
+        y, dx = assert_matches_torch(layer, theirs(), x, **tolerance(dtype))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(numba_ops, "SPLIT_BYTES", 2**62)        # one chunk
+            layer.zero_grad()
+            np.testing.assert_array_equal(layer(x), y)
+            np.testing.assert_array_equal(layer.backward(np.random.default_rng(0).standard_normal(y.shape).astype(dtype)), dx)

@@ -990,6 +990,28 @@ def _unpool_plane(g, dy, y, idx, Wp, zero):
             g[(2 * ph + (k >> 1)) * Wp + 2 * pw + (k & 1)] = zero if y[ph, pw] <= zero else dy[ph, pw]
 
 
+# ---------------------------------------------------------------- elementwise-by-sample work on the cores
+
+# Pooling and batch norm on the cores: per-sample (or per-channel) kernels run on chunks of samples
+# (or channels), each its own task; the chunks write disjoint parts, so results are the same bits
+# as one call. Tensors under SPLIT_BYTES stay one task (a handover costs 20-50 us).
+SPLIT_BYTES = 2**18
+
+
+def _by_samples(a, body):
+    """body(part) for slices part of a's first axis, on the cores when a is large."""
+    N = a.shape[0]
+    chunk = N if a.nbytes < SPLIT_BYTES else _balanced_chunk(N, N)
+    cores.run(lambda i, worker: body(slice(i * chunk, (i + 1) * chunk)), -(-N // chunk))
+
+
+def _by_channels(a, body):
+    """body(c_first, c_stop) for ranges of a's channels (axis 1), on the cores when a is large."""
+    C = a.shape[1]
+    chunk = C if a.nbytes < SPLIT_BYTES else _balanced_chunk(C, C)
+    cores.run(lambda i, worker: body(i * chunk, min(C, (i + 1) * chunk)), -(-C // chunk))
+
+
 # ---------------------------------------------------------------- pooling
 
 @njit(**FAST)
@@ -1061,10 +1083,12 @@ def maxpool2d_forward(x, KH, KW, SH, SW, PH, PW):
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
     if (KH, KW, SH, SW, PH, PW) == (2, 2, 2, 2, 0, 0):
         idx = np.empty((N, C, OH, OW), dtype=np.int8)       # 0..3: an eighth of int64's memory traffic
-        _maxpool_forward_2x2(np.ascontiguousarray(x), y, idx)
+        x = np.ascontiguousarray(x)
+        _by_samples(x, lambda part: _maxpool_forward_2x2(x[part], y[part], idx[part]))
     else:
         idx = np.empty((N, C, OH, OW), dtype=np.int64)
-        _maxpool_forward(np.ascontiguousarray(x), y, idx, KH, KW, SH, SW, PH, PW)
+        x = np.ascontiguousarray(x)
+        _by_samples(x, lambda part: _maxpool_forward(x[part], y[part], idx[part], KH, KW, SH, SW, PH, PW))
     return y, idx
 
 
@@ -1114,11 +1138,12 @@ def _maxpool_backward_2x2(dy, idx, dx, zero):
 
 def maxpool2d_backward(dy, idx, x_shape, KH, KW, SH, SW, PH, PW):
     dx = np.empty(x_shape, dtype=dy.dtype)
+    dy, zero = np.ascontiguousarray(dy), dy.dtype.type(0)
     if (KH, KW, SH, SW, PH, PW) == (2, 2, 2, 2, 0, 0):
-        _maxpool_backward_2x2(np.ascontiguousarray(dy), idx, dx, dy.dtype.type(0))
+        _by_samples(dx, lambda part: _maxpool_backward_2x2(dy[part], idx[part], dx[part], zero))
         return dx
     dummy = np.ones((1, 1), dtype=dy.dtype)
-    _pool_backward(np.ascontiguousarray(dy), idx, dummy, dx, KH, KW, SH, SW, PH, PW, True)
+    _by_samples(dx, lambda part: _pool_backward(dy[part], idx[part], dummy, dx[part], KH, KW, SH, SW, PH, PW, True))
     return dx
 
 
@@ -1131,17 +1156,18 @@ def avgpool2d_backward(dy, divisor, x_shape, KH, KW, SH, SW, PH, PW):
     divisor = np.broadcast_to(np.asarray(divisor, dtype=dy.dtype), (OH, OW)).copy()
     idx = np.zeros((1, 1, 1, 1), dtype=np.int64)
     dx = np.empty(x_shape, dtype=dy.dtype)
-    _pool_backward(np.ascontiguousarray(dy), idx, divisor, dx, KH, KW, SH, SW, PH, PW, False)
+    dy = np.ascontiguousarray(dy)
+    _by_samples(dx, lambda part: _pool_backward(dy[part], idx, divisor, dx[part], KH, KW, SH, SW, PH, PW, False))
     return dx
 
 
 # ---------------------------------------------------------------- batch normalization
 
 @njit(**REDUCE)
-def _bn_forward(x, gamma, beta, eps, y, xhat, mean, var, invstd):
+def _bn_forward(x, gamma, beta, eps, y, xhat, mean, var, invstd, c_first, c_stop):
     N, C, L = x.shape
     M = N * L
-    for c in range(C):
+    for c in range(c_first, c_stop):
         s = 0.0
         for n in range(N):
             for i in range(L):
@@ -1167,15 +1193,16 @@ def batchnorm_forward_train(x3, gamma, beta, eps):
     C, dtype = x3.shape[1], x3.dtype
     y, xhat = np.empty_like(x3), np.empty_like(x3)
     mean, var, invstd = (np.empty(C, dtype=dtype) for _ in range(3))
-    _bn_forward(x3, gamma, beta, eps, y, xhat, mean, var, invstd)
+    _by_channels(x3, lambda c_first, c_stop: _bn_forward(x3, gamma, beta, eps, y, xhat, mean, var, invstd,
+                                                        c_first, c_stop))
     return y, xhat, mean, var, invstd
 
 
 @njit(**REDUCE)
-def _bn_backward(dy, xhat, invstd, gamma, dx, dgamma, dbeta):
+def _bn_backward(dy, xhat, invstd, gamma, dx, dgamma, dbeta, c_first, c_stop):
     N, C, L = dy.shape
     M = N * L
-    for c in range(C):
+    for c in range(c_first, c_stop):
         sb, sg = 0.0, 0.0
         for n in range(N):
             for i in range(L):
@@ -1193,7 +1220,8 @@ def batchnorm_backward_train(dy3, xhat, invstd, gamma):
     C = dy3.shape[1]
     dx = np.empty_like(dy3)
     dgamma, dbeta = np.empty(C, dtype=dy3.dtype), np.empty(C, dtype=dy3.dtype)
-    _bn_backward(dy3, xhat, invstd, gamma, dx, dgamma, dbeta)
+    _by_channels(dy3, lambda c_first, c_stop: _bn_backward(dy3, xhat, invstd, gamma, dx, dgamma, dbeta,
+                                                          c_first, c_stop))
     return dx, dgamma, dbeta
 
 
