@@ -266,6 +266,9 @@ def cmd_info(args):
     print(f"backends available: {', '.join(mc.backend.available_backends())}; CPU default: {mc.backend.get_backend()}")
     cpu = _cpu_model()
     print(f"CPU: {cpu}, {os.cpu_count()} logical cores")
+    if "numba" in mc.backend.available_backends():
+        from minicnn.backend import cores
+        print(f"Numba path: {cores.threads()} threads (MINICNN_THREADS), BLAS on one thread inside them")
     try:
         import cupy
         for i in range(cupy.cuda.runtime.getDeviceCount()):

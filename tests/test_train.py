@@ -126,6 +126,7 @@ def test_cli_info(capsys):
     assert cli(["info"]) == 0
     out = capsys.readouterr().out
     assert "numpy" in out and "backends available" in out
+    assert "Numba path:" in out and "threads" in out
 
 
 @needs_data
