@@ -5,6 +5,7 @@ with MINICNN_THREADS)."""
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -52,14 +53,15 @@ def test_run_returns_results_in_task_order_and_uses_every_thread():
         cores.set_threads(2)
         seen = set()
 
-        def task(i, worker):
-            seen.add(worker)
+        def task(i):
+            seen.add(threading.get_ident())
             time.sleep(0.002)                       # long enough that the worker takes some
             return i * i
         assert cores.run(task, 20) == [i * i for i in range(20)]
-        assert seen == {0, 1}
+        assert len(seen) == 2 and threading.get_ident() in seen
         cores.set_threads(1)
-        assert cores.run(lambda i, worker: (i, worker), 3) == [(0, 0), (1, 0), (2, 0)]
+        seen.clear()
+        assert cores.run(task, 3) == [0, 1, 4] and seen == {threading.get_ident()}
     finally:
         cores.set_threads(old)
 
@@ -71,7 +73,7 @@ def test_run_raises_the_error_after_every_task_has_stopped():
     try:
         cores.set_threads(2)
 
-        def task(i, worker):
+        def task(i):
             if i == 0:
                 raise RuntimeError("task 0 failed")
             time.sleep(0.01)
@@ -90,8 +92,9 @@ def test_nested_run_stays_on_its_thread():
     old = cores.threads()
     try:
         cores.set_threads(2)
-        inner = cores.run(lambda i, worker: cores.run(lambda j, w: (j, w), 3), 4)
-        assert inner == [[(0, 0), (1, 0), (2, 0)]] * 4
+        inner = cores.run(lambda i: cores.run(lambda j: (i, j, threading.get_ident()), 3), 4)
+        for i, results in enumerate(inner):                 # each inner run on one thread, in order
+            assert [r[:2] for r in results] == [(i, 0), (i, 1), (i, 2)] and len({r[2] for r in results}) == 1
     finally:
         cores.set_threads(old)
 
@@ -117,10 +120,10 @@ def test_a_forked_child_runs_with_threads_of_its_own():
 import os, sys, numpy as np
 from minicnn.backend import cores
 cores.set_threads(2)
-assert cores.run(lambda i, w: i, 8) == list(range(8))
+assert cores.run(lambda i: i, 8) == list(range(8))
 pid = os.fork()
 if pid == 0:
-    ok = cores.run(lambda i, w: i * 2, 8) == [2 * i for i in range(8)]
+    ok = cores.run(lambda i: i * 2, 8) == [2 * i for i in range(8)]
     os._exit(0 if ok else 1)
 _, status = os.waitpid(pid, 0)
 sys.exit(os.waitstatus_to_exitcode(status))

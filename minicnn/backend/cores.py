@@ -22,8 +22,7 @@ added in task order, whichever thread computed them.
 
     threads()            the number of threads (MINICNN_THREADS, default: the cores this process may use)
     set_threads(n)       change it
-    run(task, n_tasks)   [task(i, worker) for i in range(n_tasks)], shared out; worker (0..threads-1)
-                         names the thread, for per-thread scratch buffers
+    run(task, n_tasks)   [task(i) for i in range(n_tasks)], shared out to the threads
 """
 import itertools
 import os
@@ -78,34 +77,27 @@ def set_threads(n):
     _threads = n
 
 
-def workers_for(n_tasks):
-    """How many threads run(task, n_tasks) uses: size per-thread scratch by this."""
-    return 1 if getattr(_inside, "active", False) else max(1, min(_threads, n_tasks))
-
-
 def run(task, n_tasks):
-    """[task(i, worker) for i in range(n_tasks)]: the tasks go to the threads in order as they come
-    free (worker is the thread's number, 0 for the caller). The first error is raised once every
-    thread has stopped, so no task is still writing when the caller sees it."""
-    workers = workers_for(n_tasks)
+    """[task(i) for i in range(n_tasks)]: the tasks go to the threads in order as they come free
+    (the caller is one of them). The first error is raised once every thread has stopped, so no
+    task is still writing when the caller sees it. Inside a task, run() stays on its thread."""
+    nested = getattr(_inside, "active", False)
+    workers = 1 if nested else max(1, min(_threads, n_tasks))
     results = [None] * n_tasks
     next_task = itertools.count()                   # next() is atomic under the GIL
 
     def work(worker):
         _inside.active = True
         try:
-            for i in iter(lambda: next(next_task), None):
-                if i >= n_tasks:
-                    return
-                results[i] = task(i, worker)
+            while (i := next(next_task)) < n_tasks:
+                results[i] = task(i)
         finally:
-            _inside.active = False
+            _inside.active = nested
 
     crew = _crew_of(_threads) if workers > 1 else None
     if crew is None or not crew.busy.acquire(blocking=False):     # or another thread's job is running
         with one_blas_thread():
-            for i in range(n_tasks):
-                results[i] = task(i, 0)
+            work(0)
         return results
     try:
         with one_blas_thread():

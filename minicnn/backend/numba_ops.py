@@ -65,11 +65,11 @@ def matmul(a, b):
     out = np.empty((M, N), dtype=np.result_type(a, b))
     step = -(-max(M, N) // n_tasks)
 
-    def column_block(i, worker):            # strided, still one BLAS call
+    def column_block(i):            # strided, still one BLAS call
         cols = slice(i * step, (i + 1) * step)
         np.matmul(a, b[:, cols], out=out[:, cols])
 
-    def row_block(i, worker):
+    def row_block(i):
         rows = slice(i * step, (i + 1) * step)
         np.matmul(a[rows], b, out=out[rows])
 
@@ -515,7 +515,7 @@ def conv2d_stride1_forward(x, w, b, PH, PW, max_bytes, relu_pool=False):
     chunk = _direct_chunk(N) if direct else _chunk(w_col.shape[1], L, N, x.dtype.itemsize, max_bytes)
     n_tasks = -(-N // chunk)
 
-    def forward_chunk(i, worker):
+    def forward_chunk(i):
         first = i * chunk
         part = slice(first, first + chunk)
         if PH or PW:
@@ -593,7 +593,7 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
     dx = np.empty(x_shape, dtype=dy.dtype) if input_grad and (PH or PW) else None
     first_layer = direct and pooled is not None and not input_grad
 
-    def backward_chunk(i, worker):
+    def backward_chunk(i):
         first = i * chunk
         part = slice(first, first + chunk)
         n = min(chunk, N - first)
@@ -860,7 +860,7 @@ def _winograd_relu_pool_forward(x, xp, w, bias, y, idx, PH, PW, zero):
     _winograd_weights(w, U)
     chunk = _winograd_chunk(C, OC, TH * TW, N, x.dtype.itemsize)
 
-    def forward_chunk(i, worker):
+    def forward_chunk(i):
         first = i * chunk
         part = slice(first, first + chunk)
         T = min(chunk, N - first) * TH * TW
@@ -887,7 +887,7 @@ def _winograd_relu_pool_backward(dy, xp, y, idx, w, x_shape, PH, PW, input_grad)
     dxp = np.empty(xp.shape, dtype=dy.dtype) if input_grad else None
     dx = np.empty(x_shape, dtype=dy.dtype) if input_grad and (PH or PW) else None
 
-    def backward_chunk(i, worker):
+    def backward_chunk(i):
         first = i * chunk
         part = slice(first, first + chunk)
         T = min(chunk, N - first) * TH * TW
@@ -1002,14 +1002,14 @@ def _by_samples(a, body):
     """body(part) for slices part of a's first axis, on the cores when a is large."""
     N = a.shape[0]
     chunk = N if a.nbytes < SPLIT_BYTES else _balanced_chunk(N, N)
-    cores.run(lambda i, worker: body(slice(i * chunk, (i + 1) * chunk)), -(-N // chunk))
+    cores.run(lambda i: body(slice(i * chunk, (i + 1) * chunk)), -(-N // chunk))
 
 
 def _by_channels(a, body):
     """body(c_first, c_stop) for ranges of a's channels (axis 1), on the cores when a is large."""
     C = a.shape[1]
     chunk = C if a.nbytes < SPLIT_BYTES else _balanced_chunk(C, C)
-    cores.run(lambda i, worker: body(i * chunk, min(C, (i + 1) * chunk)), -(-C // chunk))
+    cores.run(lambda i: body(i * chunk, min(C, (i + 1) * chunk)), -(-C // chunk))
 
 
 # ---------------------------------------------------------------- pooling
@@ -1322,7 +1322,7 @@ def sgd_step(p, grad, buf, lr, momentum, dampening, weight_decay, nesterov, firs
         _sgd_step(p, grad, buf, *args)
         return
 
-    def update(i, worker):
+    def update(i):
         part = slice(i * SGD_PART, (i + 1) * SGD_PART)
         _sgd_step(p[part], grad[part], buf[part], *args)
 
