@@ -625,13 +625,25 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
             _crop_padding(dxp[part], dx[part], PH, PW)
         return dw, db
 
-    parts = cores.run(backward_chunk, n_tasks)
+    dw, db = _sum_in_order(cores.run(backward_chunk, n_tasks))
+    return _input_grad(dxp, dx, x_shape), dw, db
+
+
+def _sum_in_order(parts):
+    """The chunks' (weight gradient, bias gradient) shares added in chunk order, whichever thread
+    computed them: the order of additions, and so the bits, do not depend on the threads."""
     dw, db = parts[0]
     for dw_part, db_part in parts[1:]:
         dw, db = dw + dw_part, db + db_part
-    if not input_grad:
-        return None, dw, db
-    return (dxp.reshape(x_shape) if dx is None else dx), dw, db
+    return dw, db
+
+
+def _input_grad(dxp, dx, x_shape):
+    """The input gradient: the padded wide planes dxp as (N, C, H, W) when there was no padding,
+    else dx, which the chunks filled from them (or None without an input gradient)."""
+    if dxp is None:
+        return None
+    return dxp.reshape(x_shape) if dx is None else dx
 
 
 # ---------------------------------------------------------------- 3x3 convolution with ReLU and 2x2 pool: Winograd F(2x2, 3x3)
@@ -904,15 +916,10 @@ def _winograd_relu_pool_backward(dy, xp, y, idx, w, x_shape, PH, PW, input_grad)
                 _crop_padding(dxp[part], dx[part], PH, PW)
         return dU, db
 
-    parts = cores.run(backward_chunk, -(-N // chunk))
-    dU, db = parts[0]
-    for dU_part, db_part in parts[1:]:
-        dU, db = dU + dU_part, db + db_part
+    dU, db = _sum_in_order(cores.run(backward_chunk, -(-N // chunk)))
     dw = np.empty(w.shape, dtype=dy.dtype)
     _winograd_weights_grad(dU, dw)
-    if not input_grad:
-        return None, dw, db
-    return (dxp.reshape(x_shape) if dx is None else dx), dw, db
+    return _input_grad(dxp, dx, x_shape), dw, db
 
 
 # ---------------------------------------------------------------- ReLU and 2x2 max pool fused into a convolution
