@@ -141,3 +141,19 @@ def test_blas_runs_on_one_thread_inside_minicnn_and_is_restored_after():
                 assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {1}
             assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {1}
         assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {2}
+
+
+def test_scratch_is_reused_per_thread_but_not_kept_when_huge():
+    """Chunk buffers are reused across calls on the same thread (no page faults per call), never
+    shared between threads, and not kept at all above SCRATCH_KEEP_BYTES."""
+    from minicnn.backend import numba_ops
+    a = numba_ops._scratch("test", (8, 16), np.float32)
+    assert np.shares_memory(a, numba_ops._scratch("test", (4, 4), np.float64))
+    other = []
+    thread = threading.Thread(target=lambda: other.append(numba_ops._scratch("test", (8, 16), np.float32)))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(a, other[0])
+    n = numba_ops.SCRATCH_KEEP_BYTES // 4 + 1
+    big = numba_ops._scratch("test", (n,), np.float32)
+    assert big.shape == (n,) and not np.shares_memory(big, numba_ops._scratch("test", (n,), np.float32))

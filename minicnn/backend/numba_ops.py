@@ -548,12 +548,19 @@ def _scratch(role, shape, dtype):
     """A C-contiguous array of this shape, this thread's own, reused by every call: chunks of rows
     are megabytes, and a fresh array that size can cost its page faults every time (measured:
     LeNet's second layer, batch 256, backward on 2 threads 4.1 -> 2.7 ms with 16-sample chunks).
-    Valid until the thread asks for the same role again; the memory stays with the thread."""
+    Valid until the thread asks for the same role again; the memory stays with the thread, up to
+    SCRATCH_KEEP_BYTES a role: larger arrays (a single sample of a huge image) are fresh each call,
+    so that one big step does not hold its memory for the rest of the process."""
     buffers = _thread_scratch.__dict__
     size = math.prod(shape) * np.dtype(dtype).itemsize           # math.prod: np.prod costs 5 us
+    if size > SCRATCH_KEEP_BYTES:
+        return np.empty(shape, dtype=dtype)
     if role not in buffers or buffers[role].size < size:
         buffers[role] = np.empty(size, dtype=np.uint8)
     return buffers[role][:size].view(dtype).reshape(shape)
+
+
+SCRATCH_KEEP_BYTES = 2**25
 
 
 def _scratch_planes(role, shape, dtype):
