@@ -29,7 +29,8 @@ import numpy as np
 import minicnn as mc
 from minicnn import backend
 
-MODELS = {"lenet": mc.models.LeNet, "mnistcnn": mc.models.MnistCNN, "convnet": mc.models.ConvNet}
+MODELS = {"lenet": mc.models.LeNet, "mnistcnn": mc.models.MnistCNN, "convnet": mc.models.ConvNet,
+          "fashioncnn": mc.models.FashionCNN}              # the last only when asked for (--models)
 
 
 def torch_twin(model):
@@ -39,7 +40,8 @@ def torch_twin(model):
     for layer in model:
         name = type(layer).__name__
         if name == "Conv2d":
-            layers.append(torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding))
+            layers.append(torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                                          layer.padding, bias=layer.bias is not None))
         elif name == "Linear":
             layers.append(torch.nn.Linear(layer.in_features, layer.out_features))
         elif name == "MaxPool2d":

@@ -596,3 +596,45 @@ def test_large_inputs_split_over_the_cores_match_torch(dtype, ours, theirs):
             layer.zero_grad()
             np.testing.assert_array_equal(layer(x), y)
             np.testing.assert_array_equal(layer.backward(np.random.default_rng(0).standard_normal(y.shape).astype(dtype)), dx)
+
+
+@pytest.mark.parametrize("c_in,c_out,padding,H,W,batch", [
+    (32, 64, 1, 14, 14, 40),       # FashionCNN's second block, several tasks
+    (4, 3, 0, 9, 12, 1),           # odd output height, batch 1
+    (5, 2, 1, 4, 7, 3),            # odd output width, padded
+    (6, 4, 0, 3, 3, 2),            # a 1x1 output: one clipped tile
+    (8, 5, 2, 5, 6, 5),            # padding wider than the kernel's reach
+])
+def test_winograd_convolution(dtype, c_in, c_out, padding, H, W, batch):
+    """A 3x3 stride-1 convolution with more than DIRECT_MAX_CHANNELS inputs and no pool after it
+    goes by Winograd F(2x2, 3x3) with tiles covering the whole output (clipped at an odd edge): output,
+    input and parameter gradients against torch in float64; NaN reaches exactly torch's outputs."""
+    import minicnn as mc
+    from minicnn.backend import numba_ops
+    assert numba_ops.WINOGRAD and c_in > numba_ops.DIRECT_MAX_CHANNELS
+    layer = nn.Conv2d(c_in, c_out, 3, padding=padding).to(dtype)
+    x = random_input((batch, c_in, H, W), dtype)
+    tol = tolerance(dtype)
+
+    def close(a, b, what):
+        np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, np.abs(b).max()), err_msg=what)
+
+    conv64 = torch.nn.Conv2d(c_in, c_out, 3, padding=padding).to(torch.float64)
+    conv64.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in layer.state_dict().items()})
+    xt = torch.from_numpy(x.astype(np.float64)).requires_grad_()
+    yt = conv64(xt)
+    dy = random_input(tuple(yt.shape), dtype)
+    yt.backward(torch.from_numpy(dy.astype(np.float64)))
+    with mc.backend.use_backend("numba"):
+        x_before = x.copy()
+        y = layer(x)
+        assert layer._saved.stride1[3] == "winograd"
+        np.testing.assert_array_equal(x, x_before)                # the input is never written
+        close(y, yt.detach().numpy(), "output")
+        close(layer.backward(dy), xt.grad.numpy(), "input gradient")
+        close(layer.weight.grad, conv64.weight.grad.numpy(), "weight gradient")
+        close(layer.bias.grad, conv64.bias.grad.numpy(), "bias gradient")
+        x[0, -1, H // 2, W // 2] = np.nan
+        expected_nan = np.isnan(conv64(torch.from_numpy(x.astype(np.float64))).detach().numpy())
+        np.testing.assert_array_equal(np.isnan(layer(x)), expected_nan)
+        assert expected_nan.any()
