@@ -35,6 +35,7 @@ REDUCE = dict(FAST, fastmath={"reassoc"})
 # (direct), wider ones through a GEMM. Measured on 2 Xeon cores, batch 64: direct is 4.5x faster
 # than im2col for LeNet's 1-channel first layer and on par at 6 channels.
 DIRECT_MAX_CHANNELS = 3
+WINOGRAD = True          # wider 3x3 ones by Winograd's F(2x2, 3x3) (see its section), not the GEMM
 
 
 # ---------------------------------------------------------------- matrix products
@@ -459,7 +460,6 @@ def _padded_wide(x, PH, PW):
 # holds the whole batch, else rebuilt there.
 ROWS_CHUNK_BYTES = 2**22
 MIN_TASKS = 4
-WINOGRAD = True                    # 3x3 convolutions with more than DIRECT_MAX_CHANNELS inputs: see below
 DIRECT_MAX_CHUNK = 32
 
 
@@ -497,7 +497,6 @@ def conv2d_stride1_forward(x, w, b, PH, PW, max_bytes, relu_pool=False):
     OH, OW = Hp - KH + 1, Wp - KW + 1
     L = (OH - 1) * Wp + OW
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
-    xp = _padded_wide(x, PH, PW)
     bias = np.zeros(OC, dtype=x.dtype) if b is None else b
     zero = x.dtype.type(0)
     if relu_pool:
@@ -509,9 +508,10 @@ def conv2d_stride1_forward(x, w, b, PH, PW, max_bytes, relu_pool=False):
     direct = C <= DIRECT_MAX_CHANNELS
     if not direct and KH == KW == 3 and WINOGRAD:
         tiles = _WinogradTiles(x.shape, PH, PW, pooled=relu_pool)
-        xq = xp if tiles.Wq == Wp and tiles.Hq == Hp else np.empty((N, C, tiles.Hq * tiles.Wq), dtype=x.dtype)
+        xq = tiles.input_planes(x)
         _winograd_forward(x, xq, w, bias, y, idx if relu_pool else None, tiles, zero)
         return y, (xq, None, pooled, "winograd")
+    xp = _padded_wide(x, PH, PW)
     w_col = w.reshape(OC, -1)
     chunk = _direct_chunk(N) if direct else _chunk(w_col.shape[1], L, N, x.dtype.itemsize, max_bytes)
     n_tasks = -(-N // chunk)
@@ -606,7 +606,8 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
         first = i * chunk
         part = slice(first, first + chunk)
         n = min(chunk, N - first)
-        dw, db = np.zeros_like(w), np.zeros(OC, dtype=dy.dtype)
+        if direct:                       # the direct kernels add into zeroed gradients
+            dw, db = np.zeros_like(w), np.zeros(OC, dtype=dy.dtype)
         if first_layer:                  # a model's first layer: no widened copy at all
             y, idx = pooled[0][part], pooled[1][part]
             _direct_conv_weight_grad_pooled(xp[part], dy[part], y, idx, dw, db, Wp, L, zero)
@@ -940,6 +941,14 @@ class _WinogradTiles:
         self.PH, self.PW, self.OH, self.OW = PH, PW, OH, OW
         self.TH, self.TW = (OH // 2, OW // 2) if pooled else (-(-OH // 2), -(-OW // 2))
         self.Hq, self.Wq = max(H + 2 * PH, 2 * self.TH + 2), max(W + 2 * PW, 2 * self.TW + 2)
+        self.padded = (self.Hq, self.Wq) != (H, W)        # else the input planes are x itself
+
+    def input_planes(self, x):
+        """The array forward's chunks pad x into (N, C, Hq*Wq), or x itself as planes."""
+        N, C = x.shape[0], x.shape[1]
+        if self.padded:
+            return np.empty((N, C, self.Hq * self.Wq), dtype=x.dtype)
+        return x.reshape(N, C, self.Hq * self.Wq)
 
 
 def _winograd_forward(x, xq, w, bias, y, idx, tiles, zero):
@@ -951,13 +960,12 @@ def _winograd_forward(x, xq, w, bias, y, idx, tiles, zero):
     U = np.empty((16, OC, C), dtype=x.dtype)
     _winograd_weights(w, U)
     chunk = _winograd_chunk(C, OC, T1, N, x.dtype.itemsize)
-    pad = tiles.PH or tiles.PW or (tiles.Hq, tiles.Wq) != (x.shape[2], x.shape[3])   # else xq is x itself
 
     def forward_chunk(i):
         first = i * chunk
         part = slice(first, first + chunk)
         T = min(chunk, N - first) * T1
-        if pad:
+        if tiles.padded:
             _pad_wide(x[part], xq[part], tiles.PH, tiles.PW, tiles.Wq)
         V = _scratch_planes("winograd V", (16, C, T), x.dtype)[1]
         _winograd_input(xq[part], V, tiles.Wq, tiles.TH, tiles.TW)
@@ -982,8 +990,7 @@ def _winograd_backward(dy, xq, pooled, w, x_shape, tiles, input_grad):
     U_t = U.transpose(0, 2, 1)
     chunk = _winograd_chunk(C, OC, T1, N, dy.dtype.itemsize)
     dxq = np.empty(xq.shape, dtype=dy.dtype) if input_grad else None
-    cropped = tiles.PH or tiles.PW or tiles.Hq * tiles.Wq != H * W
-    dx = np.empty(x_shape, dtype=dy.dtype) if input_grad and cropped else None
+    dx = np.empty(x_shape, dtype=dy.dtype) if input_grad and tiles.padded else None
 
     def backward_chunk(i):
         first = i * chunk
