@@ -284,19 +284,35 @@ def test_default_initialization_follows_torch(make, fan_in):
     assert (bn.weight.data == 1).all() and (bn.bias.data == 0).all() and (bn.running_var == 1).all()
 
 
-@pytest.mark.parametrize("mode", ["direct", "gemm", "gemm in chunks"])
+# The stride-1 paths of the Numba backend, by (DIRECT_MAX_CHANNELS, DIRECT_FORWARD_MAX_CHANNELS):
+# direct sums forward and backward for few channels, direct forward with the GEMM backward for the
+# kernel widths 3 and 5 up to 12 channels, the wide GEMM both ways.
+STRIDE1_MODES = {"direct": (3, 12), "direct forward": (0, 12), "gemm": (0, 0), "gemm in chunks": (0, 0)}
+
+
+def use_stride1_mode(monkeypatch, mode):
+    from minicnn.backend import numba_ops
+    from minicnn.nn import conv
+    both, forward = STRIDE1_MODES[mode]
+    monkeypatch.setattr(numba_ops, "DIRECT_MAX_CHANNELS", both)
+    monkeypatch.setattr(numba_ops, "DIRECT_FORWARD_MAX_CHANNELS", forward)
+    if mode == "gemm in chunks":
+        monkeypatch.setattr(conv, "MAX_COL_BYTES", 1)                       # one sample per chunk
+
+
+@pytest.mark.parametrize("mode", list(STRIDE1_MODES))
 @pytest.mark.parametrize("kernel,padding,c_in,batch,H,W", [
+    (5, 0, 6, 2, 14, 14), (5, 1, 10, 1, 9, 8),
     (5, 2, 1, 3, 12, 12), (3, 0, 3, 1, 7, 9), ((2, 3), (1, 0), 2, 2, 5, 13), (1, 0, 1, 2, 4, 4), (3, 1, 3, 2, 1, 1)])
 def test_numba_stride1_convolution(monkeypatch, dtype, mode, kernel, padding, c_in, batch, H, W):
-    """Numba's stride-1 kernels (direct sweeps for few channels, the wide-layout GEMM otherwise, in
-    sample chunks when rows would be large) against the same backend's im2col path and torch:
-    forward, input and parameter gradients."""
+    """Numba's stride-1 kernels (direct sweeps for few channels, four output channels a sweep, the
+    output count padded to a multiple of four; a direct forward with the GEMM backward; the
+    wide-layout GEMM, in sample chunks when rows would be large) against the same backend's im2col
+    path and torch: forward, input and parameter gradients."""
     from minicnn import backend
     from minicnn.backend import numba_ops
     from minicnn.nn import conv
-    monkeypatch.setattr(numba_ops, "DIRECT_MAX_CHANNELS", 3 if mode == "direct" else 0)
-    if mode == "gemm in chunks":
-        monkeypatch.setattr(conv, "MAX_COL_BYTES", 1)                       # one sample per chunk
+    use_stride1_mode(monkeypatch, mode)
     layer = nn.Conv2d(c_in, 5, kernel, padding=padding).to(dtype)
     x = random_input((batch, c_in, H, W), dtype)
 
@@ -320,7 +336,8 @@ def test_numba_stride1_convolution(monkeypatch, dtype, mode, kernel, padding, c_
         tol = tolerance(dtype)
         np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, np.abs(b).max()))
     monkeypatch.undo()
-    monkeypatch.setattr(numba_ops, "DIRECT_MAX_CHANNELS", 3 if mode == "direct" else 0)
+    monkeypatch.setattr(numba_ops, "DIRECT_MAX_CHANNELS", STRIDE1_MODES[mode][0])
+    monkeypatch.setattr(numba_ops, "DIRECT_FORWARD_MAX_CHANNELS", STRIDE1_MODES[mode][1])
     with backend.use_backend("numba"):
         assert_matches_torch(layer, torch.nn.Conv2d(c_in, 5, kernel, padding=padding), x, **tolerance(dtype))
 
@@ -413,9 +430,11 @@ def run_layers_one_by_one(net, x):
     return expected, dy, expected_dx, expected_grads
 
 
-@pytest.mark.parametrize("mode", ["direct", "gemm", "gemm in chunks"])
+@pytest.mark.parametrize("mode", list(STRIDE1_MODES))
 @pytest.mark.parametrize("c_in,c_out,kernel,padding,H,W,batch,bias,relu_first", [
     (1, 4, 3, 0, 12, 12, 3, True, True),          # MnistCNN's first block, even conv output
+    (6, 16, 5, 0, 14, 14, 5, True, True),         # LeNet's second block
+    (1, 6, 5, 2, 12, 12, 9, True, False),         # LeNet's first block (6 channels: 8 computed)
     (2, 3, 5, 2, 9, 11, 1, True, False),          # padded, odd output (the last row and column unpooled)
     (3, 5, (2, 3), (1, 0), 6, 7, 2, False, True), # no bias, rectangular kernel
     (2, 2, 3, 1, 2, 2, 2, True, True),            # a 2x2 output: one window
@@ -429,11 +448,8 @@ def test_conv_relu_pool_fused_equals_the_layers(monkeypatch, dtype, mode, c_in, 
     switched off here, tested on its own below.)"""
     import minicnn as mc
     from minicnn.backend import numba_ops
-    from minicnn.nn import conv
     monkeypatch.setattr(numba_ops, "WINOGRAD", False)
-    monkeypatch.setattr(numba_ops, "DIRECT_MAX_CHANNELS", 3 if mode == "direct" else 0)
-    if mode == "gemm in chunks":
-        monkeypatch.setattr(conv, "MAX_COL_BYTES", 1)                       # one sample per chunk
+    use_stride1_mode(monkeypatch, mode)
     pair = [nn.ReLU(), nn.MaxPool2d(2)] if relu_first else [nn.MaxPool2d(2), nn.ReLU()]
     net = nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=padding, bias=bias), *pair).to(dtype)
     x = random_input((batch, c_in, H, W), dtype)
