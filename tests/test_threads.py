@@ -143,6 +143,37 @@ def test_blas_runs_on_one_thread_inside_minicnn_and_is_restored_after():
         assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {2}
 
 
+@pytest.mark.parametrize("backend_name,inside", [("numba", 1), ("numpy", 2)])
+def test_a_model_pass_holds_blas_at_one_thread_on_numba_only(backend_name, inside):
+    """Sequential's forward and backward run in backend.pass_scope: on Numba, BLAS stays at one
+    thread for the whole pass (every layer sees it) and is restored after; the NumPy backend
+    leaves BLAS's own threads alone."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import minicnn as mc
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    seen = []
+
+    class Probe(mc.nn.Module):
+        def forward(self, x):
+            seen.append(blas_threads())
+            return x
+
+        def backward(self, dy):
+            seen.append(blas_threads())
+            return dy
+
+    net = mc.nn.Sequential(mc.nn.Linear(3, 4), Probe(), mc.nn.ReLU(), Probe(), mc.nn.Linear(4, 2))
+    with threadpool_limits(2, user_api="blas"), mc.backend.use_backend(backend_name):
+        y = net(np.ones((5, 3), dtype=np.float32))
+        net.backward(np.ones_like(y))
+        assert blas_threads() == {2}
+    assert seen == [{inside}] * 4
+
+
 def test_scratch_is_reused_per_thread_but_not_kept_when_huge():
     """Chunk buffers are reused across calls on the same thread (no page faults per call), never
     shared between threads, and not kept at all above SCRATCH_KEEP_BYTES."""

@@ -23,6 +23,7 @@ output_size = numpy_ops.output_size
 dropout_mask = numpy_ops.dropout_mask
 log_softmax = numpy_ops.log_softmax
 FUSES_CONV_RELU_POOL = True      # conv2d_stride1_forward(relu_pool=True), see nn.fused
+pass_scope = cores.one_blas_thread  # see backend.pass_scope
 
 FAST = dict(cache=True, fastmath=False, nogil=True)
 DIRECT = dict(FAST, fastmath={"contract"})        # multiply-adds may fuse into FMA instructions

@@ -319,8 +319,9 @@ class Sequential(Module):
         if backend.is_array(x):
             layers = fuse(layers, backend.ops_for(x))
         object.__setattr__(self, "_order", layers)          # the order backward retraces
-        for layer in layers:
-            x = layer(x)
+        with backend.pass_scope(x):
+            for layer in layers:
+                x = layer(x)
         return x
 
     def _all_layers_eval(self):
@@ -334,12 +335,13 @@ class Sequential(Module):
         returns None. fit() uses it.
         """
         layers = self.__dict__.get("_order") or list(self._modules.values())
-        for layer in reversed(layers[1:]):
-            dy = layer.backward(dy)
-        first = layers[0]
-        if not input_grad and getattr(first, "can_skip_input_grad", False):
-            return first.backward(dy, input_grad=False)
-        dx = first.backward(dy)
+        with backend.pass_scope(dy):
+            for layer in reversed(layers[1:]):
+                dy = layer.backward(dy)
+            first = layers[0]
+            if not input_grad and getattr(first, "can_skip_input_grad", False):
+                return first.backward(dy, input_grad=False)
+            dx = first.backward(dy)
         return dx if input_grad else None
 
 
