@@ -7,8 +7,11 @@
 For each model (LeNet, MnistCNN, ConvNet) and library: training throughput (forward + backward
 + SGD-momentum step, images/s) at batch 64 and 256 and inference throughput at batch 1000, on
 real MNIST batches when MINICNN_DATA is set (random images otherwise). Every measurement is
-repeated --repeats times, the libraries taking turns, and the median is reported with the ratio
-to PyTorch. Speed is never asserted: this is a measurement, not a test.
+repeated --repeats times, the libraries taking turns, and the median images/s is reported. The
+ratio to PyTorch is the median over the repeats of each repeat's own ratio (the two libraries
+measured back to back), with its range: on a machine whose speed drifts by 25% from one second to
+the next, a pair shares the drift that a ratio of two medians taken at different moments does not.
+Speed is never asserted: this is a measurement, not a test.
 
 With --device cuda the libraries are minicnn on CuPy arrays (eager), minicnn replaying each
 training step as a CUDA graph (minicnn-graph), and torch on CUDA with its defaults (eager, cuDNN);
@@ -257,6 +260,8 @@ def main():
             row = {"model": model_name, "mode": mode, "batch": batch,
                    "images_per_second": {lib: statistics.median(v) for lib, v in samples.items()},
                    "samples": samples}
+            if "torch" in samples:
+                row["ratio_to_torch"] = paired_ratios(samples)
             results.append(row)
             print(format_row(row, libraries), flush=True)
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(), "data": source,
@@ -285,9 +290,27 @@ def results_stem(folder, name):
     raise FileExistsError(f"{folder} already holds runs {name} to {name}z")
 
 
+def paired_ratios(samples):
+    """{library: {"median", "low", "high"}} of the per-repeat ratios samples[library][k] /
+    samples['torch'][k], for every library but torch."""
+    ratios = {}
+    for lib, values in samples.items():
+        if lib != "torch":
+            pairs = [a / b for a, b in zip(values, samples["torch"])]
+            ratios[lib] = {"median": statistics.median(pairs), "low": min(pairs), "high": max(pairs)}
+    return ratios
+
+
+def ratio_text(row, lib, with_range=True):
+    r = row.get("ratio_to_torch", {}).get(lib)
+    if r is None:
+        return ""
+    return f" ({r['median']:.2f}x" + (f"; {r['low']:.2f}-{r['high']:.2f}" if with_range else "") + ")"
+
+
 def format_row(row, libraries):
     ips = row["images_per_second"]
-    parts = [f"{lib} {ips[lib]:,.0f}" for lib in libraries]
+    parts = [f"{lib} {ips[lib]:,.0f}{ratio_text(row, lib, with_range=False)}" for lib in libraries]
     return f"{row['model']:>9} {row['mode']} bs{row['batch']:<5} " + "  ".join(parts)
 
 
@@ -295,16 +318,14 @@ def markdown(report, libraries):
     m = report["machine"]
     gpu = f"GPU {m['gpu'].get('gpu')} (CuPy {m['gpu'].get('cupy')}); " if "gpu" in m else ""
     lines = [f"Machine: {gpu}{m['cpu']}, {m['cores']} cores; {', '.join(f'{k} {v}' for k, v in m['versions'].items())}; "
-             f"{report['data']}; median of {report['repeats']}; images/s (ratio to torch).", "",
+             f"{report['data']}; images/s, median of {report['repeats']} (ratio to torch: the median of the "
+             f"{report['repeats']} back-to-back pairs' ratios; their range).", "",
              "| model | mode | batch | " + " | ".join(libraries) + " |", "|" + " --- |" * (3 + len(libraries))]
     for row in report["results"]:
         ips = row["images_per_second"]
         cells = []
         for lib in libraries:
-            text = f"{ips[lib]:,.0f}"
-            if "torch" in ips and lib != "torch":
-                text += f" ({ips[lib] / ips['torch']:.2f}x)"
-            cells.append(text)
+            cells.append(f"{ips[lib]:,.0f}{ratio_text(row, lib)}")
         lines.append(f"| {row['model']} | {row['mode']} | {row['batch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -59,3 +59,17 @@ def test_speed_results_never_overwrite_a_run_of_the_same_day(tmp_path):
     assert speed.results_stem(str(tmp_path), "cpu-2026-01-01") == str(tmp_path / "cpu-2026-01-01b")
     (tmp_path / "cpu-2026-01-01b.json").write_text("{}")
     assert speed.results_stem(str(tmp_path), "cpu-2026-01-01") == str(tmp_path / "cpu-2026-01-01c")
+
+
+def test_speed_ratio_is_the_median_of_back_to_back_pairs():
+    """Each repeat's minicnn/torch ratio, then their median and range (not a ratio of medians
+    taken at different moments of a drifting machine)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import speed
+    finally:
+        sys.path.pop(0)
+    ratios = speed.paired_ratios({"numba": [2.0, 6.0, 3.0], "torch": [1.0, 2.0, 3.0]})
+    assert ratios == {"numba": {"median": 2.0, "low": 1.0, "high": 3.0}}       # medians' ratio: 1.5
+    row = {"ratio_to_torch": ratios}
+    assert speed.ratio_text(row, "numba") == " (2.00x; 1.00-3.00)" and speed.ratio_text(row, "torch") == ""
