@@ -118,6 +118,36 @@ def test_batchnorm_running_stats_over_several_batches(cpu_backend, dtype):
     assert int(layer.num_batches_tracked) == 4
 
 
+@pytest.mark.parametrize("shape", [(3, 4, 5, 5), (8, 16, 32, 32)], ids=["one task", "split by channels"])
+def test_batchnorm_eval_is_the_same_on_every_cpu_backend(dtype, shape):
+    """Eval-mode batch norm (running statistics) through the backends' batchnorm_forward_eval:
+    Numba's one-pass kernel (by channels on the cores when large) must give NumPy's bits, with
+    grad on (xhat kept for backward: the input gradient too) and under no_grad (xhat skipped),
+    NaN included, and match torch."""
+    import minicnn as mc
+    layer = nn.BatchNorm2d(shape[1]).to(dtype)
+    _randomize_bn(layer, dtype)
+    layer.eval()
+    x = random_input(shape, dtype) * 2 + 0.5
+    x[0, 0, 0, :2] = np.nan
+    dy = random_input(shape, dtype)
+    results = {}
+    for name in ("numpy", "numba"):
+        with mc.backend.use_backend(name):
+            with mc.no_grad():
+                inference = layer(x)
+            y = layer(x)
+            layer.zero_grad()
+            results[name] = (inference, y, layer.backward(dy), layer.weight.grad.copy(), layer.bias.grad.copy())
+    for a, b in zip(results["numpy"], results["numba"]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(results["numba"][0], results["numba"][1])
+    x[0, 0, 0, :2] = 0.5
+    with mc.backend.use_backend("numba"):
+        ref = torch.nn.BatchNorm2d(shape[1]).eval()
+        assert_matches_torch(layer, ref, x, **tolerance(dtype))
+
+
 def _randomize_bn(layer, dtype):
     c = layer.num_features
     if layer.affine:

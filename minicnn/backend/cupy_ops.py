@@ -18,6 +18,7 @@ from . import numpy_ops
 name = "cupy"
 xp = cp
 output_size = numpy_ops.output_size
+batchnorm_forward_eval = numpy_ops.batchnorm_forward_eval    # elementwise: CuPy's own kernels
 BLOCK = 256
 
 _KERNELS = {           # file -> kernels templated on T (instantiated for float and double)

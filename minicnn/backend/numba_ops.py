@@ -1390,6 +1390,37 @@ def batchnorm_forward_train(x3, gamma, beta, eps):
     return y, xhat, mean, var, invstd
 
 
+@njit(**FAST)
+def _bn_forward_eval(x, mean, invstd, gamma, beta, y, xhat, keep_xhat, c_first, c_stop):
+    """numpy_ops.batchnorm_forward_eval in one pass (the same operations in the same order, so the
+    same bits), xhat written only when kept."""
+    N, L = x.shape[0], x.shape[2]
+    for n in range(N):
+        for c in range(c_first, c_stop):
+            m, r, g, b = mean[c], invstd[c], gamma[c], beta[c]
+            src, dst = x[n, c], y[n, c]
+            if keep_xhat:
+                h = xhat[n, c]
+                for i in range(L):
+                    v = (src[i] - m) * r
+                    h[i] = v
+                    dst[i] = v * g + b
+            else:
+                for i in range(L):
+                    dst[i] = (src[i] - m) * r * g + b
+
+
+def batchnorm_forward_eval(x3, mean, invstd, gamma, beta, keep_xhat):
+    """numpy_ops.batchnorm_forward_eval without its four temporaries of x's size (FashionCNN's
+    inference at batch 128 spent 39 of 65 ms in them, with fresh multi-megabyte arrays each)."""
+    x3 = np.ascontiguousarray(x3)
+    y = np.empty_like(x3)
+    xhat = np.empty_like(x3) if keep_xhat else np.empty((0, 0, 0), dtype=x3.dtype)
+    _by_channels(x3, lambda c_first, c_stop: _bn_forward_eval(x3, mean, invstd, gamma, beta, y, xhat,
+                                                             bool(keep_xhat), c_first, c_stop))
+    return y, (xhat if keep_xhat else None)
+
+
 @njit(**REDUCE)
 def _bn_backward(dy, xhat, invstd, gamma, dx, dgamma, dbeta, c_first, c_stop):
     N, C, L = dy.shape

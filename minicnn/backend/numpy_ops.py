@@ -146,6 +146,14 @@ def batchnorm_forward_train(x3, gamma, beta, eps):
     return xhat * gamma[:, None] + beta[:, None], xhat, mean, var, invstd
 
 
+def batchnorm_forward_eval(x3, mean, invstd, gamma, beta, keep_xhat):
+    """Normalize x3 (N, C, L) with given per-channel statistics (the running ones, in eval mode):
+    y = (x - mean) * invstd * gamma + beta, in that order. Returns y and, when keep_xhat (a
+    backward will follow), xhat = (x - mean) * invstd, else None."""
+    xhat = (x3 - mean[:, None]) * invstd[:, None]
+    return xhat * gamma[:, None] + beta[:, None], (xhat if keep_xhat else None)
+
+
 def batchnorm_backward_train(dy3, xhat, invstd, gamma):
     """Gradients of batchnorm_forward_train: dx (N, C, L), dgamma (C,), dbeta (C,).
 

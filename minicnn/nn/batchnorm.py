@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import backend
 from ._checks import check_input, count
-from .module import Module, Parameter
+from .module import Module, Parameter, is_grad_enabled
 
 
 class _BatchNorm(Module):
@@ -58,8 +58,8 @@ class _BatchNorm(Module):
                 self._update_running_stats(mean, var * (M / (M - 1)))
         else:
             invstd = 1 / backend.xp_for(x).sqrt(self.running_var + self.eps)
-            xhat = (x3 - self.running_mean[:, None]) * invstd[:, None]
-            y3 = xhat * gamma[:, None] + beta[:, None]
+            y3, xhat = backend.ops_for(x).batchnorm_forward_eval(x3, self.running_mean, invstd, gamma, beta,
+                                                                 keep_xhat=is_grad_enabled())
         y = y3.reshape(x.shape)
         self.save_for_backward(y, xhat=xhat, invstd=invstd, batch_stats=use_batch_stats)
         return y
