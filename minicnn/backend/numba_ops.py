@@ -618,7 +618,8 @@ def conv2d_stride1_forward(x, w, b, PH, PW, max_bytes, relu_pool=False):
             return rows
 
     rows = cores.run(forward_chunk, n_tasks)[0]
-    return y, (xp, rows if n_tasks == 1 and not direct else None, pooled, "direct" if direct else "gemm")
+    backward = "direct" if C <= DIRECT_MAX_CHANNELS else "gemm"     # a direct forward may have a GEMM backward
+    return y, (xp, rows if n_tasks == 1 and not direct else None, pooled, backward)
 
 
 _thread_scratch = threading.local()
@@ -672,7 +673,7 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
     OH, OW = (dy.shape[2], dy.shape[3]) if pooled is None else pooled[2:]
     L = (OH - 1) * Wp + OW
     dy, w, zero = np.ascontiguousarray(dy), np.ascontiguousarray(w), dy.dtype.type(0)
-    direct = C <= DIRECT_MAX_CHANNELS
+    direct = method == "direct"
     w_col = w.reshape(OC, -1)
     chunk = _direct_chunk(N) if direct else N if kept_rows is not None else \
         _chunk(w_col.shape[1], L, N, dy.dtype.itemsize, max_bytes)
