@@ -314,23 +314,27 @@ def test_default_initialization_follows_torch(make, fan_in):
     assert (bn.weight.data == 1).all() and (bn.bias.data == 0).all() and (bn.running_var == 1).all()
 
 
-# The stride-1 paths of the Numba backend, by (DIRECT_MAX_CHANNELS, DIRECT_FORWARD_MAX_CHANNELS):
-# direct sums forward and backward for few channels, direct forward with the GEMM backward for the
-# kernel widths 3 and 5 up to 12 channels, the wide GEMM both ways.
-STRIDE1_MODES = {"direct": (3, 12), "direct forward": (0, 12), "gemm": (0, 0), "gemm in chunks": (0, 0)}
+# The stride-1 paths of the Numba backend, by (DIRECT_MAX_CHANNELS, DIRECT_FORWARD_MAX_CHANNELS,
+# sparse backward on): direct sums forward and backward for few channels, direct forward with the
+# GEMM backward for the kernel widths 3 and 5 up to 12 channels, the wide GEMM both ways; and, fused
+# with ReLU and pool only, the backward from the pool's winners (any kernel width up to LANES here).
+STRIDE1_MODES = {"direct": (3, 12, False), "direct forward": (0, 12, False), "gemm": (0, 0, False),
+                 "gemm in chunks": (0, 0, False), "sparse": (0, 12, True), "sparse in chunks": (0, 0, True)}
+UNFUSED_MODES = [mode for mode, (_, _, sparse) in STRIDE1_MODES.items() if not sparse]
 
 
 def use_stride1_mode(monkeypatch, mode):
     from minicnn.backend import numba_ops
     from minicnn.nn import conv
-    both, forward = STRIDE1_MODES[mode]
+    both, forward, sparse = STRIDE1_MODES[mode]
     monkeypatch.setattr(numba_ops, "DIRECT_MAX_CHANNELS", both)
     monkeypatch.setattr(numba_ops, "DIRECT_FORWARD_MAX_CHANNELS", forward)
-    if mode == "gemm in chunks":
+    monkeypatch.setattr(numba_ops, "SPARSE_MIN_KERNEL_WIDTH", 1 if sparse else 99)
+    if mode.endswith("in chunks"):
         monkeypatch.setattr(conv, "MAX_COL_BYTES", 1)                       # one sample per chunk
 
 
-@pytest.mark.parametrize("mode", list(STRIDE1_MODES))
+@pytest.mark.parametrize("mode", UNFUSED_MODES)
 @pytest.mark.parametrize("kernel,padding,c_in,batch,H,W", [
     (5, 0, 6, 2, 14, 14), (5, 1, 10, 1, 9, 8),
     (5, 2, 1, 3, 12, 12), (3, 0, 3, 1, 7, 9), ((2, 3), (1, 0), 2, 2, 5, 13), (1, 0, 1, 2, 4, 4), (3, 1, 3, 2, 1, 1)])
@@ -340,7 +344,6 @@ def test_numba_stride1_convolution(monkeypatch, dtype, mode, kernel, padding, c_
     wide-layout GEMM, in sample chunks when rows would be large) against the same backend's im2col
     path and torch: forward, input and parameter gradients."""
     from minicnn import backend
-    from minicnn.backend import numba_ops
     from minicnn.nn import conv
     use_stride1_mode(monkeypatch, mode)
     layer = nn.Conv2d(c_in, 5, kernel, padding=padding).to(dtype)
@@ -366,8 +369,8 @@ def test_numba_stride1_convolution(monkeypatch, dtype, mode, kernel, padding, c_
         tol = tolerance(dtype)
         np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, np.abs(b).max()))
     monkeypatch.undo()
-    monkeypatch.setattr(numba_ops, "DIRECT_MAX_CHANNELS", STRIDE1_MODES[mode][0])
-    monkeypatch.setattr(numba_ops, "DIRECT_FORWARD_MAX_CHANNELS", STRIDE1_MODES[mode][1])
+    use_stride1_mode(monkeypatch, mode)
+    monkeypatch.setattr(conv, "MAX_COL_BYTES", 64 * 2**20)
     with backend.use_backend("numba"):
         assert_matches_torch(layer, torch.nn.Conv2d(c_in, 5, kernel, padding=padding), x, **tolerance(dtype))
 
@@ -475,11 +478,22 @@ def test_conv_relu_pool_fused_equals_the_layers(monkeypatch, dtype, mode, c_in, 
     step, ConvReLUPool; output, input gradient and parameter gradients must equal those of the three
     layers run one by one, bit for bit (NaN and all-negative windows included), and match torch.
     (3x3 kernels on the GEMM path go by Winograd's algorithm when fused, a different rounding:
-    switched off here, tested on its own below.)"""
+    switched off here, tested on its own below. The sparse backward sums in another order: its
+    gradients are compared up to rounding, NaN at the same places; a chunk whose input holds the
+    NaN goes by the GEMMs.)"""
     import minicnn as mc
     from minicnn.backend import numba_ops
     monkeypatch.setattr(numba_ops, "WINOGRAD", False)
     use_stride1_mode(monkeypatch, mode)
+    sparse = STRIDE1_MODES[mode][2] and c_in > numba_ops.DIRECT_MAX_CHANNELS
+    tol = tolerance(dtype)
+
+    def same_gradient(a, b, what=""):
+        if not sparse:
+            return np.testing.assert_array_equal(a, b, err_msg=what)
+        np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, np.nanmax(np.abs(b))),
+                                   err_msg=what)
+
     pair = [nn.ReLU(), nn.MaxPool2d(2)] if relu_first else [nn.MaxPool2d(2), nn.ReLU()]
     net = nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=padding, bias=bias), *pair).to(dtype)
     x = random_input((batch, c_in, H, W), dtype)
@@ -489,15 +503,16 @@ def test_conv_relu_pool_fused_equals_the_layers(monkeypatch, dtype, mode, c_in, 
         expected, dy, expected_dx, expected_grads = run_layers_one_by_one(net, x)
         y = net(x)
         assert [type(step).__name__ for step in net._order] == ["ConvReLUPool"]
+        assert (net._order[0]._saved.stride1[3] == "sparse") == sparse
         np.testing.assert_array_equal(y, expected)
-        np.testing.assert_array_equal(net.backward(dy), expected_dx)
+        same_gradient(net.backward(dy), expected_dx)
         for k, p in net.named_parameters():
-            np.testing.assert_array_equal(p.grad, expected_grads[k], err_msg=k)
+            same_gradient(p.grad, expected_grads[k], k)
         net.zero_grad()
         net(x)
         assert net.backward(dy, input_grad=False) is None                 # the first layer of a model
         for k, p in net.named_parameters():
-            np.testing.assert_array_equal(p.grad, expected_grads[k], err_msg=k)
+            same_gradient(p.grad, expected_grads[k], k)
         with pytest.raises(RuntimeError, match="before forward"):
             net[0].backward(dy)                      # the conv's own state is not the fused step's
         with mc.no_grad():
@@ -565,6 +580,65 @@ def test_winograd_conv_relu_pool(dtype, c_in, c_out, padding, H, W, batch, bias,
         close(net.backward(dy), xt.grad.numpy(), "input gradient vs torch")
         for k, p in conv64.named_parameters():
             close(net[0].weight.grad if k == "weight" else net[0].bias.grad, p.grad.numpy(), k + " vs torch")
+
+
+@pytest.mark.parametrize("poison", ["none", "inf in the input", "NaN in the input", "inf in the weights"])
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+def test_sparse_backward_through_relu_pool_matches_torch(monkeypatch, dtype, poison):
+    """LeNet's second block (6 -> 16 channels, 5x5) at batch 40, several chunks: the backward from
+    the pool's winners matches torch in float64, and where an inf or NaN sits in the input (its
+    chunk) or the weights (the whole call) the GEMMs take over, so that products by zero make NaN
+    as they do there: at exactly torch's places for the input. (With inf weights the wide GEMM also
+    multiplies them by the wrapped columns' zeros: more NaN in the input gradient than torch's, as
+    before the sparse path; that case is checked against the GEMM path itself.)"""
+    import minicnn as mc
+    from minicnn.backend import numba_ops
+    sparse_chunks = []
+    real = numba_ops._sparse_backward_chunk
+    monkeypatch.setattr(numba_ops, "_sparse_backward_chunk", lambda *a: sparse_chunks.append(1) or real(*a))
+    net = nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2)).to(dtype)
+    x = random_input((40, 6, 14, 14), dtype)
+    if poison == "inf in the input":
+        x[3, 2, 5, 6] = np.inf
+    elif poison == "NaN in the input":
+        x[3, 2, 5, 6] = np.nan
+    elif poison == "inf in the weights":
+        net[0].weight.data[2, 1, 0, 3] = -np.inf
+    torch_net = torch.nn.Sequential(torch.nn.Conv2d(6, 16, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2)).double()
+    torch_net.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in net.state_dict().items()})
+    xt = torch.from_numpy(x.astype(np.float64)).requires_grad_()
+    yt = torch_net(xt)
+    dy = random_input(tuple(yt.shape), dtype)
+    yt.backward(torch.from_numpy(dy.astype(np.float64)))
+    tol = tolerance(dtype)
+    with mc.backend.use_backend("numba"):
+        y = net(x)
+        assert net._order[0]._saved.stride1[3] == "sparse"
+        dx = net.backward(dy)
+        if poison == "inf in the weights":
+            grads = net[0].weight.grad.copy(), net[0].bias.grad.copy()
+            net.zero_grad()
+            monkeypatch.setattr(numba_ops, "SPARSE_MIN_KERNEL_WIDTH", 99)
+            np.testing.assert_array_equal(net(x), y)
+            assert net._order[0]._saved.stride1[3] == "gemm"
+            np.testing.assert_array_equal(net.backward(dy), dx)
+            np.testing.assert_array_equal(net[0].weight.grad, grads[0])
+            np.testing.assert_array_equal(net[0].bias.grad, grads[1])
+            assert not sparse_chunks and np.isnan(dx).any()
+            return
+    n_chunks = -(-40 // numba_ops._chunk(150, 9 * 14 + 10, 40, x.itemsize, 2**30))
+    assert n_chunks >= 4
+    assert len(sparse_chunks) == {"none": n_chunks, "inf in the weights": 0}.get(poison, n_chunks - 1)
+    for ours, theirs in [(y, yt), (dx, xt.grad), (net[0].weight.grad, torch_net[0].weight.grad),
+                         (net[0].bias.grad, torch_net[0].bias.grad)]:
+        theirs = theirs.detach().numpy()
+        np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+        np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs))
+        finite = np.isfinite(theirs)
+        np.testing.assert_allclose(ours[finite], theirs[finite], rtol=tol["rtol"],
+                                   atol=tol["atol"] * max(1.0, np.abs(theirs[finite]).max()))
+    if poison != "none":
+        assert np.isnan(net[0].weight.grad).any()
 
 
 def test_conv_relu_pool_is_not_fused_where_it_does_not_fit(dtype):

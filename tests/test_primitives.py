@@ -1,6 +1,7 @@
 """The backend primitives on their own: a naive loop reference for convolution, the adjoint
 identity of im2col/col2im, and agreement of every CPU backend with the NumPy reference."""
 import itertools
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -134,3 +135,30 @@ def test_numba_matmul_in_parts_equals_one_product(dtype, shape):
     np.testing.assert_allclose(one, a @ b, rtol=tol["rtol"], atol=tol["atol"] * np.abs(a @ b).max())
     np.testing.assert_array_equal(one, two)
     assert one.flags.c_contiguous and one.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_fma_touches_exactly_its_row(dtype):
+    """simd.row_fma(dst, d, src, s, v, width): dst[d:d+width] += v * src[s:s+width], one fused
+    multiply-add per lane; the lanes past width are neither read (a NaN there stays out) nor
+    written (the neighbours keep their bits), for every width up to LANES, rows ending at the very
+    end of both arrays included."""
+    from numba import njit
+    from minicnn.backend.simd import LANES, row_fma
+
+    @njit
+    def call(dst, d, src, s, v, width):
+        row_fma(dst, d, src, s, v, width)
+
+    for width in range(1, LANES + 1):
+        for d, s in [(3, 0), (0, 5), (20 - width, 20 - width)]:
+            src = rng.standard_normal(20).astype(dtype)
+            dst = rng.standard_normal(20).astype(dtype)
+            src[s + width:] = np.nan
+            dst[d + width:] = np.nan
+            expected = dst.copy()
+            v = dtype(rng.standard_normal())
+            expected[d:d + width] = [float(Fraction(float(v)) * Fraction(float(a)) + Fraction(float(b)))
+                                     for a, b in zip(src[s:s + width], dst[d:d + width])]   # one rounding
+            call(dst, d, src, s, v, width)
+            np.testing.assert_array_equal(dst, expected)
