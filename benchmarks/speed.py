@@ -225,6 +225,14 @@ def main():
     if args.libraries is None:
         args.libraries = "minicnn,minicnn-graph,torch" if cuda else "numpy,numba,torch"
     libraries = [lib for lib in args.libraries.split(",") if lib]
+    known = ("minicnn", "minicnn-graph", "torch") if cuda else ("numpy", "numba", "torch")
+    unknown = [lib for lib in libraries if lib not in known]
+    if unknown:
+        parser.error(f"--libraries: expected some of {','.join(known)} for --device {args.device}, "
+                     f"got {','.join(unknown)}")
+    models = [name for name in args.models.split(",") if name]
+    if not models or any(name not in MODELS for name in models):
+        parser.error(f"--models: expected some of {','.join(MODELS)}, got {args.models!r}")
     if cuda:
         backend.device_converter("cuda")           # one clear error without a GPU
     if "numba" in libraries and "numba" not in backend.available_backends():
@@ -241,7 +249,7 @@ def main():
     settings = [("train", 64), ("train", 256), ("train", 1024), ("infer", 1000)] if cuda else \
         [("train", 64), ("train", 256), ("infer", 1000)]
     results = []
-    for model_name in args.models.split(","):
+    for model_name in models:
         model_cls = MODELS[model_name]
         for mode, batch in settings:
             runners = {}

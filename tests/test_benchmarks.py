@@ -19,6 +19,14 @@ def test_speed_benchmark_tiny():
     assert "| lenet | train | 64 |" in out and "torch" in out
 
 
+@pytest.mark.parametrize("flag,value", [("--libraries", "minicnn-numba,torch"), ("--models", "lenet,resnet")])
+def test_speed_benchmark_names_what_it_accepts(flag, value):
+    result = subprocess.run([sys.executable, "benchmarks/speed.py", "--tiny", flag, value], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "expected some of" in result.stderr, result.stderr
+    assert ("numpy,numba,torch" if flag == "--libraries" else "lenet,mnistcnn") in result.stderr
+
+
 def test_gradcheck_benchmark_layers():
     out = run("benchmarks/gradcheck.py", "--layers-only", "--entries", "3")
     assert "| Conv2d" in out and "FAIL" not in out

@@ -36,7 +36,8 @@ REDUCE = dict(FAST, fastmath={"reassoc"})
 # Stride-1 convolutions with at most DIRECT_MAX_CHANNELS input channels sum their taps in Numba
 # loops (direct), forward and backward; wider ones through a GEMM. Forward sums them directly up to
 # DIRECT_FORWARD_MAX_CHANNELS for kernel widths 3 and 5 (the widths with row kernels), four output
-# channels per sweep; their backward still goes by the GEMM. Measured on 2 Xeon cores (Emerald
+# channels per sweep; their backward still goes by the GEMM (or, fused with ReLU and pool, from the
+# pool's winners: see "backward through ReLU and pool"). Measured on 2 Xeon cores (Emerald
 # Rapids), batch 64, forward with ReLU and pool, direct / GEMM: 6 -> 16 channels 5x5 (LeNet) 0.64 /
 # 0.98 ms, 10 -> 20 (ConvNet, unfused) 1.11 / 1.55, 16 -> 32 1.75 / 1.70, 32 -> 64 7.1 / 4.4.
 # The direct backward kernels (one output channel at a time) lose to the GEMM from 6 channels on.
@@ -754,9 +755,15 @@ def _input_grad(dxp, dx, x_shape):
 # layout) twice, then scatters 150 shifted rows. Here the nonzero entries are listed once per chunk
 # (_pooled_gradient_entries), and each adds what it touches: dw[o] += v * the input window under it
 # (_sparse_weight_grad), the gradient window under it += v * w[o] (_sparse_input_grad), one kernel
-# row per vector operation (simd.row_fma: KW <= LANES taps). Measured on one Xeon core (Emerald
-# Rapids), LeNet's second layer (6 -> 16 channels 5x5), 8 samples: ~25 ns an entry for each of the
-# two gradients, the whole backward 0.11-0.13 ms against 0.31-0.35 ms by the GEMMs.
+# row per vector operation (simd.row_fma: KW <= LANES taps). Measured on 2 Xeon vCPUs (Emerald
+# Rapids), LeNet's second layer (6 -> 16 channels 5x5) on real MNIST, the whole backward: 1.05 ms
+# against 1.41 ms by the GEMMs at batch 64, 3.9-4.5 against 5.2-8.4 ms at 256. A chunk of 8 samples
+# (2,296 entries, 61 % of the windows alive) on one core: listing 14 us, weight gradient 77 us,
+# input gradient 67 us (30 row operations an entry each, ~1 ns apiece). Entry by entry, each row
+# of the sums is touched once per entry: row by row (every entry's update of one row in a row),
+# each update waited ~30 cycles for the one before, since a masked store does not forward to the
+# next load. A model's first layer (one channel: 5 rows an entry) keeps its dense dot products:
+# sparse there took 1.3-1.4x their time.
 # The sum skips products by zero, which are zero only when the other factor is finite: a chunk
 # whose input holds inf or NaN (or any call whose weights do) goes by the GEMMs, where 0 * inf
 # makes NaN as in torch. Kernels 3 wide go by Winograd or the direct sum instead: with 3 of 8 lanes
