@@ -162,3 +162,33 @@ def test_row_fma_touches_exactly_its_row(dtype):
                                      for a, b in zip(src[s:s + width], dst[d:d + width])]   # one rounding
             call(dst, d, src, s, v, width)
             np.testing.assert_array_equal(dst, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_rows_adds_every_listed_row(dtype):
+    """simd.sum_rows(acc, a, src, at, value, first, last, offset, width): acc[a:a+LANES] += the sum
+    over m in [first, last) of value[m] * src[at[m] + offset:][:width], lanes past width untouched;
+    every count of rows from none to several turns of its running sums, and rows at the very end
+    of src (a NaN past a row's width must stay out)."""
+    from numba import njit
+    from minicnn.backend.simd import LANES, SUMS, sum_rows
+
+    @njit
+    def call(acc, a, src, at, value, first, last, offset, width):
+        sum_rows(acc, a, src, at, value, first, last, offset, width)
+
+    for width in (1, 3, 5, LANES):
+        for first, last in [(0, 0), (2, 3), (1, 1 + SUMS), (0, 3 * SUMS + 2)]:
+            src = rng.standard_normal(64).astype(dtype)
+            src[-3:] = np.nan
+            at = rng.integers(0, 40, 20).astype(np.int64)
+            at[-1] = 64 - 3 - width - 2                 # a row ending just before the NaN tail
+            value = rng.standard_normal(20).astype(dtype)
+            acc = rng.standard_normal(3 * LANES).astype(dtype)
+            expected = acc.astype(np.float64)
+            rows = [value[m] * src[at[m] + 2:at[m] + 2 + width].astype(np.float64) for m in range(first, last)]
+            expected[LANES:LANES + width] += np.sum(rows, axis=0) if rows else 0
+            call(acc, LANES, src, at, value, first, last, 2, width)
+            tol = 1e-5 if dtype == np.float32 else 1e-13
+            np.testing.assert_allclose(acc, expected, rtol=tol, atol=tol)
+            assert np.isfinite(acc).all()

@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 
 from . import cores, numpy_ops
-from .simd import LANES, row_fma
+from .simd import LANES, row_fma, sum_rows
 
 name = "numba"
 xp = np
@@ -776,43 +776,42 @@ def _uses_sparse_backward(KW):
 
 
 @njit(**FAST)
-def _pooled_gradient_entries(dy, y, idx, Wp, at, value, start, zero):
+def _pooled_gradient_entries(dy, y, idx, Wp, sample, at, value, start, zero):
     """List the nonzero entries of the unpooled gradient of a chunk: each window's winner where the
-    ReLU let it through (y > 0 or NaN, as _unpool_plane), whatever its dy. Entry m sits at pixel
-    at[m] = oh*Wp + ow of its wide plane with gradient value[m]; sample n's channel o owns the
-    entries start[n*OC + o] to start[n*OC + o + 1] - 1. dy, y, idx (n, OC, OH//2, OW//2).
+    ReLU let it through (y > 0 or NaN, as _unpool_plane), whatever its dy. Entry m has gradient
+    value[m] at pixel oh*Wp + ow of sample n's wide plane, at[m] = n*sample + oh*Wp + ow; channel o
+    owns the entries start[o] to start[o + 1] - 1. dy, y, idx (n, OC, OH//2, OW//2).
     Branch-free: every window is written, the count moves on only for the kept ones."""
     N, OC, PH, PW = dy.shape
     m = 0
-    for n in range(N):
-        for o in range(OC):
-            start[n * OC + o] = m
+    for o in range(OC):
+        start[o] = m
+        for n in range(N):
             for ph in range(PH):
                 for pw in range(PW):
                     k = idx[n, o, ph, pw]
-                    at[m] = (2 * ph + (k >> 1)) * Wp + 2 * pw + (k & 1)
+                    at[m] = n * sample + (2 * ph + (k >> 1)) * Wp + 2 * pw + (k & 1)
                     value[m] = dy[n, o, ph, pw]
                     m += np.int64(not (y[n, o, ph, pw] <= zero))
-    start[N * OC] = m
+    start[OC] = m
 
 
 @njit(**FAST)
 def _sparse_weight_grad(xp, at, value, start, row_offsets, acc, dw, db, zero):
     """dw[o] += the sum over o's entries of value * the window of xp (n, C, Hp*Wp) whose corner is
     the entry, db[o] += the sum of the values, for dw (OC, C, KH, KW). Window row r = (c, kh) lies
-    at row_offsets[r] = c*Hp*Wp + kh*Wp from the corner; acc (R*LANES,) sums each row's KW taps."""
-    N, OC, C, KH, KW = xp.shape[0], dw.shape[0], dw.shape[1], dw.shape[2], dw.shape[3]
-    x, sample, R = xp.reshape(-1), xp.shape[1] * xp.shape[2], row_offsets.size
+    at row_offsets[r] = c*Hp*Wp + kh*Wp from the corner; acc (R*LANES,) sums each row's KW taps
+    (simd.sum_rows: over all of o's entries in registers, then once into acc)."""
+    OC, C, KH, KW = dw.shape
+    x, R = xp.reshape(-1), row_offsets.size
     for o in range(OC):
         _fill(acc, zero)
         total = zero
-        for n in range(N):
-            for m in range(start[n * OC + o], start[n * OC + o + 1]):
-                v, corner = value[m], n * sample + at[m]
-                total += v
-                for r in range(R):
-                    row_fma(acc, r * LANES, x, corner + row_offsets[r], v, KW)
+        for m in range(start[o], start[o + 1]):
+            total += value[m]
         db[o] += total
+        for r in range(R):
+            sum_rows(acc, r * LANES, x, at, value, start[o], start[o + 1], row_offsets[r], KW)
         for c in range(C):
             for kh in range(KH):
                 for kw in range(KW):
@@ -823,15 +822,14 @@ def _sparse_weight_grad(xp, at, value, start, row_offsets, acc, dw, db, zero):
 def _sparse_input_grad(w_rows, at, value, start, row_offsets, dxp, KW):
     """dxp (n, C, Hp*Wp), zeroed here: the sum over entries of value * w[o] laid on the window whose
     corner is the entry. w_rows (OC, R, LANES): the kernel rows (c, kh) of w, LANES apart."""
-    N, OC, R = dxp.shape[0], w_rows.shape[0], row_offsets.size
-    dx, w, sample = dxp.reshape(-1), w_rows.reshape(-1), dxp.shape[1] * dxp.shape[2]
-    for n in range(N):
-        _fill(dx[n * sample:(n + 1) * sample], 0)
-        for o in range(OC):
-            for m in range(start[n * OC + o], start[n * OC + o + 1]):
-                v, corner = value[m], n * sample + at[m]
-                for r in range(R):
-                    row_fma(dx, corner + row_offsets[r], w, (o * R + r) * LANES, v, KW)
+    OC, R = w_rows.shape[0], row_offsets.size
+    dx, w = dxp.reshape(-1), w_rows.reshape(-1)
+    _fill(dx, 0)
+    for o in range(OC):
+        for m in range(start[o], start[o + 1]):
+            v, corner = value[m], at[m]
+            for r in range(R):
+                row_fma(dx, corner + row_offsets[r], w, (o * R + r) * LANES, v, KW)
 
 
 @njit(**REDUCE)
@@ -848,12 +846,12 @@ def _sparse_backward_chunk(xp, dy, y, idx, w, kernel, Wp, dxp, zero):
     """dw, db of one chunk (and its padded input gradient into dxp unless None) from the listed
     entries; see the section's comment. xp, dxp (n, C, Hp*Wp); dy, y, idx (n, OC, OH//2, OW//2);
     kernel = _sparse_kernel(w, ...)."""
-    n, OC = dy.shape[0], dy.shape[1]
+    OC = dy.shape[1]
     w_rows, row_offsets = kernel
-    at = _scratch("entry at", (dy.size,), np.int32)
+    at = _scratch("entry at", (dy.size,), np.int64)
     value = _scratch("entry value", (dy.size,), dy.dtype)
-    start = _scratch("entry start", (n * OC + 1,), np.int64)
-    _pooled_gradient_entries(dy, y, idx, Wp, at, value, start, zero)
+    start = _scratch("entry start", (OC + 1,), np.int64)
+    _pooled_gradient_entries(dy, y, idx, Wp, xp.shape[1] * xp.shape[2], at, value, start, zero)
     dw, db = np.zeros_like(w), np.zeros(OC, dtype=dy.dtype)
     _sparse_weight_grad(xp, at, value, start, row_offsets, _scratch("acc", (row_offsets.size * LANES,), dy.dtype),
                         dw, db, zero)
