@@ -677,7 +677,7 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
     L = (OH - 1) * Wp + OW
     dy, w, zero = np.ascontiguousarray(dy), np.ascontiguousarray(w), dy.dtype.type(0)
     direct = method == "direct"
-    sparse = method == "sparse" and _all_finite(w)
+    sparse = method == "sparse" and _all_finite(w.reshape(-1))
     kernel = _sparse_kernel(w, xp.shape[2], Wp) if sparse else None
     w_col = w.reshape(OC, -1)
     chunk = _direct_chunk(N) if direct else N if kept_rows is not None else \
@@ -697,7 +697,7 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
             y, idx = pooled[0][part], pooled[1][part]
             _direct_conv_weight_grad_pooled(xp[part], dy[part], y, idx, dw, db, Wp, L, zero)
             return dw, db
-        if sparse and _all_finite(xp[part]):
+        if sparse and _all_finite(xp[part].reshape(-1)):
             dw, db = _sparse_backward_chunk(xp[part], dy[part], pooled[0][part], pooled[1][part], w, kernel, Wp,
                                             dxp[part] if input_grad else None, zero)
             if dx is not None:
@@ -834,11 +834,11 @@ def _sparse_input_grad(w_rows, at, value, start, row_offsets, dxp, KW):
 
 @njit(**REDUCE)
 def _all_finite(a):
-    """Whether a holds no inf and no NaN (v * 0 is 0 exactly for finite v, NaN otherwise)."""
-    flat = a.reshape(-1)
-    total = flat.dtype.type(0)
-    for i in range(flat.size):
-        total += flat[i] * 0
+    """Whether the 1-D array a holds no inf and no NaN (v * 0 is 0 exactly for finite v, else NaN).
+    Callers pass flat views: one compiled function for every shape."""
+    total = a.dtype.type(0)
+    for i in range(a.size):
+        total += a[i] * 0
     return total == 0
 
 
