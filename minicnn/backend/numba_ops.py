@@ -698,8 +698,9 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
             _direct_conv_weight_grad_pooled(xp[part], dy[part], y, idx, dw, db, Wp, L, zero)
             return dw, db
         if sparse and _all_finite(xp[part].reshape(-1)):
-            dw, db = _sparse_backward_chunk(xp[part], dy[part], pooled[0][part], pooled[1][part], w, kernel, Wp,
-                                            dxp[part] if input_grad else None, zero)
+            no_gradient = np.empty((0,) + xp.shape[1:], dtype=dy.dtype)
+            dw, db = _sparse_backward_chunk(xp[part], dy[part], pooled[0][part], pooled[1][part], *kernel, Wp, KW,
+                                            dxp[part] if input_grad else no_gradient, zero)
             if dx is not None:
                 _crop_padding(dxp[part], dx[part], PH, PW, Wp)
             return dw, db
@@ -762,8 +763,8 @@ def _input_grad(dxp, dx, x_shape):
 # input gradient 67 us (30 row operations an entry each, ~1 ns apiece). Entry by entry, each row
 # of the sums is touched once per entry: row by row (every entry's update of one row in a row),
 # each update waited ~30 cycles for the one before, since a masked store does not forward to the
-# next load. A model's first layer (one channel: 5 rows an entry) keeps its dense dot products:
-# sparse there took 1.3-1.4x their time.
+# next load. A model's first layer (one channel: 3 or 5 rows an entry) keeps its dense dot
+# products: sparse there took 1.3-1.4x their time (1.1x LeNet's, 1.3x MnistCNN's with sum_rows).
 # The sum skips products by zero, which are zero only when the other factor is finite: a chunk
 # whose input holds inf or NaN (or any call whose weights do) goes by the GEMMs, where 0 * inf
 # makes NaN as in torch. Kernels 3 wide go by Winograd or the direct sum instead: with 3 of 8 lanes
@@ -842,21 +843,20 @@ def _all_finite(a):
     return total == 0
 
 
-def _sparse_backward_chunk(xp, dy, y, idx, w, kernel, Wp, dxp, zero):
-    """dw, db of one chunk (and its padded input gradient into dxp unless None) from the listed
-    entries; see the section's comment. xp, dxp (n, C, Hp*Wp); dy, y, idx (n, OC, OH//2, OW//2);
-    kernel = _sparse_kernel(w, ...)."""
-    OC = dy.shape[1]
-    w_rows, row_offsets = kernel
-    at = _scratch("entry at", (dy.size,), np.int64)
-    value = _scratch("entry value", (dy.size,), dy.dtype)
-    start = _scratch("entry start", (OC + 1,), np.int64)
+@njit(**FAST)
+def _sparse_backward_chunk(xp, dy, y, idx, w_rows, row_offsets, Wp, KW, dxp, zero):
+    """(dw, db) of one chunk, and its padded input gradient into dxp unless dxp has no samples:
+    the entries listed, then both sums (see the section's comment). One compiled call a chunk (the
+    Python glue of three calls cost 13 % of a chunk). xp, dxp (n, C, Hp*Wp); dy, y, idx
+    (n, OC, OH//2, OW//2); w_rows, row_offsets from _sparse_kernel."""
+    OC, C, R = dy.shape[1], xp.shape[1], row_offsets.size
+    at, value = np.empty(dy.size, dtype=np.int64), np.empty(dy.size, dtype=dy.dtype)
+    start = np.empty(OC + 1, dtype=np.int64)
     _pooled_gradient_entries(dy, y, idx, Wp, xp.shape[1] * xp.shape[2], at, value, start, zero)
-    dw, db = np.zeros_like(w), np.zeros(OC, dtype=dy.dtype)
-    _sparse_weight_grad(xp, at, value, start, row_offsets, _scratch("acc", (row_offsets.size * LANES,), dy.dtype),
-                        dw, db, zero)
-    if dxp is not None:
-        _sparse_input_grad(w_rows, at, value, start, row_offsets, dxp, w.shape[3])
+    dw, db = np.zeros((OC, C, R // C, KW), dtype=dy.dtype), np.zeros(OC, dtype=dy.dtype)
+    _sparse_weight_grad(xp, at, value, start, row_offsets, np.empty(R * LANES, dtype=dy.dtype), dw, db, zero)
+    if dxp.shape[0] > 0:
+        _sparse_input_grad(w_rows, at, value, start, row_offsets, dxp, KW)
     return dw, db
 
 
