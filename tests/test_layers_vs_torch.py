@@ -324,12 +324,12 @@ UNFUSED_MODES = [mode for mode, (_, _, sparse) in STRIDE1_MODES.items() if not s
 
 
 def use_stride1_mode(monkeypatch, mode):
-    from minicnn.backend import numba_ops
+    from minicnn.backend import numba_conv, numba_sparse
     from minicnn.nn import conv
     both, forward, sparse = STRIDE1_MODES[mode]
-    monkeypatch.setattr(numba_ops, "DIRECT_MAX_CHANNELS", both)
-    monkeypatch.setattr(numba_ops, "DIRECT_FORWARD_MAX_CHANNELS", forward)
-    monkeypatch.setattr(numba_ops, "SPARSE_MIN_KERNEL_WIDTH", 1 if sparse else 99)
+    monkeypatch.setattr(numba_conv, "DIRECT_MAX_CHANNELS", both)
+    monkeypatch.setattr(numba_conv, "DIRECT_FORWARD_MAX_CHANNELS", forward)
+    monkeypatch.setattr(numba_sparse, "SPARSE_MIN_KERNEL_WIDTH", 1 if sparse else 99)
     if mode.endswith("in chunks"):
         monkeypatch.setattr(conv, "MAX_COL_BYTES", 1)                       # one sample per chunk
 
@@ -482,10 +482,10 @@ def test_conv_relu_pool_fused_equals_the_layers(monkeypatch, dtype, mode, c_in, 
     gradients are compared up to rounding, NaN at the same places; a chunk whose input holds the
     NaN goes by the GEMMs.)"""
     import minicnn as mc
-    from minicnn.backend import numba_ops
-    monkeypatch.setattr(numba_ops, "WINOGRAD", False)
+    from minicnn.backend import numba_conv
+    monkeypatch.setattr(numba_conv, "WINOGRAD", False)
     use_stride1_mode(monkeypatch, mode)
-    sparse = STRIDE1_MODES[mode][2] and c_in > numba_ops.DIRECT_MAX_CHANNELS
+    sparse = STRIDE1_MODES[mode][2] and c_in > numba_conv.DIRECT_MAX_CHANNELS
     tol = tolerance(dtype)
 
     def same_gradient(a, b, what=""):
@@ -536,8 +536,8 @@ def test_winograd_conv_relu_pool(dtype, c_in, c_out, padding, H, W, batch, bias,
     gradients against the three layers run one by one and against torch; NaN reaches exactly the
     windows whose receptive field holds it."""
     import minicnn as mc
-    from minicnn.backend import numba_ops
-    assert numba_ops.WINOGRAD and c_in > numba_ops.DIRECT_MAX_CHANNELS
+    from minicnn.backend import numba_conv
+    assert numba_conv.WINOGRAD and c_in > numba_conv.DIRECT_MAX_CHANNELS
     pair = [nn.ReLU(), nn.MaxPool2d(2)] if relu_first else [nn.MaxPool2d(2), nn.ReLU()]
     net = nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=padding, bias=bias), *pair).to(dtype)
     x = random_input((batch, c_in, H, W), dtype)
@@ -592,10 +592,10 @@ def test_sparse_backward_through_relu_pool_matches_torch(monkeypatch, dtype, poi
     multiplies them by the wrapped columns' zeros: more NaN in the input gradient than torch's, as
     before the sparse path; that case is checked against the GEMM path itself.)"""
     import minicnn as mc
-    from minicnn.backend import numba_ops
+    from minicnn.backend import numba_conv, numba_sparse
     sparse_chunks = []
-    real = numba_ops._sparse_backward_chunk
-    monkeypatch.setattr(numba_ops, "_sparse_backward_chunk", lambda *a: sparse_chunks.append(1) or real(*a))
+    real = numba_sparse.backward_chunk
+    monkeypatch.setattr(numba_sparse, "backward_chunk", lambda *a: sparse_chunks.append(1) or real(*a))
     net = nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2)).to(dtype)
     x = random_input((40, 6, 14, 14), dtype)
     if poison == "inf in the input":
@@ -618,7 +618,7 @@ def test_sparse_backward_through_relu_pool_matches_torch(monkeypatch, dtype, poi
         if poison == "inf in the weights":
             grads = net[0].weight.grad.copy(), net[0].bias.grad.copy()
             net.zero_grad()
-            monkeypatch.setattr(numba_ops, "SPARSE_MIN_KERNEL_WIDTH", 99)
+            monkeypatch.setattr(numba_sparse, "SPARSE_MIN_KERNEL_WIDTH", 99)
             np.testing.assert_array_equal(net(x), y)
             assert net._order[0]._saved.stride1[3] == "gemm"
             np.testing.assert_array_equal(net.backward(dy), dx)
@@ -626,7 +626,7 @@ def test_sparse_backward_through_relu_pool_matches_torch(monkeypatch, dtype, poi
             np.testing.assert_array_equal(net[0].bias.grad, grads[1])
             assert not sparse_chunks and np.isnan(dx).any()
             return
-    n_chunks = -(-40 // numba_ops._chunk(150, 9 * 14 + 10, 40, x.itemsize, 2**30))
+    n_chunks = -(-40 // numba_conv._chunk(150, 9 * 14 + 10, 40, x.itemsize, 2**30))
     assert n_chunks >= 4
     assert len(sparse_chunks) == {"none": n_chunks, "inf in the weights": 0}.get(poison, n_chunks - 1)
     for ours, theirs in [(y, yt), (dx, xt.grad), (net[0].weight.grad, torch_net[0].weight.grad),
@@ -730,8 +730,8 @@ def test_winograd_convolution(dtype, c_in, c_out, padding, H, W, batch):
     goes by Winograd F(2x2, 3x3) with tiles covering the whole output (clipped at an odd edge): output,
     input and parameter gradients against torch in float64; NaN reaches exactly torch's outputs."""
     import minicnn as mc
-    from minicnn.backend import numba_ops
-    assert numba_ops.WINOGRAD and c_in > numba_ops.DIRECT_MAX_CHANNELS
+    from minicnn.backend import numba_conv
+    assert numba_conv.WINOGRAD and c_in > numba_conv.DIRECT_MAX_CHANNELS
     layer = nn.Conv2d(c_in, c_out, 3, padding=padding).to(dtype)
     x = random_input((batch, c_in, H, W), dtype)
     tol = tolerance(dtype)

@@ -177,14 +177,14 @@ def test_a_model_pass_holds_blas_at_one_thread_on_numba_only(backend_name, insid
 def test_scratch_is_reused_per_thread_but_not_kept_when_huge():
     """Chunk buffers are reused across calls on the same thread (no page faults per call), never
     shared between threads, and not kept at all above SCRATCH_KEEP_BYTES."""
-    from minicnn.backend import numba_ops
-    a = numba_ops._scratch("test", (8, 16), np.float32)
-    assert np.shares_memory(a, numba_ops._scratch("test", (4, 4), np.float64))
+    from minicnn.backend import numba_common
+    a = numba_common._scratch("test", (8, 16), np.float32)
+    assert np.shares_memory(a, numba_common._scratch("test", (4, 4), np.float64))
     other = []
-    thread = threading.Thread(target=lambda: other.append(numba_ops._scratch("test", (8, 16), np.float32)))
+    thread = threading.Thread(target=lambda: other.append(numba_common._scratch("test", (8, 16), np.float32)))
     thread.start()
     thread.join()
     assert not np.shares_memory(a, other[0])
-    n = numba_ops.SCRATCH_KEEP_BYTES // 4 + 1
-    big = numba_ops._scratch("test", (n,), np.float32)
-    assert big.shape == (n,) and not np.shares_memory(big, numba_ops._scratch("test", (n,), np.float32))
+    n = numba_common.SCRATCH_KEEP_BYTES // 4 + 1
+    big = numba_common._scratch("test", (n,), np.float32)
+    assert big.shape == (n,) and not np.shares_memory(big, numba_common._scratch("test", (n,), np.float32))

@@ -5,7 +5,7 @@
     y    (N, OC, OH, OW)  = (col @ W.reshape(OC, -1).T + b), reshaped
 Large inputs are processed a few samples at a time so that col stays within MAX_COL_BYTES.
 Backends with their own stride-1 kernels (Numba: conv2d_stride1_forward/backward, see
-numba_ops) use them for stride 1, the most common case.
+numba_conv) use them for stride 1, the most common case.
 """
 import numpy as np
 
@@ -109,7 +109,7 @@ class Conv2d(Module):
         return dx_parts[0] if len(dx_parts) == 1 else xp.concatenate(dx_parts)
 
     def stride1_forward(self, ops, x, relu_pool=False):
-        """The backend's own stride-1 kernels (see numba_ops.conv2d_stride1_forward; relu_pool fuses
+        """The backend's own stride-1 kernels (see numba_conv.conv2d_stride1_forward; relu_pool fuses
         the ReLU and 2x2 max pool that follow, for nn.fused). Returns (y, what backward needs)."""
         bias = None if self.bias is None else self.bias.data
         PH, PW = self.padding

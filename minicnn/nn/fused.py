@@ -9,10 +9,10 @@ never written to memory nor read back, and backward writes the pooled gradient s
 layout the convolution's backward reads. The arithmetic is that of the three layers run one by
 one (the same sums in the same order, the same tournament, the same ReLU), so results are equal
 bit for bit; tests check it. Two exceptions: a 3x3 convolution with more than 3 input channels goes
-by Winograd's F(2x2, 3x3) on Numba (see numba_ops), the pool's windows being its output tiles:
+by Winograd's F(2x2, 3x3) on Numba (see numba_winograd), the pool's windows being its output tiles:
 the same values up to rounding, tested against the layers and torch. And kernels 5 to 8 wide
 (LeNet's and ConvNet's second layers) with more than 3 input channels take their backward from the
-pool's winners alone (numba_ops' sparse backward: the same gradients up to rounding, in another
+pool's winners alone (numba_sparse: the same gradients up to rounding, in another
 order of additions). The three modules keep their parameters and state_dict names: the fused step
 is only how Sequential runs them.
 """

@@ -1,0 +1,509 @@
+"""Stride-1 convolutions on the Numba backend: direct sums for few input channels, the wide-layout
+GEMM for more, Winograd for 3x3 (numba_winograd), each optionally fused with the ReLU and 2x2
+max pool that follow (numba_relu_pool), the fused ones with the sparse backward where it pays
+(numba_sparse). numba_ops exports conv2d_stride1_forward and conv2d_stride1_backward."""
+import numpy as np
+from numba import njit
+
+from . import cores
+from . import numba_sparse, numba_winograd
+from .numba_common import (DIRECT, DOT, FAST, _all_finite, _balanced_chunk, _copy, _crop_padding, _fill,
+                           _input_grad, _pad_wide, _padded_wide, _scratch, _sum_in_order)
+from .numba_relu_pool import _relu_pool_plane, _unpool_plane, _widen_relu_pool_grad
+
+# Stride-1 convolutions with at most DIRECT_MAX_CHANNELS input channels sum their taps in Numba
+# loops (direct), forward and backward; wider ones through a GEMM. Forward sums them directly up to
+# DIRECT_FORWARD_MAX_CHANNELS for kernel widths 3 and 5 (the widths with row kernels), four output
+# channels per sweep; their backward still goes by the GEMM (or, fused with ReLU and pool, from the
+# pool's winners: see numba_sparse). Measured on 2 Xeon cores (Emerald
+# Rapids), batch 64, forward with ReLU and pool, direct / GEMM: 6 -> 16 channels 5x5 (LeNet) 0.64 /
+# 0.98 ms, 10 -> 20 (ConvNet, unfused) 1.11 / 1.55, 16 -> 32 1.75 / 1.70, 32 -> 64 7.1 / 4.4.
+# The direct backward kernels (one output channel at a time) lose to the GEMM from 6 channels on.
+DIRECT_MAX_CHANNELS = 3
+DIRECT_FORWARD_MAX_CHANNELS = 12
+WINOGRAD = True          # wider 3x3 ones by Winograd's F(2x2, 3x3) (numba_winograd), not the GEMM
+
+
+# ---------------------------------------------------------------- stride-1 convolution: direct or wide GEMM
+# For few input channels im2col is all overhead: LeNet's first layer copies each pixel 25 times
+# into a column matrix that then feeds a 6-column GEMM. Here each output plane is accumulated
+# directly as a sum of shifted input planes, one multiply-add sweep per kernel row (or per tap),
+# four output planes at a time.
+# The "wide" layout makes every sweep one contiguous, vectorizable loop: a padded input plane of
+# width Wp is read as a flat vector, and output pixel (oh, ow) sits at i = oh*Wp + ow, so tap
+# (kh, kw) reads xp[i + kh*Wp + kw] for all i at once. Positions ow >= OW (the last KW-1 of each
+# wide row) wrap into the next row; they are computed, never used, and zero in the wide dy.
+#     xp  (N, C, Hp*Wp)   y_wide (OH-1)*Wp + OW = L     valid outputs: i % Wp < OW
+# Inner loops index array views with a plain range() counter: Numba then proves the index is
+# non-negative and vectorizes; `a[off + i]` would keep a negative-index check and stay scalar.
+# FMA contraction is on, so results may differ from mul-then-add in the last bit.
+
+
+
+# The forward sweeps compute OUT_BLOCK output channels at once: each shifted input row is loaded
+# once for all of them and their taps stay in registers (4 channels x 5 taps + 4 + 5 vectors fit
+# AVX-512's 32 registers), so a sweep does 20 multiply-adds per 9 loads and 4 stores instead of
+# 5 per 6 and 1. Measured on one Xeon core (Emerald Rapids), batch 64, forward with ReLU and pool:
+# LeNet's second layer (6 -> 16 channels) 6.1 ms one channel at a time, 1.19 ms four at a time
+# (1.73 ms by the wide GEMM). Weights and biases are padded with zero channels to a multiple of
+# OUT_BLOCK (the padded channels are computed and dropped).
+OUT_BLOCK = 4                # the sweeps below are written for four: not a tuning knob
+
+
+def _blocked(w, b):
+    """w (OC, C, KH, KW) and b (OC,) padded with zero output channels to a multiple of OUT_BLOCK."""
+    OC = w.shape[0]
+    padded = -(-OC // OUT_BLOCK) * OUT_BLOCK
+    if padded == OC:
+        return np.ascontiguousarray(w), np.ascontiguousarray(b)
+    w4, b4 = np.zeros((padded,) + w.shape[1:], dtype=w.dtype), np.zeros(padded, dtype=b.dtype)
+    w4[:OC], b4[:OC] = w, b
+    return w4, b4
+
+
+@njit(cache=True, inline="always")
+def _sum_taps(acc, xp_n, w4, b4, Wp):
+    """acc (4, L) = b4[j] + the sum over taps (c, kh, kw) of w4[j, c, kh, kw] * xp_n[c] shifted by
+    kh*Wp + kw, in that order, for the 4 output channels j of w4 (4, C, KH, KW). The common kernel
+    widths 3 and 5 add a whole kernel row per sweep (a third of the loads and stores of acc); other
+    widths sweep once per tap. Each width is its own compiled function: with all three inlined
+    into one loop nest LLVM kept the taps out of registers (LeNet's second layer 2.2x slower)."""
+    if w4.shape[3] == 5:
+        _sum_taps_of_5(acc, xp_n, w4, b4, Wp)
+    elif w4.shape[3] == 3:
+        _sum_taps_of_3(acc, xp_n, w4, b4, Wp)
+    else:
+        _sum_taps_any(acc, xp_n, w4, b4, Wp)
+
+
+@njit(**DIRECT)
+def _sum_taps_of_5(acc, xp_n, w4, b4, Wp):
+    for j in range(4):
+        _fill(acc[j], b4[j])
+    for c in range(w4.shape[1]):
+        for kh in range(w4.shape[2]):
+            _add_row_of_5(acc, xp_n[c, kh * Wp:], w4[:, c, kh], acc.shape[1])
+
+
+@njit(**DIRECT)
+def _sum_taps_of_3(acc, xp_n, w4, b4, Wp):
+    for j in range(4):
+        _fill(acc[j], b4[j])
+    for c in range(w4.shape[1]):
+        for kh in range(w4.shape[2]):
+            _add_row_of_3(acc, xp_n[c, kh * Wp:], w4[:, c, kh], acc.shape[1])
+
+
+@njit(**DIRECT)
+def _sum_taps_any(acc, xp_n, w4, b4, Wp):
+    L = acc.shape[1]
+    for j in range(4):
+        a = acc[j]
+        _fill(a, b4[j])
+        for c in range(w4.shape[1]):
+            for kh in range(w4.shape[2]):
+                row = xp_n[c, kh * Wp:]
+                for kw in range(w4.shape[3]):
+                    tap, src = w4[j, c, kh, kw], row[kw:kw + L]
+                    for i in range(L):
+                        a[i] += tap * src[i]
+
+
+@njit(cache=True, inline="always")
+def _add_row_of_3(acc, row, w, L):
+    """acc[j] += w[j, 0] * row[0:L] + w[j, 1] * row[1:1+L] + w[j, 2] * row[2:2+L], j = 0..3."""
+    a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+    s0, s1, s2 = row[0:L], row[1:1 + L], row[2:2 + L]
+    k0, k1, k2, k3 = (w[0, 0], w[0, 1], w[0, 2]), (w[1, 0], w[1, 1], w[1, 2]), \
+        (w[2, 0], w[2, 1], w[2, 2]), (w[3, 0], w[3, 1], w[3, 2])
+    for i in range(L):
+        v0, v1, v2 = s0[i], s1[i], s2[i]
+        a0[i] = a0[i] + k0[0] * v0 + k0[1] * v1 + k0[2] * v2
+        a1[i] = a1[i] + k1[0] * v0 + k1[1] * v1 + k1[2] * v2
+        a2[i] = a2[i] + k2[0] * v0 + k2[1] * v1 + k2[2] * v2
+        a3[i] = a3[i] + k3[0] * v0 + k3[1] * v1 + k3[2] * v2
+
+
+@njit(cache=True, inline="always")
+def _add_row_of_5(acc, row, w, L):
+    """acc[j] += the sum over kw < 5 of w[j, kw] * row[kw:kw+L], in that order, j = 0..3."""
+    a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+    s0, s1, s2, s3, s4 = row[0:L], row[1:1 + L], row[2:2 + L], row[3:3 + L], row[4:4 + L]
+    k0 = (w[0, 0], w[0, 1], w[0, 2], w[0, 3], w[0, 4])
+    k1 = (w[1, 0], w[1, 1], w[1, 2], w[1, 3], w[1, 4])
+    k2 = (w[2, 0], w[2, 1], w[2, 2], w[2, 3], w[2, 4])
+    k3 = (w[3, 0], w[3, 1], w[3, 2], w[3, 3], w[3, 4])
+    for i in range(L):
+        v0, v1, v2, v3, v4 = s0[i], s1[i], s2[i], s3[i], s4[i]
+        a0[i] = a0[i] + k0[0] * v0 + k0[1] * v1 + k0[2] * v2 + k0[3] * v3 + k0[4] * v4
+        a1[i] = a1[i] + k1[0] * v0 + k1[1] * v1 + k1[2] * v2 + k1[3] * v3 + k1[4] * v4
+        a2[i] = a2[i] + k2[0] * v0 + k2[1] * v1 + k2[2] * v2 + k2[3] * v3 + k2[4] * v4
+        a3[i] = a3[i] + k3[0] * v0 + k3[1] * v1 + k3[2] * v2 + k3[3] * v3 + k3[4] * v4
+
+
+@njit(**DIRECT)
+def _direct_conv_forward(xp, w4, b4, y, Wp):
+    """y (N, OC, OH, OW) from the padded wide planes xp (N, C, Hp*Wp); w4, b4 padded (_blocked)."""
+    N, OC, OH, OW = y.shape
+    L = (OH - 1) * Wp + OW
+    acc = np.empty((4, L), dtype=y.dtype)
+    for n in range(N):
+        for o in range(0, OC, 4):
+            _sum_taps(acc, xp[n], w4[o:o + 4], b4[o:o + 4], Wp)
+            for j in range(min(4, OC - o)):
+                for oh in range(OH):
+                    _copy(y[n, o + j, oh], acc[j, oh * Wp:oh * Wp + OW])
+
+
+@njit(**DIRECT)
+def _direct_conv_relu_pool_forward(xp, w4, b4, y, idx, Wp, L, zero):
+    """The direct forward with the 2x2 max pool and ReLU applied to each output plane while it is
+    in the cache: y (N, OC, OH//2, OW//2) and the winners idx; the plane itself is never stored."""
+    N, OC = y.shape[0], y.shape[1]
+    acc = np.empty((4, L), dtype=y.dtype)
+    for n in range(N):
+        for o in range(0, OC, 4):
+            _sum_taps(acc, xp[n], w4[o:o + 4], b4[o:o + 4], Wp)
+            for j in range(min(4, OC - o)):
+                _relu_pool_plane(acc[j], zero, Wp, y[n, o + j], idx[n, o + j], zero)
+
+
+@njit(**DIRECT)
+def _widen(dy, dyw, Wp):
+    """dyw (OC, N, L): dy (N, OC, OH, OW) in the wide layout, zero where ow >= OW."""
+    N, OC, OH, OW = dy.shape
+    for n in range(N):
+        for o in range(OC):
+            row = dyw[o, n]
+            _fill(row, 0)
+            for oh in range(OH):
+                _copy(row[oh * Wp:oh * Wp + OW], dy[n, o, oh])
+
+
+@njit(**DOT)
+def _direct_conv_weight_grad(xp, dyw, dw, db, Wp, zero):
+    """dw[o, c, kh, kw] = sum over n of (sum over i of dy_wide[o, n, i] * xp[n, c, i + kh*Wp + kw]),
+    db[o] = the sum of dy_wide[o]. 'reassoc' lets the dot products
+    vectorize (a fixed order)."""
+    N, OC = xp.shape[0], dw.shape[0]
+    for o in range(OC):              # dw and db arrive zeroed
+        for n in range(N):
+            _add_weight_grad(dyw[o, n], xp[n], dw[o], db, o, Wp, zero)
+
+
+@njit(**DOT)
+def _direct_conv_weight_grad_pooled(xp, dy, y, idx, dw, db, Wp, L, zero):
+    """_direct_conv_weight_grad from the pooled gradient dy (N, OC, OH//2, OW//2) of
+    relu_pool=True: each wide gradient plane is built in a buffer that stays in L1 (_unpool_plane)
+    and used at once, instead of being written to and read back from a 6 MB widened copy."""
+    N, OC = xp.shape[0], dw.shape[0]
+    for o in range(OC):              # dw and db arrive zeroed
+        g = np.empty(L, dtype=dw.dtype)
+        for n in range(N):
+            _unpool_plane(g, dy[n, o], y[n, o], idx[n, o], Wp, zero)
+            _add_weight_grad(g, xp[n], dw[o], db, o, Wp, zero)
+
+
+@njit(cache=True, inline="always")
+def _add_weight_grad(g, xp_n, dw_o, db, o, Wp, zero):
+    """dw_o[c, kh, kw] += g . xp_n[c] shifted by kh*Wp + kw, db[o] += sum(g), for one sample: one
+    gradient plane and one input plane stay in L1 while every tap reads them. Kernel widths 3 and 5
+    take a kernel row's dot products in one sweep, reading g once for all (MnistCNN's first layer
+    at batch 64: 1.46 -> 1.25-1.36 ms, min of 100, over runs)."""
+    L = g.size
+    total = zero
+    for i in range(L):
+        total += g[i]
+    db[o] += total
+    for c in range(dw_o.shape[0]):
+        for kh in range(dw_o.shape[1]):
+            row, d = xp_n[c, kh * Wp:], dw_o[c, kh]
+            if d.size == 3:
+                t0, t1, t2 = _dot_row_of_3(g, row[0:L], row[1:1 + L], row[2:2 + L], zero)
+                d[0] += t0
+                d[1] += t1
+                d[2] += t2
+                continue
+            if d.size == 5:
+                t0, t1, t2, t3, t4 = _dot_row_of_5(g, row[0:L], row[1:1 + L], row[2:2 + L],
+                                                   row[3:3 + L], row[4:4 + L], zero)
+                d[0] += t0
+                d[1] += t1
+                d[2] += t2
+                d[3] += t3
+                d[4] += t4
+                continue
+            for kw in range(d.size):
+                src = row[kw:kw + L]
+                total = zero
+                for i in range(L):
+                    total += g[i] * src[i]
+                d[kw] += total
+
+
+@njit(cache=True, inline="always")
+def _dot_row_of_3(g, s0, s1, s2, zero):
+    t0, t1, t2 = zero, zero, zero
+    for i in range(g.size):
+        t0 += g[i] * s0[i]
+        t1 += g[i] * s1[i]
+        t2 += g[i] * s2[i]
+    return t0, t1, t2
+
+
+@njit(cache=True, inline="always")
+def _dot_row_of_5(g, s0, s1, s2, s3, s4, zero):
+    t0, t1, t2, t3, t4 = zero, zero, zero, zero, zero
+    for i in range(g.size):
+        t0 += g[i] * s0[i]
+        t1 += g[i] * s1[i]
+        t2 += g[i] * s2[i]
+        t3 += g[i] * s3[i]
+        t4 += g[i] * s4[i]
+    return t0, t1, t2, t3, t4
+
+
+@njit(**DIRECT)
+def _direct_conv_input_grad(dyw, w, dxp, Wp):
+    """The adjoint of the forward sweep: each tap adds w * dy_wide into the padded plane dxp[n, c]
+    at its shift (the caller cuts the padding off), sample by sample."""
+    N, C = dxp.shape[0], dxp.shape[1]
+    OC, _, KH, KW = w.shape
+    L = dyw.shape[2]
+    for n in range(N):
+        for c in range(C):
+            plane = dxp[n, c]
+            _fill(plane, 0)
+            for o in range(OC):
+                g = dyw[o, n]
+                for kh in range(KH):
+                    for kw in range(KW):
+                        tap, dst = w[o, c, kh, kw], plane[kh * Wp + kw:kh * Wp + kw + L]
+                        for i in range(L):
+                            dst[i] += tap * g[i]
+
+
+# With more input channels the sum over taps is better left to BLAS, still in the wide layout:
+# rows (C*KH*KW, n*L) holds, per tap k = (c, kh, kw), the shifted plane xp[n, c, kh*Wp + kw:][:L]
+# (one contiguous copy each), and y_wide (OC, n*L) = W (OC, C*KH*KW) @ rows. Unlike im2col's
+# short per-pixel runs, every copy is a whole shifted plane. Samples go in chunks that keep rows
+# in the cache (ROWS_CHUNK_BYTES, below); rows are kept for backward only when one chunk holds the
+# whole batch, else rebuilt there.
+
+@njit(**FAST)
+def _gather_rows(xp, rows, KH, KW, Wp, L):
+    n_samples, C = xp.shape[0], xp.shape[1]
+    for n in range(n_samples):
+        for c in range(C):
+            for kh in range(KH):
+                for kw in range(KW):
+                    shift = kh * Wp + kw
+                    _copy(rows[(c * KH + kh) * KW + kw, n * L:(n + 1) * L], xp[n, c, shift:shift + L])
+
+
+@njit(**FAST)
+def _scatter_rows(drows, dxp, KH, KW, Wp, L):
+    """The adjoint of _gather_rows, adding into dxp (zeroed here), sample by sample."""
+    n_samples, C = dxp.shape[0], dxp.shape[1]
+    for n in range(n_samples):
+        dxp[n] = 0
+        for c in range(C):
+            for kh in range(KH):
+                for kw in range(KW):
+                    src = drows[(c * KH + kh) * KW + kw, n * L:(n + 1) * L]
+                    dst = dxp[n, c, kh * Wp + kw:kh * Wp + kw + L]
+                    for i in range(L):
+                        dst[i] += src[i]
+
+
+@njit(**FAST)
+def _unwiden(y_wide, b, y, Wp, first):
+    """y[first + n, o, oh, :] = y_wide[o, n*L + oh*Wp:][:OW] + b[o]: crop the wide rows to NCHW."""
+    OC, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    L = (OH - 1) * Wp + OW
+    n_samples = y_wide.shape[1] // L
+    for n in range(n_samples):
+        for o in range(OC):
+            for oh in range(OH):
+                src, dst = y_wide[o, n * L + oh * Wp:n * L + oh * Wp + OW], y[first + n, o, oh]
+                for i in range(OW):
+                    dst[i] = src[i] + b[o]
+
+
+@njit(**FAST)
+def _unwiden_relu_pool(y_wide, b, y, idx, Wp, L, first, zero):
+    """_unwiden followed by the 2x2 max pool and ReLU: y[first + n, o] (OH//2, OW//2) and idx from
+    the wide plane y_wide[o, n*L:(n+1)*L] + b[o], without storing the full-size output."""
+    OC = y.shape[1]
+    n_samples = y_wide.shape[1] // L
+    for n in range(n_samples):
+        for o in range(OC):
+            _relu_pool_plane(y_wide[o, n * L:(n + 1) * L], b[o], Wp, y[first + n, o], idx[first + n, o], zero)
+
+
+# The batch goes through a convolution in chunks of samples, each chunk one task for the cores
+# (backend.cores): at least MIN_TASKS of them, so that two cores share the work evenly although the
+# second starts 20-100 us late (a sleeping thread's wake-up on these virtual machines), and for the
+# GEMM path at most ROWS_CHUNK_BYTES of rows per chunk. Measured on 2 AMD EPYC cores (per-core L2
+# 1 MB, L3 32 MB), 2 threads, forward/backward ms by samples per chunk:
+#     LeNet's second layer (OC 16), batch 64:   3: 0.47/1.17   8: 0.42/0.77   16: 0.38/0.69   32: 0.37/0.67
+#     LeNet's second layer, batch 256:          3: 1.73/4.68   8: 1.44/2.97   16: 1.36/2.68   32: 1.25/2.61
+#     MnistCNN's second layer (OC 64), 64:      4: 1.82/3.78   8: 1.80/3.59   16: 1.71/3.48   22: 2.21/4.59
+#     MnistCNN's second layer, 256:             8: 7.45/15.0   16: 7.17/14.3   32: 7.06/15.7   43: 7.60/16.5
+#     MnistCNN's first layer (direct), 256:     8: 2.08/2.11   16: 1.99/2.04   32: 1.97/2.00   64: 2.01/2.03
+# On 2 Xeon cores (Emerald Rapids, per-core L2 2 MB) the backward of LeNet's second layer (forward
+# now direct), interleaved A/B against 4 MB chunks: 1 MB 0.94-1.01x the time at batch 64 (8 samples
+# a chunk), 0.84-0.86x at batch 256 (11 samples); 512 KB 0.94/0.88-0.93x; 2 MB 0.99/0.91-0.94x:
+# a chunk's rows (reused for their own gradient) and dy then stay in L2. Chunk sizes depend on the
+# shapes alone, never on the thread count: the first layer's weight gradient is summed per chunk,
+# then over chunks, so the chunk fixes its order of additions. Rows are kept for backward when one
+# chunk holds the whole batch, else rebuilt there.
+ROWS_CHUNK_BYTES = 2**20
+DIRECT_MAX_CHUNK = 32
+
+
+def _chunk(n_rows, L, N, itemsize, max_bytes):
+    """Samples per chunk of the wide-GEMM path: n_rows * L * itemsize bytes of rows each."""
+    budget = min(max_bytes, ROWS_CHUNK_BYTES)
+    return _balanced_chunk(N, budget // max(n_rows * L * itemsize, 1))
+
+
+def _direct_chunk(N):
+    return _balanced_chunk(N, DIRECT_MAX_CHUNK)
+
+
+def conv2d_stride1_forward(x, w, b, PH, PW, max_bytes, relu_pool=False):
+    """Stride-1 convolution in the wide layout. x (N, C, H, W), w (OC, C, KH, KW), b (OC,) or None.
+    Returns y (N, OC, OH, OW) and what conv2d_stride1_backward needs.
+
+    relu_pool=True fuses the ReLU and 2x2 max pool (stride 2) that follow the convolution: y is
+    relu(maxpool(conv(x))) (N, OC, OH//2, OW//2), each output plane pooled while it is in the
+    cache; the full-size output is never stored. The same values, bit for bit, as the three
+    layers run one by one (pool first: max and ReLU commute, see nn.module._pool_before_activation).
+    Chunks of samples are tasks for the cores (backend.cores), each writing its own samples."""
+    N, C, H, W = x.shape
+    OC, _, KH, KW = w.shape
+    Hp, Wp = H + 2 * PH, W + 2 * PW
+    OH, OW = Hp - KH + 1, Wp - KW + 1
+    L = (OH - 1) * Wp + OW
+    x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
+    bias = np.zeros(OC, dtype=x.dtype) if b is None else b
+    zero = x.dtype.type(0)
+    if relu_pool:
+        y = np.empty((N, OC, OH // 2, OW // 2), dtype=x.dtype)
+        idx = np.empty(y.shape, dtype=np.int8)             # the winner of each window, 0..3
+        pooled = (y, idx, OH, OW)
+    else:
+        y, pooled = np.empty((N, OC, OH, OW), dtype=x.dtype), None
+    if WINOGRAD and KH == KW == 3 and C > DIRECT_MAX_CHANNELS:
+        tiles = numba_winograd.Tiles(x.shape, PH, PW, pooled=relu_pool)
+        xq = tiles.input_planes(x)
+        numba_winograd.forward(x, xq, w, bias, y, idx if relu_pool else None, tiles, zero)
+        return y, (xq, None, pooled, "winograd")
+    direct = C <= DIRECT_MAX_CHANNELS or (C <= DIRECT_FORWARD_MAX_CHANNELS and KW in (3, 5))
+    xp = _padded_wide(x, PH, PW)
+    w_col = w.reshape(OC, -1)
+    chunk = _direct_chunk(N) if direct else _chunk(w_col.shape[1], L, N, x.dtype.itemsize, max_bytes)
+    n_tasks = -(-N // chunk)
+    if direct:
+        w4, b4 = _blocked(w, bias)
+
+    def forward_chunk(i):
+        first = i * chunk
+        part = slice(first, first + chunk)
+        if PH or PW:
+            _pad_wide(x[part], xp[part], PH, PW, Wp)
+        if direct and relu_pool:
+            _direct_conv_relu_pool_forward(xp[part], w4, b4, y[part], idx[part], Wp, L, zero)
+        elif direct:
+            _direct_conv_forward(xp[part], w4, b4, y[part], Wp)
+        else:
+            n = min(chunk, N - first)
+            # one task keeps its rows for backward: a new array, not this thread's scratch
+            rows = _scratch("rows", (w_col.shape[1], n * L), x.dtype) if n < N else \
+                np.empty((w_col.shape[1], n * L), dtype=x.dtype)
+            _gather_rows(xp[part], rows, KH, KW, Wp, L)
+            y_wide = np.matmul(w_col, rows, out=_scratch("out", (OC, n * L), x.dtype))
+            if relu_pool:
+                _unwiden_relu_pool(y_wide, bias, y, idx, Wp, L, first, zero)
+            else:
+                _unwiden(y_wide, bias, y, Wp, first)
+            return rows
+
+    rows = cores.run(forward_chunk, n_tasks)[0]
+    # a direct forward may have a GEMM backward, or the sparse one
+    backward = "direct" if C <= DIRECT_MAX_CHANNELS else \
+        "sparse" if relu_pool and numba_sparse.uses_sparse_backward(KW) else "gemm"
+    return y, (xp, rows if n_tasks == 1 and backward == "gemm" else None, pooled, backward)
+
+
+def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad=True):
+    """Gradients of conv2d_stride1_forward: (dx or None, dw, db). dy has the shape of its y (the
+    pooled shape after relu_pool=True: the gradient then goes straight into the wide layout).
+    The same chunks of samples as forward are the tasks; each returns its share of dw and db,
+    added in chunk order."""
+    xp, kept_rows, pooled, method = saved
+    N, C, H, W = x_shape
+    OC, _, KH, KW = w.shape
+    if method == "winograd":
+        tiles = numba_winograd.Tiles(x_shape, PH, PW, pooled=pooled is not None)
+        return numba_winograd.backward(np.ascontiguousarray(dy), xp, pooled, np.ascontiguousarray(w), x_shape,
+                                  tiles, input_grad)
+    Wp = W + 2 * PW
+    OH, OW = (dy.shape[2], dy.shape[3]) if pooled is None else pooled[2:]
+    L = (OH - 1) * Wp + OW
+    dy, w, zero = np.ascontiguousarray(dy), np.ascontiguousarray(w), dy.dtype.type(0)
+    direct = method == "direct"
+    sparse = method == "sparse" and _all_finite(w.reshape(-1))
+    kernel = numba_sparse.kernel_rows(w, xp.shape[2], Wp) if sparse else None
+    w_col = w.reshape(OC, -1)
+    chunk = _direct_chunk(N) if direct else N if kept_rows is not None else \
+        _chunk(w_col.shape[1], L, N, dy.dtype.itemsize, max_bytes)
+    n_tasks = -(-N // chunk)
+    dxp = np.empty(xp.shape, dtype=dy.dtype) if input_grad else None      # padded wide planes
+    dx = np.empty(x_shape, dtype=dy.dtype) if input_grad and (PH or PW) else None
+    first_layer = direct and pooled is not None and not input_grad
+
+    def backward_chunk(i):
+        first = i * chunk
+        part = slice(first, first + chunk)
+        n = min(chunk, N - first)
+        if direct:                       # the direct kernels add into zeroed gradients
+            dw, db = np.zeros_like(w), np.zeros(OC, dtype=dy.dtype)
+        if first_layer:                  # a model's first layer: no widened copy at all
+            y, idx = pooled[0][part], pooled[1][part]
+            _direct_conv_weight_grad_pooled(xp[part], dy[part], y, idx, dw, db, Wp, L, zero)
+            return dw, db
+        if sparse and _all_finite(xp[part].reshape(-1)):
+            no_gradient = np.empty((0,) + xp.shape[1:], dtype=dy.dtype)
+            dw, db = numba_sparse.backward_chunk(xp[part], dy[part], pooled[0][part], pooled[1][part], *kernel, Wp, KW,
+                                            dxp[part] if input_grad else no_gradient, zero)
+            if dx is not None:
+                _crop_padding(dxp[part], dx[part], PH, PW, Wp)
+            return dw, db
+        g = _scratch("dy", (OC, n * L), dy.dtype)           # the wide layout, channel-major
+        if pooled is None:
+            _widen(dy[part], g.reshape(OC, n, L), Wp)
+        else:
+            _widen_relu_pool_grad(dy[part], pooled[0][part], pooled[1][part], g.reshape(OC, n, L), Wp, zero)
+        if direct:
+            _direct_conv_weight_grad(xp[part], g.reshape(OC, n, L), dw, db, Wp, zero)
+            if input_grad:
+                _direct_conv_input_grad(g.reshape(OC, n, L), w, dxp[part], Wp)
+        else:
+            rows = kept_rows
+            if rows is None:
+                rows = _scratch("rows", (w_col.shape[1], n * L), dy.dtype)
+                _gather_rows(xp[part], rows, KH, KW, Wp, L)
+            dw = np.ascontiguousarray((rows @ g.T).T).reshape(w.shape)   # rows @ g.T: 2x faster than g @ rows.T
+            db = g.sum(axis=1)
+            if input_grad:      # into the rows' own scratch when they are spent: half the cache footprint
+                drows = np.matmul(w_col.T, g, out=rows if kept_rows is None else
+                                  _scratch("drows", (w_col.shape[1], n * L), dy.dtype))
+                _scatter_rows(drows, dxp[part], KH, KW, Wp, L)
+        if dx is not None:
+            _crop_padding(dxp[part], dx[part], PH, PW, Wp)
+        return dw, db
+
+    dw, db = _sum_in_order(cores.run(backward_chunk, n_tasks))
+    return _input_grad(dxp, dx, x_shape), dw, db
