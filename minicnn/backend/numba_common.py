@@ -7,6 +7,8 @@ import threading
 import numpy as np
 from numba import njit
 
+# Compile flags: cached on disk, no fast-math unless named (results stay IEEE), the GIL released
+# so that minicnn's threads (backend.cores) run kernels at once.
 FAST = dict(cache=True, fastmath=False, nogil=True)
 DIRECT = dict(FAST, fastmath={"contract"})        # multiply-adds may fuse into FMA instructions
 DOT = dict(FAST, fastmath={"contract", "reassoc"})   # dot products may keep vector partial sums
@@ -14,6 +16,8 @@ DOT = dict(FAST, fastmath={"contract", "reassoc"})   # dot products may keep vec
 # 4-cycle chain per element: FashionCNN spent a quarter of its step there). 'reassoc' lets LLVM
 # keep several partial sums in vector registers: a fixed order still, repeatable, not sequential.
 REDUCE = dict(FAST, fastmath={"reassoc"})
+
+
 # Numba's slice assignment (a[i:j] = b) costs about 4x a plain loop over views at these row
 # lengths, so the kernels copy and fill through these two.
 
@@ -59,6 +63,8 @@ def _padded_wide(x, PH, PW):
     if PH == PW == 0:
         return x.reshape(N, C, H * W)
     return np.empty((N, C, (H + 2 * PH) * (W + 2 * PW)), dtype=x.dtype)
+
+
 # At least MIN_TASKS tasks a layer, so that two cores share the work evenly although the second
 # starts 20-100 us late (a sleeping thread's wake-up on these virtual machines); see numba_conv.
 MIN_TASKS = 4

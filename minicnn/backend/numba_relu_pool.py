@@ -5,7 +5,8 @@ import numpy as np
 from numba import njit
 
 from .numba_common import FAST, _fill
-# ---------------------------------------------------------------- ReLU and 2x2 max pool fused into a convolution
+
+
 # The epilogue and its adjoint for conv2d_stride1_forward(relu_pool=True). A plane here is one
 # output channel of one sample in the wide layout: pixel (oh, ow) at oh*Wp + ow.
 

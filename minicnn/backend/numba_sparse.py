@@ -5,7 +5,8 @@ from numba import njit
 
 from .numba_common import FAST, _fill
 from .simd import LANES, row_fma, sum_rows
-# ---------------------------------------------------------------- backward through ReLU and pool: the winners only
+
+
 # After relu_pool=True the gradient of the convolution's output is zero but at the winner of each
 # 2x2 window, and there only where the ReLU let the value through: at most a quarter of the
 # positions. The wide-GEMM backward multiplies every zero (and the wrapped columns of the wide
@@ -15,12 +16,12 @@ from .simd import LANES, row_fma, sum_rows
 # row per vector operation (simd.row_fma: KW <= LANES taps). Measured on 2 Xeon vCPUs (Emerald
 # Rapids), LeNet's second layer (6 -> 16 channels 5x5) on real MNIST, the whole backward: 1.05 ms
 # against 1.41 ms by the GEMMs at batch 64, 3.9-4.5 against 5.2-8.4 ms at 256. A chunk of 8 samples
-# (2,296 entries, 61 % of the windows alive) on one core: listing 14 us, weight gradient 77 us,
-# input gradient 67 us (30 row operations an entry each, ~1 ns apiece). Entry by entry, each row
-# of the sums is touched once per entry: row by row (every entry's update of one row in a row),
-# each update waited ~30 cycles for the one before, since a masked store does not forward to the
-# next load. A model's first layer (one channel: 3 or 5 rows an entry) keeps its dense dot
-# products: sparse there took 1.3-1.4x their time (1.1x LeNet's, 1.3x MnistCNN's with sum_rows).
+# (about 2,100-2,300 entries, 61 % of the windows alive) on one core: listing 14-17 us, weight
+# gradient 61 us with row_fma entry by entry, 48 us with each kernel row summed over a channel's
+# entries in registers (simd.sum_rows), input gradient 57-69 us (30 row updates an entry; visiting
+# a channel's entries in strides of 2, 3 or 7, so that overlapping windows do not follow each
+# other, changed nothing). A model's first layer (one channel: 3 or 5 rows an entry) keeps its
+# dense dot products: sparse there took 1.1x their time in LeNet, 1.3x in MnistCNN.
 # The sum skips products by zero, which are zero only when the other factor is finite: a chunk
 # whose input holds inf or NaN (or any call whose weights do) goes by the GEMMs, where 0 * inf
 # makes NaN as in torch. Kernels 3 wide go by Winograd or the direct sum instead: with 3 of 8 lanes

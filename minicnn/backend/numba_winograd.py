@@ -7,7 +7,8 @@ from . import cores
 from .numba_common import (FAST, _balanced_chunk, _crop_padding, _input_grad, _pad_wide,
                            _scratch_planes, _sum_in_order)
 from .numba_relu_pool import _first_max, _max_of_four
-# ---------------------------------------------------------------- 3x3 convolution: Winograd F(2x2, 3x3)
+
+
 # A 2x2 block of a 3x3 convolution's output comes from a 4x4 block of input, and Winograd's
 # algorithm gets it with 16 multiplications per input channel instead of 36:
 #     Y (2x2) = A^T [ (G w G^T) * (B^T d B) ] A        (* elementwise; w 3x3, d the 4x4 input tile)
