@@ -448,7 +448,7 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
     if method == "winograd":
         tiles = numba_winograd.Tiles(x_shape, PH, PW, pooled=pooled is not None)
         return numba_winograd.backward(np.ascontiguousarray(dy), xp, pooled, np.ascontiguousarray(w), x_shape,
-                                  tiles, input_grad)
+                                       tiles, input_grad)
     Wp = W + 2 * PW
     OH, OW = (dy.shape[2], dy.shape[3]) if pooled is None else pooled[2:]
     L = (OH - 1) * Wp + OW
@@ -476,8 +476,8 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
             return dw, db
         if sparse and _all_finite(xp[part].reshape(-1)):
             no_gradient = np.empty((0,) + xp.shape[1:], dtype=dy.dtype)
-            dw, db = numba_sparse.backward_chunk(xp[part], dy[part], pooled[0][part], pooled[1][part], *kernel, Wp, KW,
-                                            dxp[part] if input_grad else no_gradient, zero)
+            dw, db = numba_sparse.backward_chunk(xp[part], dy[part], pooled[0][part], pooled[1][part], *kernel,
+                                                 Wp, KW, dxp[part] if input_grad else no_gradient, zero)
             if dx is not None:
                 _crop_padding(dxp[part], dx[part], PH, PW, Wp)
             return dw, db
