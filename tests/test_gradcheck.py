@@ -31,6 +31,9 @@ LAYERS = [
     # on Numba, a fused step computed by Winograd F(2x2, 3x3) (odd output: the last row unpooled)
     ("conv3x3 relu pool", lambda: nn.Sequential(nn.Conv2d(5, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)), (3, 5, 7, 8)),
     ("mnistcnn", mc.models.MnistCNN, (2, 1, 28, 28)),
+    # on Numba, a fused step whose backward comes from the pool's winners (numba_sparse), padded, odd output
+    ("conv5x5 relu pool", lambda: nn.Sequential(nn.Conv2d(6, 4, 5, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
+     (3, 6, 9, 10)),
 ]
 
 
