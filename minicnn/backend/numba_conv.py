@@ -456,6 +456,7 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
     direct = method == "direct"
     sparse = method == "sparse" and _all_finite(w.reshape(-1))
     kernel = numba_sparse.kernel_rows(w, xp.shape[2], Wp) if sparse else None
+    no_gradient = np.empty((0,) + xp.shape[1:], dtype=dy.dtype)        # the sparse kernel's "no dx"
     w_col = w.reshape(OC, -1)
     chunk = _direct_chunk(N) if direct else N if kept_rows is not None else \
         _chunk(w_col.shape[1], L, N, dy.dtype.itemsize, max_bytes)
@@ -475,7 +476,6 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
             _direct_conv_weight_grad_pooled(xp[part], dy[part], y, idx, dw, db, Wp, L, zero)
             return dw, db
         if sparse and _all_finite(xp[part].reshape(-1)):
-            no_gradient = np.empty((0,) + xp.shape[1:], dtype=dy.dtype)
             dw, db = numba_sparse.backward_chunk(xp[part], dy[part], pooled[0][part], pooled[1][part], *kernel,
                                                  Wp, KW, dxp[part] if input_grad else no_gradient, zero)
             if dx is not None:
