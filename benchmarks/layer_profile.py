@@ -43,7 +43,7 @@ def profile(model_cls, batch, device, repeats):
 
     for _ in range(3):
         step()
-    layers = model._order                 # the steps Sequential runs (fused where it fuses)
+    layers = model.steps                  # the steps Sequential runs (fused where it fuses)
     wait()
     started = time.perf_counter()
     for _ in range(repeats):

@@ -2,8 +2,6 @@
 //
 // relu_forward: y = max(x, 0) (NaN passes through).
 // relu_backward: dx = 0 where y <= 0, else dy (NaN passes, as in torch); y is all it needs.
-// bias_relu: fused conv/linear epilogue on y (N, C, L): y = max(y + b[c], 0) in place,
-//   c = (i / L) % C; relu_backward on the result gives its gradient.
 
 template <typename T>
 __global__ void relu_forward(const T* __restrict__ x, T* __restrict__ y, long long total) {
@@ -21,19 +19,9 @@ __global__ void relu_backward(const T* __restrict__ dy, const T* __restrict__ y,
     dx[i] = y[i] <= T(0) ? T(0) : dy[i];
 }
 
-template <typename T>
-__global__ void bias_relu(T* __restrict__ y, const T* __restrict__ bias, long long total, int C, int L) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= total) return;
-    T v = y[i] + bias[(i / L) % C];
-    y[i] = (v > T(0) || v != v) ? v : T(0);
-}
-
 #ifdef MINICNN_INSTANTIATE
 template __global__ void relu_forward<float>(const float*, float*, long long);
 template __global__ void relu_forward<double>(const double*, double*, long long);
 template __global__ void relu_backward<float>(const float*, const float*, float*, long long);
 template __global__ void relu_backward<double>(const double*, const double*, double*, long long);
-template __global__ void bias_relu<float>(float*, const float*, long long, int, int);
-template __global__ void bias_relu<double>(double*, const double*, long long, int, int);
 #endif

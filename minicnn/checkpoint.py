@@ -69,8 +69,8 @@ def atomic_write_bytes(path, data):
 
 
 def _encode(value, arrays):
-    if backend.is_cupy_array(value):
-        value = backend.to_numpy(value)
+    if backend.is_array(value):
+        value = backend.to_numpy(value)            # GPU arrays are copied to the host
     if isinstance(value, (np.ndarray, np.generic)):
         value = np.asarray(value)
         if value.dtype.kind not in "biufc":

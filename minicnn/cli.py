@@ -267,16 +267,12 @@ def cmd_info(args):
     cpu = _cpu_model()
     print(f"CPU: {cpu}, {os.cpu_count()} logical cores")
     if "numba" in mc.backend.available_backends():
-        from minicnn.backend import cores
-        print(f"Numba path: {cores.threads()} threads (MINICNN_THREADS), BLAS on one thread inside them")
+        print(f"Numba path: {mc.backend.cpu_threads()} threads (MINICNN_THREADS), BLAS on one thread inside them")
     try:
-        import cupy
-        for i in range(cupy.cuda.runtime.getDeviceCount()):
-            props = cupy.cuda.runtime.getDeviceProperties(i)
-            name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-            print(f"GPU {i}: {name}, {props['totalGlobalMem'] / 2**30:.0f} GiB")
-    except Exception as err:
-        print(f"GPU: none usable ({type(err).__name__})")
+        for i, (name, gib) in enumerate(mc.backend.gpu_devices()):
+            print(f"GPU {i}: {name}, {gib:.0f} GiB")
+    except RuntimeError as err:
+        print(f"GPU: none usable ({err})")
     return 0
 
 

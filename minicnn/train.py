@@ -90,8 +90,8 @@ def predict(model, x, batch_size=1000):
         with no_grad():
             for start in range(0, len(x), batch_size):
                 logits = model(x[start:start + batch_size])
-                log_probs = backend.ops_for(logits).log_softmax(logits)
-                probs.append(backend.to_numpy(backend.xp_for(logits).exp(log_probs)))
+                ops = backend.ops_for(logits)
+                probs.append(backend.to_numpy(ops.xp.exp(ops.log_softmax(logits))))
     finally:
         model.train(was_training)
     probs = np.concatenate(probs)
@@ -120,59 +120,50 @@ def _train_epoch(model, loss_fn, optimizer, loader, bar, graph_step=None):
             optimizer.zero_grad()
             _backward_params_only(model, loss_fn.backward())
             optimizer.step()
-        totals.add(loss, logits, y)
-        if totals.due():
-            _read_totals(totals, graph_step, bar)
-    _read_totals(totals, graph_step, bar)
+        if totals.add(loss, logits, y):
+            _read_totals(totals, bar)
+    _read_totals(totals, bar)
     return totals.loss / totals.count, totals.correct / totals.count, totals.count
 
 
 class _Totals:
-    """Running sums of loss * batch size and of correct predictions. CPU values are read at
-    once; GPU values are summed on the device and read every GPU_READ_EVERY steps, because a
-    read waits for the GPU to finish everything queued (steps would otherwise not overlap)."""
-    GPU_READ_EVERY = 50
+    """Running sums of loss * batch size and of correct predictions. They are summed where the
+    arrays live and read on the host every ops.host_read_interval steps (every step on the CPU):
+    a read waits for the device to finish what is queued, so GPU steps would not overlap."""
 
     def __init__(self):
         self.loss, self.correct, self.count, self.shown = 0.0, 0, 0, 0
-        self._pending = None          # (device loss sum, device correct count, images, steps)
+        self.ops = None
+        self._pending = None          # [loss sum, correct count, images, steps] where the arrays are
 
     def add(self, loss, logits, labels):
+        """Add one batch; True when the sums are due to be read."""
+        self.ops = backend.ops_for(logits)
         n = len(labels)
-        if not backend.is_cupy_array(logits):
-            self.loss += float(loss) * n
-            self.correct += _correct(logits, labels)
-            self.count += n
-            return
-        loss_sum = loss.astype("float64") * n
+        loss_sum = self.ops.xp.asarray(loss).astype("float64") * n
         right = (logits.argmax(axis=1) == labels).sum()
         if self._pending is None:
             self._pending = [loss_sum, right, n, 1]
         else:
             p = self._pending
             p[0], p[1], p[2], p[3] = p[0] + loss_sum, p[1] + right, p[2] + n, p[3] + 1
-
-    def due(self):
-        return self._pending is None or self._pending[3] >= self.GPU_READ_EVERY
+        return self._pending[3] >= self.ops.host_read_interval
 
     def read(self):
-        """Fold pending device sums into the host totals; True if there were any."""
+        """Fold the pending sums into the host totals."""
         if self._pending is None:
-            return False
+            return
         loss_sum, right, n, _ = self._pending
         self._pending = None
         self.loss += float(loss_sum)
         self.correct += int(right)
         self.count += n
-        return True
 
 
-def _read_totals(totals, graph_step, bar):
-    if totals.read():                             # GPU sums: also collect the label checks' verdicts
-        from .backend import cupy_ops
-        cupy_ops.check_labels()
-    if graph_step is not None:
-        graph_step.check_labels()
+def _read_totals(totals, bar):
+    totals.read()
+    if totals.ops is not None:                    # errors the device found meanwhile (labels out of range)
+        totals.ops.raise_pending_errors()
     if not np.isfinite(totals.loss):
         raise FloatingPointError(f"fit: the training loss became {totals.loss}; lower the learning rate")
     if totals.count > totals.shown:
@@ -202,8 +193,9 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
         progress: None shows a tqdm bar on terminals only; False never; True always.
         log: called with one summary line per epoch (None: silent).
         cuda_graph: on the GPU, replay each training step as one captured CUDA graph
-            (minicnn.cuda_graph.CudaGraphStep): the same arithmetic without the per-kernel
-            launch cost. Needs a model on the GPU and a loader with device='cuda'.
+            (the backend's captured_step, minicnn.cuda_graph.CudaGraphStep): the same arithmetic
+            without the per-kernel launch cost. Needs a model on the GPU and a loader with
+            device='cuda'.
     Returns: History.
     """
     if int(epochs) < 1:
@@ -218,10 +210,13 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
     best = history.best()
     graph_step = None
     if cuda_graph:
-        if not all(backend.is_cupy_array(p.data) for p in model.parameters()):
-            raise ValueError("fit: cuda_graph=True needs the model on the GPU (model.to('cuda'))")
-        from .cuda_graph import CudaGraphStep
-        graph_step = CudaGraphStep(model, loss_fn, optimizer)
+        first = next(iter(model.parameters()), None)
+        if first is None:
+            raise ValueError("fit: cuda_graph=True needs a model with parameters")
+        try:
+            graph_step = backend.ops_for(first.data).captured_step(model, loss_fn, optimizer)
+        except ValueError as err:
+            raise ValueError(f"fit: {err}") from None
     for epoch in range(start_epoch, int(epochs)):
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()

@@ -1,4 +1,5 @@
 """Shared fixtures: the CPU backend under test, dtypes with their tolerances, and the gpu marker."""
+import dataclasses
 import os
 
 import numpy as np
@@ -62,6 +63,31 @@ def any_backend(request):
         yield "cupy"
     finally:
         torch_compare.DEVICE = "cpu"
+
+
+@pytest.fixture
+def strategy():
+    """strategy(field=value, ...) changes the Numba backend's strategy (backend/numba_strategy.py) for
+    the rest of the test, e.g. strategy(winograd=False) to pin an algorithm; restored afterwards."""
+    numba_strategy = pytest.importorskip("minicnn.backend.numba_strategy")
+    previous = numba_strategy.current()
+
+    def change(**changes):
+        numba_strategy.set_current(dataclasses.replace(numba_strategy.current(), **changes))
+        return numba_strategy.current()
+
+    yield change
+    numba_strategy.set_current(previous)
+
+
+def dropout_mask(layer):
+    """The mask the Dropout layer's last forward drew (None if it dropped nothing), through the
+    contract: its backward op applied to ones."""
+    saved = layer.__dict__.get("_saved")
+    if saved is None or saved.record is None:
+        return None
+    ops = mc_backend.ops_for(saved.record)
+    return ops.dropout_backward(ops.xp.ones(saved.out_shape, saved.out_dtype), saved.record)
 
 
 @pytest.fixture(params=[np.float64, np.float32], ids=["float64", "float32"])

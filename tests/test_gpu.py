@@ -16,6 +16,7 @@ import torch
 import minicnn as mc
 import minicnn.nn as nn
 from conftest import GPU_REASON as REASON
+from conftest import dropout_mask
 from torch_compare import copy_state_to_torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -245,9 +246,9 @@ def test_gpu_dropout_draws_fresh_reproducible_masks(dtype):
     x = cp.asarray(np.random.default_rng(0).standard_normal((256, 300)).astype(dtype))
     mc.manual_seed(5)
     layer = nn.Dropout(0.3)
-    y1, mask1 = layer(x), layer._saved.mask
+    y1, mask1 = layer(x), dropout_mask(layer)
     layer(x)
-    mask2 = layer._saved.mask
+    mask2 = dropout_mask(layer)
     values = set(cp.asnumpy(cp.unique(mask1)).tolist())
     assert values == {0.0, float(dtype(1 / 0.7))}
     assert abs(float((mask1 != 0).mean()) - 0.7) < 0.01
@@ -258,7 +259,7 @@ def test_gpu_dropout_draws_fresh_reproducible_masks(dtype):
     mc.manual_seed(5)
     again = nn.Dropout(0.3)
     again(x)
-    np.testing.assert_array_equal(cp.asnumpy(again._saved.mask), cp.asnumpy(mask1))   # same seed, same masks
+    np.testing.assert_array_equal(cp.asnumpy(dropout_mask(again)), cp.asnumpy(mask1))   # same seed, same masks
     assert bool((mask2 != 0).any()) and abs(float((mask2 != 0).mean()) - 0.7) < 0.01
 
 
@@ -266,7 +267,7 @@ def test_gpu_dropout_draws_fresh_reproducible_masks(dtype):
 @pytest.mark.gpu
 def test_gpu_labels_out_of_range_are_one_clear_error():
     """The kernel flags a bad label without making the step wait; the error names it at the
-    next cross-entropy call or at check_labels() (which fit calls when it reads its totals)."""
+    next cross-entropy call or at raise_pending_errors() (which fit calls when it reads its totals)."""
     import cupy as cp
     from minicnn.backend import cupy_ops
     loss_fn = nn.CrossEntropyLoss()
@@ -276,9 +277,9 @@ def test_gpu_labels_out_of_range_are_one_clear_error():
         loss_fn(cp.zeros((2, 3)), cp.asarray([0, 1]))
     loss_fn(cp.zeros((2, 3)), cp.asarray([-1, 0]))
     with pytest.raises(ValueError, match="got -1"):
-        cupy_ops.check_labels()
+        cupy_ops.raise_pending_errors()
     assert float(loss_fn(cp.zeros((2, 3)), cp.asarray([0, 2]))) == pytest.approx(np.log(3))   # the flag was reset
-    cupy_ops.check_labels()
+    cupy_ops.raise_pending_errors()
 
 
 @gpu
@@ -318,11 +319,11 @@ def _graph_vs_eager(make_model, make_opt, steps=8, batch=16, dtype=np.float64, o
     import cupy as cp
     from minicnn.backend import cupy_ops
     from minicnn.cuda_graph import CudaGraphStep
-    previous = cupy_ops.use_own_gemm(own_gemm)
+    previous = cupy_ops._use_own_gemm(own_gemm)
     try:
         return _two_runs(make_model, make_opt, steps, batch, dtype, odd_batch_at, cp, CudaGraphStep, meanwhile)
     finally:
-        cupy_ops.use_own_gemm(previous)
+        cupy_ops._use_own_gemm(previous)
 
 
 def _two_runs(make_model, make_opt, steps, batch, dtype, odd_batch_at, cp, CudaGraphStep, meanwhile):
@@ -435,11 +436,11 @@ def test_own_gemm_kernel_matches_cublas_and_numpy(shape_a, shape_b, transpose_a,
     ga = cp.asarray(np.ascontiguousarray(a.T)).T if transpose_a else cp.asarray(a)
     gb = cp.asarray(np.ascontiguousarray(b.T)).T if transpose_b else cp.asarray(b)
     assert ga.flags.c_contiguous != transpose_a and gb.flags.c_contiguous != transpose_b
-    previous = cupy_ops.use_own_gemm(True)
+    previous = cupy_ops._use_own_gemm(True)
     try:
         ours = cupy_ops.matmul(ga, gb)
     finally:
-        cupy_ops.use_own_gemm(previous)
+        cupy_ops._use_own_gemm(previous)
     expected = a.astype(np.float64) @ b.astype(np.float64)
     assert ours.shape == expected.shape and ours.dtype == dtype
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
@@ -452,7 +453,7 @@ def test_own_gemm_kernel_matches_cublas_and_numpy(shape_a, shape_b, transpose_a,
 def test_cuda_graph_keeps_its_tables_when_the_cache_is_emptied():
     """Eager steps with fresh gradients fill the backend's table cache until it is emptied; a
     captured graph must keep reading valid pointer tables afterwards (it once read freed ones)."""
-    from minicnn.backend import cupy_ops
+    from minicnn.backend import cupy_optim
 
     def make_opt(model):
         opt = mc.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -460,7 +461,7 @@ def test_cuda_graph_keeps_its_tables_when_the_cache_is_emptied():
 
     def flood():
         for i in range(1200):
-            cupy_ops.cached_table((i, -i), np.int64)
+            cupy_optim.cached_table((i, -i), np.int64)
     (graph_state, _, step), (eager_state, _, _) = _graph_vs_eager(mc.models.LeNet, make_opt, steps=10, meanwhile=flood)
     assert step.replays == 8
     for name in eager_state:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import minicnn.nn as nn
-from conftest import tolerance
+from conftest import dropout_mask, tolerance
 from minicnn.backend import to_numpy
 from torch_compare import assert_matches_torch, on_device, torch_device
 
@@ -196,7 +196,7 @@ def test_dropout_matches_torch_given_the_same_mask(dtype):
     layer = nn.Dropout(0.3)
     x = random_input((64, 50), dtype)
     y = layer(x)
-    mask = layer._saved.mask
+    mask = dropout_mask(layer)
     assert mask.dtype == dtype and set(np.unique(mask)) <= {0, dtype(1 / 0.7)}
     kept = (mask != 0)
     xt = torch.from_numpy(x).requires_grad_()
@@ -285,12 +285,13 @@ def test_sequential_can_skip_the_input_gradient(cpu_backend, monkeypatch):
 
 
 @pytest.mark.parametrize("input_grad", [True, False])
-def test_conv2d_in_chunks_equals_one_piece(cpu_backend, monkeypatch, input_grad):
-    """Column matrices over MAX_COL_BYTES are built per chunk of samples (and rebuilt in
+def test_conv2d_in_chunks_equals_one_piece(cpu_backend, monkeypatch, strategy, input_grad):
+    """Column matrices over the im2col path's budget are built per chunk of samples (and rebuilt in
     backward); results must match torch exactly as the one-piece path does."""
-    from minicnn.nn import conv
-    monkeypatch.setattr(conv, "MAX_COL_BYTES", 2 * 7 * 7 * 3 * 9 * 8)       # two samples per chunk
-    monkeypatch.setattr(conv.Conv2d, "_uses_stride1_kernels", lambda self, ops: False)   # im2col path
+    from minicnn.backend import numpy_ops
+    two_samples = 2 * 7 * 7 * 3 * 9 * 8                                     # two samples per chunk
+    monkeypatch.setattr(numpy_ops, "_MAX_COL_BYTES", two_samples)
+    strategy(max_col_bytes=two_samples, stride1_kernels=False)                # Numba: the im2col path too
     layer = nn.Conv2d(3, 4, 3, padding=1).to(np.float64)
     ref = torch.nn.Conv2d(3, 4, 3, padding=1)
     x = random_input((5, 3, 7, 7), np.float64)
@@ -298,7 +299,8 @@ def test_conv2d_in_chunks_equals_one_piece(cpu_backend, monkeypatch, input_grad)
         assert_matches_torch(layer, ref, x, **tolerance(np.float64))
     else:
         layer(x)
-        assert layer._saved.col is None and layer._saved.chunk == 2
+        record = layer._saved.record
+        assert record.algorithm == "im2col" and record.col is None and record.chunk == 2
         assert layer.backward(random_input((5, 4, 7, 7), np.float64), input_grad=False) is None
 
 
@@ -323,29 +325,27 @@ STRIDE1_MODES = {"direct": (3, 12, False), "direct forward": (0, 12, False), "ge
 UNFUSED_MODES = [mode for mode, (_, _, sparse) in STRIDE1_MODES.items() if not sparse]
 
 
-def use_stride1_mode(monkeypatch, mode):
-    from minicnn.backend import numba_conv, numba_sparse
-    from minicnn.nn import conv
+def stride1_mode(mode):
+    """The Numba strategy fields that pin one of STRIDE1_MODES."""
     both, forward, sparse = STRIDE1_MODES[mode]
-    monkeypatch.setattr(numba_conv, "DIRECT_MAX_CHANNELS", both)
-    monkeypatch.setattr(numba_conv, "DIRECT_FORWARD_MAX_CHANNELS", forward)
-    monkeypatch.setattr(numba_sparse, "SPARSE_MIN_KERNEL_WIDTH", 1 if sparse else 99)
+    changes = dict(direct_max_channels=both, direct_forward_max_channels=forward,
+                   sparse_min_kernel_width=1 if sparse else 99)
     if mode.endswith("in chunks"):
-        monkeypatch.setattr(conv, "MAX_COL_BYTES", 1)                       # one sample per chunk
+        changes.update(rows_chunk_bytes=1, max_col_bytes=1)                  # one sample per chunk
+    return changes
 
 
 @pytest.mark.parametrize("mode", UNFUSED_MODES)
 @pytest.mark.parametrize("kernel,padding,c_in,batch,H,W", [
     (5, 0, 6, 2, 14, 14), (5, 1, 10, 1, 9, 8),
     (5, 2, 1, 3, 12, 12), (3, 0, 3, 1, 7, 9), ((2, 3), (1, 0), 2, 2, 5, 13), (1, 0, 1, 2, 4, 4), (3, 1, 3, 2, 1, 1)])
-def test_numba_stride1_convolution(monkeypatch, dtype, mode, kernel, padding, c_in, batch, H, W):
+def test_numba_stride1_convolution(strategy, dtype, mode, kernel, padding, c_in, batch, H, W):
     """Numba's stride-1 kernels (direct sweeps for few channels, four output channels a sweep, the
     output count padded to a multiple of four; a direct forward with the GEMM backward; the
     wide-layout GEMM, in sample chunks when rows would be large) against the same backend's im2col
     path and torch: forward, input and parameter gradients."""
     from minicnn import backend
-    from minicnn.nn import conv
-    use_stride1_mode(monkeypatch, mode)
+    strategy(**stride1_mode(mode))
     layer = nn.Conv2d(c_in, 5, kernel, padding=padding).to(dtype)
     x = random_input((batch, c_in, H, W), dtype)
 
@@ -358,19 +358,17 @@ def test_numba_stride1_convolution(monkeypatch, dtype, mode, kernel, padding, c_
     with backend.use_backend("numba"):
         dy = random_input(layer(x).shape, dtype)
         stride1 = run()
-        assert layer._saved.stride1 is not None, "expected the stride-1 kernels"
-        monkeypatch.setattr(conv.Conv2d, "_uses_stride1_kernels", lambda self, ops: False)
+        assert layer._saved.record.algorithm != "im2col", "expected the stride-1 kernels"
+        strategy(stride1_kernels=False)
         im2col = run()
-        assert layer._saved.stride1 is None
+        assert layer._saved.record.algorithm == "im2col"
     for a, b in zip(stride1, im2col):
         # two summation orders of the same float32 terms: a sum that cancels to near zero (a bias
         # gradient of 1e-3 from terms of size 1) may differ by more than atol from one to the other,
         # so atol scales with the largest value of the array
         tol = tolerance(dtype)
         np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, np.abs(b).max()))
-    monkeypatch.undo()
-    use_stride1_mode(monkeypatch, mode)
-    monkeypatch.setattr(conv, "MAX_COL_BYTES", 64 * 2**20)
+    strategy(stride1_kernels=True, max_col_bytes=64 * 2**20)
     with backend.use_backend("numba"):
         assert_matches_torch(layer, torch.nn.Conv2d(c_in, 5, kernel, padding=padding), x, **tolerance(dtype))
 
@@ -394,21 +392,28 @@ def test_maxpool_and_relu_treat_nan_as_torch_does(cpu_backend, dtype, kernel, st
 
 
 def test_inference_in_chunks_equals_one_batch(cpu_backend, monkeypatch):
-    """Eval mode under no_grad runs big batches through Sequential in chunks; the result must be
-    that of the whole batch at once (batch norm with running statistics included), and training
-    mode (batch statistics: chunks would change the result) must not be chunked."""
+    """Eval mode under no_grad runs big batches through Sequential in chunks (the backend's plan);
+    the result must be that of the whole batch at once (batch norm with running statistics
+    included), and training mode (batch statistics: chunks would change the result) must not be
+    chunked."""
+    import copy
+
     import minicnn as mc
+    from minicnn.backend import numpy_ops
     net = mc.models.ConvNet().double()
     x = random_input((7, 1, 28, 28), np.float64)
     net(x)                                            # move the running statistics off their defaults
     net.eval()
     with mc.nn.no_grad():
         whole = net(x)
-        monkeypatch.setattr(mc.nn.Sequential, "INFERENCE_CHUNK", 3)
-        chunked = net(x)
-        net.train()
+        monkeypatch.setattr(numpy_ops, "_INFERENCE_CHUNK", 3)
+        net = copy.deepcopy(net)                      # a fresh plan
         seen = []
         monkeypatch.setattr(net[-1], "forward", lambda x, _f=net[-1].forward: seen.append(len(x)) or _f(x))
+        chunked = net(x)
+        assert seen == [3, 3, 1]
+        net.train()
+        seen.clear()
         net(x)
     np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-14)
     assert seen == [7]
@@ -424,7 +429,9 @@ def test_sequential_pools_before_relu_with_the_same_result(cpu_backend, grad):
     net = mc.nn.Sequential(mc.nn.Conv2d(1, 4, 3), mc.nn.ReLU(), mc.nn.MaxPool2d(2), mc.nn.Conv2d(4, 6, 3),
                            mc.nn.ReLU(), mc.nn.MaxPool2d(3, 1), mc.nn.Conv2d(6, 3, 3), mc.nn.ReLU(),
                            mc.nn.MaxPool2d(3, 2, padding=1), mc.nn.Flatten()).double()
-    order = [type(m).__name__ for m in mc.nn.module._pool_before_activation(list(net))]
+    from minicnn.backend import numpy_ops
+    plan = numpy_ops.plan_chain(tuple(layer.kind for layer in net))          # the reference plan's order
+    order = [type(net[indices[0]]).__name__ for _, indices in plan.steps]
     assert order[:3] == ["Conv2d", "MaxPool2d", "ReLU"] and order[4:6] == ["MaxPool2d", "ReLU"]
     x = random_input((3, 1, 20, 20), np.float64)
     x[0, 0, 3:9, 3:9] = np.nan
@@ -472,7 +479,7 @@ def run_layers_one_by_one(net, x):
     (3, 5, (2, 3), (1, 0), 6, 7, 2, False, True), # no bias, rectangular kernel
     (2, 2, 3, 1, 2, 2, 2, True, True),            # a 2x2 output: one window
 ])
-def test_conv_relu_pool_fused_equals_the_layers(monkeypatch, dtype, mode, c_in, c_out, kernel, padding, H, W,
+def test_conv_relu_pool_fused_equals_the_layers(strategy, dtype, mode, c_in, c_out, kernel, padding, H, W,
                                                 batch, bias, relu_first):
     """Sequential runs Conv2d -> ReLU -> MaxPool2d(2) (or with pool and ReLU swapped) on Numba as one
     step, ConvReLUPool; output, input gradient and parameter gradients must equal those of the three
@@ -482,10 +489,8 @@ def test_conv_relu_pool_fused_equals_the_layers(monkeypatch, dtype, mode, c_in, 
     gradients are compared up to rounding, NaN at the same places; a chunk whose input holds the
     NaN goes by the GEMMs.)"""
     import minicnn as mc
-    from minicnn.backend import numba_conv
-    monkeypatch.setattr(numba_conv, "WINOGRAD", False)
-    use_stride1_mode(monkeypatch, mode)
-    sparse = STRIDE1_MODES[mode][2] and c_in > numba_conv.DIRECT_MAX_CHANNELS
+    current = strategy(winograd=False, **stride1_mode(mode))
+    sparse = STRIDE1_MODES[mode][2] and c_in > current.direct_max_channels
     tol = tolerance(dtype)
 
     def same_gradient(a, b, what=""):
@@ -502,8 +507,8 @@ def test_conv_relu_pool_fused_equals_the_layers(monkeypatch, dtype, mode, c_in, 
     with mc.backend.use_backend("numba"):
         expected, dy, expected_dx, expected_grads = run_layers_one_by_one(net, x)
         y = net(x)
-        assert [type(step).__name__ for step in net._order] == ["ConvReLUPool"]
-        assert (net._order[0]._saved.stride1[3] == "sparse") == sparse
+        assert [type(step).__name__ for step in net.steps] == ["ConvReLUPool"]
+        assert (net.steps[0]._saved.record.algorithm == "sparse") == sparse
         np.testing.assert_array_equal(y, expected)
         same_gradient(net.backward(dy), expected_dx)
         for k, p in net.named_parameters():
@@ -536,8 +541,8 @@ def test_winograd_conv_relu_pool(dtype, c_in, c_out, padding, H, W, batch, bias,
     gradients against the three layers run one by one and against torch; NaN reaches exactly the
     windows whose receptive field holds it."""
     import minicnn as mc
-    from minicnn.backend import numba_conv
-    assert numba_conv.WINOGRAD and c_in > numba_conv.DIRECT_MAX_CHANNELS
+    from minicnn.backend import numba_strategy
+    assert numba_strategy.current().winograd and c_in > numba_strategy.current().direct_max_channels
     pair = [nn.ReLU(), nn.MaxPool2d(2)] if relu_first else [nn.MaxPool2d(2), nn.ReLU()]
     net = nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=padding, bias=bias), *pair).to(dtype)
     x = random_input((batch, c_in, H, W), dtype)
@@ -549,8 +554,8 @@ def test_winograd_conv_relu_pool(dtype, c_in, c_out, padding, H, W, batch, bias,
     with mc.backend.use_backend("numba"):
         expected, dy, expected_dx, expected_grads = run_layers_one_by_one(net, x)
         y = net(x)
-        assert [type(step).__name__ for step in net._order] == ["ConvReLUPool"]
-        assert net._order[0]._saved.stride1[3] == "winograd"
+        assert [type(step).__name__ for step in net.steps] == ["ConvReLUPool"]
+        assert net.steps[0]._saved.record.algorithm == "winograd"
         close(y, expected, "output")
         close(net.backward(dy), expected_dx, "input gradient")
         for k, p in net.named_parameters():
@@ -584,7 +589,7 @@ def test_winograd_conv_relu_pool(dtype, c_in, c_out, padding, H, W, batch, bias,
 
 @pytest.mark.parametrize("poison", ["none", "inf in the input", "NaN in the input", "inf in the weights"])
 @pytest.mark.filterwarnings("ignore:invalid value encountered")
-def test_sparse_backward_through_relu_pool_matches_torch(monkeypatch, dtype, poison):
+def test_sparse_backward_through_relu_pool_matches_torch(monkeypatch, strategy, dtype, poison):
     """LeNet's second block (6 -> 16 channels, 5x5) at batch 40, several chunks: the backward from
     the pool's winners matches torch in float64, and where an inf or NaN sits in the input (its
     chunk) or the weights (the whole call) the GEMMs take over, so that products by zero make NaN
@@ -613,20 +618,20 @@ def test_sparse_backward_through_relu_pool_matches_torch(monkeypatch, dtype, poi
     tol = tolerance(dtype)
     with mc.backend.use_backend("numba"):
         y = net(x)
-        assert net._order[0]._saved.stride1[3] == "sparse"
+        assert net.steps[0]._saved.record.algorithm == "sparse"
         dx = net.backward(dy)
         if poison == "inf in the weights":
             grads = net[0].weight.grad.copy(), net[0].bias.grad.copy()
             net.zero_grad()
-            monkeypatch.setattr(numba_sparse, "SPARSE_MIN_KERNEL_WIDTH", 99)
+            strategy(sparse_min_kernel_width=99)
             np.testing.assert_array_equal(net(x), y)
-            assert net._order[0]._saved.stride1[3] == "gemm"
+            assert net.steps[0]._saved.record.algorithm == "gemm"
             np.testing.assert_array_equal(net.backward(dy), dx)
             np.testing.assert_array_equal(net[0].weight.grad, grads[0])
             np.testing.assert_array_equal(net[0].bias.grad, grads[1])
             assert not sparse_chunks and np.isnan(dx).any()
             return
-    n_chunks = -(-40 // numba_conv._chunk(150, 9 * 14 + 10, 40, x.itemsize, 2**30))
+    n_chunks = -(-40 // numba_conv._chunk(150, 9 * 14 + 10, 40, x.itemsize))
     assert n_chunks >= 4
     assert len(sparse_chunks) == {"none": n_chunks, "inf in the weights": 0}.get(poison, n_chunks - 1)
     for ours, theirs in [(y, yt), (dx, xt.grad), (net[0].weight.grad, torch_net[0].weight.grad),
@@ -655,11 +660,11 @@ def test_conv_relu_pool_is_not_fused_where_it_does_not_fit(dtype):
         net = net.to(dtype)
         with mc.backend.use_backend("numba"):
             net(x)
-        assert "ConvReLUPool" not in [type(step).__name__ for step in net._order], net
+        assert "ConvReLUPool" not in [type(step).__name__ for step in net.steps], net
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2)).to(dtype)
     with mc.backend.use_backend("numpy"):
         net(x)
-    assert "ConvReLUPool" not in [type(step).__name__ for step in net._order]
+    assert "ConvReLUPool" not in [type(step).__name__ for step in net.steps]
     with mc.backend.use_backend("numba"), pytest.raises(ValueError, match="larger than the padded input"):
         net(random_input((2, 1, 3, 4), dtype))
     with mc.backend.use_backend("numba"), pytest.raises(ValueError, match=r"Conv2d\(1, 2.*expected input \(N, 1, H, W\)"):
@@ -679,17 +684,18 @@ def test_fused_relu_pool_breaks_ties_and_treats_nan_as_the_pool(dtype, channels)
     x[2] = -1
     w[0] = 0                                # sample 2's first plane: -0.0 + 0 * -1 + ... = -0.0 (direct)
     b = np.array([-0.0, 0.0, 1.0, -1.0, 0.5], dtype=dtype)
-    y, saved = numba_ops.conv2d_stride1_forward(x, w, b, 1, 0, 2**26, relu_pool=True)
-    conv, _ = numba_ops.conv2d_stride1_forward(x, w, b, 1, 0, 2**26)
-    pooled, idx = numba_ops.maxpool2d_forward(conv, 2, 2, 2, 2, 0, 0)
-    expected = numba_ops.relu_forward(pooled)
+    y, fused = numba_ops.conv2d_relu_maxpool2d_forward(x, w, b, (1, 0))
+    conv, _ = numba_ops.conv2d_forward(x, w, b, (1, 1), (1, 0))
+    pooled, pool = numba_ops.maxpool2d_forward(conv, (2, 2), (2, 2), (0, 0))
+    idx = pool[0]
+    expected, _ = numba_ops.relu_forward(pooled)
     N, C, PH, PW = pooled.shape
     windows = conv[:, :, :2 * PH, :2 * PW].reshape(N, C, PH, 2, PW, 2)
     ties = (windows == pooled[:, :, :, None, :, None]).sum(axis=(3, 5)) > 1
     assert ties.mean() > 0.2                                 # the test means something
     np.testing.assert_array_equal(y, expected)
     np.testing.assert_array_equal(np.signbit(y), np.signbit(expected))
-    np.testing.assert_array_equal(saved[2][1], idx)
+    np.testing.assert_array_equal(fused.pooled[1], idx)
     assert np.isnan(y).any() and (idx != 0).any()
     if channels == 1:
         assert np.signbit(pooled[2, 0]).any() and not np.signbit(y[2, 0]).any()
@@ -701,18 +707,17 @@ def test_fused_relu_pool_breaks_ties_and_treats_nan_as_the_pool(dtype, channels)
     (lambda: nn.MaxPool2d(3, 2, 1), lambda: torch.nn.MaxPool2d(3, 2, 1)),
     (lambda: nn.AvgPool2d(3, 2, 1), lambda: torch.nn.AvgPool2d(3, 2, 1)),
 ], ids=["batchnorm", "maxpool 2x2", "maxpool 3x3 s2 p1", "avgpool 3x3 s2 p1"])
-def test_large_inputs_split_over_the_cores_match_torch(dtype, ours, theirs):
+def test_large_inputs_split_over_the_cores_match_torch(strategy, dtype, ours, theirs):
     """On Numba, batch norm and pooling of a large tensor run in chunks of channels or samples on
-    the cores (SPLIT_BYTES): the same as torch, and the same bits as one chunk."""
+    the cores (the strategy's split_bytes): the same as torch, and the same bits as one chunk."""
     import minicnn as mc
-    from minicnn.backend import numba_ops
+    from minicnn.backend import numba_strategy
     x = random_input((37, 6, 30, 26), dtype)
-    assert x.nbytes >= numba_ops.SPLIT_BYTES                   # the test means something
+    assert x.nbytes >= numba_strategy.current().split_bytes   # the test means something
     layer = ours().to(dtype)
     with mc.backend.use_backend("numba"):
         y, dx = assert_matches_torch(layer, theirs(), x, **tolerance(dtype))
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(numba_ops, "SPLIT_BYTES", 2**62)        # one chunk
+        with numba_strategy.use(split_bytes=2**62):                # one chunk
             layer.zero_grad()
             np.testing.assert_array_equal(layer(x), y)
             np.testing.assert_array_equal(layer.backward(np.random.default_rng(0).standard_normal(y.shape).astype(dtype)), dx)
@@ -730,8 +735,8 @@ def test_winograd_convolution(dtype, c_in, c_out, padding, H, W, batch):
     goes by Winograd F(2x2, 3x3) with tiles covering the whole output (clipped at an odd edge): output,
     input and parameter gradients against torch in float64; NaN reaches exactly torch's outputs."""
     import minicnn as mc
-    from minicnn.backend import numba_conv
-    assert numba_conv.WINOGRAD and c_in > numba_conv.DIRECT_MAX_CHANNELS
+    from minicnn.backend import numba_strategy
+    assert numba_strategy.current().winograd and c_in > numba_strategy.current().direct_max_channels
     layer = nn.Conv2d(c_in, c_out, 3, padding=padding).to(dtype)
     x = random_input((batch, c_in, H, W), dtype)
     tol = tolerance(dtype)
@@ -748,7 +753,7 @@ def test_winograd_convolution(dtype, c_in, c_out, padding, H, W, batch):
     with mc.backend.use_backend("numba"):
         x_before = x.copy()
         y = layer(x)
-        assert layer._saved.stride1[3] == "winograd"
+        assert layer._saved.record.algorithm == "winograd"
         np.testing.assert_array_equal(x, x_before)                # the input is never written
         close(y, yt.detach().numpy(), "output")
         close(layer.backward(dy), xt.grad.numpy(), "input gradient")

@@ -9,6 +9,7 @@ import pytest
 from conftest import tolerance
 from minicnn import backend
 from minicnn.backend import numpy_ops
+from minicnn.backend.im2col_conv import output_size
 
 rng = np.random.default_rng(2)
 GEOMETRIES = list(itertools.product([1, 2, 3], [1, 3], [1, 2], [0, 1]))     # KH, KW, stride, padding
@@ -32,8 +33,8 @@ def test_im2col_gemm_equals_naive_convolution(cpu_backend, KH, KW, S, P):
     x = rng.standard_normal((2, 3, 6, 7))
     w = rng.standard_normal((4, 3, KH, KW))
     ops = backend.ops_for(x)
-    col = ops.im2col(x, KH, KW, S, S, P, P)
-    OH, OW = ops.output_size(6, KH, S, P), ops.output_size(7, KW, S, P)
+    col = ops.im2col(x, (KH, KW), (S, S), (P, P))
+    OH, OW = output_size(6, KH, S, P), output_size(7, KW, S, P)
     y = (col @ w.reshape(4, -1).T).reshape(2, OH, OW, 4).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(y, naive_conv(x, w, S, P), rtol=1e-12, atol=1e-12)
 
@@ -42,10 +43,10 @@ def test_im2col_gemm_equals_naive_convolution(cpu_backend, KH, KW, S, P):
 def test_col2im_is_the_adjoint_of_im2col(cpu_backend, KH, KW, S, P):
     x = rng.standard_normal((2, 3, 6, 7))
     ops = backend.ops_for(x)
-    col = ops.im2col(x, KH, KW, S, S, P, P)
+    col = ops.im2col(x, (KH, KW), (S, S), (P, P))
     c = rng.standard_normal(col.shape)
     lhs = np.sum(col * c)
-    rhs = np.sum(x * ops.col2im(c, x.shape, KH, KW, S, S, P, P))
+    rhs = np.sum(x * ops.col2im(c, x.shape, (KH, KW), (S, S), (P, P)))
     assert lhs == pytest.approx(rhs, rel=1e-12)
 
 
@@ -53,19 +54,17 @@ def test_col2im_is_the_adjoint_of_im2col(cpu_backend, KH, KW, S, P):
 def test_backends_agree_with_the_numpy_reference(cpu_backend, KH, KW, S, P, dtype):
     x = rng.permutation(np.linspace(-1, 1, 2 * 3 * 6 * 7)).reshape(2, 3, 6, 7).astype(dtype)
     ops, ref = backend.ops_for(x), numpy_ops
-    args = (KH, KW, S, S, P, P)
+    args = ((KH, KW), (S, S), (P, P))
     close = dict(rtol=1e-12, atol=1e-13) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(ops.im2col(x, *args), ref.im2col(x, *args))
     col = rng.standard_normal(ref.im2col(x, *args).shape).astype(dtype)
     np.testing.assert_allclose(ops.col2im(col, x.shape, *args), ref.col2im(col, x.shape, *args), **close)
     if P <= min(KH, KW) // 2:
-        y, idx = ops.maxpool2d_forward(x, *args)
-        y_ref, idx_ref = ref.maxpool2d_forward(x, *args)
+        y, record = ops.maxpool2d_forward(x, *args)
+        y_ref, record_ref = ref.maxpool2d_forward(x, *args)
         np.testing.assert_array_equal(y, y_ref)
-        np.testing.assert_array_equal(idx, idx_ref)
-        dy = rng.standard_normal(y.shape).astype(dtype)
-        np.testing.assert_allclose(ops.maxpool2d_backward(dy, idx, x.shape, *args),
-                                   ref.maxpool2d_backward(dy, idx_ref, x.shape, *args), **close)
+        dy = rng.permutation(np.arange(1, y.size + 1)).reshape(y.shape).astype(dtype)   # the winners, told apart
+        np.testing.assert_array_equal(ops.maxpool2d_backward(dy, record), ref.maxpool2d_backward(dy, record_ref))
 
 
 def test_backend_switch():
@@ -90,14 +89,14 @@ def test_max_pool_breaks_ties_as_torch_does(cpu_backend, dtype, nan):
     if nan:
         x[rng.random(x.shape) < 0.05] = np.nan
     ops = backend.ops_for(x)
-    y, idx = ops.maxpool2d_forward(x, 2, 2, 2, 2, 0, 0)
+    y, record = ops.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
     xt = torch.from_numpy(x).requires_grad_()
     yt = torch.nn.functional.max_pool2d(xt, 2)
     np.testing.assert_array_equal(y, yt.detach().numpy())
     np.testing.assert_array_equal(np.signbit(y), np.signbit(yt.detach().numpy()))
     dy = rng.permutation(np.arange(1, y.size + 1)).reshape(y.shape).astype(dtype)
     yt.backward(torch.from_numpy(dy))
-    np.testing.assert_array_equal(ops.maxpool2d_backward(dy, idx, x.shape, 2, 2, 2, 2, 0, 0), xt.grad.numpy())
+    np.testing.assert_array_equal(ops.maxpool2d_backward(dy, record), xt.grad.numpy())
 
 
 def test_matmul_with_an_inner_dimension_of_one_is_the_outer_product(cpu_backend, dtype):
@@ -118,11 +117,11 @@ def test_numba_matmul_in_parts_equals_one_product(dtype, shape):
     the product (to rounding: OpenBLAS's bits depend on the block's size), views and transposes
     included, and the same bits on 1 and 2 threads (the blocks depend on the shapes only)."""
     pytest.importorskip("numba")
-    from minicnn.backend import cores, numba_ops
+    from minicnn.backend import cores, numba_ops, numba_strategy
     M, K, N = shape
     a = rng.standard_normal((K, M)).astype(dtype).T                   # a transposed view, as dy.T
     b = rng.standard_normal((K, N)).astype(dtype)
-    assert 2 * M * K * N >= 2 * numba_ops.MATMUL_TASK_FLOPS           # the test means something
+    assert 2 * M * K * N >= 2 * numba_strategy.current().matmul_task_flops     # the test means something
     old = cores.threads()
     try:
         cores.set_threads(1)

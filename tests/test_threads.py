@@ -176,7 +176,7 @@ def test_a_model_pass_holds_blas_at_one_thread_on_numba_only(backend_name, insid
 
 def test_scratch_is_reused_per_thread_but_not_kept_when_huge():
     """Chunk buffers are reused across calls on the same thread (no page faults per call), never
-    shared between threads, and not kept at all above SCRATCH_KEEP_BYTES."""
+    shared between threads, and not kept at all above the strategy's scratch_keep_bytes."""
     from minicnn.backend import numba_common
     a = numba_common._scratch("test", (8, 16), np.float32)
     assert np.shares_memory(a, numba_common._scratch("test", (4, 4), np.float64))
@@ -185,6 +185,7 @@ def test_scratch_is_reused_per_thread_but_not_kept_when_huge():
     thread.start()
     thread.join()
     assert not np.shares_memory(a, other[0])
-    n = numba_common.SCRATCH_KEEP_BYTES // 4 + 1
+    from minicnn.backend import numba_strategy
+    n = numba_strategy.current().scratch_keep_bytes // 4 + 1
     big = numba_common._scratch("test", (n,), np.float32)
     assert big.shape == (n,) and not np.shares_memory(big, numba_common._scratch("test", (n,), np.float32))

@@ -1,21 +1,24 @@
 """The one door between layers and array code.
 
-A layer asks ``ops = ops_for(x)`` and calls ``ops.im2col(...)``, ``ops.maxpool2d_forward(...)``
-and so on; it never imports numba or cupy. Each backend is a module exposing the same functions
-with the same signatures (see ``numpy_ops`` for the readable reference):
+A layer asks ``ops = ops_for(x)`` and calls ``ops.conv2d_forward(...)``, ``ops.maxpool2d_forward(...)``
+and so on; it never imports numba or cupy, and never asks which backend it got. Every backend is a
+module with exactly the ops declared in ``contract.py`` (checked when it loads):
 
-    numpy  plain NumPy, the reference every other backend is tested against
-    numba  Numba-compiled CPU kernels (when numba is importable)
+    numpy  plain NumPy, the readable reference every other backend is tested against
+    numba  Numba-compiled CPU kernels on minicnn's own threads (when numba is importable)
     cupy   CUDA kernels on CuPy arrays (chosen whenever the array is a CuPy array)
 
 For NumPy arrays the fastest available CPU backend is used unless one is forced with the
-environment variable ``MINICNN_BACKEND=numpy|numba`` or with :func:`set_backend`.
+environment variable ``MINICNN_BACKEND=numpy|numba`` or with :func:`set_backend`. Besides choosing
+the backend, this module converts arrays between devices (``to_numpy``, ``device_converter``,
+``on_device_of``).
 """
-import contextlib
 import importlib
 import os
 
 import numpy as np
+
+from . import contract
 
 CPU_BACKENDS = ("numpy", "numba")
 _forced = None          # set_backend(...) or MINICNN_BACKEND; None means "fastest available"
@@ -28,15 +31,25 @@ def _load(name):
     if name not in _loaded:
         module = {"numpy": "numpy_ops", "numba": "numba_ops", "cupy": "cupy_ops"}[name]
         try:
-            _loaded[name] = importlib.import_module(f"{__name__}.{module}")
+            loaded = importlib.import_module(f"{__name__}.{module}")
         except ImportError as err:
             hint = {"numba": "pip install numba", "cupy": "pip install 'minicnn[cuda]'"}.get(name, "")
             _loaded[name] = f"minicnn backend {name!r} is not available ({err}); {hint}"
+        else:
+            check_backend(loaded)
+            _loaded[name] = loaded
     if isinstance(_loaded[name], str):
         # a fresh exception each time: re-raising one stored instance would chain every
         # traceback (and the arrays in its frames) onto it
         raise ImportError(_loaded[name])
     return _loaded[name]
+
+
+def check_backend(module):
+    """Raise TypeError unless ``module`` implements the contract exactly (contract.problems)."""
+    found = contract.problems(module)
+    if found:
+        raise TypeError(f"backend {module.__name__} does not meet the contract:\n  " + "\n  ".join(found))
 
 
 def _available(name):
@@ -118,6 +131,20 @@ def device_converter(device):
     raise ValueError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
 
 
+def gpu_devices():
+    """[(name, memory in GiB)] of the CUDA devices CuPy sees; RuntimeError saying why when none can be used."""
+    try:
+        import cupy
+        devices = []
+        for i in range(cupy.cuda.runtime.getDeviceCount()):
+            props = cupy.cuda.runtime.getDeviceProperties(i)
+            name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+            devices.append((name, props["totalGlobalMem"] / 2**30))
+        return devices
+    except Exception as err:  # ImportError without CuPy, CUDA runtime errors without a driver
+        raise RuntimeError(f"{type(err).__name__}: {err}") from None
+
+
 def ops_for(x):
     """The primitive table for array ``x`` (CuPy arrays get the CUDA backend)."""
     if is_cupy_array(x):
@@ -125,13 +152,26 @@ def ops_for(x):
     return _load(get_backend())
 
 
-def pass_scope(x):
-    """The context a whole forward or backward pass of a model runs in, for arrays like x: on the
-    Numba backend NumPy's BLAS is held to one thread throughout (minicnn's own threads share the
-    cores, see cores.one_blas_thread) instead of being switched for each of the ~25 products of a
-    step and back (LeNet's training step at batch 64 and 256: 2.5% faster on 2 Xeon cores)."""
-    scope = getattr(ops_for(x), "pass_scope", None)
-    return scope() if scope is not None else contextlib.nullcontext()
+def on_device_of(a, ref):
+    """a on the device of the array ref: unchanged when both are there, else moved (optimizer state
+    following its parameter after model.to)."""
+    if is_cupy_array(a) == is_cupy_array(ref):
+        return a
+    return device_converter("cuda" if is_cupy_array(ref) else "cpu")(a)
+
+
+def cpu_threads():
+    """How many threads run minicnn's CPU work (the Numba backend's; 1 without Numba)."""
+    if not _available("numba"):
+        return 1
+    from . import cores
+    return cores.threads()
+
+
+def set_cpu_threads(n):
+    """Run minicnn's CPU work on n threads (MINICNN_THREADS at start-up); results are the same."""
+    from . import cores
+    cores.set_threads(n)
 
 
 def xp_for(x):

@@ -7,6 +7,8 @@ import threading
 import numpy as np
 from numba import njit
 
+from . import cores, numba_strategy
+
 # Compile flags: cached on disk, no fast-math unless named (results stay IEEE), the GIL released
 # so that minicnn's threads (backend.cores) run kernels at once.
 FAST = dict(cache=True, fastmath=False, nogil=True)
@@ -65,17 +67,16 @@ def _padded_wide(x, PH, PW):
     return np.empty((N, C, (H + 2 * PH) * (W + 2 * PW)), dtype=x.dtype)
 
 
-# At least MIN_TASKS tasks a layer, so that two cores share the work evenly although the second
-# starts 20-100 us late (a sleeping thread's wake-up on these virtual machines); see numba_conv.
-MIN_TASKS = 4
-
-
 def _balanced_chunk(N, most):
-    """Samples per chunk: at most `most`, in a multiple of MIN_TASKS chunks of equal size (but the
-    last), so that 2 or 4 threads end together (measured: LeNet's second layer at batch 256 in six
-    chunks of 51, 51, 51, 51, 51 and 1 sample left one thread idle for a whole chunk, 0.7 ms)."""
+    """Samples per chunk: at most `most`, in a multiple of the strategy's min_tasks chunks of equal
+    size (but the last), so that 2 or 4 threads end together: the second thread starts 20-100 us
+    late, and six chunks of 51, 51, 51, 51, 51 and 1 sample leave one thread idle for a whole chunk.
+    An empty batch is one empty chunk."""
+    if N == 0:
+        return 1
+    min_tasks = numba_strategy.current().min_tasks
     n_chunks = -(-N // max(1, most))
-    n_chunks = min(N, -(-n_chunks // MIN_TASKS) * MIN_TASKS)
+    n_chunks = min(N, -(-n_chunks // min_tasks) * min_tasks)
     return -(-N // n_chunks)
 
 
@@ -84,28 +85,24 @@ _thread_scratch = threading.local()
 
 def _scratch(role, shape, dtype):
     """A C-contiguous array of this shape, this thread's own, reused by every call: chunks of rows
-    are megabytes, and a fresh array that size can cost its page faults every time (measured:
-    LeNet's second layer, batch 256, backward on 2 threads 4.1 -> 2.7 ms with 16-sample chunks).
-    Valid until the thread asks for the same role again; the memory stays with the thread, up to
-    SCRATCH_KEEP_BYTES a role: larger arrays (a single sample of a huge image) are fresh each call,
+    are megabytes, and a fresh array that size can cost its page faults every time. Valid until the
+    thread asks for the same role again; the memory stays with the thread, up to the strategy's
+    scratch_keep_bytes a role: larger arrays (a single sample of a huge image) are fresh each call,
     so that one big step does not hold its memory for the rest of the process."""
     buffers = _thread_scratch.__dict__
     size = math.prod(shape) * np.dtype(dtype).itemsize           # math.prod: np.prod costs 5 us
-    if size > SCRATCH_KEEP_BYTES:
+    if size > numba_strategy.current().scratch_keep_bytes:
         return np.empty(shape, dtype=dtype)
     if role not in buffers or buffers[role].size < size:
         buffers[role] = np.empty(size, dtype=np.uint8)
     return buffers[role][:size].view(dtype).reshape(shape)
 
 
-SCRATCH_KEEP_BYTES = 2**25
-
 
 def _scratch_planes(role, shape, dtype):
     """_scratch for (16, rows, columns) arrays whose 16 planes a kernel writes or reads side by side:
-    planes a multiple of 4 KB apart share the same L1 cache sets and evict each other (measured:
-    storing one value to each of 16 planes of (64, 1600) float32 in turn, 3.8 ms; plane by plane,
-    0.1 ms). So each plane starts 256 bytes further into the 4 KB cycle than the one before.
+    planes a multiple of 4 KB apart share the same L1 cache sets and evict each other (38x slower),
+    so each plane starts 256 bytes further into the 4 KB cycle than the one before.
     Returns the planes (16, stride), C-contiguous, and the (16, rows, columns) view of them."""
     n_planes, plane = shape[0], shape[1] * shape[2]
     itemsize = np.dtype(dtype).itemsize
@@ -139,3 +136,21 @@ def _all_finite(a):
     for i in range(a.size):
         total += a[i] * 0
     return total == 0
+
+
+# Per-sample (or per-channel) kernels run on chunks of samples (or channels), each its own task;
+# the chunks write disjoint parts, so results are the same bits as one call. Tensors under the
+# strategy's split_bytes stay one task (a handover costs 20-50 us).
+
+def _by_samples(a, body):
+    """body(part) for slices part of a's first axis, on the cores when a is large."""
+    N = a.shape[0]
+    chunk = N if a.nbytes < numba_strategy.current().split_bytes else _balanced_chunk(N, N)
+    cores.run(lambda i: body(slice(i * chunk, (i + 1) * chunk)), -(-N // chunk))
+
+
+def _by_channels(a, body):
+    """body(c_first, c_stop) for ranges of a's channels (axis 1), on the cores when a is large."""
+    C = a.shape[1]
+    chunk = C if a.nbytes < numba_strategy.current().split_bytes else _balanced_chunk(C, C)
+    cores.run(lambda i: body(i * chunk, min(C, (i + 1) * chunk)), -(-C // chunk))

@@ -1,28 +1,23 @@
-"""Stride-1 convolutions on the Numba backend: direct sums for few input channels, the wide-layout
-GEMM for more, Winograd for 3x3 (numba_winograd), each optionally fused with the ReLU and 2x2
-max pool that follow (numba_relu_pool), the fused ones with the sparse backward where it pays
-(numba_sparse). numba_ops exports conv2d_stride1_forward and conv2d_stride1_backward."""
+"""Convolutions on the Numba backend: the contract's conv2d_* ops.
+
+The algorithm is chosen in one place, numba_strategy.conv_algorithms, and recorded in the record
+that backward reads back:
+    im2col     strided convolutions: the reference algorithm (im2col_conv) on Numba's primitives
+    direct     few input channels: each output plane summed from shifted input planes
+    gemm       more channels: the same sums as one GEMM in the "wide" layout below
+    winograd   3x3 kernels with more channels: Winograd's F(2x2, 3x3) (numba_winograd)
+    sparse     backward of a fused conv + ReLU + pool from the pool's winners alone (numba_sparse)
+Each stride-1 forward may fuse the ReLU and 2x2 max pool that follow (numba_relu_pool).
+"""
 import numpy as np
 from numba import njit
 
-from . import cores
+from . import cores, im2col_conv, numba_strategy, numpy_ops
 from . import numba_sparse, numba_winograd
 from .numba_common import (DIRECT, DOT, FAST, _all_finite, _balanced_chunk, _copy, _crop_padding, _fill,
                            _input_grad, _pad_wide, _padded_wide, _scratch, _sum_in_order)
+from .numba_im2col import col2im, conv_backward_gemms, im2col, matmul
 from .numba_relu_pool import _relu_pool_plane, _unpool_plane, _widen_relu_pool_grad
-
-# Stride-1 convolutions with at most DIRECT_MAX_CHANNELS input channels sum their taps in Numba
-# loops (direct), forward and backward; wider ones through a GEMM. Forward sums them directly up to
-# DIRECT_FORWARD_MAX_CHANNELS for kernel widths 3 and 5 (the widths with row kernels), four output
-# channels per sweep; their backward still goes by the GEMM (or, fused with ReLU and pool, from the
-# pool's winners: see numba_sparse). Measured on 2 Xeon cores (Emerald
-# Rapids), batch 64, forward with ReLU and pool, direct / GEMM: 6 -> 16 channels 5x5 (LeNet) 0.64 /
-# 0.98 ms, 10 -> 20 (ConvNet, unfused) 1.11 / 1.55, 16 -> 32 1.75 / 1.70, 32 -> 64 7.1 / 4.4.
-# The direct backward kernels (one output channel at a time) lose to the GEMM from 6 channels on.
-DIRECT_MAX_CHANNELS = 3
-DIRECT_FORWARD_MAX_CHANNELS = 12
-WINOGRAD = True          # wider 3x3 ones by Winograd's F(2x2, 3x3) (numba_winograd), not the GEMM
-
 
 # ---------------------------------------------------------------- stride-1 convolution: direct or wide GEMM
 # For few input channels im2col is all overhead: LeNet's first layer copies each pixel 25 times
@@ -43,9 +38,7 @@ WINOGRAD = True          # wider 3x3 ones by Winograd's F(2x2, 3x3) (numba_winog
 # The forward sweeps compute OUT_BLOCK output channels at once: each shifted input row is loaded
 # once for all of them and their taps stay in registers (4 channels x 5 taps + 4 + 5 vectors fit
 # AVX-512's 32 registers), so a sweep does 20 multiply-adds per 9 loads and 4 stores instead of
-# 5 per 6 and 1. Measured on one Xeon core (Emerald Rapids), batch 64, forward with ReLU and pool:
-# LeNet's second layer (6 -> 16 channels) 6.1 ms one channel at a time, 1.19 ms four at a time
-# (1.73 ms by the wide GEMM). Weights and biases are padded with zero channels to a multiple of
+# 5 per 6 and 1 (5x faster). Weights and biases are padded with zero channels to a multiple of
 # OUT_BLOCK (the padded channels are computed and dropped).
 OUT_BLOCK = 4                # the sweeps below are written for four: not a tuning knob
 
@@ -287,8 +280,8 @@ def _direct_conv_input_grad(dyw, w, dxp, Wp):
 # rows (C*KH*KW, n*L) holds, per tap k = (c, kh, kw), the shifted plane xp[n, c, kh*Wp + kw:][:L]
 # (one contiguous copy each), and y_wide (OC, n*L) = W (OC, C*KH*KW) @ rows. Unlike im2col's
 # short per-pixel runs, every copy is a whole shifted plane. Samples go in chunks that keep rows
-# in the cache (ROWS_CHUNK_BYTES, below); rows are kept for backward only when one chunk holds the
-# whole batch, else rebuilt there.
+# in the cache (the strategy's rows_chunk_bytes); rows are kept for backward only when one chunk
+# holds the whole batch, else rebuilt there.
 
 @njit(**FAST)
 def _gather_rows(xp, rows, KH, KW, Wp, L):
@@ -341,46 +334,69 @@ def _unwiden_relu_pool(y_wide, b, y, idx, Wp, L, first, zero):
             _relu_pool_plane(y_wide[o, n * L:(n + 1) * L], b[o], Wp, y[first + n, o], idx[first + n, o], zero)
 
 
-# The batch goes through a convolution in chunks of samples, each chunk one task for the cores
-# (backend.cores): at least MIN_TASKS of them, so that two cores share the work evenly although the
-# second starts 20-100 us late (a sleeping thread's wake-up on these virtual machines), and for the
-# GEMM path at most ROWS_CHUNK_BYTES of rows per chunk. Measured on 2 AMD EPYC cores (per-core L2
-# 1 MB, L3 32 MB), 2 threads, forward/backward ms by samples per chunk:
-#     LeNet's second layer (OC 16), batch 64:   3: 0.47/1.17   8: 0.42/0.77   16: 0.38/0.69   32: 0.37/0.67
-#     LeNet's second layer, batch 256:          3: 1.73/4.68   8: 1.44/2.97   16: 1.36/2.68   32: 1.25/2.61
-#     MnistCNN's second layer (OC 64), 64:      4: 1.82/3.78   8: 1.80/3.59   16: 1.71/3.48   22: 2.21/4.59
-#     MnistCNN's second layer, 256:             8: 7.45/15.0   16: 7.17/14.3   32: 7.06/15.7   43: 7.60/16.5
-#     MnistCNN's first layer (direct), 256:     8: 2.08/2.11   16: 1.99/2.04   32: 1.97/2.00   64: 2.01/2.03
-# On 2 Xeon cores (Emerald Rapids, per-core L2 2 MB) the backward of LeNet's second layer (forward
-# now direct), interleaved A/B against 4 MB chunks: 1 MB 0.94-1.01x the time at batch 64 (8 samples
-# a chunk), 0.84-0.86x at batch 256 (11 samples); 512 KB 0.94/0.88-0.93x; 2 MB 0.99/0.91-0.94x:
-# a chunk's rows (reused for their own gradient) and dy then stay in L2. Chunk sizes depend on the
-# shapes alone, never on the thread count: the first layer's weight gradient is summed per chunk,
-# then over chunks, so the chunk fixes its order of additions. Rows are kept for backward when one
-# chunk holds the whole batch, else rebuilt there.
-ROWS_CHUNK_BYTES = 2**20
-DIRECT_MAX_CHUNK = 32
+# ---------------------------------------------------------------- the contract's ops
+
+_PRIMITIVES = im2col_conv.Primitives(im2col, col2im, matmul, conv_backward_gemms, numpy_ops._rows_to_nchw, np)
 
 
-def _chunk(n_rows, L, N, itemsize, max_bytes):
+def conv2d_forward(x, w, b, stride, padding):
+    """As numpy_ops; the record is im2col_conv's Record or a _Stride1Record."""
+    forward, backward = numba_strategy.conv_algorithms(w.shape[1], w.shape[2], w.shape[3], stride, fused=False)
+    if forward == "im2col":
+        return im2col_conv.forward(_PRIMITIVES, x, w, b, stride, padding, numba_strategy.current().max_col_bytes)
+    return _stride1_forward(x, w, b, padding, False, forward, backward)
+
+
+def conv2d_backward(dy, record, w, input_grad):
+    if record.algorithm == "im2col":
+        return im2col_conv.backward(_PRIMITIVES, dy, record, w, input_grad)
+    return _stride1_backward(dy, record, w, input_grad)
+
+
+def conv2d_relu_maxpool2d_forward(x, w, b, padding):
+    """The convolution with the ReLU and 2x2 max pool applied to each output plane while it is in
+    the cache: the full-size output is never stored. The same values, bit for bit, as the three ops
+    one by one (pool first: max and ReLU commute), but by Winograd (another rounding) and with the
+    sparse backward (another order of additions)."""
+    forward, backward = numba_strategy.conv_algorithms(w.shape[1], w.shape[2], w.shape[3], (1, 1), fused=True)
+    return _stride1_forward(x, w, b, padding, True, forward, backward)
+
+
+def conv2d_relu_maxpool2d_backward(dy, record, w, input_grad):
+    return _stride1_backward(dy, record, w, input_grad)
+
+
+class _Stride1Record:
+    """What a stride-1 backward needs: its algorithm, the padded input planes xp, the rows of the
+    wide GEMM when one task held the whole batch, and after relu_pool (y, idx, OH, OW)."""
+    __slots__ = ("algorithm", "xp", "rows", "pooled", "x_shape", "padding", "has_bias")
+
+    def __init__(self, algorithm, xp, rows, pooled, x_shape, padding, has_bias):
+        self.algorithm, self.xp, self.rows, self.pooled = algorithm, xp, rows, pooled
+        self.x_shape, self.padding, self.has_bias = x_shape, padding, has_bias
+
+
+# ---------------------------------------------------------------- stride-1: chunks of samples on the cores
+# A chunk of samples is one task for the cores (backend.cores): the strategy's min_tasks at least, so
+# that two cores share the work evenly although the second starts late, and for the wide GEMM at most
+# rows_chunk_bytes of rows per chunk, so that a chunk's rows (reused for their own gradient) and dy
+# stay in L2. Chunk sizes depend on the shapes alone, never on the thread count: a weight gradient is
+# summed per chunk, then over chunks in order, so the chunk fixes its order of additions.
+
+def _chunk(n_rows, L, N, itemsize):
     """Samples per chunk of the wide-GEMM path: n_rows * L * itemsize bytes of rows each."""
-    budget = min(max_bytes, ROWS_CHUNK_BYTES)
-    return _balanced_chunk(N, budget // max(n_rows * L * itemsize, 1))
+    return _balanced_chunk(N, numba_strategy.current().rows_chunk_bytes // max(n_rows * L * itemsize, 1))
 
 
 def _direct_chunk(N):
-    return _balanced_chunk(N, DIRECT_MAX_CHUNK)
+    return _balanced_chunk(N, numba_strategy.current().direct_max_chunk)
 
 
-def conv2d_stride1_forward(x, w, b, PH, PW, max_bytes, relu_pool=False):
-    """Stride-1 convolution in the wide layout. x (N, C, H, W), w (OC, C, KH, KW), b (OC,) or None.
-    Returns y (N, OC, OH, OW) and what conv2d_stride1_backward needs.
-
-    relu_pool=True fuses the ReLU and 2x2 max pool (stride 2) that follow the convolution: y is
-    relu(maxpool(conv(x))) (N, OC, OH//2, OW//2), each output plane pooled while it is in the
-    cache; the full-size output is never stored. The same values, bit for bit, as the three
-    layers run one by one (pool first: max and ReLU commute, see nn.module._pool_before_activation).
-    Chunks of samples are tasks for the cores (backend.cores), each writing its own samples."""
+def _stride1_forward(x, w, b, padding, relu_pool, forward, backward):
+    """Stride-1 convolution in the wide layout by the given forward algorithm ('direct', 'gemm' or
+    'winograd'). x (N, C, H, W), w (OC, C, KH, KW), b (OC,) or None. Returns y (N, OC, OH, OW), or
+    relu(maxpool(y)) (N, OC, OH//2, OW//2) with relu_pool, and a _Stride1Record."""
+    PH, PW = padding
     N, C, H, W = x.shape
     OC, _, KH, KW = w.shape
     Hp, Wp = H + 2 * PH, W + 2 * PW
@@ -395,15 +411,15 @@ def conv2d_stride1_forward(x, w, b, PH, PW, max_bytes, relu_pool=False):
         pooled = (y, idx, OH, OW)
     else:
         y, pooled = np.empty((N, OC, OH, OW), dtype=x.dtype), None
-    if WINOGRAD and KH == KW == 3 and C > DIRECT_MAX_CHANNELS:
+    if forward == "winograd":
         tiles = numba_winograd.Tiles(x.shape, PH, PW, pooled=relu_pool)
         xq = tiles.input_planes(x)
         numba_winograd.forward(x, xq, w, bias, y, idx if relu_pool else None, tiles, zero)
-        return y, (xq, None, pooled, "winograd")
-    direct = C <= DIRECT_MAX_CHANNELS or (C <= DIRECT_FORWARD_MAX_CHANNELS and KW in (3, 5))
+        return y, _Stride1Record("winograd", xq, None, pooled, x.shape, padding, b is not None)
+    direct = forward == "direct"
     xp = _padded_wide(x, PH, PW)
     w_col = w.reshape(OC, -1)
-    chunk = _direct_chunk(N) if direct else _chunk(w_col.shape[1], L, N, x.dtype.itemsize, max_bytes)
+    chunk = _direct_chunk(N) if direct else _chunk(w_col.shape[1], L, N, x.dtype.itemsize)
     n_tasks = -(-N // chunk)
     if direct:
         w4, b4 = _blocked(w, bias)
@@ -430,25 +446,26 @@ def conv2d_stride1_forward(x, w, b, PH, PW, max_bytes, relu_pool=False):
                 _unwiden(y_wide, bias, y, Wp, first)
             return rows
 
-    rows = cores.run(forward_chunk, n_tasks)[0]
-    # a direct forward may have a GEMM backward, or the sparse one
-    backward = "direct" if C <= DIRECT_MAX_CHANNELS else \
-        "sparse" if relu_pool and numba_sparse.uses_sparse_backward(KW) else "gemm"
-    return y, (xp, rows if n_tasks == 1 and backward == "gemm" else None, pooled, backward)
+    rows = cores.run(forward_chunk, n_tasks)[0] if N else None
+    kept = rows if n_tasks == 1 and backward == "gemm" else None
+    return y, _Stride1Record(backward, xp, kept, pooled, x.shape, padding, b is not None)
 
 
-def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad=True):
-    """Gradients of conv2d_stride1_forward: (dx or None, dw, db). dy has the shape of its y (the
-    pooled shape after relu_pool=True: the gradient then goes straight into the wide layout).
-    The same chunks of samples as forward are the tasks; each returns its share of dw and db,
-    added in chunk order."""
-    xp, kept_rows, pooled, method = saved
+def _stride1_backward(dy, record, w, input_grad):
+    """Gradients through _stride1_forward by the record's backward algorithm: (dx or None, dw, db or
+    None). dy has the shape of forward's y (pooled after relu_pool: the gradient then goes straight
+    into the wide layout). The same chunks of samples as forward are the tasks; each returns its
+    share of dw and db, added in chunk order."""
+    r = record
+    xp, kept_rows, pooled, method = r.xp, r.rows, r.pooled, r.algorithm
+    (PH, PW), x_shape = r.padding, r.x_shape
     N, C, H, W = x_shape
     OC, _, KH, KW = w.shape
     if method == "winograd":
         tiles = numba_winograd.Tiles(x_shape, PH, PW, pooled=pooled is not None)
-        return numba_winograd.backward(np.ascontiguousarray(dy), xp, pooled, np.ascontiguousarray(w), x_shape,
-                                       tiles, input_grad)
+        dx, dw, db = numba_winograd.backward(np.ascontiguousarray(dy), xp, pooled, np.ascontiguousarray(w), x_shape,
+                                             tiles, input_grad)
+        return dx, dw, db if r.has_bias else None
     Wp = W + 2 * PW
     OH, OW = (dy.shape[2], dy.shape[3]) if pooled is None else pooled[2:]
     L = (OH - 1) * Wp + OW
@@ -459,7 +476,7 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
     no_gradient = np.empty((0,) + xp.shape[1:], dtype=dy.dtype)        # the sparse kernel's "no dx"
     w_col = w.reshape(OC, -1)
     chunk = _direct_chunk(N) if direct else N if kept_rows is not None else \
-        _chunk(w_col.shape[1], L, N, dy.dtype.itemsize, max_bytes)
+        _chunk(w_col.shape[1], L, N, dy.dtype.itemsize)
     n_tasks = -(-N // chunk)
     dxp = np.empty(xp.shape, dtype=dy.dtype) if input_grad else None      # padded wide planes
     dx = np.empty(x_shape, dtype=dy.dtype) if input_grad and (PH or PW) else None
@@ -505,5 +522,8 @@ def conv2d_stride1_backward(dy, saved, w, x_shape, PH, PW, max_bytes, input_grad
             _crop_padding(dxp[part], dx[part], PH, PW, Wp)
         return dw, db
 
-    dw, db = _sum_in_order(cores.run(backward_chunk, n_tasks))
-    return _input_grad(dxp, dx, x_shape), dw, db
+    if N:
+        dw, db = _sum_in_order(cores.run(backward_chunk, n_tasks))
+    else:
+        dw, db = np.zeros_like(w), np.zeros(OC, dtype=dy.dtype)
+    return _input_grad(dxp, dx, x_shape), dw, db if r.has_bias else None

@@ -1,5 +1,5 @@
 """The backward of a convolution fused with ReLU and 2x2 max pool, from the pool's winners alone
-(numba_conv calls it; see the comment below)."""
+(numba_conv calls it; see the comment below). Measurements: benchmarks/history.md, "Numba strategy"."""
 import numpy as np
 from numba import njit
 
@@ -13,24 +13,13 @@ from .simd import LANES, row_fma, sum_rows
 # layout) twice, then scatters 150 shifted rows. Here the nonzero entries are listed once per chunk
 # (_pooled_gradient_entries), and each adds what it touches: dw[o] += v * the input window under it
 # (_sparse_weight_grad), the gradient window under it += v * w[o] (_sparse_input_grad), one kernel
-# row per vector operation (simd.row_fma: KW <= LANES taps). Measured on 2 Xeon vCPUs (Emerald
-# Rapids), LeNet's second layer (6 -> 16 channels 5x5) on real MNIST, the whole backward: 1.05 ms
-# against 1.41 ms by the GEMMs at batch 64, 3.9-4.5 against 5.2-8.4 ms at 256. A chunk of 8 samples
-# (about 2,100-2,300 entries, 61 % of the windows alive) on one core: listing 14-17 us, weight
-# gradient 61 us with row_fma entry by entry, 48 us with each kernel row summed over a channel's
-# entries in registers (simd.sum_rows), input gradient 57-69 us (30 row updates an entry; visiting
-# a channel's entries in strides of 2, 3 or 7, so that overlapping windows do not follow each
-# other, changed nothing). A model's first layer (one channel: 3 or 5 rows an entry) keeps its
-# dense dot products: sparse there took 1.1x their time in LeNet, 1.3x in MnistCNN.
+# row per vector operation (simd.row_fma: KW <= LANES taps), each kernel row of the weight gradient
+# summed over a channel's entries in registers (simd.sum_rows). numba_strategy decides where it is
+# used: kernels 5 to LANES wide, with more input channels than the direct sums take (a first layer's
+# dense dot products beat it).
 # The sum skips products by zero, which are zero only when the other factor is finite: a chunk
 # whose input holds inf or NaN (or any call whose weights do) goes by the GEMMs, where 0 * inf
-# makes NaN as in torch. Kernels 3 wide go by Winograd or the direct sum instead: with 3 of 8 lanes
-# busy the sparse sum has little left to gain (estimated, not measured), hence the least width.
-SPARSE_MIN_KERNEL_WIDTH = 5
-
-
-def uses_sparse_backward(KW):
-    return SPARSE_MIN_KERNEL_WIDTH <= KW <= LANES
+# makes NaN as in torch.
 
 
 @njit(**FAST)

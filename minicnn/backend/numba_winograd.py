@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit
 
-from . import cores
+from . import cores, numba_strategy
 from .numba_common import (FAST, _balanced_chunk, _crop_padding, _input_grad, _pad_wide,
                            _scratch_planes, _sum_in_order)
 from .numba_relu_pool import _first_max, _max_of_four
@@ -278,15 +278,10 @@ def _winograd_pooled_grad(dy, y, idx, Z, db):
 
 
 def _winograd_chunk(C, OC, T, N, itemsize):
-    """Samples per task: at least MIN_TASKS tasks, at most WINOGRAD_CHUNK_BYTES of V and M."""
+    """Samples per task: at least the strategy's min_tasks tasks, at most its winograd_chunk_bytes
+    of V and M, so that a chunk's transformed planes stay in L2."""
     per_sample = 16 * (C + OC) * T * itemsize
-    return _balanced_chunk(N, WINOGRAD_CHUNK_BYTES // max(per_sample, 1))
-
-
-# A chunk's V and M (or Z) planes stay in L2: MnistCNN's training step on 2 Xeon cores (per-core
-# L2 2 MB), interleaved A/B against 1 MB chunks (6 samples at batch 64): 512 KB 1.06x the time at
-# batch 64 and 1.10x at 256, 2 MB 1.02x at 256, 4 MB 1.05x and 1.10x; FashionCNN on par.
-WINOGRAD_CHUNK_BYTES = 2**20
+    return _balanced_chunk(N, numba_strategy.current().winograd_chunk_bytes // max(per_sample, 1))
 
 
 class Tiles:
@@ -335,7 +330,8 @@ def forward(x, xq, w, bias, y, idx, tiles, zero):
         else:
             _winograd_output_relu_pool(M_planes, T, bias, y, idx, first, zero)
 
-    cores.run(forward_chunk, -(-N // chunk))
+    if N:
+        cores.run(forward_chunk, -(-N // chunk))
 
 
 def backward(dy, xq, pooled, w, x_shape, tiles, input_grad):
@@ -371,6 +367,8 @@ def backward(dy, xq, pooled, w, x_shape, tiles, input_grad):
                 _crop_padding(dxq[part], dx[part], tiles.PH, tiles.PW, tiles.Wq)
         return dU, db
 
+    if not N:
+        return _input_grad(dxq, dx, x_shape), np.zeros(w.shape, dtype=dy.dtype), np.zeros(OC, dtype=dy.dtype)
     dU, db = _sum_in_order(cores.run(backward_chunk, -(-N // chunk)))
     dw = np.empty(w.shape, dtype=dy.dtype)
     _winograd_weights_grad(dU, dw)

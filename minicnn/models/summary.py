@@ -1,7 +1,8 @@
 """A table of a model's layers, output shapes and parameter counts."""
 import numpy as np
 
-from ..nn.module import Sequential, no_grad
+from ..nn.container import Sequential
+from ..nn.module import no_grad
 
 
 def summary(model, input_shape, dtype=np.float32):

@@ -1,11 +1,12 @@
 """Layers with hand-written forward and backward passes, named and shaped as in torch.nn."""
 from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
 from .batchnorm import BatchNorm1d, BatchNorm2d
+from .container import Sequential
 from .conv import Conv2d
 from .dropout import Dropout
 from .linear import Flatten, Linear
 from .loss import CrossEntropyLoss
-from .module import Module, Parameter, Sequential, is_grad_enabled, no_grad
+from .module import Module, Parameter, is_grad_enabled, no_grad
 from .pool import AvgPool2d, MaxPool2d
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""Elementwise activations. Shape: any -> same; each caches what its derivative needs."""
+"""Elementwise activations, as torch.nn's. Shape: any -> same. The backend computes each one
+(ops.<name>_forward / <name>_backward); the record keeps what its derivative needs."""
 
 from .. import backend
 from ._checks import check_float_array
@@ -7,17 +8,20 @@ from .module import Module
 
 class ReLU(Module):
     """max(x, 0); derivative 1 where x > 0, else 0 (torch's choice at 0)."""
-    # max(relu(window)) == relu(max(window)) exactly (NaN included): inference may pool first
-    commutes_with_max_pool = True
+
+    @property
+    def kind(self):
+        """('relu',) for a backend's chain plan (None for subclasses)."""
+        return ("relu",) if type(self) is ReLU else None
 
     def forward(self, x):
         check_float_array(self, x)
-        y = backend.ops_for(x).relu_forward(x)
-        self.save_for_backward(y, y=y)
+        y, record = backend.ops_for(x).relu_forward(x)
+        self.save_for_backward(y, record=record)
         return y
 
     def backward(self, dy):
-        return backend.ops_for(dy).relu_backward(dy, self.saved(dy).y)   # y <= 0 exactly where x <= 0
+        return backend.ops_for(dy).relu_backward(dy, self.saved(dy).record)
 
 
 class LeakyReLU(Module):
@@ -29,14 +33,12 @@ class LeakyReLU(Module):
 
     def forward(self, x):
         check_float_array(self, x)
-        xp = backend.xp_for(x)
-        slope = xp.where(x > 0, x.dtype.type(1), x.dtype.type(self.negative_slope))
-        y = x * slope
-        self.save_for_backward(y, slope=slope)
+        y, record = backend.ops_for(x).leaky_relu_forward(x, self.negative_slope)
+        self.save_for_backward(y, record=record)
         return y
 
     def backward(self, dy):
-        return dy * self.saved(dy).slope
+        return backend.ops_for(dy).leaky_relu_backward(dy, self.saved(dy).record)
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}"
@@ -47,15 +49,12 @@ class Sigmoid(Module):
 
     def forward(self, x):
         check_float_array(self, x)
-        xp = backend.xp_for(x)
-        e = xp.exp(-xp.abs(x))                       # never overflows
-        y = xp.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
-        self.save_for_backward(y, y=y)
+        y, record = backend.ops_for(x).sigmoid_forward(x)
+        self.save_for_backward(y, record=record)
         return y
 
     def backward(self, dy):
-        y = self.saved(dy).y
-        return dy * y * (1 - y)
+        return backend.ops_for(dy).sigmoid_backward(dy, self.saved(dy).record)
 
 
 class Tanh(Module):
@@ -63,10 +62,9 @@ class Tanh(Module):
 
     def forward(self, x):
         check_float_array(self, x)
-        y = backend.xp_for(x).tanh(x)
-        self.save_for_backward(y, y=y)
+        y, record = backend.ops_for(x).tanh_forward(x)
+        self.save_for_backward(y, record=record)
         return y
 
     def backward(self, dy):
-        y = self.saved(dy).y
-        return dy * (1 - y * y)
+        return backend.ops_for(dy).tanh_backward(dy, self.saved(dy).record)

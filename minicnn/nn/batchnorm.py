@@ -37,31 +37,31 @@ class _BatchNorm(Module):
             self.register_buffer("running_var", np.ones(num_features, dtype=dtype))
             self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
 
-    def _params(self, xp, dtype):
+    def _params(self, ops, dtype):
         if self.affine:
             return self.weight.data, self.bias.data
-        return xp.ones(self.num_features, dtype=dtype), xp.zeros(self.num_features, dtype=dtype)
+        return ops.xp.ones(self.num_features, dtype=dtype), ops.xp.zeros(self.num_features, dtype=dtype)
 
     def forward(self, x):
         check_input(self, x, self._shape_desc, self._ndims, self.num_features,
                     params_dtype=self.weight.dtype if self.affine else None)
+        ops = backend.ops_for(x)
         x3 = x.reshape(x.shape[0], self.num_features, -1)
-        gamma, beta = self._params(backend.xp_for(x), x.dtype)
+        gamma, beta = self._params(ops, x.dtype)
         use_batch_stats = self.training or not self.track_running_stats
         if use_batch_stats:
             M = x3.shape[0] * x3.shape[2]
             if M < 2:
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
                                  f"got input {tuple(x.shape)}")
-            y3, xhat, mean, var, invstd = backend.ops_for(x).batchnorm_forward_train(x3, gamma, beta, self.eps)
+            y3, mean, var, record = ops.batchnorm_forward_train(x3, gamma, beta, self.eps)
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean, var * (M / (M - 1)))
         else:
-            invstd = 1 / backend.xp_for(x).sqrt(self.running_var + self.eps)
-            y3, xhat = backend.ops_for(x).batchnorm_forward_eval(x3, self.running_mean, invstd, gamma, beta,
-                                                                 keep_xhat=is_grad_enabled())
+            y3, record = ops.batchnorm_forward_eval(x3, self.running_mean, self.running_var, self.eps, gamma, beta,
+                                                    keep_record=is_grad_enabled())
         y = y3.reshape(x.shape)
-        self.save_for_backward(y, xhat=xhat, invstd=invstd, batch_stats=use_batch_stats)
+        self.save_for_backward(y, record=record, batch_stats=use_batch_stats)
         return y
 
     def _update_running_stats(self, mean, unbiased_var):
@@ -74,13 +74,13 @@ class _BatchNorm(Module):
 
     def backward(self, dy):
         s = self.saved(dy)
+        ops = backend.ops_for(dy)
         dy3 = dy.reshape(dy.shape[0], self.num_features, -1)
-        gamma, _ = self._params(backend.xp_for(dy), dy.dtype)
+        gamma, _ = self._params(ops, dy.dtype)
         if s.batch_stats:
-            dx3, dgamma, dbeta = backend.ops_for(dy).batchnorm_backward_train(dy3, s.xhat, s.invstd, gamma)
-        else:   # running statistics are constants: the layer is affine in x
-            dx3 = dy3 * (gamma * s.invstd)[:, None]
-            dgamma, dbeta = (dy3 * s.xhat).sum(axis=(0, 2)), dy3.sum(axis=(0, 2))
+            dx3, dgamma, dbeta = ops.batchnorm_backward_train(dy3, s.record, gamma)
+        else:             # running statistics are constants: the layer is affine in x
+            dx3, dgamma, dbeta = ops.batchnorm_backward_eval(dy3, s.record, gamma)
         if self.affine:
             self.weight.accumulate_grad(dgamma, owned=True)
             self.bias.accumulate_grad(dbeta, owned=True)

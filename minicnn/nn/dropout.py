@@ -1,9 +1,10 @@
 """Inverted dropout: in training, zero each element with probability p and scale the rest by
 1/(1-p), so eval needs no rescaling; in eval, the identity. Shape: any -> same.
 
-On the CPU the mask comes from minicnn's NumPy generator; on the GPU from a counter-based
-generator in device memory (kernels/dropout.cu), seeded once from that same generator, so
-seeded runs are reproducible on each device (the masks differ between devices)."""
+The mask is drawn from minicnn's global generator (or the layer's own, with seed=): on the CPU
+from it directly; on the GPU from a generator in device memory seeded once from it, so that a
+captured CUDA graph draws anew on each replay. Seeded runs are reproducible on each device (the
+masks differ between devices)."""
 import numpy as np
 
 from .. import backend, random
@@ -24,26 +25,21 @@ class Dropout(Module):
             raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
         self.p = float(p)
         self._rng = None if seed is None else np.random.default_rng(seed)
+        self._backend_state = {}               # where a backend keeps generator state between calls
 
     def forward(self, x):
         check_float_array(self, x)
         if not self.training or self.p == 0:
-            self.save_for_backward(x, mask=None)
+            self.save_for_backward(x, record=None)
             return x
         rng = self._rng or random.get_rng()
-        if backend.is_cupy_array(x):       # drawn on the GPU, so a captured CUDA graph draws anew each replay
-            if self.__dict__.get("_gpu_state") is None:
-                object.__setattr__(self, "_gpu_state", backend.ops_for(x).new_rng_state(int(rng.integers(2**63))))
-            y, mask = backend.ops_for(x).dropout_forward(x, self.p, self._gpu_state)
-        else:
-            mask = backend.ops_for(x).dropout_mask(x.shape, self.p, x.dtype, rng)
-            y = x * mask
-        self.save_for_backward(y, mask=mask)
+        y, record = backend.ops_for(x).dropout_forward(x, self.p, rng, self._backend_state)
+        self.save_for_backward(y, record=record)
         return y
 
     def backward(self, dy):
-        mask = self.saved(dy).mask
-        return dy if mask is None else dy * mask
+        record = self.saved(dy).record
+        return dy if record is None else backend.ops_for(dy).dropout_backward(dy, record)
 
     def extra_repr(self):
         return f"p={self.p}"

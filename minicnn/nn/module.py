@@ -1,4 +1,4 @@
-"""Module, Parameter and Sequential: the containers every layer is built from.
+"""Module and Parameter: what every layer is built from (containers are in container.py).
 
 A Module owns Parameters (trainable arrays with a ``.grad``), buffers (state such as batch-norm
 running statistics) and child Modules, registered by plain attribute assignment as in torch.
@@ -239,6 +239,10 @@ class Module:
         check_grad(self, dy, saved.out_shape, saved.out_dtype)
         return saved
 
+    # How a backend's plan of a chain of layers sees this layer (backend.contract.plan_chain): a tuple
+    # such as ('relu',) for layers whose op the plan may move or fuse, None for any other.
+    kind = None
+
     def forward(self, x):
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
@@ -259,100 +263,3 @@ class Module:
         if not lines:
             return head + ")"
         return head + "\n  " + "\n  ".join(lines) + "\n)"
-
-
-class Sequential(Module):
-    """Runs its children in order; backward runs them in reverse. Children are named '0', '1', ...
-
-    Inference (eval mode under no_grad) runs large batches through all layers INFERENCE_CHUNK
-    samples at a time: every sample's result is independent of the others there, and the
-    intermediate activations of a chunk stay in the cache instead of being fresh, page-faulting
-    memory the size of the whole batch (measured at batch 1000 on 2 Xeon cores: LeNet 21k -> 37k
-    images/s, MnistCNN 5.6k -> 7.5k). Layers that mix samples in eval mode would not allow this.
-    GPU batches run whole: there, chunks would only multiply the kernel launches.
-
-    A ReLU followed by max pooling runs after the pooling instead, on a quarter of the values
-    (2x2 windows), and backward follows the order forward ran: the output and every gradient
-    are the very same (see _pool_before_activation). Where the backend can, a convolution with
-    its ReLU and 2x2 pool runs as one step (nn.fused.ConvReLUPool), again with the same results.
-    """
-    can_skip_input_grad = True
-    INFERENCE_CHUNK = 128
-
-    def __init__(self, *layers):
-        super().__init__()
-        if len(layers) == 1 and isinstance(layers[0], OrderedDict):
-            for name, layer in layers[0].items():
-                setattr(self, name, layer)
-        else:
-            for i, layer in enumerate(layers):
-                if not isinstance(layer, Module):
-                    raise TypeError(f"Sequential: argument {i} is {describe(layer)}, not a Module")
-                setattr(self, str(i), layer)
-
-    def append(self, layer):
-        setattr(self, str(len(self._modules)), layer)
-        return self
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def __getitem__(self, i):
-        layers = list(self._modules.values())
-        if isinstance(i, slice):
-            return Sequential(*layers[i])
-        return layers[i]
-
-    def forward(self, x):
-        if not _grad_enabled and not self.training and getattr(x, "ndim", 0) > 0 and not backend.is_cupy_array(x) \
-                and len(x) > self.INFERENCE_CHUNK and self._all_layers_eval():
-            parts = [self._run(x[i:i + self.INFERENCE_CHUNK]) for i in range(0, len(x), self.INFERENCE_CHUNK)]
-            return backend.xp_for(parts[0]).concatenate(parts)
-        return self._run(x)
-
-    def _run(self, x):
-        from .fused import fuse                             # fused.py imports the layers, which import this
-        layers = _pool_before_activation(self._modules.values())
-        if backend.is_array(x):
-            layers = fuse(layers, backend.ops_for(x))
-        object.__setattr__(self, "_order", layers)          # the order backward retraces
-        with backend.pass_scope(x):
-            for layer in layers:
-                x = layer(x)
-        return x
-
-    def _all_layers_eval(self):
-        return all(not m.training for m in self.modules())
-
-    def backward(self, dy, input_grad=True):
-        """Backpropagate dy through the layers in reverse; returns the input gradient.
-
-        input_grad=False lets the first layer skip computing a gradient nobody will read (the
-        images' gradient during training; torch skips it too since images need no grad) and
-        returns None. fit() uses it.
-        """
-        layers = self.__dict__.get("_order") or list(self._modules.values())
-        with backend.pass_scope(dy):
-            for layer in reversed(layers[1:]):
-                dy = layer.backward(dy)
-            first = layers[0]
-            if not input_grad and getattr(first, "can_skip_input_grad", False):
-                return first.backward(dy, input_grad=False)
-            dx = first.backward(dy)
-        return dx if input_grad else None
-
-
-def _pool_before_activation(layers):
-    """The layers with every (activation, max pool) pair swapped where the activation commutes
-    with taking a maximum (ReLU), so the activation runs on the pooled values only. Nothing
-    changes but the work: max(relu(window)) = relu(max(window)) exactly (NaN included), and the
-    gradient reaches the same pixel with the same value: the window's winner when its maximum is
-    positive (or NaN), and nowhere (a zero) when it is not, since ReLU's derivative is 0 there."""
-    layers = list(layers)
-    for i in range(len(layers) - 1):
-        if getattr(layers[i], "commutes_with_max_pool", False) and getattr(layers[i + 1], "is_max_pool", False):
-            layers[i], layers[i + 1] = layers[i + 1], layers[i]
-    return layers

@@ -1,8 +1,8 @@
 """Max and average pooling over KH x KW windows moved by a stride, optionally over padding.
 
     x (N, C, H, W) -> y (N, C, OH, OW),  OH = (H + 2*PH - KH) // SH + 1
-Max pooling pads with -inf and remembers which pixel won each window (idx, flat kh*KW + kw);
-backward sends each gradient to that pixel, adding up where windows overlap.
+Max pooling pads with -inf and remembers which pixel won each window; backward sends each
+gradient to that pixel, adding up where windows overlap. Average pooling shares it out.
 """
 from .. import backend
 from ._checks import check_input, pair
@@ -20,19 +20,13 @@ class _Pool2d(Module):
             raise ValueError(f"{name}: padding {self.padding} must be at most half the kernel size "
                              f"{self.kernel_size} (as in torch)")
 
-    def _geometry(self, x):
+    def _check(self, x):
         check_input(self, x, "(N, C, H, W)", 4)
         (KH, KW), (PH, PW) = self.kernel_size, self.padding
         H, W = x.shape[2:]
         if H + 2 * PH < KH or W + 2 * PW < KW:
             raise ValueError(f"{self!r}: window {KH}x{KW} is larger than the padded input "
                              f"{H + 2 * PH}x{W + 2 * PW} (input {H}x{W}, padding {PH}x{PW})")
-        return self.window
-
-    @property
-    def window(self):
-        """(KH, KW, SH, SW, PH, PW), the argument order of the pooling primitives."""
-        return (*self.kernel_size, *self.stride, *self.padding)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -44,17 +38,20 @@ class MaxPool2d(_Pool2d):
     Args: kernel_size, stride (default: kernel_size), padding: an int or a pair.
     Shape: (N, C, H, W) -> (N, C, OH, OW).
     """
-    is_max_pool = True
+
+    @property
+    def kind(self):
+        """('maxpool2d', kernel_size, stride, padding) for a backend's chain plan (None for subclasses)."""
+        return ("maxpool2d", self.kernel_size, self.stride, self.padding) if type(self) is MaxPool2d else None
 
     def forward(self, x):
-        geometry = self._geometry(x)
-        y, idx = backend.ops_for(x).maxpool2d_forward(x, *geometry)
-        self.save_for_backward(y, idx=idx, x_shape=x.shape)
+        self._check(x)
+        y, record = backend.ops_for(x).maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        self.save_for_backward(y, record=record)
         return y
 
     def backward(self, dy):
-        s = self.saved(dy)
-        return backend.ops_for(dy).maxpool2d_backward(dy, s.idx, s.x_shape, *self.window)
+        return backend.ops_for(dy).maxpool2d_backward(dy, self.saved(dy).record)
 
 
 class AvgPool2d(_Pool2d):
@@ -70,11 +67,11 @@ class AvgPool2d(_Pool2d):
         self.count_include_pad = bool(count_include_pad)
 
     def forward(self, x):
-        geometry = self._geometry(x)
-        y, divisor = backend.ops_for(x).avgpool2d_forward(x, *geometry, self.count_include_pad)
-        self.save_for_backward(y, divisor=divisor, x_shape=x.shape)
+        self._check(x)
+        y, record = backend.ops_for(x).avgpool2d_forward(x, self.kernel_size, self.stride, self.padding,
+                                                         self.count_include_pad)
+        self.save_for_backward(y, record=record)
         return y
 
     def backward(self, dy):
-        s = self.saved(dy)
-        return backend.ops_for(dy).avgpool2d_backward(dy, s.divisor, s.x_shape, *self.window)
+        return backend.ops_for(dy).avgpool2d_backward(dy, self.saved(dy).record)

@@ -1,13 +1,9 @@
 """Optimizer base: parameter groups, per-parameter state, zero_grad and state dicts (torch layout).
 
-A subclass implements ``_update(p, grad, group, state)`` for one parameter; ``step`` calls it for
-every parameter that has a gradient. On the GPU a subclass may also implement
-``_gpu_group_step(group, params, states)``, which updates a whole group with one fused kernel
-(kernels/optim.cu); its hyper-parameters come from ``_hyper_values(group, params, states)`` so
-that a CUDA-graph replay can recompute and upload them (``prepare_replay``).
+A subclass implements ``_group_step(group, params, states)``, which updates a list of parameters of
+one backend and dtype through one grouped op of the backend (ops.sgd_update, ops.adam_update): the
+reference loops over the arrays, the GPU updates them all in one kernel launch.
 """
-import numpy as np
-
 from .. import backend
 from ..nn.module import Parameter
 
@@ -46,69 +42,23 @@ class Optimizer:
                     p.grad.fill(0)
 
     def step(self):
+        """One update of every parameter that has a gradient, a group at a time."""
         for group in self.param_groups:
-            params = _with_grad(group)
-            states = [self._state_on_device(p) for p in params]
-            if params and self._can_fuse_on_gpu(params):
-                self._gpu_group_step(group, params, states)
-                continue
-            for p, state in zip(params, states):
-                self._update(p, p.grad, group, state)
+            params = [p for p in group["params"] if p.grad is not None]
+            for batch in _same_backend_and_dtype(params):
+                self._group_step(group, batch, [self._state_of(p) for p in batch])
 
-    def _state_on_device(self, p):
+    def _state_of(self, p):
         """p's state, its arrays moved to p's device first if the model moved since (model.to)."""
         state = self.state.setdefault(p, {})
-        on_gpu = backend.is_cupy_array(p.data)
         for k, v in state.items():
-            if backend.is_array(v) and backend.is_cupy_array(v) != on_gpu:
-                state[k] = backend.device_converter("cuda" if on_gpu else "cpu")(v)
+            if backend.is_array(v):
+                state[k] = backend.on_device_of(v, p.data)
         return state
 
-    def _can_fuse_on_gpu(self, params):
-        if not hasattr(self, "_gpu_group_step") or not backend.is_cupy_array(params[0].data):
-            return False
-        dtype = params[0].data.dtype          # contiguity is checked where the kernel's tables are made
-        return all(backend.is_cupy_array(p.data) and p.data.dtype == dtype and p.grad.dtype == dtype for p in params)
-
-    def _hyper(self, group, values, dtype):
-        """The group's hyper-parameters as a device array for the fused kernels. Eagerly: a
-        device copy cached by value (no copy at all while they stay the same). While a CUDA
-        graph is captured: the group's own buffer, which prepare_replay rewrites before each
-        replay."""
-        from ..backend import cupy_ops
-        if cupy_ops.capturing():
-            return self._graph_hyper_buffer(group, len(values), dtype)
-        return cupy_ops.cached_table(tuple(float(v) for v in values), dtype)
-
-    def _graph_hyper_buffer(self, group, n, dtype):
-        import cupy
-        buffers = self.__dict__.setdefault("_graph_hyper", {})
-        key = id(group)
-        if key not in buffers or buffers[key].size != n or buffers[key].dtype != dtype:
-            buffers[key] = cupy.zeros(n, dtype=dtype)
-        return buffers[key]
-
-    def prepare_replay(self):
-        """Host side of one step for a replayed CUDA graph: advance step counters and write
-        this step's hyper-parameters into the buffers the captured kernels read."""
-        import cupy
-        for group in self.param_groups:
-            params = _with_grad(group)
-            if params:
-                states = [self.state[p] for p in params]
-                values = self._hyper_values(group, params, states)
-                buffer = self._graph_hyper_buffer(group, len(values), params[0].data.dtype)
-                buffer[...] = cupy.asarray(np.array(values, dtype=buffer.dtype))
-
-    def host_state(self):
-        """The non-array part of the state (step counters): a capture must not advance it."""
-        return {p: {k: v for k, v in st.items() if not backend.is_array(v)} for p, st in self.state.items()}
-
-    def restore_host_state(self, saved):
-        for p, values in saved.items():
-            self.state[p].update(values)
-
-    def _update(self, p, grad, group, state):
+    def _group_step(self, group, params, states):
+        """Update params (a list of one backend and dtype) with the group's hyper-parameters through
+        one of the backend's grouped ops (ops.sgd_update, ops.adam_update)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ state dicts
@@ -167,6 +117,9 @@ class Optimizer:
         return "\n".join(lines + [")"])
 
 
-def _with_grad(group):
-    """The group's parameters that have a gradient to apply."""
-    return [p for p in group["params"] if p.grad is not None]
+def _same_backend_and_dtype(params):
+    """params in runs that one grouped op can take: the same array type and dtype (normally one run)."""
+    runs = {}
+    for p in params:
+        runs.setdefault((type(p.data), p.data.dtype, type(p.grad), p.grad.dtype), []).append(p)
+    return list(runs.values())

@@ -1,0 +1,112 @@
+"""Elementwise and row-wise ops on the Numba backend: ReLU, softmax cross-entropy, the SGD step.
+Each is one plain loop (vectorized by LLVM) instead of NumPy's several passes with temporaries."""
+import numpy as np
+from numba import njit
+
+from . import cores, numba_strategy, numpy_ops
+from .numba_common import FAST
+
+
+# ---------------------------------------------------------------- softmax cross-entropy
+
+@njit(**FAST)
+def _softmax_ce(logits, labels, smoothing, loss, probs):
+    N, K = logits.shape
+    for n in range(N):
+        m = logits[n, 0]
+        for k in range(1, K):
+            m = max(m, logits[n, k])
+        total = 0.0
+        for k in range(K):
+            total += np.exp(logits[n, k] - m)
+        log_total = np.log(total)
+        mean_logp = 0.0
+        for k in range(K):
+            logp = logits[n, k] - m - log_total
+            probs[n, k] = np.exp(logp)
+            mean_logp += logp
+        nll = -(logits[n, labels[n]] - m - log_total)
+        loss[n] = (1 - smoothing) * nll - smoothing * mean_logp / K if smoothing else nll
+
+
+def softmax_cross_entropy_forward(logits, labels, label_smoothing):
+    """As numpy_ops, one pass a row; record: (probs, labels, label_smoothing)."""
+    numpy_ops._check_labels(labels, logits.shape[1])
+    logits = np.ascontiguousarray(logits)
+    loss = np.empty(len(logits), dtype=logits.dtype)
+    probs = np.empty_like(logits)
+    _softmax_ce(logits, labels.astype(np.int64, copy=False), float(label_smoothing), loss, probs)
+    return loss, (probs, labels, label_smoothing)
+
+
+# ---------------------------------------------------------------- ReLU
+
+# zero comes in with the arrays' dtype: a literal 0 would make each select float64 and keep
+# the loop scalar; bitwise | (no short-circuit branch) lets it vectorize.
+
+@njit(cache=True, nogil=True)
+def _relu(x, y, zero):
+    for i in range(x.size):
+        v = x[i]
+        y[i] = v if (v > zero) | (v != v) else zero
+
+
+@njit(cache=True, nogil=True)
+def _relu_backward(dy, y, dx, zero):
+    for i in range(dy.size):
+        dx[i] = zero if y[i] <= zero else dy[i]
+
+
+def relu_forward(x):
+    """As numpy_ops; record: y."""
+    x = np.ascontiguousarray(x)
+    y = np.empty_like(x)
+    _relu(x.reshape(-1), y.reshape(-1), x.dtype.type(0))
+    return y, y
+
+
+def relu_backward(dy, record):
+    dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(record)
+    dx = np.empty_like(dy)
+    _relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1), dy.dtype.type(0))
+    return dx
+
+
+# ---------------------------------------------------------------- optimizer step
+
+@njit(cache=True, nogil=True)
+def _sgd_step(p, grad, buf, lr, momentum, undamped, weight_decay, nesterov, first):
+    for i in range(p.size):
+        g = grad[i]
+        if weight_decay != 0:
+            g = g + weight_decay * p[i]
+        if momentum != 0:
+            b = g if first else momentum * buf[i] + undamped * g
+            buf[i] = b
+            g = g + momentum * b if nesterov else b
+        p[i] = p[i] - lr * g
+
+
+def sgd_update(params, grads, bufs, lr, momentum, dampening, weight_decay, nesterov, first):
+    """numpy_ops.sgd_update in one pass over each array's memory: the same operations in the same
+    order, so the same bits. The hyper-parameters are cast to the arrays' dtype first, as NumPy does
+    with Python scalars (an integer literal like the 1 of 1 - dampening would make Numba compute in
+    float64). Large arrays are updated in parts on the cores (elementwise: the parts change nothing
+    but the speed)."""
+    part_size = numba_strategy.current().sgd_part
+    for p, grad, buf in zip(params, grads, bufs):
+        if not p.flags.c_contiguous:
+            numpy_ops.sgd_update([p], [grad], [buf], lr, momentum, dampening, weight_decay, nesterov, first)
+            continue
+        t = p.dtype.type
+        p, grad, buf = p.reshape(-1), np.ascontiguousarray(grad).reshape(-1), buf.reshape(-1)
+        args = (t(lr), t(momentum), t(1 - dampening), t(weight_decay), bool(nesterov), bool(first))
+        if p.size <= part_size:
+            _sgd_step(p, grad, buf, *args)
+            continue
+
+        def update(i, p=p, grad=grad, buf=buf, args=args):
+            part = slice(i * part_size, (i + 1) * part_size)
+            _sgd_step(p[part], grad[part], buf[part], *args)
+
+        cores.run(update, -(-p.size // part_size))

@@ -1,0 +1,87 @@
+"""How the Numba backend chooses: every algorithm choice and work-splitting budget in one object,
+and the one function that picks a convolution's algorithms from it.
+
+    from minicnn.backend import numba_strategy
+    with numba_strategy.use(direct_max_channels=0, winograd=False):   # tests force a path this way
+        ...
+The defaults come from measurements on the project's 2-core machines (benchmarks/history.md,
+"Numba strategy"); each field says in a line why it is what it is.
+"""
+import contextlib
+import dataclasses
+
+from .simd import LANES
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    # ---- which algorithm a convolution takes (conv_algorithms below)
+    stride1_kernels: bool = True            # False: stride 1 by im2col too (the reference path, for comparison)
+    direct_max_channels: int = 3            # direct sums both ways up to here: im2col is all overhead for so few
+    direct_forward_max_channels: int = 12   # direct forward (widths 3 and 5) up to here, then GEMMs win
+    winograd: bool = True                   # 3x3 with more channels by F(2x2, 3x3): 2.25x fewer multiplies
+    sparse_min_kernel_width: int = 5        # fused backward from the pool's winners for widths 5..LANES
+    fuse_conv_relu_pool: bool = True        # conv + ReLU + 2x2 pool as one step: no full-size activation
+    # ---- how work is cut (chunks depend on the shapes only, never on the thread count)
+    min_tasks: int = 4                      # a layer in at least this many equal tasks: 2 threads end together
+    direct_max_chunk: int = 32              # samples per task of the direct sums
+    rows_chunk_bytes: int = 2**20           # a wide-GEMM task's rows stay in L2
+    winograd_chunk_bytes: int = 2**20       # a Winograd task's transformed tiles stay in L2
+    max_col_bytes: int = 64 * 2**20         # im2col (strided convolutions) a chunk of samples at a time past this
+    split_bytes: int = 2**18                # pooling and batch norm on the cores from this size (a handover costs 20-50 us)
+    matmul_task_flops: int = 2**23          # a matrix product in tasks of about 70 us of one core
+    matmul_max_tasks: int = 8
+    sgd_part: int = 2**17                   # a parameter this large is updated in parts on the cores
+    scratch_keep_bytes: int = 2**25         # per-thread scratch kept between calls up to this size a role
+
+
+_current = Strategy()
+
+
+def current():
+    """The strategy in force."""
+    return _current
+
+
+def set_current(strategy):
+    """Put a Strategy in force; returns the one it replaces."""
+    global _current
+    if not isinstance(strategy, Strategy):
+        raise TypeError(f"numba_strategy.set_current: expected a Strategy, got {type(strategy).__name__}")
+    previous, _current = _current, strategy
+    return previous
+
+
+@contextlib.contextmanager
+def use(**changes):
+    """Run a block with some fields of the strategy changed (tests pin an algorithm this way)."""
+    previous = set_current(dataclasses.replace(_current, **changes))
+    try:
+        yield _current
+    finally:
+        set_current(previous)
+
+
+def conv_algorithms(C, KH, KW, stride, fused):
+    """(forward, backward) algorithm of a convolution with C input channels and a KH x KW kernel:
+    'im2col' for strides other than 1; else 'winograd' for 3x3 kernels with more channels than
+    the direct sums take, 'direct' for few channels, and otherwise a 'direct' forward (widths 3 and
+    5, up to direct_forward_max_channels) or the wide 'gemm', with the 'gemm' backward, or when the
+    convolution is fused with ReLU and pool, the 'sparse' one from the pool's winners."""
+    s = _current
+    if tuple(stride) != (1, 1) or not s.stride1_kernels:
+        return "im2col", "im2col"
+    if s.winograd and KH == KW == 3 and C > s.direct_max_channels:
+        return "winograd", "winograd"
+    if C <= s.direct_max_channels:
+        return "direct", "direct"
+    forward = "direct" if C <= s.direct_forward_max_channels and KW in (3, 5) else "gemm"
+    backward = "sparse" if fused and s.sparse_min_kernel_width <= KW <= LANES else "gemm"
+    return forward, backward
+
+
+def fuses(conv, relu, pool):
+    """Whether three layers' kinds run as one conv2d_relu_maxpool2d step: a stride-1 convolution,
+    a ReLU and a 2x2 max pool at stride 2 without padding."""
+    return (_current.fuse_conv_relu_pool and _current.stride1_kernels and conv is not None and conv[0] == "conv2d" and conv[1] == (1, 1)
+            and relu == ("relu",) and pool == ("maxpool2d", (2, 2), (2, 2), (0, 0)))

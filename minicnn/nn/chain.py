@@ -1,0 +1,76 @@
+"""A chain of layers run as its backend plans it (backend.contract.plan_chain).
+
+The plan says in which order the layers run (a ReLU after the max pool that follows it, on a
+quarter of the values), which runs of layers go as one fused op (nn.fused), and in how large
+chunks inference may cut a batch. Results are those of the layers run one by one as written:
+the reordering is exact, and a fused op computes what its layers do (up to rounding where its
+backend says so). Sequential runs its layers through a Chain; so can any container.
+"""
+from .. import backend
+from .fused import FUSED_STEPS
+from .module import is_grad_enabled
+
+
+class Chain:
+    """The steps of some layers under the plans of the backends they have run on.
+
+    forward(x) runs them in the planned order, inside the backend's pass scope, and remembers the
+    steps for backward(dy), which retraces them in reverse.
+    """
+
+    def __init__(self):
+        self._plans = {}        # (backend name, layer ids, kinds) -> (steps, inference chunk)
+        self._steps = None      # the steps the last forward ran
+
+    def forward(self, layers, x, inference):
+        """Run x through layers; inference (eval mode and no_grad) may cut a large batch in chunks."""
+        ops = backend.ops_for(x)
+        steps, chunk = self._plan(ops, layers)
+        self._steps = steps
+        with ops.pass_scope():
+            if inference and chunk and getattr(x, "ndim", 0) > 0 and len(x) > chunk:
+                parts = [_run(steps, x[i:i + chunk]) for i in range(0, len(x), chunk)]
+                return ops.xp.concatenate(parts)
+            return _run(steps, x)
+
+    def backward(self, layers, dy, input_grad=True):
+        """The input gradient (None when not input_grad and the first step can skip it)."""
+        steps = self._steps or list(layers)
+        with backend.ops_for(dy).pass_scope():
+            for step in reversed(steps[1:]):
+                dy = step.backward(dy)
+            first = steps[0]
+            if not input_grad and getattr(first, "can_skip_input_grad", False):
+                return first.backward(dy, input_grad=False)
+            dx = first.backward(dy)
+        return dx if input_grad else None
+
+    @property
+    def steps(self):
+        """The steps the last forward ran (layers, and fused steps standing for several)."""
+        return list(self._steps or ())
+
+    def _plan(self, ops, layers):
+        kinds = tuple(layer.kind for layer in layers)
+        key = (ops.name, tuple(map(id, layers)), kinds)
+        planned = self._plans.get(key)
+        if planned is None:
+            if len(self._plans) > 8:                # layers replaced many times over: start afresh
+                self._plans.clear()
+            plan = ops.plan_chain(kinds)
+            steps = [layers[indices[0]] if fused is None else FUSED_STEPS[fused](*(layers[i] for i in indices))
+                     for fused, indices in plan.steps]
+            planned = self._plans[key] = (steps, plan.inference_chunk)
+        return planned
+
+
+def _run(steps, x):
+    for step in steps:
+        x = step(x)
+    return x
+
+
+def is_inference(module):
+    """Whether module and all it contains are in eval mode under no_grad: each sample's result is
+    then independent of the others (batch norm uses its running statistics)."""
+    return not is_grad_enabled() and all(not m.training for m in module.modules())
