@@ -1,5 +1,5 @@
 """3x3 stride-1 convolutions by Winograd's F(2x2, 3x3), alone or fused with ReLU and 2x2 max pool
-(numba_conv.conv2d_stride1_forward/backward dispatch here)."""
+(numba_conv dispatches here when numba_strategy.conv_algorithms says 'winograd')."""
 import numpy as np
 from numba import njit
 
@@ -23,10 +23,10 @@ from .numba_relu_pool import _first_max, _max_of_four
 # one pooled value at once, and only the tiles the pool keeps are computed (the last row and
 # column of an odd-sized output are dropped by the pool). MnistCNN's second layer: 2.4x fewer
 # multiply-adds than the direct sum and 3.2x fewer than the wide-GEMM path (which also computes
-# the wrapped columns and the unpooled row and column); FashionCNN's step (three unfused 3x3
-# convolutions) 32.3 -> 24.0 ms at batch 64. Backward runs the adjoints: the tile gradient
-# Z = A g A^T (g the tile's 2x2 of dy, or dy at the pool window's winner), dU[k] = Z[k] @ V[k].T,
-# dV[k] = U[k].T @ Z[k], dw = G^T dU G and dx = the sum of B dV B^T over overlapping tiles. Every transform has only 0, +-1 and +-1/2 as
+# the wrapped columns and the unpooled row and column). Backward runs the adjoints: the tile
+# gradient Z = A g A^T (g the tile's 2x2 of dy, or dy at the pool window's winner), dU[k] = Z[k] @
+# V[k].T, dV[k] = U[k].T @ Z[k], dw = G^T dU G and dx = the sum of B dV B^T over overlapping tiles.
+# Every transform has only 0, +-1 and +-1/2 as
 # coefficients and the code writes only the nonzero terms, so NaN reaches exactly the outputs
 # whose window holds it, as in the direct sum. The values differ from the direct sum in rounding.
 
