@@ -123,4 +123,19 @@ def layer_cases():
         ("Tanh", nn.Tanh, (3, 7)),
         ("Linear(6, 4)", lambda: nn.Linear(6, 4), (3, 6)),
         ("Flatten", nn.Flatten, (2, 3, 2, 2)),
+        ("Conv2d(2, 4, k3, p2, dilation 2, groups 2)", lambda: nn.Conv2d(2, 4, 3, padding=2, dilation=2, groups=2),
+         (2, 2, 7, 6)),
+        ("Conv2d depthwise(4, k3, s2, p1)", lambda: nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4), (2, 4, 7, 8)),
+        ("AdaptiveAvgPool2d((3, 2))", lambda: nn.AdaptiveAvgPool2d((3, 2)), (2, 3, 7, 5)),
+        ("AdaptiveAvgPool2d(1)", lambda: nn.AdaptiveAvgPool2d(1), (2, 3, 5, 4)),
+        ("SiLU", nn.SiLU, (3, 7)),
+        ("GELU", nn.GELU, (3, 7)),
+        ("GELU(approximate='tanh')", lambda: nn.GELU(approximate="tanh"), (3, 7)),
+        ("Identity", nn.Identity, (3, 7)),
+        ("Residual (basic block, 1x1 shortcut)", lambda: _basic_block(2, 4, 2), (3, 2, 6, 7)),
     ]
+
+
+def _basic_block(in_channels, out_channels, stride):
+    from .models import basic_block
+    return basic_block(in_channels, out_channels, stride)

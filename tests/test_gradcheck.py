@@ -34,6 +34,22 @@ LAYERS = [
     # on Numba, a fused step whose backward comes from the pool's winners (numba_sparse), padded, odd output
     ("conv5x5 relu pool", lambda: nn.Sequential(nn.Conv2d(6, 4, 5, padding=1), nn.ReLU(), nn.MaxPool2d(2)),
      (3, 6, 9, 10)),
+    ("conv dilation 2", lambda: nn.Conv2d(2, 3, 3, padding=2, dilation=2), (2, 2, 7, 6)),
+    ("conv groups 2 dilation (2,1) s2", lambda: nn.Conv2d(4, 6, (3, 2), stride=2, padding=1, dilation=(2, 1), groups=2),
+     (2, 4, 9, 8)),
+    ("conv depthwise", lambda: nn.Conv2d(3, 3, 3, padding=1, groups=3), (2, 3, 6, 7)),
+    ("conv depthwise s2 no bias", lambda: nn.Conv2d(4, 4, 5, stride=2, padding=2, groups=4, bias=False), (2, 4, 9, 8)),
+    ("adaptive avgpool (3, 2)", lambda: nn.AdaptiveAvgPool2d((3, 2)), (2, 3, 7, 5)),
+    ("adaptive avgpool global", lambda: nn.AdaptiveAvgPool2d(1), (2, 3, 5, 4)),
+    ("silu", nn.SiLU, (3, 7)),
+    ("gelu", nn.GELU, (3, 7)),
+    ("gelu tanh", lambda: nn.GELU(approximate="tanh"), (3, 7)),
+    ("identity", nn.Identity, (3, 7)),
+    ("residual identity skip", lambda: nn.Residual(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Tanh()),
+                                                   activation=nn.ReLU()), (2, 3, 5, 5)),
+    ("residual conv skip", lambda: mc.models.basic_block(2, 4, stride=2), (3, 2, 6, 7)),
+    ("resnet14", mc.models.ResNet14, (2, 1, 28, 28)),
+    ("mobilenetmnist", mc.models.MobileNetMNIST, (2, 1, 28, 28)),
 ]
 
 
@@ -41,12 +57,20 @@ def tie_free(shape):
     return tie_free_input(shape, rng)
 
 
+# MobileNetMNIST: 50,000 ReLU units in its first layer alone, batch norm over a batch of 2; a step of
+# +-eps in an early weight moves several units across their kinks by amounts too small to be told
+# apart, so central differences resolve its gradients to ~1e-4 only (the error moves with eps: 1.6e-3 at
+# 1e-5, 3.4e-4 at 1e-6, 2.9e-6 at 1e-7: non-smoothness, not a wrong backward; its layers each pass at
+# 1e-6 above). Its backward equals torch's autograd to 1e-10 (tests/test_models_vs_torch.py).
+THRESHOLDS = {"mobilenetmnist": 1e-3}
+
+
 @pytest.mark.parametrize("name,make,shape", LAYERS, ids=[layer[0] for layer in LAYERS])
 def test_layer_gradients_match_central_differences(name, make, shape):
     x = tie_free(shape)
     errors = mc.gradcheck(make(), x, max_entries=60)
     assert set(errors) >= {"input"}
-    assert max(errors.values()) < 1e-6, errors
+    assert max(errors.values()) < THRESHOLDS.get(name, 1e-6), errors
 
 
 def test_gradcheck_detects_a_wrong_backward():

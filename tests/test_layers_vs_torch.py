@@ -42,6 +42,61 @@ def test_conv2d(any_backend, dtype, kernel, stride, padding, c_in, c_out, batch,
     assert_matches_torch(layer, ref, random_input((batch, c_in, H, W), dtype), **tolerance(dtype))
 
 
+# ------------------------------------------------------------------ Conv2d with dilation and groups
+
+DILATED_GROUPED_CASES = []
+for i, (kernel, stride, dilation, groups) in enumerate(itertools.product(
+        [1, 3, (3, 2), 5], [1, 2], [1, 2, (2, 1)], ["two", "depthwise", "one"])):
+    if kernel == 1 and dilation != 1:
+        continue
+    c_in = [4, 6, 2][i % 3]
+    c_out = {"two": 2 * [3, 2][i % 2], "depthwise": c_in, "one": 3}[groups]
+    g = {"two": 2, "depthwise": c_in, "one": 1}[groups]
+    padding = [0, 1, (2, 1), 3][i % 4]
+    batch = [1, 2, 3][i % 3]
+    H, W = [(11, 9), (12, 12), (9, 13)][i % 3]
+    DILATED_GROUPED_CASES.append((kernel, stride, padding, dilation, g, c_in, c_out, batch, H, W, i % 4 != 3))
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation,groups,c_in,c_out,batch,H,W,bias", DILATED_GROUPED_CASES)
+def test_conv2d_dilation_and_groups(any_backend, dtype, kernel, stride, padding, dilation, groups, c_in, c_out,
+                                    batch, H, W, bias):
+    """torch's semantics: dilated taps, channels split into groups (depthwise when groups == C)."""
+    layer = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                      bias=bias).to(dtype)
+    ref = torch.nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                          bias=bias)
+    assert layer.weight.shape == tuple(ref.weight.shape)
+    assert_matches_torch(layer, ref, random_input((batch, c_in, H, W), dtype), **tolerance(dtype))
+
+
+@pytest.mark.parametrize("padding,kernel,dilation", [("same", 3, 1), ("same", 5, 2), ("same", (3, 5), (2, 1)),
+                                                     ("valid", 3, 1), ("valid", (2, 3), 2)])
+def test_conv2d_padding_by_name(cpu_backend, padding, kernel, dilation):
+    layer = nn.Conv2d(2, 3, kernel, padding=padding, dilation=dilation).double()
+    ref = torch.nn.Conv2d(2, 3, kernel, padding=padding, dilation=dilation)
+    y, _ = assert_matches_torch(layer, ref, random_input((2, 2, 9, 8), np.float64), **tolerance(np.float64))
+    if padding == "same":
+        assert y.shape[2:] == (9, 8)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(groups=3), "groups=3 must divide in_channels"), (dict(groups=0), "groups must be >= 1"),
+    (dict(padding="same", stride=2), "padding='same' needs stride 1"), (dict(padding="full"), "padding must be"),
+    (dict(padding_mode="reflect"), "padding_mode='reflect' is not supported"), (dict(dilation=0), "dilation must be >= 1"),
+    (dict(kernel_size=4, padding="same"), "odd")])
+def test_conv2d_refuses_bad_arguments(kwargs, message):
+    kwargs = {"kernel_size": 3, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        nn.Conv2d(4, 8, **kwargs)
+
+
+def test_dilated_kernel_larger_than_the_input_is_a_clear_error(cpu_backend):
+    layer = nn.Conv2d(1, 1, 3, dilation=4)
+    with pytest.raises(ValueError, match=r"kernel 3x3 \(dilated to 9x9\) is larger than the padded input 7x7"):
+        layer(np.zeros((1, 1, 7, 7), np.float32))
+
+
 # ------------------------------------------------------------------ pooling: 60 geometries x 2 dtypes
 
 POOL_CASES = []
@@ -69,6 +124,21 @@ def test_avgpool2d(any_backend, dtype, kernel, stride, padding, batch, channels,
     layer = nn.AvgPool2d(kernel, stride=stride, padding=padding, count_include_pad=count_include_pad)
     ref = torch.nn.AvgPool2d(kernel, stride=stride, padding=padding, count_include_pad=count_include_pad)
     assert_matches_torch(layer, ref, random_input((batch, channels, H, W), dtype), **tolerance(dtype))
+
+
+@pytest.mark.parametrize("output_size,shape", [
+    (1, (2, 3, 7, 5)), ((1, 1), (1, 16, 4, 4)), ((3, 2), (2, 3, 7, 5)), ((4, 4), (3, 2, 9, 9)), (5, (1, 2, 5, 5)),
+    ((7, 3), (2, 1, 9, 11)), ((None, 2), (2, 3, 6, 7)), ((9, 12), (1, 2, 4, 5))])
+def test_adaptive_avgpool2d(any_backend, dtype, output_size, shape):
+    """Windows by torch's floor/ceil rule: overlapping, unequal or larger than the input."""
+    assert_matches_torch(nn.AdaptiveAvgPool2d(output_size), torch.nn.AdaptiveAvgPool2d(output_size),
+                         random_input(shape, dtype), **tolerance(dtype))
+
+
+@pytest.mark.parametrize("bad", [0, -1, (2, 0), "1", (1, 2, 3), 1.5])
+def test_adaptive_avgpool2d_refuses_bad_sizes(bad):
+    with pytest.raises(ValueError, match="output_size must be a positive int"):
+        nn.AdaptiveAvgPool2d(bad)
 
 
 def test_maxpool_overlapping_windows_accumulate(cpu_backend, dtype):
@@ -160,10 +230,14 @@ def _randomize_bn(layer, dtype):
 # ------------------------------------------------------------------ activations, linear, flatten
 
 ACTIVATIONS = [(nn.ReLU, torch.nn.ReLU, {}), (nn.LeakyReLU, torch.nn.LeakyReLU, {"negative_slope": 0.2}),
-               (nn.Sigmoid, torch.nn.Sigmoid, {}), (nn.Tanh, torch.nn.Tanh, {})]
+               (nn.Sigmoid, torch.nn.Sigmoid, {}), (nn.Tanh, torch.nn.Tanh, {}), (nn.SiLU, torch.nn.SiLU, {}),
+               (nn.GELU, torch.nn.GELU, {}), (nn.GELU, torch.nn.GELU, {"approximate": "tanh"}),
+               (nn.Identity, torch.nn.Identity, {})]
 
 
-@pytest.mark.parametrize("ours,theirs,kwargs", ACTIVATIONS, ids=lambda v: getattr(v, "__name__", ""))
+@pytest.mark.parametrize("ours,theirs,kwargs", ACTIVATIONS,
+                         ids=[f"{a[0].__name__}{'-' + a[2]['approximate'] if 'approximate' in a[2] else ''}"
+                              for a in ACTIVATIONS])
 @pytest.mark.parametrize("shape", [(1, 5), (3, 4, 5, 6), (2, 7)])
 def test_activation(any_backend, dtype, ours, theirs, kwargs, shape):
     x = random_input(shape, dtype) * 4
@@ -188,6 +262,57 @@ def test_linear(any_backend, dtype, in_f, out_f, shape, bias):
 @pytest.mark.parametrize("shape", [(1, 3, 4, 5), (2, 7), (3, 2, 2)])
 def test_flatten(any_backend, dtype, shape):
     assert_matches_torch(nn.Flatten(), torch.nn.Flatten(), random_input(shape, dtype), **tolerance(dtype))
+
+
+def test_gelu_refuses_an_unknown_approximation():
+    with pytest.raises(ValueError, match="approximate must be 'none' or 'tanh'"):
+        nn.GELU(approximate="sigmoid")
+
+
+# ------------------------------------------------------------------ residual connections
+
+RESIDUAL_CASES = [  # (c_in, c_out, stride, shortcut, activation, batch, H, W)
+    (3, 3, 1, "identity", "relu", 1, 6, 5), (4, 4, 1, "identity", None, 2, 7, 7), (2, 4, 2, "conv", "relu", 3, 9, 8),
+    (3, 5, 1, "conv", "relu", 2, 5, 6), (4, 8, 2, "conv", None, 1, 8, 8)]
+
+
+@pytest.mark.parametrize("c_in,c_out,stride,shortcut,activation,batch,H,W", RESIDUAL_CASES)
+def test_residual_block_matches_torch(any_backend, dtype, c_in, c_out, stride, shortcut, activation, batch, H, W):
+    """activation(body(x) + shortcut(x)): the backward adds both paths' gradients; state_dict names
+    equal a torch module with body / shortcut / activation attributes; batch norm buffers too."""
+    from torch_compare import TorchResidual
+    tnn = torch.nn
+
+    def body(lib):
+        return lib.Sequential(lib.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), lib.BatchNorm2d(c_out),
+                              lib.ReLU(), lib.Conv2d(c_out, c_out, 3, padding=1))
+
+    def skip(lib):
+        return None if shortcut == "identity" else lib.Sequential(lib.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
+                                                                  lib.BatchNorm2d(c_out))
+    layer = nn.Residual(body(nn), skip(nn), nn.ReLU() if activation else None).to(dtype)
+    ref = TorchResidual(body(tnn), skip(tnn), tnn.ReLU() if activation else None)
+    assert list(layer.state_dict()) == list(ref.state_dict())
+    assert_matches_torch(layer, ref, random_input((batch, c_in, H, W), dtype), **tolerance(dtype))
+
+
+def test_residual_shapes_must_agree_and_skip_the_input_gradient(cpu_backend):
+    bad = nn.Residual(nn.Conv2d(3, 4, 3, padding=1))
+    with pytest.raises(ValueError, match=r"the body gives \(2, 4, 5, 5\) but the shortcut gives \(2, 3, 5, 5\)"):
+        bad(random_input((2, 3, 5, 5), np.float32))
+    with pytest.raises(TypeError, match="shortcut must be a Module or None"):
+        nn.Residual(nn.ReLU(), shortcut="identity")
+    import minicnn as mc
+    block = mc.models.basic_block(2, 4, stride=2).double()
+    x = random_input((2, 2, 6, 6), np.float64)
+    dy = random_input(block(x).shape, np.float64)
+    dx = block.backward(dy)
+    grads = {k: p.grad.copy() for k, p in block.named_parameters()}
+    block.zero_grad()
+    block(x)
+    assert block.backward(dy, input_grad=False) is None and dx.shape == x.shape
+    for k, p in block.named_parameters():
+        np.testing.assert_array_equal(p.grad, grads[k], err_msg=k)
 
 
 # ------------------------------------------------------------------ dropout
@@ -685,7 +810,7 @@ def test_fused_relu_pool_breaks_ties_and_treats_nan_as_the_pool(dtype, channels)
     w[0] = 0                                # sample 2's first plane: -0.0 + 0 * -1 + ... = -0.0 (direct)
     b = np.array([-0.0, 0.0, 1.0, -1.0, 0.5], dtype=dtype)
     y, fused = numba_ops.conv2d_relu_maxpool2d_forward(x, w, b, (1, 0))
-    conv, _ = numba_ops.conv2d_forward(x, w, b, (1, 1), (1, 0))
+    conv, _ = numba_ops.conv2d_forward(x, w, b, (1, 1), (1, 0), (1, 1), 1)
     pooled, pool = numba_ops.maxpool2d_forward(conv, (2, 2), (2, 2), (0, 0))
     idx = pool[0]
     expected, _ = numba_ops.relu_forward(pooled)

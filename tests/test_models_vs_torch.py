@@ -63,6 +63,25 @@ def torch_animalnet():
     return tnn.Sequential(*layers)
 
 
+def torch_resnet14():
+    from torch_compare import torch_basic_block
+    layers, c_in = [tnn.Conv2d(1, 16, 3, padding=1, bias=False), tnn.BatchNorm2d(16), tnn.ReLU()], 16
+    for stage, width in enumerate((16, 32, 64)):
+        for block in range(2):
+            layers.append(torch_basic_block(c_in, width, 2 if stage > 0 and block == 0 else 1))
+            c_in = width
+    return tnn.Sequential(*layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(64, 10))
+
+
+def torch_mobilenet_mnist():
+    def separable(c_in, c_out, stride=1):
+        return [tnn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False), tnn.BatchNorm2d(c_in), tnn.ReLU(),
+                tnn.Conv2d(c_in, c_out, 1, bias=False), tnn.BatchNorm2d(c_out), tnn.ReLU()]
+    return tnn.Sequential(tnn.Conv2d(1, 32, 3, padding=1, bias=False), tnn.BatchNorm2d(32), tnn.ReLU(),
+                          *separable(32, 64), *separable(64, 128, 2), *separable(128, 128), *separable(128, 256, 2),
+                          tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Dropout(0.2), tnn.Linear(256, 10))
+
+
 MODELS = [
     (mc.models.LeNet, torch_lenet, 61_706, 4),
     (mc.models.ConvNet, torch_convnet, 36_830, 4),
@@ -71,6 +90,8 @@ MODELS = [
     (mc.models.FashionCNN, torch_fashioncnn, 390_634, 3),
     (mc.models.AlexNetMNIST, torch_alexnet_mnist, 56_826_570, 2),
     (mc.models.AnimalNet, torch_animalnet, 2_230_170, 2),
+    (mc.models.ResNet14, torch_resnet14, 174_970, 4),
+    (mc.models.MobileNetMNIST, torch_mobilenet_mnist, 67_338, 4),
 ]
 IDS = [m[0].__name__ for m in MODELS]
 
@@ -103,9 +124,9 @@ def paired(make_ours, make_theirs):
 @pytest.mark.parametrize("make_ours,make_theirs,n_params,batch", MODELS, ids=IDS)
 def test_state_dict_names_shapes_and_parameter_count(make_ours, make_theirs, n_params, batch):
     ours, theirs = make_ours(), make_theirs()
-    ours_shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
-    theirs_shapes = {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
-    assert ours_shapes == theirs_shapes
+    ours_shapes = [(k, tuple(v.shape)) for k, v in ours.state_dict().items()]
+    theirs_shapes = [(k, tuple(v.shape)) for k, v in theirs.state_dict().items()]
+    assert ours_shapes == theirs_shapes                       # names, shapes and torch's order
     assert ours.num_parameters() == n_params == sum(p.numel() for p in theirs.parameters())
     # weights move both ways without renaming
     ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
@@ -152,7 +173,10 @@ def test_training_steps_match_torch(make_ours, make_theirs, n_params, batch, opt
         np.testing.assert_allclose(value, theirs_state[name].numpy(), rtol=1e-8, atol=1e-10, err_msg=name)
 
 
-@pytest.mark.parametrize("make_ours,make_theirs,n_params,batch", MODELS[:5], ids=IDS[:5])
+EVAL_MODELS = [m for m in MODELS if m[0] not in (mc.models.AlexNetMNIST, mc.models.AnimalNet)]
+
+
+@pytest.mark.parametrize("make_ours,make_theirs,n_params,batch", EVAL_MODELS, ids=[m[0].__name__ for m in EVAL_MODELS])
 def test_eval_mode_matches_torch(make_ours, make_theirs, n_params, batch):
     ours, theirs = paired(make_ours, make_theirs)
     ours.eval(), theirs.eval()

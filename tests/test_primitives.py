@@ -12,54 +12,57 @@ from minicnn.backend import numpy_ops
 from minicnn.backend.im2col_conv import output_size
 
 rng = np.random.default_rng(2)
-GEOMETRIES = list(itertools.product([1, 2, 3], [1, 3], [1, 2], [0, 1]))     # KH, KW, stride, padding
+GEOMETRIES = [(KH, KW, S, P, D) for KH, KW, S, P, D in itertools.product([1, 2, 3], [1, 3], [1, 2], [0, 1, 3], [1, 2])
+              if not (D == 2 and KH == KW == 1) and not (P == 3 and D == 1 and S == 1)]   # KH, KW, stride, padding, dilation
 
 
-def naive_conv(x, w, stride, pad):
+def naive_conv(x, w, stride, pad, dilation=1):
     """Seven nested loops: the definition of cross-correlation, kept as the slow reference."""
     N, C, H, W = x.shape
     OC, _, KH, KW = w.shape
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    OH, OW = (H + 2 * pad - KH) // stride + 1, (W + 2 * pad - KW) // stride + 1
+    OH = (H + 2 * pad - dilation * (KH - 1) - 1) // stride + 1
+    OW = (W + 2 * pad - dilation * (KW - 1) - 1) // stride + 1
     y = np.zeros((N, OC, OH, OW))
     for n, o, i, j in itertools.product(range(N), range(OC), range(OH), range(OW)):
         for c, u, v in itertools.product(range(C), range(KH), range(KW)):
-            y[n, o, i, j] += w[o, c, u, v] * xp[n, c, i * stride + u, j * stride + v]
+            y[n, o, i, j] += w[o, c, u, v] * xp[n, c, i * stride + u * dilation, j * stride + v * dilation]
     return y
 
 
-@pytest.mark.parametrize("KH,KW,S,P", GEOMETRIES)
-def test_im2col_gemm_equals_naive_convolution(cpu_backend, KH, KW, S, P):
+@pytest.mark.parametrize("KH,KW,S,P,D", GEOMETRIES)
+def test_im2col_gemm_equals_naive_convolution(cpu_backend, KH, KW, S, P, D):
     x = rng.standard_normal((2, 3, 6, 7))
     w = rng.standard_normal((4, 3, KH, KW))
     ops = backend.ops_for(x)
-    col = ops.im2col(x, (KH, KW), (S, S), (P, P))
-    OH, OW = output_size(6, KH, S, P), output_size(7, KW, S, P)
+    col = ops.im2col(x, (KH, KW), (S, S), (P, P), (D, D))
+    OH, OW = output_size(6, KH, S, P, D), output_size(7, KW, S, P, D)
     y = (col @ w.reshape(4, -1).T).reshape(2, OH, OW, 4).transpose(0, 3, 1, 2)
-    np.testing.assert_allclose(y, naive_conv(x, w, S, P), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, naive_conv(x, w, S, P, D), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("KH,KW,S,P", GEOMETRIES)
-def test_col2im_is_the_adjoint_of_im2col(cpu_backend, KH, KW, S, P):
+@pytest.mark.parametrize("KH,KW,S,P,D", GEOMETRIES)
+def test_col2im_is_the_adjoint_of_im2col(cpu_backend, KH, KW, S, P, D):
     x = rng.standard_normal((2, 3, 6, 7))
     ops = backend.ops_for(x)
-    col = ops.im2col(x, (KH, KW), (S, S), (P, P))
+    col = ops.im2col(x, (KH, KW), (S, S), (P, P), (D, D))
     c = rng.standard_normal(col.shape)
     lhs = np.sum(col * c)
-    rhs = np.sum(x * ops.col2im(c, x.shape, (KH, KW), (S, S), (P, P)))
+    rhs = np.sum(x * ops.col2im(c, x.shape, (KH, KW), (S, S), (P, P), (D, D)))
     assert lhs == pytest.approx(rhs, rel=1e-12)
 
 
-@pytest.mark.parametrize("KH,KW,S,P", GEOMETRIES)
-def test_backends_agree_with_the_numpy_reference(cpu_backend, KH, KW, S, P, dtype):
+@pytest.mark.parametrize("KH,KW,S,P,D", GEOMETRIES)
+def test_backends_agree_with_the_numpy_reference(cpu_backend, KH, KW, S, P, D, dtype):
     x = rng.permutation(np.linspace(-1, 1, 2 * 3 * 6 * 7)).reshape(2, 3, 6, 7).astype(dtype)
     ops, ref = backend.ops_for(x), numpy_ops
-    args = ((KH, KW), (S, S), (P, P))
+    args = ((KH, KW), (S, S), (P, P), (D, D))
     close = dict(rtol=1e-12, atol=1e-13) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(ops.im2col(x, *args), ref.im2col(x, *args))
     col = rng.standard_normal(ref.im2col(x, *args).shape).astype(dtype)
     np.testing.assert_allclose(ops.col2im(col, x.shape, *args), ref.col2im(col, x.shape, *args), **close)
-    if P <= min(KH, KW) // 2:
+    args = args[:3]
+    if P <= min(KH, KW) // 2 and D == 1:
         y, record = ops.maxpool2d_forward(x, *args)
         y_ref, record_ref = ref.maxpool2d_forward(x, *args)
         np.testing.assert_array_equal(y, y_ref)

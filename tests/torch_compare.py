@@ -73,3 +73,28 @@ def assert_matches_torch(layer, torch_layer, x, rtol, atol, dy=None, seed=0):
     for name, b in layer.named_buffers():
         assert_close(b, torch_buffers[name], rtol, atol, f"{layer!r} buffer {name}")
     return y, dx
+
+
+class TorchResidual(torch.nn.Module):
+    """minicnn.nn.Residual written in torch: activation(body(x) + shortcut(x)), children named alike."""
+
+    def __init__(self, body, shortcut=None, activation=None):
+        super().__init__()
+        self.body, self.shortcut, self.activation = body, shortcut, activation
+
+    def forward(self, x):
+        y = self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+        return y if self.activation is None else self.activation(y)
+
+
+def torch_basic_block(in_channels, out_channels, stride=1):
+    """minicnn.models.basic_block in torch."""
+    tnn = torch.nn
+    body = tnn.Sequential(tnn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False), tnn.BatchNorm2d(out_channels),
+                          tnn.ReLU(), tnn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False),
+                          tnn.BatchNorm2d(out_channels))
+    shortcut = None
+    if stride != 1 or in_channels != out_channels:
+        shortcut = tnn.Sequential(tnn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                                  tnn.BatchNorm2d(out_channels))
+    return TorchResidual(body, shortcut, tnn.ReLU())

@@ -35,18 +35,21 @@ def matmul(a, b):
     """a (M, K) @ b (K, N) -> (M, N) in their dtype; either may be a transposed view."""
 
 
-def im2col(x, kernel_size, stride, padding):
+def im2col(x, kernel_size, stride, padding, dilation):
     """x (N, C, H, W) -> col (N*OH*OW, C*KH*KW): one row per output pixel holding the window it
-    sees (zeros in the padding), rows in (n, oh, ow) order, columns in (c, kh, kw) order."""
+    sees (zeros in the padding), rows in (n, oh, ow) order, columns in (c, kh, kw) order; tap
+    (kh, kw) of output (oh, ow) reads input (oh*SH - PH + kh*DH, ow*SW - PW + kw*DW)."""
 
 
-def col2im(col, x_shape, kernel_size, stride, padding):
+def col2im(col, x_shape, kernel_size, stride, padding, dilation):
     """The adjoint of im2col: col (N*OH*OW, C*KH*KW) -> (N, C, H, W), overlapping windows summed."""
 
 
-def conv2d_forward(x, w, b, stride, padding):
-    """Cross-correlation, as torch.nn.functional.conv2d: x (N, C, H, W), w (OC, C, KH, KW), b (OC,)
-    or None -> y (N, OC, OH, OW), OH = (H + 2*PH - KH) // SH + 1. Returns (y, record)."""
+def conv2d_forward(x, w, b, stride, padding, dilation, groups):
+    """Cross-correlation, as torch.nn.functional.conv2d: x (N, C, H, W), w (OC, C // groups, KH, KW),
+    b (OC,) or None -> y (N, OC, OH, OW), OH = (H + 2*PH - DH*(KH - 1) - 1) // SH + 1. With groups G
+    the channels split into G groups: output channels [g*OC/G, (g+1)*OC/G) see input channels
+    [g*C/G, (g+1)*C/G) only (depthwise when G = C). Returns (y, record)."""
 
 
 def conv2d_backward(dy, record, w, input_grad):
@@ -83,6 +86,17 @@ def avgpool2d_forward(x, kernel_size, stride, padding, count_include_pad):
 
 def avgpool2d_backward(dy, record):
     """dy (N, C, OH, OW) -> dx (N, C, H, W): each gradient shared out over its window."""
+
+
+def adaptive_avgpool2d_forward(x, output_size):
+    """The mean of each of OH x OW windows tiling the image as torch.nn.AdaptiveAvgPool2d does:
+    window (i, j) covers rows floor(i*H/OH) to ceil((i+1)*H/OH) - 1 (columns likewise), so windows
+    may overlap or differ in size; output_size (1, 1) is global average pooling. x (N, C, H, W) ->
+    y (N, C, OH, OW). Returns (y, record)."""
+
+
+def adaptive_avgpool2d_backward(dy, record):
+    """dy (N, C, OH, OW) -> dx (N, C, H, W): each gradient shared out evenly over its window."""
 
 
 # ---------------------------------------------------------------- batch normalization
@@ -139,6 +153,23 @@ def tanh_forward(x):
 
 def tanh_backward(dy, record):
     """dy * (1 - y * y), y = tanh(x) from the record; shape of x."""
+
+
+def silu_forward(x):
+    """x * sigmoid(x) elementwise (torch.nn.SiLU), any shape. Returns (y, record)."""
+
+
+def silu_backward(dy, record):
+    """dy * s * (1 + x * (1 - s)), s = sigmoid(x); shape of x."""
+
+
+def gelu_forward(x, approximate):
+    """x * Phi(x) elementwise (torch.nn.GELU): approximate 'none' with Phi(x) = (1 + erf(x / sqrt(2))) / 2,
+    'tanh' with Phi(x) = (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3))) / 2. Returns (y, record)."""
+
+
+def gelu_backward(dy, record):
+    """dy * d/dx (x * Phi(x)), by torch's formula for the forward's approximation; shape of x."""
 
 
 # ---------------------------------------------------------------- dropout

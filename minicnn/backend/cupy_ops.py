@@ -62,27 +62,27 @@ def matmul(a, b):
 
 # ---------------------------------------------------------------- convolution
 
-def im2col(x, kernel_size, stride, padding):
-    (KH, KW), (SH, SW), (PH, PW) = kernel_size, stride, padding
+def im2col(x, kernel_size, stride, padding, dilation):
+    (KH, KW), (SH, SW), (PH, PW), (DH, DW) = kernel_size, stride, padding, dilation
     _check_float(x)
     x = cp.ascontiguousarray(x)
     N, C, H, W = x.shape
-    OH, OW = _output_size(H, KH, SH, PH), _output_size(W, KW, SW, PW)
+    OH, OW = _output_size(H, KH, SH, PH, DH), _output_size(W, KW, SW, PW, DW)
     col = cp.empty((N * OH * OW, C * KH * KW), dtype=x.dtype)
     _launch("im2col.cu", "im2col", x.dtype, col.size,
-            (x, col, np.int64(col.size), *_i(C, H, W, KH, KW, SH, SW, PH, PW, OH, OW)))
+            (x, col, np.int64(col.size), *_i(C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, DH, DW)))
     return col
 
 
-def col2im(col, x_shape, kernel_size, stride, padding):
-    (KH, KW), (SH, SW), (PH, PW) = kernel_size, stride, padding
+def col2im(col, x_shape, kernel_size, stride, padding, dilation):
+    (KH, KW), (SH, SW), (PH, PW), (DH, DW) = kernel_size, stride, padding, dilation
     _check_float(col)
     col = cp.ascontiguousarray(col)
     N, C, H, W = x_shape
-    OH, OW = _output_size(H, KH, SH, PH), _output_size(W, KW, SW, PW)
+    OH, OW = _output_size(H, KH, SH, PH, DH), _output_size(W, KW, SW, PW, DW)
     dx = cp.empty(x_shape, dtype=col.dtype)
     _launch("im2col.cu", "col2im", col.dtype, dx.size,
-            (col, dx, np.int64(dx.size), *_i(C, H, W, KH, KW, SH, SW, PH, PW, OH, OW)))
+            (col, dx, np.int64(dx.size), *_i(C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, DH, DW)))
     return dx
 
 
@@ -125,8 +125,9 @@ _PRIMITIVES = im2col_conv.Primitives(im2col, col2im, matmul, _conv_backward_gemm
 _MAX_COL_BYTES = 64 * 2**20
 
 
-def conv2d_forward(x, w, b, stride, padding):
-    return im2col_conv.forward(_PRIMITIVES, x, w, b, stride, padding, _MAX_COL_BYTES)
+def conv2d_forward(x, w, b, stride, padding, dilation, groups):
+    """im2col, one product per group (cuBLAS), the epilogue kernel: backend/im2col_conv.py."""
+    return im2col_conv.forward(_PRIMITIVES, x, w, b, stride, padding, dilation, groups, _MAX_COL_BYTES)
 
 
 def conv2d_backward(dy, record, w, input_grad):
@@ -135,7 +136,7 @@ def conv2d_backward(dy, record, w, input_grad):
 
 def conv2d_relu_maxpool2d_forward(x, w, b, padding):
     """The three ops one after another (the plan never fuses here); record: theirs."""
-    y, conv = conv2d_forward(x, w, b, (1, 1), padding)
+    y, conv = conv2d_forward(x, w, b, (1, 1), padding, (1, 1), 1)
     y, relu = relu_forward(y)
     y, pool = maxpool2d_forward(y, (2, 2), (2, 2), (0, 0))
     return y, (conv, relu, pool)
@@ -197,6 +198,15 @@ def avgpool2d_backward(dy, record):
     _launch("pool.cu", "avgpool_backward", dy.dtype, dx.size,
             (dy, dx, np.int64(dx.size), *_i(C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, int(count_include_pad))))
     return dx
+
+
+def adaptive_avgpool2d_forward(x, output_size):
+    """numpy_ops' windows on CuPy arrays (a mean each; global pooling in one)."""
+    return _reference._adaptive_avgpool2d_forward(cp, x, output_size)
+
+
+def adaptive_avgpool2d_backward(dy, record):
+    return _reference._adaptive_avgpool2d_backward(cp, dy, record)
 
 
 # ---------------------------------------------------------------- batch normalization
@@ -277,6 +287,36 @@ def tanh_forward(x):
 
 
 tanh_backward = _reference.tanh_backward
+
+
+def silu_forward(x):
+    s, _ = sigmoid_forward(x)
+    return x * s, (x, s)
+
+
+silu_backward = _reference.silu_backward                         # operators only
+
+
+def gelu_forward(x, approximate):
+    """numpy_ops' formulas; erf from cupyx.scipy.special."""
+    if approximate == "tanh":
+        t = cp.tanh(x.dtype.type(_reference._GELU_BETA) * (x + x.dtype.type(_reference._GELU_KAPPA) * x * x * x))
+        return x.dtype.type(0.5) * x * (1 + t), (x, approximate, t)
+    from cupyx.scipy.special import erf
+    cdf = (0.5 * (1 + erf(x.astype(cp.float64) * np.sqrt(0.5)))).astype(x.dtype)
+    return x * cdf, (x, approximate, cdf)
+
+
+def gelu_backward(dy, record):
+    x, approximate, saved = record
+    t = x.dtype.type
+    if approximate == "tanh":
+        left_derivative = t(0.5) * (1 + saved)
+        right_derivative = t(0.5) * x * (1 - saved * saved) * t(_reference._GELU_BETA) * \
+            (1 + t(3 * _reference._GELU_KAPPA) * x * x)
+        return dy * (left_derivative + right_derivative)
+    pdf = cp.exp(t(-0.5) * x * x) * t(0.5 * np.sqrt(2 / np.pi))
+    return dy * (saved + x * pdf)
 
 
 # ---------------------------------------------------------------- dropout

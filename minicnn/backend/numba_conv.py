@@ -2,7 +2,9 @@
 
 The algorithm is chosen in one place, numba_strategy.conv_algorithms, and recorded in the record
 that backward reads back:
-    im2col     strided convolutions: the reference algorithm (im2col_conv) on Numba's primitives
+    im2col     strided, dilated and grouped convolutions: the reference algorithm (im2col_conv) on
+               Numba's primitives
+    depthwise  one filter per channel (groups = in = out channels): numba_depthwise
     direct     few input channels: each output plane summed from shifted input planes
     gemm       more channels: the same sums as one GEMM in the "wide" layout below
     winograd   3x3 kernels with more channels: Winograd's F(2x2, 3x3) (numba_winograd)
@@ -13,7 +15,7 @@ import numpy as np
 from numba import njit
 
 from . import cores, im2col_conv, numba_strategy, numpy_ops
-from . import numba_sparse, numba_winograd
+from . import numba_depthwise, numba_sparse, numba_winograd
 from .numba_common import (DIRECT, DOT, FAST, _all_finite, _balanced_chunk, _copy, _crop_padding, _fill,
                            _input_grad, _pad_wide, _padded_wide, _scratch, _sum_in_order)
 from .numba_im2col import col2im, conv_backward_gemms, im2col, matmul
@@ -339,17 +341,25 @@ def _unwiden_relu_pool(y_wide, b, y, idx, Wp, L, first, zero):
 _PRIMITIVES = im2col_conv.Primitives(im2col, col2im, matmul, conv_backward_gemms, numpy_ops._rows_to_nchw, np)
 
 
-def conv2d_forward(x, w, b, stride, padding):
-    """As numpy_ops; the record is im2col_conv's Record or a _Stride1Record."""
-    forward, backward = numba_strategy.conv_algorithms(w.shape[1], w.shape[2], w.shape[3], stride, fused=False)
+def conv2d_forward(x, w, b, stride, padding, dilation, groups):
+    """As numpy_ops; the record is im2col_conv's Record, numba_depthwise's, or a _Stride1Record."""
+    forward, backward = numba_strategy.conv_algorithms(x.shape[1], w.shape, stride, dilation, groups, fused=False)
     if forward == "im2col":
-        return im2col_conv.forward(_PRIMITIVES, x, w, b, stride, padding, numba_strategy.current().max_col_bytes)
+        return im2col_conv.forward(_PRIMITIVES, x, w, b, stride, padding, dilation, groups,
+                                   numba_strategy.current().max_col_bytes)
+    if forward == "depthwise":
+        (H, W), (KH, KW) = x.shape[2:], w.shape[2:]
+        out_size = (im2col_conv.output_size(H, KH, stride[0], padding[0], dilation[0]),
+                    im2col_conv.output_size(W, KW, stride[1], padding[1], dilation[1]))
+        return numba_depthwise.forward(x, w, b, stride, padding, dilation, out_size)
     return _stride1_forward(x, w, b, padding, False, forward, backward)
 
 
 def conv2d_backward(dy, record, w, input_grad):
     if record.algorithm == "im2col":
         return im2col_conv.backward(_PRIMITIVES, dy, record, w, input_grad)
+    if record.algorithm == "depthwise":
+        return numba_depthwise.backward(dy, record, w, input_grad)
     return _stride1_backward(dy, record, w, input_grad)
 
 
@@ -358,7 +368,7 @@ def conv2d_relu_maxpool2d_forward(x, w, b, padding):
     the cache: the full-size output is never stored. The same values, bit for bit, as the three ops
     one by one (pool first: max and ReLU commute), but by Winograd (another rounding) and with the
     sparse backward (another order of additions)."""
-    forward, backward = numba_strategy.conv_algorithms(w.shape[1], w.shape[2], w.shape[3], (1, 1), fused=True)
+    forward, backward = numba_strategy.conv_algorithms(x.shape[1], w.shape, (1, 1), (1, 1), 1, fused=True)
     return _stride1_forward(x, w, b, padding, True, forward, backward)
 
 

@@ -54,21 +54,28 @@ def conv_backward_gemms(dy, col, W_col, has_bias, input_grad):
 
 # ---------------------------------------------------------------- im2col and col2im
 
+@njit(cache=True, inline="always")
+def _taps_inside(w0, W, KW, DW):
+    """The kernel columns [lo, hi) whose input column w0 + kw*DW lies in [0, W): a contiguous
+    range, so the loops below copy it and zero-fill the rest without a test per tap."""
+    lo = min(KW, max(0, -(w0 // DW)))                  # ceil(-w0 / DW) for w0 < 0
+    hi = max(lo, min(KW, -((w0 - W) // DW)))           # ceil((W - w0) / DW)
+    return lo, hi
+
+
 @njit(**FAST)
-def _im2col(x, col, KH, KW, SH, SW, PH, PW, OH, OW):
-    """Per output pixel, the kernel columns that land inside the image are [kw_lo, kw_hi): the
-    inner loop copies that contiguous run and zero-fills the rest, with no test per tap."""
+def _im2col(x, col, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
     N, C, H, W = x.shape
     for n in range(N):
         for oh in range(OH):
             for ow in range(OW):
                 row = (n * OH + oh) * OW + ow
                 w0 = ow * SW - PW
-                kw_lo, kw_hi = max(0, -w0), min(KW, W - w0)
+                kw_lo, kw_hi = _taps_inside(w0, W, KW, DW)
                 for c in range(C):
                     for kh in range(KH):
                         k0 = (c * KH + kh) * KW
-                        ih = oh * SH - PH + kh
+                        ih = oh * SH - PH + kh * DH
                         if ih < 0 or ih >= H:
                             for kw in range(KW):
                                 col[row, k0 + kw] = 0
@@ -76,22 +83,22 @@ def _im2col(x, col, KH, KW, SH, SW, PH, PW, OH, OW):
                         for kw in range(kw_lo):
                             col[row, k0 + kw] = 0
                         for kw in range(kw_lo, kw_hi):
-                            col[row, k0 + kw] = x[n, c, ih, w0 + kw]
+                            col[row, k0 + kw] = x[n, c, ih, w0 + kw * DW]
                         for kw in range(kw_hi, KW):
                             col[row, k0 + kw] = 0
 
 
-def im2col(x, kernel_size, stride, padding):
-    (KH, KW), (SH, SW), (PH, PW) = kernel_size, stride, padding
+def im2col(x, kernel_size, stride, padding, dilation):
+    (KH, KW), (SH, SW), (PH, PW), (DH, DW) = kernel_size, stride, padding, dilation
     N, C, H, W = x.shape
-    OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
+    OH, OW = output_size(H, KH, SH, PH, DH), output_size(W, KW, SW, PW, DW)
     col = np.empty((N * OH * OW, C * KH * KW), dtype=x.dtype)
-    _im2col(np.ascontiguousarray(x), col, KH, KW, SH, SW, PH, PW, OH, OW)
+    _im2col(np.ascontiguousarray(x), col, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)
     return col
 
 
 @njit(**FAST)
-def _col2im(col, dx, KH, KW, SH, SW, PH, PW, OH, OW):
+def _col2im(col, dx, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW):
     """Sample by sample, col read in memory order (the fast direction): the summation order is
     fixed. Taps in the padding are skipped by clipping the kernel-column range once per output pixel."""
     N, C, H, W = dx.shape
@@ -101,21 +108,21 @@ def _col2im(col, dx, KH, KW, SH, SW, PH, PW, OH, OW):
             for ow in range(OW):
                 row = (n * OH + oh) * OW + ow
                 w0 = ow * SW - PW
-                kw_lo, kw_hi = max(0, -w0), min(KW, W - w0)
+                kw_lo, kw_hi = _taps_inside(w0, W, KW, DW)
                 for c in range(C):
                     for kh in range(KH):
-                        ih = oh * SH - PH + kh
+                        ih = oh * SH - PH + kh * DH
                         if ih < 0 or ih >= H:
                             continue
                         k0 = (c * KH + kh) * KW
                         for kw in range(kw_lo, kw_hi):
-                            dx[n, c, ih, w0 + kw] += col[row, k0 + kw]
+                            dx[n, c, ih, w0 + kw * DW] += col[row, k0 + kw]
 
 
-def col2im(col, x_shape, kernel_size, stride, padding):
-    (KH, KW), (SH, SW), (PH, PW) = kernel_size, stride, padding
+def col2im(col, x_shape, kernel_size, stride, padding, dilation):
+    (KH, KW), (SH, SW), (PH, PW), (DH, DW) = kernel_size, stride, padding, dilation
     N, C, H, W = x_shape
-    OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
+    OH, OW = output_size(H, KH, SH, PH, DH), output_size(W, KW, SW, PW, DW)
     dx = np.empty(x_shape, dtype=col.dtype)
-    _col2im(np.ascontiguousarray(col), dx, KH, KW, SH, SW, PH, PW, OH, OW)
+    _col2im(np.ascontiguousarray(col), dx, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)
     return dx

@@ -9,7 +9,8 @@ Every choice of algorithm and budget is in numba_strategy.
 
     numba_im2col        matmul on the cores, im2col and col2im (strided convolutions)
     numba_conv          the convolutions: which algorithm (numba_strategy), the direct sums and the
-                        wide GEMM, numba_winograd, numba_relu_pool (the fused epilogue), numba_sparse
+                        wide GEMM, numba_winograd, numba_relu_pool (the fused epilogue), numba_sparse,
+                        numba_depthwise
     numba_pool          max and average pooling
     numba_norm          batch normalization
     numba_elementwise   ReLU, softmax cross-entropy, the SGD step
@@ -30,6 +31,8 @@ host_read_interval = 1
 
 # NumPy's own is as fast here (few passes over small arrays, or nothing to gain from a loop)
 avgpool2d_forward = _reference.avgpool2d_forward
+adaptive_avgpool2d_forward = _reference.adaptive_avgpool2d_forward
+adaptive_avgpool2d_backward = _reference.adaptive_avgpool2d_backward
 batchnorm_backward_eval = _reference.batchnorm_backward_eval
 leaky_relu_forward = _reference.leaky_relu_forward
 leaky_relu_backward = _reference.leaky_relu_backward
@@ -37,6 +40,10 @@ sigmoid_forward = _reference.sigmoid_forward
 sigmoid_backward = _reference.sigmoid_backward
 tanh_forward = _reference.tanh_forward
 tanh_backward = _reference.tanh_backward
+silu_forward = _reference.silu_forward
+silu_backward = _reference.silu_backward
+gelu_forward = _reference.gelu_forward
+gelu_backward = _reference.gelu_backward
 dropout_forward = _reference.dropout_forward
 dropout_backward = _reference.dropout_backward
 log_softmax = _reference.log_softmax

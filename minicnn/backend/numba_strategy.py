@@ -17,6 +17,7 @@ from .simd import LANES
 class Strategy:
     # ---- which algorithm a convolution takes (conv_algorithms below)
     stride1_kernels: bool = True            # False: stride 1 by im2col too (the reference path, for comparison)
+    depthwise_kernels: bool = True          # one filter per channel summed directly: no tiny GEMM per channel
     direct_max_channels: int = 3            # direct sums both ways up to here: im2col is all overhead for so few
     direct_forward_max_channels: int = 12   # direct forward (widths 3 and 5) up to here, then GEMMs win
     winograd: bool = True                   # 3x3 with more channels by F(2x2, 3x3): 2.25x fewer multiplies
@@ -62,14 +63,19 @@ def use(**changes):
         set_current(previous)
 
 
-def conv_algorithms(C, KH, KW, stride, fused):
-    """(forward, backward) algorithm of a convolution with C input channels and a KH x KW kernel:
-    'im2col' for strides other than 1; else 'winograd' for 3x3 kernels with more channels than
-    the direct sums take, 'direct' for few channels, and otherwise a 'direct' forward (widths 3 and
-    5, up to direct_forward_max_channels) or the wide 'gemm', with the 'gemm' backward, or when the
+def conv_algorithms(C, w_shape, stride, dilation, groups, fused):
+    """(forward, backward) algorithm of a convolution of C input channels by filters w_shape
+    (OC, C/groups, KH, KW): 'depthwise' for one filter per channel; 'im2col' for other groups, for
+    strides and dilations other than 1; else 'winograd' for 3x3 kernels with more channels than the
+    direct sums take, 'direct' for few channels, and otherwise a 'direct' forward (widths 3 and 5, up
+    to direct_forward_max_channels) or the wide 'gemm', with the 'gemm' backward, or when the
     convolution is fused with ReLU and pool, the 'sparse' one from the pool's winners."""
     s = _current
-    if tuple(stride) != (1, 1) or not s.stride1_kernels:
+    OC, _, KH, KW = w_shape
+    if groups != 1:
+        depthwise = groups == C == OC and s.depthwise_kernels
+        return ("depthwise", "depthwise") if depthwise else ("im2col", "im2col")
+    if tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or not s.stride1_kernels:
         return "im2col", "im2col"
     if s.winograd and KH == KW == 3 and C > s.direct_max_channels:
         return "winograd", "winograd"
@@ -81,7 +87,8 @@ def conv_algorithms(C, KH, KW, stride, fused):
 
 
 def fuses(conv, relu, pool):
-    """Whether three layers' kinds run as one conv2d_relu_maxpool2d step: a stride-1 convolution,
-    a ReLU and a 2x2 max pool at stride 2 without padding."""
-    return (_current.fuse_conv_relu_pool and _current.stride1_kernels and conv is not None and conv[0] == "conv2d" and conv[1] == (1, 1)
+    """Whether three layers' kinds run as one conv2d_relu_maxpool2d step: a stride-1 convolution
+    without dilation or groups, a ReLU and a 2x2 max pool at stride 2 without padding."""
+    s = _current
+    return (s.fuse_conv_relu_pool and s.stride1_kernels and conv == ("conv2d", (1, 1), (1, 1), 1)
             and relu == ("relu",) and pool == ("maxpool2d", (2, 2), (2, 2), (0, 0)))

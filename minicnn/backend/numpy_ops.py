@@ -13,6 +13,7 @@ Every function preserves the dtype of its floating inputs. Records (what a forwa
 backward) are tuples, documented at each forward.
 """
 import contextlib
+import math
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view as _sliding_window_view
@@ -29,9 +30,11 @@ host_read_interval = 1
 _MAX_COL_BYTES = 64 * 2**20
 
 
-def _windows(xpad, KH, KW, SH, SW):
-    """View (N, C, OH, OW, KH, KW) of every window of a padded batch, without copying."""
-    return _sliding_window_view(xpad, (KH, KW), axis=(2, 3))[:, :, ::SH, ::SW]
+def _windows(xpad, KH, KW, SH, SW, DH=1, DW=1):
+    """View (N, C, OH, OW, KH, KW) of every window of a padded batch, without copying (a dilated
+    window spans DH*(KH - 1) + 1 rows, of which every DH-th is a tap)."""
+    span = (DH * (KH - 1) + 1, DW * (KW - 1) + 1)
+    return _sliding_window_view(xpad, span, axis=(2, 3))[:, :, ::SH, ::SW, ::DH, ::DW]
 
 
 def _pad(x, PH, PW, value=0):
@@ -40,7 +43,7 @@ def _pad(x, PH, PW, value=0):
     return np.pad(x, ((0, 0), (0, 0), (PH, PH), (PW, PW)), constant_values=value)
 
 
-def _scatter_windows(dwin, x_shape, KH, KW, SH, SW, PH, PW):
+def _scatter_windows(dwin, x_shape, KH, KW, SH, SW, PH, PW, DH=1, DW=1):
     """Adjoint of _windows: sum dwin (N, C, OH, OW, KH, KW) back onto (N, C, H, W).
 
     One strided add per kernel offset, so overlapping windows accumulate in a fixed order
@@ -51,7 +54,8 @@ def _scatter_windows(dwin, x_shape, KH, KW, SH, SW, PH, PW):
     dxpad = np.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=dwin.dtype)
     for i in range(KH):
         for j in range(KW):
-            dxpad[:, :, i:i + SH * OH:SH, j:j + SW * OW:SW] += dwin[:, :, :, :, i, j]
+            top, left = i * DH, j * DW
+            dxpad[:, :, top:top + SH * OH:SH, left:left + SW * OW:SW] += dwin[:, :, :, :, i, j]
     return np.ascontiguousarray(dxpad[:, :, PH:PH + H, PW:PW + W])
 
 
@@ -66,20 +70,20 @@ def matmul(a, b):
     return a @ b
 
 
-def im2col(x, kernel_size, stride, padding):
-    (KH, KW), (SH, SW), (PH, PW) = kernel_size, stride, padding
+def im2col(x, kernel_size, stride, padding, dilation):
+    (KH, KW), (SH, SW), (PH, PW), (DH, DW) = kernel_size, stride, padding, dilation
     N, C = x.shape[:2]
-    win = _windows(_pad(x, PH, PW), KH, KW, SH, SW)          # (N, C, OH, OW, KH, KW)
+    win = _windows(_pad(x, PH, PW), KH, KW, SH, SW, DH, DW)          # (N, C, OH, OW, KH, KW)
     OH, OW = win.shape[2:4]
     return win.transpose(0, 2, 3, 1, 4, 5).reshape(N * OH * OW, C * KH * KW)
 
 
-def col2im(col, x_shape, kernel_size, stride, padding):
-    (KH, KW), (SH, SW), (PH, PW) = kernel_size, stride, padding
+def col2im(col, x_shape, kernel_size, stride, padding, dilation):
+    (KH, KW), (SH, SW), (PH, PW), (DH, DW) = kernel_size, stride, padding, dilation
     N, C, H, W = x_shape
-    OH, OW = im2col_conv.output_size(H, KH, SH, PH), im2col_conv.output_size(W, KW, SW, PW)
+    OH, OW = im2col_conv.output_size(H, KH, SH, PH, DH), im2col_conv.output_size(W, KW, SW, PW, DW)
     dwin = col.reshape(N, OH, OW, C, KH, KW).transpose(0, 3, 1, 2, 4, 5)
-    return _scatter_windows(dwin, x_shape, KH, KW, SH, SW, PH, PW)
+    return _scatter_windows(dwin, x_shape, KH, KW, SH, SW, PH, PW, DH, DW)
 
 
 def _conv_backward_gemms(dy, col, W_col, has_bias, input_grad):
@@ -101,9 +105,9 @@ def _rows_to_nchw(rows, b, n, OC, OH, OW):
 _PRIMITIVES = im2col_conv.Primitives(im2col, col2im, matmul, _conv_backward_gemms, _rows_to_nchw, np)
 
 
-def conv2d_forward(x, w, b, stride, padding):
-    """im2col and one product (backend/im2col_conv.py); record: its Record."""
-    return im2col_conv.forward(_PRIMITIVES, x, w, b, stride, padding, _MAX_COL_BYTES)
+def conv2d_forward(x, w, b, stride, padding, dilation, groups):
+    """im2col and one product per group (backend/im2col_conv.py); record: its Record."""
+    return im2col_conv.forward(_PRIMITIVES, x, w, b, stride, padding, dilation, groups, _MAX_COL_BYTES)
 
 
 def conv2d_backward(dy, record, w, input_grad):
@@ -112,7 +116,7 @@ def conv2d_backward(dy, record, w, input_grad):
 
 def conv2d_relu_maxpool2d_forward(x, w, b, padding):
     """The three ops one after another; record: theirs."""
-    y, conv = conv2d_forward(x, w, b, (1, 1), padding)
+    y, conv = conv2d_forward(x, w, b, (1, 1), padding, (1, 1), 1)
     y, relu = relu_forward(y)
     y, pool = maxpool2d_forward(y, (2, 2), (2, 2), (0, 0))
     return y, (conv, relu, pool)
@@ -172,6 +176,45 @@ def _avgpool_divisor(x_shape, geometry, count_include_pad, dtype):
         return dtype.type(KH * KW)
     ones = np.ones((1, 1) + tuple(x_shape[2:]), dtype=dtype)
     return _windows(_pad(ones, PH, PW), KH, KW, SH, SW).sum(axis=(4, 5))[0, 0]
+
+
+def adaptive_avgpool2d_forward(x, output_size):
+    """record: (x_shape, output_size)."""
+    return _adaptive_avgpool2d_forward(np, x, output_size)
+
+
+def adaptive_avgpool2d_backward(dy, record):
+    return _adaptive_avgpool2d_backward(np, dy, record)
+
+
+def _adaptive_windows(size, out):
+    """[(start, stop)] of the out windows along an axis of length size (torch's floor and ceil)."""
+    return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
+
+
+def _adaptive_avgpool2d_forward(xp, x, output_size):
+    """For any array module xp (the GPU's uses it too): a mean per window, global pooling in one."""
+    N, C, H, W = x.shape
+    OH, OW = output_size
+    if (OH, OW) == (1, 1):
+        y = x.mean(axis=(2, 3), keepdims=True)
+    else:
+        y = xp.empty((N, C, OH, OW), dtype=x.dtype)
+        for i, (h0, h1) in enumerate(_adaptive_windows(H, OH)):
+            for j, (w0, w1) in enumerate(_adaptive_windows(W, OW)):
+                y[:, :, i, j] = x[:, :, h0:h1, w0:w1].mean(axis=(2, 3))
+    return y.astype(x.dtype, copy=False), (x.shape, (OH, OW))
+
+
+def _adaptive_avgpool2d_backward(xp, dy, record):
+    (N, C, H, W), (OH, OW) = record
+    if (OH, OW) == (1, 1):
+        return xp.ascontiguousarray(xp.broadcast_to(dy / dy.dtype.type(H * W), (N, C, H, W)))
+    dx = xp.zeros((N, C, H, W), dtype=dy.dtype)
+    for i, (h0, h1) in enumerate(_adaptive_windows(H, OH)):
+        for j, (w0, w1) in enumerate(_adaptive_windows(W, OW)):
+            dx[:, :, h0:h1, w0:w1] += (dy[:, :, i, j] / dy.dtype.type((h1 - h0) * (w1 - w0)))[:, :, None, None]
+    return dx
 
 
 # ---------------------------------------------------------------- batch normalization
@@ -252,6 +295,47 @@ def tanh_forward(x):
 
 def tanh_backward(dy, record):
     return dy * (1 - record * record)
+
+
+def silu_forward(x):
+    """record: (x, sigmoid(x))."""
+    s, _ = sigmoid_forward(x)
+    return x * s, (x, s)
+
+
+def silu_backward(dy, record):
+    x, s = record
+    return dy * s * (1 + x * (1 - s))
+
+
+_GELU_BETA = math.sqrt(2 / math.pi)        # torch's kBeta
+_GELU_KAPPA = 0.044715
+_erf = np.frompyfunc(math.erf, 1, 1)       # Python's erf element by element: exact, slow, the reference
+
+
+def _gelu_cdf(x):
+    """Phi(x) = (1 + erf(x / sqrt(2))) / 2 in x's dtype (erf taken in float64)."""
+    return (0.5 * (1 + _erf(x.astype(np.float64) * math.sqrt(0.5)).astype(np.float64))).astype(x.dtype)
+
+
+def gelu_forward(x, approximate):
+    """record: (x, approximate, tanh(inner) for 'tanh' or Phi(x) for 'none')."""
+    if approximate == "tanh":
+        t = np.tanh(x.dtype.type(_GELU_BETA) * (x + x.dtype.type(_GELU_KAPPA) * x * x * x))
+        return x.dtype.type(0.5) * x * (1 + t), (x, approximate, t)
+    cdf = _gelu_cdf(x)
+    return x * cdf, (x, approximate, cdf)
+
+
+def gelu_backward(dy, record):
+    x, approximate, saved = record
+    t = x.dtype.type
+    if approximate == "tanh":          # torch's GeluBackward (tanh): left' + right'
+        left_derivative = t(0.5) * (1 + saved)
+        right_derivative = t(0.5) * x * (1 - saved * saved) * t(_GELU_BETA) * (1 + t(3 * _GELU_KAPPA) * x * x)
+        return dy * (left_derivative + right_derivative)
+    pdf = np.exp(t(-0.5) * x * x) * t(0.5 * math.sqrt(2 / math.pi))     # torch: exp(-x^2/2) / sqrt(2 pi)
+    return dy * (saved + x * pdf)
 
 
 # ---------------------------------------------------------------- dropout

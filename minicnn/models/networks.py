@@ -1,6 +1,8 @@
-"""Model definitions. Each class is a flat Sequential, so its parameters are named '0.weight',
-'3.bias', ... exactly as torch.nn.Sequential names the same layers."""
-from ..nn import (BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential)
+"""Model definitions. Each class is a Sequential, so its parameters are named '0.weight', '3.bias',
+... exactly as torch.nn.Sequential names the same layers (a residual block's are '4.body.0.weight',
+..., as a torch module with attributes body and shortcut names them)."""
+from ..nn import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Residual,
+                  Sequential)
 
 
 class LeNet(Sequential):
@@ -103,7 +105,66 @@ class AnimalNet(Sequential):
         super().__init__(*layers)
 
 
-MODELS = {cls.__name__.lower(): cls for cls in (LeNet, ConvNet, MnistCNN, TinyBNNet, FashionCNN, AlexNetMNIST, AnimalNet)}
+def basic_block(in_channels, out_channels, stride=1):
+    """ResNet's basic block: relu(conv3x3-BN-ReLU-conv3x3-BN (x) + shortcut(x)), the shortcut the
+    identity, or a 1x1 convolution with batch norm where the channels or the stride change.
+    Shape: (N, in_channels, H, W) -> (N, out_channels, ceil(H / stride), ceil(W / stride))."""
+    body = Sequential(Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+                      BatchNorm2d(out_channels), ReLU(),
+                      Conv2d(out_channels, out_channels, 3, padding=1, bias=False), BatchNorm2d(out_channels))
+    shortcut = None
+    if stride != 1 or in_channels != out_channels:
+        shortcut = Sequential(Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), BatchNorm2d(out_channels))
+    return Residual(body, shortcut, activation=ReLU())
+
+
+class ResNet14(Sequential):
+    """A small ResNet for 1x28x28 images (174,970 parameters): a 3x3 stem of 16 channels, three stages
+    of two basic blocks (16, 32 and 64 channels at 28x28, 14x14 and 7x7; each stage after the first
+    halves the size in its first block, whose shortcut is a 1x1 convolution), global average pooling
+    and one Linear. 14 layers with weights: the CIFAR ResNets' 6n+2 with n = 2.
+    Shape: (N, 1, 28, 28) -> (N, num_classes)."""
+    input_shape = (1, 28, 28)
+
+    def __init__(self, num_classes=10, widths=(16, 32, 64), blocks=2):
+        layers = [Conv2d(1, widths[0], 3, padding=1, bias=False), BatchNorm2d(widths[0]), ReLU()]
+        c_in = widths[0]
+        for stage, width in enumerate(widths):
+            for block in range(blocks):
+                layers.append(basic_block(c_in, width, stride=2 if stage > 0 and block == 0 else 1))
+                c_in = width
+        layers += [AdaptiveAvgPool2d(1), Flatten(), Linear(c_in, num_classes)]
+        super().__init__(*layers)
+
+
+def separable_block(in_channels, out_channels, stride=1):
+    """MobileNet's depthwise-separable block as a list of layers: a 3x3 depthwise convolution (one
+    filter per channel, groups = in_channels) with batch norm and ReLU, then a 1x1 (pointwise)
+    convolution mixing the channels, with batch norm and ReLU: 9*C + C*OC weights instead of 9*C*OC."""
+    return [Conv2d(in_channels, in_channels, 3, stride=stride, padding=1, groups=in_channels, bias=False),
+            BatchNorm2d(in_channels), ReLU(),
+            Conv2d(in_channels, out_channels, 1, bias=False), BatchNorm2d(out_channels), ReLU()]
+
+
+class MobileNetMNIST(Sequential):
+    """A small MobileNet-style network of depthwise-separable blocks for 1x28x28 images (67,338
+    parameters): a 3x3 stem of 32 channels, four separable blocks (64, 128, 128, 256 channels, the
+    second and fourth at stride 2: 28x28 -> 14x14 -> 7x7), global average pooling, dropout and one
+    Linear. Shape: (N, 1, 28, 28) -> (N, num_classes)."""
+    input_shape = (1, 28, 28)
+
+    def __init__(self, num_classes=10):
+        super().__init__(
+            Conv2d(1, 32, 3, padding=1, bias=False), BatchNorm2d(32), ReLU(),      # 32x28x28
+            *separable_block(32, 64),                                               # 64x28x28
+            *separable_block(64, 128, stride=2),                                    # 128x14x14
+            *separable_block(128, 128),
+            *separable_block(128, 256, stride=2),                                   # 256x7x7
+            AdaptiveAvgPool2d(1), Flatten(), Dropout(0.2), Linear(256, num_classes))
+
+
+MODELS = {cls.__name__.lower(): cls for cls in (LeNet, ConvNet, MnistCNN, TinyBNNet, FashionCNN, AlexNetMNIST, AnimalNet,
+                                                ResNet14, MobileNetMNIST)}
 
 
 def get_model_class(name):

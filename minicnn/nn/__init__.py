@@ -1,16 +1,16 @@
 """Layers with hand-written forward and backward passes, named and shaped as in torch.nn."""
-from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from .activation import GELU, Identity, LeakyReLU, ReLU, SiLU, Sigmoid, Tanh
 from .batchnorm import BatchNorm1d, BatchNorm2d
-from .container import Sequential
+from .container import Residual, Sequential
 from .conv import Conv2d
 from .dropout import Dropout
 from .linear import Flatten, Linear
 from .loss import CrossEntropyLoss
 from .module import Module, Parameter, is_grad_enabled, no_grad
-from .pool import AvgPool2d, MaxPool2d
+from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
 __all__ = [
-    "Module", "Parameter", "Sequential", "no_grad", "is_grad_enabled",
-    "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout",
-    "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Linear", "Flatten", "CrossEntropyLoss",
+    "Module", "Parameter", "Sequential", "Residual", "no_grad", "is_grad_enabled",
+    "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout",
+    "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "GELU", "Identity", "Linear", "Flatten", "CrossEntropyLoss",
 ]

@@ -1,5 +1,5 @@
-"""Elementwise activations, as torch.nn's. Shape: any -> same. The backend computes each one
-(ops.<name>_forward / <name>_backward); the record keeps what its derivative needs."""
+"""Elementwise activations, as torch.nn's, and Identity. Shape: any -> same. The backend computes
+each one (ops.<name>_forward / <name>_backward); the record keeps what its derivative needs."""
 
 from .. import backend
 from ._checks import check_float_array
@@ -68,3 +68,58 @@ class Tanh(Module):
 
     def backward(self, dy):
         return backend.ops_for(dy).tanh_backward(dy, self.saved(dy).record)
+
+
+class SiLU(Module):
+    """x * sigmoid(x) (also called swish); derivative s * (1 + x * (1 - s)), s = sigmoid(x)."""
+
+    def forward(self, x):
+        check_float_array(self, x)
+        y, record = backend.ops_for(x).silu_forward(x)
+        self.save_for_backward(y, record=record)
+        return y
+
+    def backward(self, dy):
+        return backend.ops_for(dy).silu_backward(dy, self.saved(dy).record)
+
+
+class GELU(Module):
+    """x * Phi(x), Phi the standard normal's distribution function, as torch.nn.GELU.
+
+    Args: approximate: 'none' (the exact erf form) or 'tanh' (Phi(x) ~ (1 + tanh(sqrt(2/pi) *
+        (x + 0.044715 x^3))) / 2, as torch computes it).
+    """
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        check_float_array(self, x)
+        y, record = backend.ops_for(x).gelu_forward(x, self.approximate)
+        self.save_for_backward(y, record=record)
+        return y
+
+    def backward(self, dy):
+        return backend.ops_for(dy).gelu_backward(dy, self.saved(dy).record)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
+class Identity(Module):
+    """Returns its input (a placeholder, as torch.nn.Identity); backward returns dy. Arguments are
+    accepted and ignored, as torch does."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        self.save_for_backward(x)
+        return x
+
+    def backward(self, dy):
+        self.saved(dy)
+        return dy

@@ -6,9 +6,25 @@ chunks inference may cut a batch. Results are those of the layers run one by one
 the reordering is exact, and a fused op computes what its layers do (up to rounding where its
 backend says so). Sequential runs its layers through a Chain; so can any container.
 """
+import contextlib
+
 from .. import backend
 from .fused import FUSED_STEPS
 from .module import is_grad_enabled
+
+_as_written = False          # inside as_written(): every chain runs its layers one by one, in order
+
+
+@contextlib.contextmanager
+def as_written():
+    """Within: chains run their layers one by one in the order they were written, ignoring the
+    backend's plan (a summary shows each layer's own output this way)."""
+    global _as_written
+    previous, _as_written = _as_written, True
+    try:
+        yield
+    finally:
+        _as_written = previous
 
 
 class Chain:
@@ -51,6 +67,8 @@ class Chain:
         return list(self._steps or ())
 
     def _plan(self, ops, layers):
+        if _as_written:
+            return list(layers), 0
         kinds = tuple(layer.kind for layer in layers)
         key = (ops.name, tuple(map(id, layers)), kinds)
         planned = self._plans.get(key)

@@ -1,6 +1,7 @@
 """Containers: modules made of other modules.
 
-    Sequential(*layers)    runs its children in order; backward runs them in reverse
+    Sequential(*layers)                  runs its children in order; backward runs them in reverse
+    Residual(body, shortcut, activation) y = activation(body(x) + shortcut(x)): a skip connection
 """
 from collections import OrderedDict
 
@@ -63,3 +64,55 @@ class Sequential(Module):
     def steps(self):
         """The steps the last forward ran: the layers, or fused steps standing for several."""
         return self._chain.steps
+
+
+class Residual(Module):
+    """A skip connection: y = activation(body(x) + shortcut(x)), where a missing shortcut is x
+    itself (an identity skip) and a missing activation leaves the sum as it is. ResNet's basic
+    block is Residual(conv-BN-ReLU-conv-BN, shortcut=None or 1x1 conv-BN with stride 2, ReLU()).
+
+    Backward is the chain rule through a sum: the sum's gradient goes to both paths, and the input
+    gradient is what the body sends back plus what the shortcut sends back (dy itself for the
+    identity). Children are named 'body', 'shortcut' and 'activation' (state_dict keys such as
+    'body.0.weight'), as the same module written in torch with those attributes names them.
+
+    Args: body, shortcut (or None), activation (or None): Modules; body(x) and shortcut(x) must
+        have the same shape.
+    Shape: the body's.
+    """
+    can_skip_input_grad = True
+
+    def __init__(self, body, shortcut=None, activation=None):
+        super().__init__()
+        for name, module in (("body", body), ("shortcut", shortcut), ("activation", activation)):
+            if module is not None and not isinstance(module, Module):
+                raise TypeError(f"Residual: {name} must be a Module or None, got {describe(module)}")
+        self.body = body
+        self.shortcut = shortcut
+        self.activation = activation
+
+    def forward(self, x):
+        main = self.body(x)
+        skip = x if self.shortcut is None else self.shortcut(x)
+        if tuple(main.shape) != tuple(skip.shape):
+            raise ValueError(f"Residual: the body gives {tuple(main.shape)} but the shortcut gives "
+                             f"{tuple(skip.shape)} for input {tuple(x.shape)}; give the shortcut a "
+                             "convolution that matches the body's channels and stride")
+        y = main + skip
+        self.save_for_backward(y)
+        return y if self.activation is None else self.activation(y)
+
+    def backward(self, dy, input_grad=True):
+        """The input gradient: the body's plus the shortcut's (None when not input_grad and both
+        paths can skip it)."""
+        if self.activation is not None:
+            dy = self.activation.backward(dy)
+        self.saved(dy)
+        skip = self.shortcut is not None and not input_grad and getattr(self.shortcut, "can_skip_input_grad", False) \
+            and getattr(self.body, "can_skip_input_grad", False)
+        if skip:
+            self.body.backward(dy, input_grad=False)
+            self.shortcut.backward(dy, input_grad=False)
+            return None
+        dx = self.body.backward(dy)
+        return dx + (dy if self.shortcut is None else self.shortcut.backward(dy))

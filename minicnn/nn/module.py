@@ -189,9 +189,12 @@ class Module:
         return missing, unexpected
 
     def _state_arrays(self):
-        """(name, live array) for every parameter and buffer, in state_dict order."""
-        yield from ((name, p.data) for name, p in self.named_parameters())
-        yield from self.named_buffers()
+        """(name, live array) for every parameter and buffer, in torch's state_dict order: module by
+        module, each one's parameters, then its buffers."""
+        for module_name, module in self.named_modules():
+            prefix = f"{module_name}." if module_name else ""
+            yield from ((prefix + name, p.data) for name, p in module._parameters.items())
+            yield from ((prefix + name, b) for name, b in module._buffers.items())
 
     # ------------------------------------------------------------ dtype and device
 
