@@ -33,31 +33,14 @@ import minicnn as mc
 from minicnn import backend
 
 MODELS = {"lenet": mc.models.LeNet, "mnistcnn": mc.models.MnistCNN, "convnet": mc.models.ConvNet,
-          "fashioncnn": mc.models.FashionCNN}              # the last only when asked for (--models)
+          "fashioncnn": mc.models.FashionCNN, "resnet14": mc.models.ResNet14,
+          "mobilenetmnist": mc.models.MobileNetMNIST}      # the last three only when asked for (--models)
 
 
 def torch_twin(model):
-    """The same network in torch, with the same weights."""
-    import torch
-    layers = []
-    for layer in model:
-        name = type(layer).__name__
-        if name == "Conv2d":
-            layers.append(torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                                          layer.padding, bias=layer.bias is not None))
-        elif name == "Linear":
-            layers.append(torch.nn.Linear(layer.in_features, layer.out_features))
-        elif name == "MaxPool2d":
-            layers.append(torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding))
-        elif name == "BatchNorm2d":
-            layers.append(torch.nn.BatchNorm2d(layer.num_features))
-        elif name == "Dropout":
-            layers.append(torch.nn.Dropout(layer.p))
-        else:
-            layers.append(getattr(torch.nn, name)())
-    twin = torch.nn.Sequential(*layers)
-    twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
-    return twin
+    """The same network in torch, with the same weights (minicnn.interop.to_torch)."""
+    from minicnn.interop import to_torch
+    return to_torch(model).train()
 
 
 def load_batches(n):

@@ -826,6 +826,42 @@ def test_fused_relu_pool_breaks_ties_and_treats_nan_as_the_pool(dtype, channels)
         assert np.signbit(pooled[2, 0]).any() and not np.signbit(y[2, 0]).any()
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("norm,shape", [(lambda: nn.BatchNorm2d(5), (4, 5, 6, 7)), (lambda: nn.BatchNorm1d(6), (9, 6)),
+                                        (lambda: nn.BatchNorm2d(3, affine=False), (1, 3, 4, 4)),
+                                        (lambda: nn.BatchNorm2d(16), (37, 16, 20, 20))])
+def test_batchnorm_relu_fused_equals_the_layers(dtype, norm, shape, training):
+    """On Numba a batch norm followed by a ReLU runs as one batchnorm_relu step (in training; in eval
+    the two layers run one after the other): output, input gradient, parameter gradients and
+    running statistics equal the two layers run one by one, bit for bit (NaN included), and torch."""
+    import minicnn as mc
+    net = nn.Sequential(norm(), nn.ReLU()).to(dtype)
+    _randomize_bn(net[0], dtype)
+    net.train(training)
+    x = random_input(shape, dtype) * 2 + 0.3
+    x[0, 0] = np.nan
+    with mc.backend.use_backend("numba"):
+        before = {k: v.copy() for k, v in net.state_dict().items()}
+        expected, dy, expected_dx, expected_grads = run_layers_one_by_one(net, x)
+        after = {k: v.copy() for k, v in net.state_dict().items()}
+        net.load_state_dict(before)
+        y = net(x)
+        assert [type(step).__name__ for step in net.steps] == ["BatchNormReLU"]
+        np.testing.assert_array_equal(y, expected)
+        np.testing.assert_array_equal(net.backward(dy), expected_dx)
+        for k, p in net.named_parameters():
+            np.testing.assert_array_equal(p.grad, expected_grads[k], err_msg=k)
+        for k, v in net.state_dict().items():
+            np.testing.assert_array_equal(v, after[k], err_msg=k)
+        net.load_state_dict(before)
+        x[0, 0] = 0.5
+        ref = torch.nn.Sequential(torch.nn.BatchNorm2d(shape[1]) if len(shape) == 4 else torch.nn.BatchNorm1d(shape[1]),
+                                  torch.nn.ReLU())
+        if not net[0].affine:
+            ref[0] = type(ref[0])(shape[1], affine=False)
+        assert_matches_torch(net, ref, x, **tolerance(dtype))
+
+
 @pytest.mark.parametrize("ours,theirs", [
     (lambda: nn.BatchNorm2d(6), lambda: torch.nn.BatchNorm2d(6)),
     (lambda: nn.MaxPool2d(2), lambda: torch.nn.MaxPool2d(2)),

@@ -111,6 +111,16 @@ def batchnorm_backward_train(dy3, record, gamma):
     (dx3 (N, C, L), dgamma (C,), dbeta (C,))."""
 
 
+def batchnorm_relu_forward_train(x3, gamma, beta, eps):
+    """relu(batchnorm_forward_train(x3, ...)): the batch norm and the ReLU after it as one step, with
+    their results (a backend computes the ReLU as it writes the output). Returns (y3, mean, var,
+    record) as batchnorm_forward_train, y3 rectified."""
+
+
+def batchnorm_relu_backward_train(dy3, record, gamma):
+    """Gradients of batchnorm_relu_forward_train: (dx3, dgamma, dbeta)."""
+
+
 def batchnorm_forward_eval(x3, mean, var, eps, gamma, beta, keep_record):
     """Normalize x3 (N, C, L) by given statistics (the running ones): y = (x - mean) /
     sqrt(var + eps) * gamma + beta, computed as (x - mean) * invstd * gamma + beta. Returns (y3,
@@ -232,8 +242,9 @@ def adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1
 
 def plan_chain(kinds):
     """How this backend runs a chain of layers (a Sequential): kinds is the tuple of each layer's
-    ``kind`` (a tuple such as ('conv2d', stride), ('relu',), ('maxpool2d', kernel_size, stride,
-    padding), or None for a layer the backend knows nothing about). Returns a ChainPlan: the steps
+    ``kind`` (a tuple such as ('conv2d', stride, dilation, groups), ('relu',), ('batchnorm',),
+    ('maxpool2d', kernel_size, stride, padding), or None for a layer the backend knows nothing
+    about). Returns a ChainPlan: the steps
     in the order they run, each a fused op's name (or None) and the layer indices it covers, and
     the batch size inference may be cut into."""
 
@@ -293,7 +304,8 @@ class ChainPlan:
     """What plan_chain returns.
 
     steps: tuple of (fused op name or None, tuple of layer indices), in the order they run; None
-        runs the one layer itself, a fused name (such as 'conv2d_relu_maxpool2d') the layers as one.
+        runs the one layer itself, a fused name ('conv2d_relu_maxpool2d', 'batchnorm_relu') the
+        layers as one, through that fused op.
     inference_chunk: inference (eval mode, no_grad) may run a large batch this many samples at a
         time, each sample's result being independent of the others there; 0 means whole batches.
     """

@@ -348,11 +348,17 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
         return im2col_conv.forward(_PRIMITIVES, x, w, b, stride, padding, dilation, groups,
                                    numba_strategy.current().max_col_bytes)
     if forward == "depthwise":
-        (H, W), (KH, KW) = x.shape[2:], w.shape[2:]
-        out_size = (im2col_conv.output_size(H, KH, stride[0], padding[0], dilation[0]),
-                    im2col_conv.output_size(W, KW, stride[1], padding[1], dilation[1]))
-        return numba_depthwise.forward(x, w, b, stride, padding, dilation, out_size)
+        if _finite(x) and _finite(w):
+            return numba_depthwise.forward(x, w, b, stride, padding, dilation)
+        # the wide planes' dropped positions would multiply an inf by zero: torch's NaNs need the exact sum
+        return im2col_conv.forward(_PRIMITIVES, x, w, b, stride, padding, dilation, groups,
+                                   numba_strategy.current().max_col_bytes)
     return _stride1_forward(x, w, b, padding, False, forward, backward)
+
+
+def _finite(a):
+    """Whether a holds no inf and no NaN (one compiled pass)."""
+    return _all_finite(np.ascontiguousarray(a).reshape(-1))
 
 
 def conv2d_backward(dy, record, w, input_grad):

@@ -1,49 +1,89 @@
-"""Batch normalization on the Numba backend: one pass per channel, channels in chunks on the cores.
+"""Batch normalization on the Numba backend, channels in chunks on the cores; optionally with the
+ReLU that follows it fused in (batchnorm_relu_*).
 
-Statistics are summed in float64 (REDUCE lets LLVM keep several partial sums in vector registers:
-a fixed order still, so repeatable). The eval-mode pass does numpy_ops' operations in its order,
-so it gives the same bits without that version's four temporaries of x's size.
+Training: statistics summed in float64 (REDUCE lets LLVM keep several partial sums in vector
+registers: a fixed order still, so repeatable), then y = x * alpha + shift in x's dtype with alpha =
+invstd * gamma, shift = beta - mean * alpha, as torch's CPU kernel computes it; backward recomputes
+xhat from x (no copy of x's size is kept) and follows torch's formula. The eval-mode pass does
+numpy_ops' operations in its order, so it gives the same bits without that version's four
+temporaries of x's size.
 """
 import numpy as np
 from numba import njit
 
-from .numba_common import FAST, REDUCE, _by_channels
+from .numba_common import DIRECT, FAST, REDUCE, _by_channels
 
 
 @njit(**REDUCE)
-def _bn_forward(x, gamma, beta, eps, y, xhat, mean, var, invstd, c_first, c_stop):
-    N, C, L = x.shape
+def _bn_statistics(x, mean, c):
+    """Channel c's mean into mean[c] (float64) and its biased variance returned, both sums in
+    float64: the mean, then the squared deviations from it (the channel is in L2 by then)."""
+    N, L = x.shape[0], x.shape[2]
     M = N * L
+    s = 0.0
+    for n in range(N):
+        for i in range(L):
+            s += x[n, c, i]
+    m = s / M
+    ss = 0.0
+    for n in range(N):
+        for i in range(L):
+            d = x[n, c, i] - m
+            ss += d * d
+    mean[c] = m
+    return ss / M
+
+
+@njit(cache=True, inline="always")
+def _bn_output(v, alpha, beta, relu, zero):
+    """y = v * alpha + beta in v's dtype (torch's form), rectified with relu (NaN kept)."""
+    y = v * alpha + beta
+    if relu and not ((y > zero) | (y != y)):
+        return zero
+    return y
+
+
+@njit(**DIRECT)
+def _bn_forward(x, gamma, beta, eps, y, mean, var, mean64, invstd64, relu, c_first, c_stop):
+    """For channels [c_first, c_stop): the statistics, then y = x * alpha + shift with alpha =
+    invstd * gamma and shift = beta - mean * alpha in x's dtype, as torch computes it."""
+    N, L = x.shape[0], x.shape[2]
+    t = x.dtype.type
+    zero = t(0)
     for c in range(c_first, c_stop):
-        s = 0.0
-        for n in range(N):
-            for i in range(L):
-                s += x[n, c, i]
-        m = s / M
-        ss = 0.0
-        for n in range(N):
-            for i in range(L):
-                d = x[n, c, i] - m
-                ss += d * d
-        v = ss / M
+        v = _bn_statistics(x, mean64, c)
         r = 1.0 / np.sqrt(v + eps)
-        mean[c], var[c], invstd[c] = m, v, r
+        invstd64[c] = r
+        mean[c], var[c] = mean64[c], v
+        a = t(r * gamma[c])
+        b = t(beta[c] - mean64[c] * r * gamma[c])
         for n in range(N):
+            src, dst = x[n, c], y[n, c]
             for i in range(L):
-                h = (x[n, c, i] - m) * r
-                xhat[n, c, i] = h
-                y[n, c, i] = h * gamma[c] + beta[c]
+                dst[i] = _bn_output(src[i], a, b, relu, zero)
+
+
+def _forward_train(x3, gamma, beta, eps, relu):
+    x3 = np.ascontiguousarray(x3)
+    C, dtype = x3.shape[1], x3.dtype
+    y = np.empty_like(x3)
+    mean, var = np.empty(C, dtype=dtype), np.empty(C, dtype=dtype)
+    mean64, invstd64 = np.empty(C), np.empty(C)
+    _by_channels(x3, lambda c_first, c_stop: _bn_forward(x3, gamma, beta, eps, y, mean, var, mean64, invstd64,
+                                                        relu, c_first, c_stop))
+    return y, mean, var, (x3, y, mean64, invstd64, relu)
 
 
 def batchnorm_forward_train(x3, gamma, beta, eps):
-    """As numpy_ops (statistics summed in float64); record: (xhat, invstd)."""
-    x3 = np.ascontiguousarray(x3)
-    C, dtype = x3.shape[1], x3.dtype
-    y, xhat = np.empty_like(x3), np.empty_like(x3)
-    mean, var, invstd = (np.empty(C, dtype=dtype) for _ in range(3))
-    _by_channels(x3, lambda c_first, c_stop: _bn_forward(x3, gamma, beta, eps, y, xhat, mean, var, invstd,
-                                                        c_first, c_stop))
-    return y, mean, var, (xhat, invstd)
+    """As numpy_ops, in torch's form (statistics in float64, then x * alpha + shift in x's dtype);
+    record: (x3, y, mean, invstd, relu): backward recomputes xhat from x instead of keeping a copy
+    of x's size (x and y are kept alive by the layers around anyway)."""
+    return _forward_train(x3, gamma, beta, eps, False)
+
+
+def batchnorm_relu_forward_train(x3, gamma, beta, eps):
+    """batchnorm_forward_train with the ReLU applied as each value is written (no second pass)."""
+    return _forward_train(x3, gamma, beta, eps, True)
 
 
 @njit(**FAST)
@@ -80,28 +120,43 @@ def batchnorm_forward_eval(x3, mean, var, eps, gamma, beta, keep_record):
 
 
 @njit(**REDUCE)
-def _bn_backward(dy, xhat, invstd, gamma, dx, dgamma, dbeta, c_first, c_stop):
+def _bn_backward(dy, x, y, mean, invstd, gamma, relu, dx, dgamma, dbeta, c_first, c_stop):
+    """torch's batch-norm backward per channel, the ReLU's gradient first where fused (0 where the
+    output y <= 0, as relu_backward): with d = dy (masked) and xc = x - mean,
+        sum_d, sum_dxc (summed in float64);  dgamma = sum_dxc * invstd;  dbeta = sum_d
+        dx = (d - sum_d / M - xc * sum_dxc * invstd^2 / M) * invstd * gamma   (in dy's dtype)
+    The mask is a select, not a branch (bitwise &), so the loops vectorize."""
     N, C, L = dy.shape
     M = N * L
+    t = dy.dtype.type
+    zero = t(0)
     for c in range(c_first, c_stop):
+        m, r = t(mean[c]), invstd[c]
         sb, sg = 0.0, 0.0
         for n in range(N):
+            g, src, out = dy[n, c], x[n, c], y[n, c]
             for i in range(L):
-                sb += dy[n, c, i]
-                sg += dy[n, c, i] * xhat[n, c, i]
-        dbeta[c], dgamma[c] = sb, sg
-        scale = gamma[c] * invstd[c] / M
+                d = zero if relu & (out[i] <= zero) else g[i]
+                sb += d
+                sg += d * (src[i] - m)
+        dbeta[c], dgamma[c] = sb, sg * r
+        k, grad_mean, scale = t(sg * r * r / M), t(sb / M), t(r * gamma[c])
         for n in range(N):
+            g, src, out, dst = dy[n, c], x[n, c], y[n, c], dx[n, c]
             for i in range(L):
-                dx[n, c, i] = scale * (M * dy[n, c, i] - sb - xhat[n, c, i] * sg)
+                d = zero if relu & (out[i] <= zero) else g[i]
+                dst[i] = (d - grad_mean - (src[i] - m) * k) * scale
 
 
 def batchnorm_backward_train(dy3, record, gamma):
-    xhat, invstd = record
+    x3, y3, mean, invstd, relu = record
     dy3 = np.ascontiguousarray(dy3)
     C = dy3.shape[1]
     dx = np.empty_like(dy3)
     dgamma, dbeta = np.empty(C, dtype=dy3.dtype), np.empty(C, dtype=dy3.dtype)
-    _by_channels(dy3, lambda c_first, c_stop: _bn_backward(dy3, xhat, invstd, gamma, dx, dgamma, dbeta,
-                                                          c_first, c_stop))
+    _by_channels(dy3, lambda c_first, c_stop: _bn_backward(dy3, x3, y3, mean, invstd, gamma, relu, dx,
+                                                          dgamma, dbeta, c_first, c_stop))
     return dx, dgamma, dbeta
+
+
+batchnorm_relu_backward_train = batchnorm_backward_train        # the record says whether to mask

@@ -12,7 +12,7 @@ Every choice of algorithm and budget is in numba_strategy.
                         wide GEMM, numba_winograd, numba_relu_pool (the fused epilogue), numba_sparse,
                         numba_depthwise
     numba_pool          max and average pooling
-    numba_norm          batch normalization
+    numba_norm          batch normalization (and batch norm with the ReLU after it, fused)
     numba_elementwise   ReLU, softmax cross-entropy, the SGD step
 """
 from . import cores as _cores
@@ -22,7 +22,8 @@ from .numba_conv import (conv2d_backward, conv2d_forward, conv2d_relu_maxpool2d_
                          conv2d_relu_maxpool2d_forward)
 from .numba_elementwise import (relu_backward, relu_forward, sgd_update, softmax_cross_entropy_forward)  # noqa: F401
 from .numba_im2col import col2im, im2col, matmul  # noqa: F401
-from .numba_norm import batchnorm_backward_train, batchnorm_forward_eval, batchnorm_forward_train  # noqa: F401
+from .numba_norm import (batchnorm_backward_train, batchnorm_forward_eval, batchnorm_forward_train,  # noqa: F401
+                         batchnorm_relu_backward_train, batchnorm_relu_forward_train)
 from .numba_pool import avgpool2d_backward, maxpool2d_backward, maxpool2d_forward  # noqa: F401
 
 name = "numba"
@@ -54,9 +55,9 @@ captured_step = _reference.captured_step
 
 
 def plan_chain(kinds):
-    """NumPy's plan (a ReLU after its max pool, inference in chunks), and every stride-1
-    convolution followed by ReLU and a 2x2 max pool, in either order, as one
-    conv2d_relu_maxpool2d step where numba_strategy.fuses says so."""
+    """NumPy's plan (a ReLU after its max pool, inference in chunks), and where numba_strategy
+    says so: every stride-1 convolution followed by ReLU and a 2x2 max pool (in either order) as one
+    conv2d_relu_maxpool2d step, every batch norm followed by a ReLU as one batchnorm_relu step."""
     plan = _reference.plan_chain(kinds)
     steps, done = [], 0
     flat = [indices[0] for _, indices in plan.steps]       # the reference plan fuses nothing
@@ -69,6 +70,10 @@ def plan_chain(kinds):
                 steps.append(("conv2d_relu_maxpool2d", tuple(run)))
                 done += 3
                 continue
+        if len(run) >= 2 and _strategy.fuses_batchnorm_relu(kinds[run[0]], kinds[run[1]]):
+            steps.append(("batchnorm_relu", tuple(run[:2])))
+            done += 2
+            continue
         steps.append((None, (flat[done],)))
         done += 1
     return _reference.ChainPlan(steps, plan.inference_chunk)

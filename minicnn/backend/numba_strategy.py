@@ -23,6 +23,7 @@ class Strategy:
     winograd: bool = True                   # 3x3 with more channels by F(2x2, 3x3): 2.25x fewer multiplies
     sparse_min_kernel_width: int = 5        # fused backward from the pool's winners for widths 5..LANES
     fuse_conv_relu_pool: bool = True        # conv + ReLU + 2x2 pool as one step: no full-size activation
+    fuse_batchnorm_relu: bool = True        # batch norm + ReLU as one step: no pass, no array for the ReLU
     # ---- how work is cut (chunks depend on the shapes only, never on the thread count)
     min_tasks: int = 4                      # a layer in at least this many equal tasks: 2 threads end together
     direct_max_chunk: int = 32              # samples per task of the direct sums
@@ -92,3 +93,8 @@ def fuses(conv, relu, pool):
     s = _current
     return (s.fuse_conv_relu_pool and s.stride1_kernels and conv == ("conv2d", (1, 1), (1, 1), 1)
             and relu == ("relu",) and pool == ("maxpool2d", (2, 2), (2, 2), (0, 0)))
+
+
+def fuses_batchnorm_relu(norm, relu):
+    """Whether two layers' kinds run as one batchnorm_relu step: a batch norm, then a ReLU."""
+    return _current.fuse_batchnorm_relu and norm == ("batchnorm",) and relu == ("relu",)

@@ -239,6 +239,18 @@ def batchnorm_backward_train(dy3, record, gamma):
     return dx, dgamma, dbeta
 
 
+def batchnorm_relu_forward_train(x3, gamma, beta, eps):
+    """The two ops one after another; record: theirs."""
+    y3, mean, var, bn = batchnorm_forward_train(x3, gamma, beta, eps)
+    y3, relu = relu_forward(y3)
+    return y3, mean, var, (bn, relu)
+
+
+def batchnorm_relu_backward_train(dy3, record, gamma):
+    bn, relu = record
+    return batchnorm_backward_train(relu_backward(dy3, relu), bn, gamma)
+
+
 def batchnorm_forward_eval(x3, mean, var, eps, gamma, beta, keep_record):
     """record: (xhat, invstd), or None."""
     invstd = 1 / np.sqrt(var + eps)

@@ -42,27 +42,48 @@ class _BatchNorm(Module):
             return self.weight.data, self.bias.data
         return ops.xp.ones(self.num_features, dtype=dtype), ops.xp.zeros(self.num_features, dtype=dtype)
 
+    @property
+    def kind(self):
+        """('batchnorm',) for a backend's chain plan (None for subclasses)."""
+        return ("batchnorm",) if type(self) in (BatchNorm1d, BatchNorm2d) else None
+
+    @property
+    def uses_batch_statistics(self):
+        """Whether forward normalizes by the batch's own statistics (training, or no running ones)."""
+        return self.training or not self.track_running_stats
+
     def forward(self, x):
+        y, record = self.normalize(x)
+        self.save_for_backward(y, record=record, batch_stats=self.uses_batch_statistics)
+        return y
+
+    def backward(self, dy):
+        s = self.saved(dy)
+        return self.backpropagate(dy, s.record, s.batch_stats)
+
+    def normalize(self, x, relu=False):
+        """(y, record): x normalized (and rectified, with relu: the backend's batchnorm_relu op, for
+        batch statistics only), the running statistics updated in training."""
         check_input(self, x, self._shape_desc, self._ndims, self.num_features,
                     params_dtype=self.weight.dtype if self.affine else None)
         ops = backend.ops_for(x)
         x3 = x.reshape(x.shape[0], self.num_features, -1)
         gamma, beta = self._params(ops, x.dtype)
-        use_batch_stats = self.training or not self.track_running_stats
-        if use_batch_stats:
+        if self.uses_batch_statistics:
             M = x3.shape[0] * x3.shape[2]
             if M < 2:
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
                                  f"got input {tuple(x.shape)}")
-            y3, mean, var, record = ops.batchnorm_forward_train(x3, gamma, beta, self.eps)
+            op = ops.batchnorm_relu_forward_train if relu else ops.batchnorm_forward_train
+            y3, mean, var, record = op(x3, gamma, beta, self.eps)
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean, var * (M / (M - 1)))
         else:
+            if relu:
+                raise ValueError(f"{self!r}: the fused ReLU is for batch statistics only")
             y3, record = ops.batchnorm_forward_eval(x3, self.running_mean, self.running_var, self.eps, gamma, beta,
                                                     keep_record=is_grad_enabled())
-        y = y3.reshape(x.shape)
-        self.save_for_backward(y, record=record, batch_stats=use_batch_stats)
-        return y
+        return y3.reshape(x.shape), record
 
     def _update_running_stats(self, mean, unbiased_var):
         self.num_batches_tracked += 1
@@ -72,15 +93,17 @@ class _BatchNorm(Module):
         self.running_var *= 1 - m
         self.running_var += m * unbiased_var
 
-    def backward(self, dy):
-        s = self.saved(dy)
+    def backpropagate(self, dy, record, batch_stats, relu=False):
+        """dx for normalize's record, the parameters' gradients added into .grad."""
         ops = backend.ops_for(dy)
         dy3 = dy.reshape(dy.shape[0], self.num_features, -1)
         gamma, _ = self._params(ops, dy.dtype)
-        if s.batch_stats:
-            dx3, dgamma, dbeta = ops.batchnorm_backward_train(dy3, s.record, gamma)
+        if relu:
+            dx3, dgamma, dbeta = ops.batchnorm_relu_backward_train(dy3, record, gamma)
+        elif batch_stats:
+            dx3, dgamma, dbeta = ops.batchnorm_backward_train(dy3, record, gamma)
         else:             # running statistics are constants: the layer is affine in x
-            dx3, dgamma, dbeta = ops.batchnorm_backward_eval(dy3, s.record, gamma)
+            dx3, dgamma, dbeta = ops.batchnorm_backward_eval(dy3, record, gamma)
         if self.affine:
             self.weight.accumulate_grad(dgamma, owned=True)
             self.bias.accumulate_grad(dbeta, owned=True)

@@ -2,6 +2,8 @@
 
     conv2d_relu_maxpool2d   Conv2d (stride 1) -> ReLU -> MaxPool2d(2), the last two in either order:
                             x (N, C, H, W) -> y (N, OC, OH//2, OW//2)
+    batchnorm_relu          BatchNorm1d/2d -> ReLU (with batch statistics; in eval mode the two
+                            layers run one after the other): shape unchanged
 
 A fused step holds the layers it stands for (not as children: they belong to the model, which
 keeps their parameters and state_dict names) and runs the backend's fused op with their
@@ -46,4 +48,34 @@ class ConvReLUPool(Module):
         return "ConvReLUPool(" + ", ".join(repr(layer) for layer in self.layers) + ")"
 
 
-FUSED_STEPS = {"conv2d_relu_maxpool2d": ConvReLUPool}
+class BatchNormReLU(Module):
+    """The batchnorm_relu step. Args: a BatchNorm1d/2d and a ReLU. Shape: unchanged."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        by_kind = {layer.kind[0]: layer for layer in layers}
+        object.__setattr__(self, "layers", (by_kind["batchnorm"], by_kind["relu"]))
+
+    def forward(self, x):
+        norm, relu = self.layers
+        for layer in self.layers:
+            object.__setattr__(layer, "_saved", None)
+        if not norm.uses_batch_statistics:               # running statistics: nothing to gain, run the two
+            self.save_for_backward(x, fused=False)
+            return relu(norm(x))
+        y, record = norm.normalize(x, relu=True)
+        self.save_for_backward(y, record=record, fused=True)
+        return y
+
+    def backward(self, dy):
+        norm, relu = self.layers
+        saved = self.__dict__.get("_saved")
+        if saved is not None and not saved.fused:
+            return norm.backward(relu.backward(dy))
+        return norm.backpropagate(dy, self.saved(dy).record, batch_stats=True, relu=True)
+
+    def __repr__(self):
+        return "BatchNormReLU(" + ", ".join(repr(layer) for layer in self.layers) + ")"
+
+
+FUSED_STEPS = {"conv2d_relu_maxpool2d": ConvReLUPool, "batchnorm_relu": BatchNormReLU}
