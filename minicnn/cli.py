@@ -16,6 +16,11 @@ import numpy as np
 DEFAULT_LR = {"sgd": 0.02, "adam": 1e-3, "adamw": 1e-3}
 
 
+def MODEL_CLASSES():
+    from minicnn.models import MODELS
+    return MODELS
+
+
 class UsageError(Exception):
     pass
 
@@ -44,7 +49,8 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     t = sub.add_parser("train", help="train a model on MNIST or Fashion-MNIST")
-    t.add_argument("--model", default="lenet", help="lenet, convnet, mnistcnn, tinybnnet, alexnetmnist")
+    t.add_argument("--model", default="lenet", help="one of: " + ", ".join(
+        name for name, cls in MODEL_CLASSES().items() if cls.input_shape == (1, 28, 28)))
     t.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist")
     t.add_argument("--epochs", type=positive_int, default=3)
     t.add_argument("--batch-size", type=positive_int, default=32)

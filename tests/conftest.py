@@ -58,11 +58,11 @@ def any_backend(request):
         pytest.skip("torch has no CUDA here: the GPU reference is torch on CUDA")
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
-    torch_compare.DEVICE = "cuda"
+    torch_compare.set_device("cuda")
     try:
         yield "cupy"
     finally:
-        torch_compare.DEVICE = "cpu"
+        torch_compare.set_device("cpu")
 
 
 @pytest.fixture
