@@ -6,6 +6,7 @@ exit with status 2; no traceback.
 """
 import argparse
 import datetime
+import math
 import os
 import platform
 import sys
@@ -39,8 +40,22 @@ def positive_int(text):
 
 def positive_float(text):
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return value
+
+
+def nonnegative_float(text):
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def fraction(text):
+    value = float(text)
+    if not (0 <= value < 1):
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
     return value
 
 
@@ -56,24 +71,31 @@ def build_parser():
     t.add_argument("--batch-size", type=positive_int, default=32)
     t.add_argument("--optimizer", default="sgd", help="sgd (momentum 0.9), adam or adamw")
     t.add_argument("--lr", type=positive_float, default=None, help="default: 0.02 for sgd, 1e-3 for adam")
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy target smoothing in [0, 1)")
+    t.add_argument("--weight-decay", type=nonnegative_float, default=0.0)
+    t.add_argument("--label-smoothing", type=fraction, default=0.1, help="cross-entropy target smoothing in [0, 1)")
     t.add_argument("--scheduler", default="cosine", help="cosine, step or none")
     t.add_argument("--augment", action="store_true", help="random shifts of up to 2 pixels")
-    t.add_argument("--val-split", type=float, default=0.0, help="fraction of the training set held out")
+    t.add_argument("--val-split", type=fraction, default=0.0, help="fraction of the training set held out")
     t.add_argument("--train-limit", type=positive_int, default=None, help="use only the first N training images")
     t.add_argument("--test-limit", type=positive_int, default=None, help="use only the first N test images")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--every", type=positive_int, default=1, help="checkpoint every N epochs")
-    t.add_argument("--resume", default=None, help="continue from a checkpoint written by an earlier run")
+    t.add_argument("--resume", default=None, help="continue an earlier run: its folder, or its checkpoints/last.npz or best.npz")
+    t.add_argument("--init-from", default=None, help="start from the weights of a model file or checkpoint (a new run)")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--cuda-graph", action="store_true", help="on cuda: replay each training step as one CUDA graph")
     t.add_argument("--data", default=None, help="folder holding the dataset files")
-    t.add_argument("--out", default=None, help="run folder (default runs/MODEL-DATASET-TIME)")
+    t.add_argument("--out", default=None, help="run folder (default runs/MODEL-DATASET-TIME); refused if it holds a run")
+    t.add_argument("--overwrite", action="store_true", help="let --out replace the run already in that folder")
 
     e = sub.add_parser("evaluate", help="test accuracy of a run folder or checkpoint")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help="a run folder, its model.npz, or checkpoints/last.npz or best.npz")
     e.add_argument("--data", default=None)
+
+    x = sub.add_parser("export", help="write a run's model as ONNX or safetensors (pip install 'minicnn[export]')")
+    x.add_argument("checkpoint", help="a run folder, its model.npz, or checkpoints/last.npz or best.npz")
+    x.add_argument("--format", default="onnx", choices=["onnx", "safetensors"])
+    x.add_argument("--out", default=None, help="the file to write (default: beside the checkpoint, model.onnx or model.safetensors)")
 
     p = sub.add_parser("predict", help="classify images and write id,label CSV")
     p.add_argument("checkpoint")
@@ -105,14 +127,15 @@ def cmd_train(args):
         raise ValueError(f"unknown scheduler {args.scheduler!r}; choose cosine, step or none")
     if args.cuda_graph and args.device == "cpu":
         raise ValueError("--cuda-graph needs --device cuda")
-    if not 0 <= args.label_smoothing < 1:
-        raise ValueError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
-    if not 0 <= args.val_split < 1:
-        raise ValueError(f"--val-split must be in [0, 1), got {args.val_split}")
-    out = args.out or os.path.join("runs", f"{model_name}-{dataset_name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
 
     mc.manual_seed(args.seed)
     model = model_cls()                                     # built after seeding: reproducible weights
+    resume = _resume_checkpoint(args.resume) if args.resume else None
+    out = _run_folder(args, model_name, dataset_name, resume)
+    if args.init_from:
+        if resume:
+            raise ValueError("give --resume (continue a run) or --init-from (start from weights), not both")
+        model.load_state_dict(_weights_of(args.init_from))
     if args.device != "cpu":
         model.to(args.device)
     train_set = dataset_cls(root=args.data, train=True)
@@ -124,6 +147,10 @@ def cmd_train(args):
     val_set = None
     if args.val_split:
         n_val = int(len(train_set) * args.val_split)
+        if n_val < 1 or len(train_set) - n_val < args.batch_size:
+            raise ValueError(f"--val-split {args.val_split:g} of {len(train_set):,} images leaves {n_val:,} for validation "
+                             f"and {len(train_set) - n_val:,} for training; each needs at least one image, training at "
+                             f"least one batch ({args.batch_size})")
         train_set, val_set = data.random_split(train_set, [len(train_set) - n_val, n_val], seed=args.seed)
     mean, std = dataset_cls.mean, dataset_cls.std
     normalize = data.Compose([data.ToFloat(), data.Normalize(mean, std)])
@@ -146,15 +173,16 @@ def cmd_train(args):
           f"{dataset_name} ({len(train_set):,} train / {len(test_set):,} test images), {args.optimizer} lr {lr:g}, "
           f"batch {args.batch_size}, label smoothing {args.label_smoothing:g}, {args.epochs} epochs, backend {mc.backend.get_backend() if args.device == 'cpu' else 'cupy'}")
     started = time.perf_counter()
+    meta = {"model": model_name, "dataset": dataset_name, "normalize": [mean, std],
+            "classes": list(train_set.classes), "epochs": args.epochs}
     history = train.fit(model, mc.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), opt, loader, args.epochs,
                         val_loader=val_loader,
                         scheduler=scheduler, checkpoint_dir=os.path.join(out, "checkpoints"), every=args.every,
-                        resume=args.resume, cuda_graph=args.cuda_graph)
+                        resume=resume, cuda_graph=args.cuda_graph, meta=meta)
     wall = time.perf_counter() - started
     test = train.evaluate(model, test_loader, mc.nn.CrossEntropyLoss())
 
-    meta = {"model": model_name, "dataset": dataset_name, "normalize": [mean, std],
-            "classes": list(train_set.classes), "test_accuracy": test["accuracy"], "epochs": args.epochs}
+    meta["test_accuracy"] = test["accuracy"]
     mc.save({"model": model.to("cpu").state_dict(), "meta": meta}, os.path.join(out, "model.npz"))
     history.to_json(os.path.join(out, "history.json"))
     history.to_csv(os.path.join(out, "history.csv"))
@@ -173,17 +201,75 @@ def _write_plots(model, test_set, normalize, history, out, meta):
 
 # ------------------------------------------------------------------ evaluate / predict
 
-def _load_run(path):
-    import minicnn as mc
+def _run_folder(args, model_name, dataset_name, resume):
+    """Where this run writes: --out (refused if a run is there, unless --overwrite or --resume), the
+    resumed run's own folder, or a new runs/MODEL-DATASET-TIME (never one that exists: two runs started
+    in the same second get -2, -3, ...)."""
+    if resume and not args.out and os.path.basename(os.path.dirname(os.path.abspath(resume))) == "checkpoints":
+        return os.path.dirname(os.path.dirname(os.path.abspath(resume)))     # the resumed run's own folder
+    if args.out:
+        holds_a_run = os.path.isdir(args.out) and any(
+            os.path.exists(os.path.join(args.out, name)) for name in ("model.npz", "history.json", "checkpoints"))
+        if holds_a_run and not (args.overwrite or resume):
+            raise ValueError(f"--out {args.out} already holds a run (model.npz, history or checkpoints): give another "
+                             "folder, --overwrite to replace it, or --resume to continue it")
+        return args.out
+    base = os.path.join("runs", f"{model_name}-{dataset_name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    os.makedirs("runs", exist_ok=True)
+    for i in range(1, 1000):
+        candidate = base if i == 1 else f"{base}-{i}"
+        try:
+            os.makedirs(candidate)                           # atomic: only one run gets each folder
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a new run folder next to {base}")
+
+
+def _checkpoint_path(path):
+    """A run folder means its model.npz (or, with none yet, its checkpoints/last.npz)."""
     if os.path.isdir(path):
-        path = os.path.join(path, "model.npz")
+        for name in ("model.npz", os.path.join("checkpoints", "last.npz")):
+            if os.path.exists(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise FileNotFoundError(f"{path}: a folder without model.npz or checkpoints/last.npz (not a run folder)")
+    return path
+
+
+def _load_run(path):
+    """(model with its weights, meta) from any file minicnn train writes: model.npz, checkpoints/last.npz
+    or best.npz, or their run folder."""
+    import minicnn as mc
+    path = _checkpoint_path(path)
     state = mc.load(path)
-    if not isinstance(state, dict) or "model" not in state or "meta" not in state:
-        raise ValueError(f"{path}: not a model checkpoint written by 'minicnn train' (no 'model' and 'meta')")
-    meta = state["meta"]
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{path}: not a checkpoint written by minicnn train (no 'model')")
+    meta = state.get("meta") or {}
+    if "model" not in meta or "normalize" not in meta:
+        raise ValueError(f"{path}: the checkpoint does not say which model and dataset it is for (no 'meta'; "
+                         "fit(..., meta=...) writes it): load it with model.load_state_dict(minicnn.load(path))")
     model = mc.models.get_model(meta["model"])
     model.load_state_dict(state["model"])
     return model, meta
+
+
+def _resume_checkpoint(path):
+    """The checkpoint to continue from: a run folder's checkpoints/last.npz, or the file given."""
+    if os.path.isdir(path):
+        last = os.path.join(path, "checkpoints", "last.npz")
+        if not os.path.exists(last):
+            raise FileNotFoundError(f"{path}: no checkpoints/last.npz to resume from")
+        return last
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    return path
+
+
+def _weights_of(path):
+    """A model's weights from a model file, a checkpoint, a run folder or a .safetensors state."""
+    import minicnn as mc
+    state = mc.load(_checkpoint_path(path))
+    return state["model"] if isinstance(state, dict) and isinstance(state.get("model"), dict) else state
 
 
 def cmd_evaluate(args):
@@ -195,6 +281,20 @@ def cmd_evaluate(args):
     result = train.evaluate(model, data.DataLoader(test_set, 1000, transform=normalize), mc.nn.CrossEntropyLoss())
     print(f"{meta['model']} on {meta['dataset']} test set ({len(test_set):,} images): "
           f"accuracy {result['accuracy']:.2%}, loss {result['loss']:.4f}")
+    return 0
+
+
+def cmd_export(args):
+    import minicnn as mc
+    model, meta = _load_run(args.checkpoint)
+    source = _checkpoint_path(args.checkpoint)
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(source)), f"model.{args.format}")
+    if args.format == "onnx":
+        from minicnn.export import to_onnx
+        to_onnx(model, out, mc.models.get_model_class(meta["model"]).input_shape)
+    else:
+        mc.save(model.state_dict(), out)
+    print(f"wrote {meta['model']} ({model.num_parameters():,} parameters) as {args.format} to {out}")
     return 0
 
 
@@ -293,8 +393,8 @@ def _cpu_model():
     return platform.processor() or "unknown CPU"
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "gradcheck": cmd_gradcheck,
-            "info": cmd_info}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
+            "gradcheck": cmd_gradcheck, "info": cmd_info}
 
 
 def main(argv=None):
@@ -306,6 +406,9 @@ def main(argv=None):
     except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError) as err:
         message = str(err).strip().replace("\n", " ")
         print(f"minicnn: error: {message}", file=sys.stderr)
+    except FloatingPointError as err:                 # the loss diverged: a fact about the run, not a usage error
+        print(f"minicnn: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("minicnn: interrupted", file=sys.stderr)
         return 130

@@ -182,30 +182,30 @@ def _backward_params_only(model, dlogits):
 
 
 def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
-        checkpoint_dir=None, every=1, resume=None, progress=None, log=print, cuda_graph=False):
+        checkpoint_dir=None, every=1, resume=None, progress=None, log=print, cuda_graph=False, meta=None):
     """Train for ``epochs`` epochs (counted from the start, also when resuming).
 
     Args:
         checkpoint_dir: write 'last.npz' every ``every`` epochs (and 'best.npz' at the best
             validation accuracy) holding everything resume needs.
         resume: a checkpoint written by fit; training continues after its epoch and ends where
-            an uninterrupted run would.
+            an uninterrupted run would (the same bits). Everything in it is checked first: a
+            checkpoint of another model or optimizer raises ValueError and changes nothing.
         progress: None shows a tqdm bar on terminals only; False never; True always.
         log: called with one summary line per epoch (None: silent).
         cuda_graph: on the GPU, replay each training step as one captured CUDA graph
             (the backend's captured_step, minicnn.cuda_graph.CudaGraphStep): the same arithmetic
             without the per-kernel launch cost. Needs a model on the GPU and a loader with
             device='cuda'.
+        meta: a dict of plain values stored in every checkpoint (minicnn train puts the model's and
+            dataset's names and the normalization there, so that its commands read any checkpoint).
     Returns: History.
     """
-    if int(epochs) < 1:
-        raise ValueError(f"fit: epochs must be >= 1, got {epochs}")
-    if int(every) < 1:
-        raise ValueError(f"fit: every must be >= 1, got {every}")
+    epochs, every = _whole("epochs", epochs), _whole("every", every)
     history, start_epoch = History(), 0
     if resume is not None:
         state = load(resume)
-        _restore(state, model, optimizer, scheduler, train_loader)
+        _restore(state, model, optimizer, scheduler, train_loader, resume)
         history, start_epoch = History(state["history"]), int(state["epoch"])
     best = history.best()
     graph_step = None
@@ -217,7 +217,7 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
             graph_step = backend.ops_for(first.data).captured_step(model, loss_fn, optimizer)
         except ValueError as err:
             raise ValueError(f"fit: {err}") from None
-    for epoch in range(start_epoch, int(epochs)):
+    for epoch in range(start_epoch, epochs):
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         with tqdm(total=len(train_loader.dataset), unit="img", desc=f"epoch {epoch + 1}/{epochs}", leave=False,
@@ -237,9 +237,9 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
         if checkpoint_dir is not None:
             improved = val["accuracy"] is not None and (best is None or val["accuracy"] > best)
             best = val["accuracy"] if improved else best
-            due = (epoch + 1) % int(every) == 0 or epoch + 1 == int(epochs)
+            due = (epoch + 1) % every == 0 or epoch + 1 == epochs
             if due or improved:
-                state = _capture(model, optimizer, scheduler, train_loader, epoch + 1, history)
+                state = _capture(model, optimizer, scheduler, train_loader, epoch + 1, history, meta)
                 if due:
                     save(state, os.path.join(checkpoint_dir, "last.npz"))
                 if improved:
@@ -247,24 +247,101 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
     return history
 
 
-def _capture(model, optimizer, scheduler, loader, epoch, history):
+def _whole(name, value):
+    """value as an int >= 1, refusing fractions (fit(epochs=2.7) must not run 2 epochs) and bools."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not float(value).is_integer() or value < 1:
+        raise ValueError(f"fit: {name} must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def _generators(model, loader):
+    """Every random generator a run draws from besides minicnn's global one, in a fixed order: the
+    layers' own (Dropout(seed=...)) by module name, then the loader's transforms' own
+    (RandomCrop(..., seed=...)) in the order they are composed."""
+    found = [(f"model:{name}", m._rng) for name, m in model.named_modules() if getattr(m, "_rng", None) is not None]
+    transforms = [getattr(loader, "transform", None)]
+    i = 0
+    while transforms:
+        t = transforms.pop(0)
+        if t is None:
+            continue
+        transforms[:0] = list(getattr(t, "transforms", []))
+        if getattr(t, "_own_rng", None) is not None:
+            found.append((f"transform:{i}:{type(t).__name__}", t._own_rng))
+            i += 1
+    return found
+
+
+def _capture(model, optimizer, scheduler, loader, epoch, history, meta):
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "optimizer_class": type(optimizer).__name__,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "epoch": epoch, "history": history.rows, "rng": random.get_state(),
+            "generators": {name: g.bit_generator.state for name, g in _generators(model, loader)},
+            "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
+            "meta": dict(meta) if meta else {}}
+
+
+def _restore(state, model, optimizer, scheduler, loader, where="the checkpoint"):
+    """Everything the checkpoint holds back into the run, all or nothing: on any error the model,
+    optimizer, scheduler and generators are as they were, and ValueError says what did not fit."""
+    if not isinstance(state, dict):
+        raise ValueError(f"fit(resume=...): {where} is not a checkpoint written by fit")
+    if "model" in state and "optimizer" not in state:
+        raise ValueError(f"fit(resume=...): {where} holds a model but no optimizer state (a model file, not a "
+                         "training checkpoint): load its weights with model.load_state_dict(minicnn.load(path)) "
+                         "and start a new run (minicnn train --init-from PATH)")
+    for key in ("model", "optimizer", "epoch", "history", "rng"):
+        if key not in state:
+            raise ValueError(f"fit(resume=...): {where} has no {key!r}; it was not written by fit")
+    saved_class = state.get("optimizer_class")
+    if saved_class is not None and saved_class != type(optimizer).__name__:
+        raise ValueError(f"fit(resume=...): {where} was written with {saved_class}, this run uses "
+                         f"{type(optimizer).__name__}; resume with the same optimizer")
+    generators = _generators(model, loader)
+    saved_generators = state.get("generators") or {}
+    if saved_generators and sorted(saved_generators) != sorted(name for name, _ in generators):
+        raise ValueError(f"fit(resume=...): {where} holds the states of generators {sorted(saved_generators)}, "
+                         f"this run has {sorted(name for name, _ in generators)}")
+    before = _snapshot(model, optimizer, scheduler, loader, generators)
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        random.set_state(_plain(state["rng"]))
+        for name, g in generators:
+            if name in saved_generators:
+                g.bit_generator.state = _plain(saved_generators[name])
+        if state.get("loader") is not None and hasattr(loader, "load_state_dict"):
+            loader.load_state_dict({"rng": _plain(state["loader"]["rng"])})
+    except (ValueError, KeyError, TypeError) as err:
+        _rollback(before, model, optimizer, scheduler, loader, generators)
+        raise ValueError(f"fit(resume=...): {where} does not fit this run (nothing was changed): {err}") from None
+
+
+def _snapshot(model, optimizer, scheduler, loader, generators):
+    import copy
+    return {"model": model.state_dict(), "optimizer": copy.deepcopy(optimizer.state),
+            "groups": copy.deepcopy([{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]),
+            "scheduler": copy.deepcopy(scheduler.state_dict()) if scheduler is not None else None,
+            "rng": random.get_state(), "generators": [g.bit_generator.state for _, g in generators],
             "loader": loader.state_dict() if hasattr(loader, "state_dict") else None}
 
 
-def _restore(state, model, optimizer, scheduler, loader):
-    for key in ("model", "optimizer", "epoch", "history", "rng"):
-        if key not in state:
-            raise ValueError(f"fit(resume=...): the checkpoint has no {key!r}; it was not written by fit")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    random.set_state(_plain(state["rng"]))
-    if state.get("loader") is not None and hasattr(loader, "load_state_dict"):
-        loader.load_state_dict({"rng": _plain(state["loader"]["rng"])})
+def _rollback(before, model, optimizer, scheduler, loader, generators):
+    model.load_state_dict(before["model"])
+    optimizer.state = before["optimizer"]
+    for group, values in zip(optimizer.param_groups, before["groups"]):
+        group.update(values)
+    if scheduler is not None:
+        scheduler.load_state_dict(before["scheduler"])
+    random.set_state(before["rng"])
+    for (_, g), state in zip(generators, before["generators"]):
+        g.bit_generator.state = state
+    if before["loader"] is not None:
+        loader.load_state_dict(before["loader"])
 
 
 def _plain(value):

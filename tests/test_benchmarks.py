@@ -45,6 +45,21 @@ def test_torch_recipe_benchmark_tiny():
     assert "torch" in out and "minicnn" in out and "test accuracy" in out
 
 
+@pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("MINICNN_DATA", "/nonexistent"), "fashion-mnist")),
+                    reason="MINICNN_DATA does not point at the Fashion-MNIST files")
+def test_recipe_benchmark_tiny(tmp_path):
+    out = run("benchmarks/recipe.py", "--model", "mobilenetmnist", "--dataset", "fashion-mnist", "--epochs", "2",
+              "--torch-epochs", "1", "--limit", "256", "--out", str(tmp_path / "r.json"))
+    assert "minicnn  training" in out and "torch    training" in out and "measured over 1 epochs" in out
+    assert (tmp_path / "r.json").exists()
+
+
+def test_onnx_speed_benchmark_tiny():
+    pytest.importorskip("onnxruntime")
+    out = run("benchmarks/onnx_speed.py", "--models", "lenet", "--batches", "1,8", "--repeats", "1", "--seconds", "0.05")
+    assert "| lenet | 1 |" in out and "| lenet | 8 |" in out
+
+
 def test_layer_profile_tiny():
     out = run("benchmarks/layer_profile.py", "--models", "lenet", "--batches", "2", "--repeats", "1")
     assert "| 0 ConvReLUPool |" in out and "| 3 Linear |" in out and "optimizer step" in out

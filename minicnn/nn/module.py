@@ -165,15 +165,28 @@ class Module:
     def load_state_dict(self, state_dict, strict=True):
         """Copy arrays from ``state_dict`` into this module's parameters and buffers.
 
-        Raises ValueError listing every missing, unexpected (when strict) and mis-shaped entry.
-        Returns (missing_keys, unexpected_keys).
+        A whole checkpoint is accepted too (minicnn train's model.npz, fit's checkpoints/last.npz:
+        its 'model' entry is the state). Raises ValueError listing every missing, unexpected (when
+        strict) and mis-shaped entry, and naming any value that is not a real number array (complex
+        values are refused, not silently cut to their real part). Returns (missing_keys, unexpected_keys).
         """
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"load_state_dict into {type(self).__name__}: expected a mapping of names to arrays, "
+                            f"got {describe(state_dict)}")
         own = OrderedDict(self._state_arrays())
+        inner = state_dict.get("model") if "model" not in own else None
+        if hasattr(inner, "keys") and not any(k in own for k in state_dict):
+            state_dict = inner                           # a whole checkpoint: its model's state
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         mismatched = [f"{k}: checkpoint {tuple(np.shape(state_dict[k]))}, model {tuple(a.shape)}"
                       for k, a in own.items() if k in state_dict and tuple(np.shape(state_dict[k])) != tuple(a.shape)]
+        not_real = [f"{k}: {describe(state_dict[k])}" for k in own if k in state_dict
+                    and not (backend.is_array(state_dict[k]) or isinstance(state_dict[k], (int, float, np.generic)))
+                    or k in state_dict and np.asarray(backend.to_numpy(state_dict[k])).dtype.kind not in "biuf"]
         problems = []
+        if not_real:
+            problems.append("not real numbers (float, int or bool arrays): " + "; ".join(not_real))
         if strict and missing:
             problems.append("missing: " + ", ".join(missing))
         if strict and unexpected:

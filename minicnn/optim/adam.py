@@ -24,6 +24,9 @@ class Adam(Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad))
 
+    def _state_keys(self, group):
+        return {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if group["amsgrad"] else set())
+
     def _group_step(self, group, params, states):
         """Every state's step advances; parameters at different steps (some skipped a step) go in
         separate calls, one per step count."""

@@ -78,23 +78,42 @@ class Optimizer:
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict):
-        """Restore hyper-parameters and state saved by state_dict(); raises ValueError if it was
-        saved from a different set of parameters."""
+        """Restore hyper-parameters and state saved by state_dict(). Everything is checked before
+        anything changes: ValueError, and this optimizer as it was, if the state was saved from a
+        different set of parameters, by another kind of optimizer, or lacks an entry a step needs."""
+        name = type(self).__name__
         groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
         if groups is None or "state" not in state_dict:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: expected a dict with 'state' and "
+            raise ValueError(f"{name}.load_state_dict: expected a dict with 'state' and "
                              f"'param_groups', got {type(state_dict).__name__}")
         if [len(g["params"]) for g in groups] != [len(g["params"]) for g in self.param_groups]:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: the saved state has groups of sizes "
+            raise ValueError(f"{name}.load_state_dict: the saved state has groups of sizes "
                              f"{[len(g['params']) for g in groups]}, this optimizer "
                              f"{[len(g['params']) for g in self.param_groups]}")
         saved_state = {int(k): v for k, v in state_dict["state"].items()}
-        self.state = {}
+        settings, new_state = [], {}
         for group, saved in zip(self.param_groups, groups):
-            group.update({k: v for k, v in saved.items() if k != "params"})
+            hyper = {k: v for k, v in saved.items() if k not in ("params", "initial_lr")}
+            if set(hyper) != set(self.defaults):
+                raise ValueError(f"{name}.load_state_dict: the state was saved by another optimizer (hyper-parameters "
+                                 f"{sorted(hyper)}; {name} has {sorted(self.defaults)})")
+            settings.append({k: v for k, v in saved.items() if k != "params"})
+            merged = {**group, **settings[-1]}
             for p, index in zip(group["params"], saved["params"]):
                 if int(index) in saved_state:
-                    self.state[p] = self._restore(p, saved_state[int(index)], index)
+                    state = self._restore(p, saved_state[int(index)], index)
+                    lacking = self._state_keys(merged) - set(state)
+                    if lacking:
+                        raise ValueError(f"{name}.load_state_dict: the state of parameter {index} lacks "
+                                         f"{sorted(lacking)} (saved by another optimizer?)")
+                    new_state[p] = state
+        for group, values in zip(self.param_groups, settings):
+            group.update(values)
+        self.state = new_state
+
+    def _state_keys(self, group):
+        """The state entries a parameter that has taken a step must have (subclasses say)."""
+        return set()
 
     def _restore(self, p, saved, index):
         xp, state = backend.xp_for(p.data), {}

@@ -22,6 +22,9 @@ class SGD(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov))
 
+    def _state_keys(self, group):
+        return {"momentum_buffer"} if group["momentum"] else set()
+
     def _group_step(self, group, params, states):
         """Parameters whose momentum buffer starts now (it becomes their gradient) go in a second
         call with first=True."""
