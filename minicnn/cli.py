@@ -393,6 +393,18 @@ def _cpu_model():
     return platform.processor() or "unknown CPU"
 
 
+def _interrupted(err):
+    """What an interrupt leaves behind, in a line."""
+    from minicnn.train import TrainingInterrupted
+    if not isinstance(err, TrainingInterrupted):
+        return "interrupted"
+    if err.saved is None:
+        return f"interrupted in epoch {err.epoch}; nothing was saved yet (checkpoints are written after each epoch)"
+    run = os.path.dirname(os.path.dirname(err.saved))
+    return (f"interrupted in epoch {err.epoch}; saved: {err.saved} (after epoch {err.saved_epoch}); "
+            f"continue with: minicnn train --resume {run}")
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
             "gradcheck": cmd_gradcheck, "info": cmd_info}
 
@@ -409,9 +421,14 @@ def main(argv=None):
     except FloatingPointError as err:                 # the loss diverged: a fact about the run, not a usage error
         print(f"minicnn: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("minicnn: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"minicnn: {_interrupted(err)}", file=sys.stderr)
         return 130
+    except SystemError as err:                        # a signal that landed inside compiled code
+        if isinstance(err.__context__, KeyboardInterrupt) or isinstance(err.__cause__, KeyboardInterrupt):
+            print("minicnn: interrupted", file=sys.stderr)
+            return 130
+        raise
     return 2
 
 

@@ -88,7 +88,7 @@ def predict(model, x, batch_size=1000):
     probs = []
     try:
         with no_grad():
-            for start in range(0, len(x), batch_size):
+            for start in range(0, max(len(x), 1), batch_size):      # no images: one empty batch, (0, K) out
                 logits = model(x[start:start + batch_size])
                 ops = backend.ops_for(logits)
                 probs.append(backend.to_numpy(ops.xp.exp(ops.log_softmax(logits))))
@@ -108,10 +108,47 @@ def confusion_matrix(y_true, y_pred, n_classes):
     return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def _train_epoch(model, loss_fn, optimizer, loader, bar, graph_step=None):
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped fit between two steps. ``epoch`` is the epoch it stopped in, ``saved``
+    the checkpoint file of the last epoch written (None if none yet) and ``saved_epoch`` its epoch."""
+
+    def __init__(self, epoch, saved, saved_epoch):
+        super().__init__(f"interrupted in epoch {epoch}")
+        self.epoch, self.saved, self.saved_epoch = epoch, saved, saved_epoch
+
+
+class _StopOnSignal:
+    """While fit runs (in the main thread): the first SIGINT only asks it to stop at the end of the
+    current step (an exception raised inside a Numba call on minicnn's threads surfaced as a
+    SystemError traceback); a second one stops at once, as Ctrl-C normally does."""
+
+    def __init__(self):
+        self.requested, self._previous = False, None
+
+    def __enter__(self):
+        import signal
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        import signal
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _train_epoch(model, loss_fn, optimizer, loader, bar, graph_step=None, stop=None):
     model.train()
     totals = _Totals()
     for x, y in loader:
+        if stop is not None and stop.requested:
+            raise KeyboardInterrupt
         if graph_step is not None:
             loss, logits = graph_step(x, y)
         else:
@@ -207,7 +244,6 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
         state = load(resume)
         _restore(state, model, optimizer, scheduler, train_loader, resume)
         history, start_epoch = History(state["history"]), int(state["epoch"])
-    best = history.best()
     graph_step = None
     if cuda_graph:
         first = next(iter(model.parameters()), None)
@@ -217,34 +253,49 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
             graph_step = backend.ops_for(first.data).captured_step(model, loss_fn, optimizer)
         except ValueError as err:
             raise ValueError(f"fit: {err}") from None
-    for epoch in range(start_epoch, epochs):
-        lr = optimizer.param_groups[0]["lr"]
-        started = time.perf_counter()
-        with tqdm(total=len(train_loader.dataset), unit="img", desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                  disable=None if progress is None else not progress) as bar:
-            train_loss, train_acc, seen = _train_epoch(model, loss_fn, optimizer, train_loader, bar, graph_step)
-        seconds = time.perf_counter() - started
-        val = evaluate(model, val_loader, loss_fn) if val_loader is not None else {"loss": None, "accuracy": None}
-        if scheduler is not None:
-            scheduler.step()
-        history.append(epoch=epoch + 1, train_loss=train_loss, train_accuracy=train_acc, val_loss=val["loss"],
-                       val_accuracy=val["accuracy"], lr=lr, seconds=seconds, images_per_second=seen / seconds)
-        if log is not None:
-            text = f"epoch {epoch + 1:>3}/{epochs}  loss {train_loss:.4f}  acc {train_acc:.4f}"
-            if val["accuracy"] is not None:
-                text += f"  val_loss {val['loss']:.4f}  val_acc {val['accuracy']:.4f}"
-            log(text + f"  lr {lr:.3g}  {seconds:.1f}s  {seen / seconds:,.0f} img/s")
-        if checkpoint_dir is not None:
-            improved = val["accuracy"] is not None and (best is None or val["accuracy"] > best)
-            best = val["accuracy"] if improved else best
-            due = (epoch + 1) % every == 0 or epoch + 1 == epochs
-            if due or improved:
-                state = _capture(model, optimizer, scheduler, train_loader, epoch + 1, history, meta)
-                if due:
-                    save(state, os.path.join(checkpoint_dir, "last.npz"))
-                if improved:
-                    save(state, os.path.join(checkpoint_dir, "best.npz"))
+    saved = (os.path.join(checkpoint_dir, "last.npz"), start_epoch) if resume is not None and checkpoint_dir else (None, 0)
+    with _StopOnSignal() as stop:
+        for epoch in range(start_epoch, epochs):
+            try:
+                saved = _fit_epoch(model, loss_fn, optimizer, train_loader, epochs, val_loader, scheduler, checkpoint_dir,
+                                   every, progress, log, graph_step, history, epoch, stop, saved, meta)
+            except KeyboardInterrupt:
+                raise TrainingInterrupted(epoch + 1, *saved) from None
     return history
+
+
+def _fit_epoch(model, loss_fn, optimizer, train_loader, epochs, val_loader, scheduler, checkpoint_dir, every, progress,
+               log, graph_step, history, epoch, stop, saved, meta):
+    """One epoch of fit: train, validate, step the scheduler, log, write checkpoints. Returns
+    (the last checkpoint file written, its epoch)."""
+    best = history.best() if len(history) else None
+    lr = optimizer.param_groups[0]["lr"]
+    started = time.perf_counter()
+    with tqdm(total=len(train_loader.dataset), unit="img", desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+              disable=None if progress is None else not progress) as bar:
+        train_loss, train_acc, seen = _train_epoch(model, loss_fn, optimizer, train_loader, bar, graph_step, stop)
+    seconds = time.perf_counter() - started
+    val = evaluate(model, val_loader, loss_fn) if val_loader is not None else {"loss": None, "accuracy": None}
+    if scheduler is not None:
+        scheduler.step()
+    history.append(epoch=epoch + 1, train_loss=train_loss, train_accuracy=train_acc, val_loss=val["loss"],
+                   val_accuracy=val["accuracy"], lr=lr, seconds=seconds, images_per_second=seen / seconds)
+    if log is not None:
+        text = f"epoch {epoch + 1:>3}/{epochs}  loss {train_loss:.4f}  acc {train_acc:.4f}"
+        if val["accuracy"] is not None:
+            text += f"  val_loss {val['loss']:.4f}  val_acc {val['accuracy']:.4f}"
+        log(text + f"  lr {lr:.3g}  {seconds:.1f}s  {seen / seconds:,.0f} img/s")
+    if checkpoint_dir is not None:
+        improved = val["accuracy"] is not None and (best is None or val["accuracy"] > best)
+        due = (epoch + 1) % every == 0 or epoch + 1 == epochs
+        if due or improved:
+            state = _capture(model, optimizer, scheduler, train_loader, epoch + 1, history, meta)
+            if due:
+                save(state, os.path.join(checkpoint_dir, "last.npz"))
+                saved = (os.path.join(checkpoint_dir, "last.npz"), epoch + 1)
+            if improved:
+                save(state, os.path.join(checkpoint_dir, "best.npz"))
+    return saved
 
 
 def _whole(name, value):

@@ -51,12 +51,12 @@ def test_idx_round_trip_raw_and_gzip(tmp_path):
 
 
 @pytest.mark.parametrize("damage,pattern", [
-    (lambda b: b[:-10], r"truncated: 3926 bytes, the header \(5, 28, 28\) needs 3936"),
+    (lambda b: b[:-10], r"truncated: the header's \(5, 28, 28\) needs 3,920 bytes, the file ends after 3,910"),
     (lambda b: b + b"xx", "too long"),
     (lambda b: b"\x01\x02" + b[2:], "not an IDX file"),
     (lambda b: b[:2] + b"\x07" + b[3:], "unknown IDX value type 0x07"),
     (lambda b: b[:3] + b"\x01" + b[4:], "expected 3 dimensions, the header says 1"),
-    (lambda b: b[:6], "truncated header"),
+    (lambda b: b[:6], "truncated: the header needs 12 bytes"),
 ])
 def test_idx_corruptions_name_the_file_and_fault(tmp_path, damage, pattern):
     write_idx(tmp_path / "ok", np.zeros((5, 28, 28)))

@@ -608,47 +608,51 @@ def test_conv_relu_pool_fused_equals_the_layers(strategy, dtype, mode, c_in, c_o
                                                 batch, bias, relu_first):
     """Sequential runs Conv2d -> ReLU -> MaxPool2d(2) (or with pool and ReLU swapped) on Numba as one
     step, ConvReLUPool; output, input gradient and parameter gradients must equal those of the three
-    layers run one by one, bit for bit (NaN and all-negative windows included), and match torch.
+    layers run one by one, bit for bit (all-negative windows included), and match torch. An input
+    holding NaN takes the three exact ops instead ('composed'): still equal to the layers, bit for bit.
     (3x3 kernels on the GEMM path go by Winograd's algorithm when fused, a different rounding:
     switched off here, tested on its own below. The sparse backward sums in another order: its
-    gradients are compared up to rounding, NaN at the same places; a chunk whose input holds the
-    NaN goes by the GEMMs.)"""
+    gradients are compared up to rounding.)"""
     import minicnn as mc
     current = strategy(winograd=False, **stride1_mode(mode))
-    sparse = STRIDE1_MODES[mode][2] and c_in > current.direct_max_channels
     tol = tolerance(dtype)
-
-    def same_gradient(a, b, what=""):
-        if not sparse:
-            return np.testing.assert_array_equal(a, b, err_msg=what)
-        np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, np.nanmax(np.abs(b))),
-                                   err_msg=what)
-
     pair = [nn.ReLU(), nn.MaxPool2d(2)] if relu_first else [nn.MaxPool2d(2), nn.ReLU()]
     net = nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=padding, bias=bias), *pair).to(dtype)
-    x = random_input((batch, c_in, H, W), dtype)
-    x[0, 0, :2, :2] = np.nan
-    x[-1] = -np.abs(x[-1]) - 5
-    with mc.backend.use_backend("numba"):
-        expected, dy, expected_dx, expected_grads = run_layers_one_by_one(net, x)
-        y = net(x)
-        assert [type(step).__name__ for step in net.steps] == ["ConvReLUPool"]
-        assert (net.steps[0]._saved.record.algorithm == "sparse") == sparse
-        np.testing.assert_array_equal(y, expected)
-        same_gradient(net.backward(dy), expected_dx)
-        for k, p in net.named_parameters():
-            same_gradient(p.grad, expected_grads[k], k)
+    for poisoned in (True, False):
         net.zero_grad()
-        net(x)
-        assert net.backward(dy, input_grad=False) is None                 # the first layer of a model
-        for k, p in net.named_parameters():
-            same_gradient(p.grad, expected_grads[k], k)
-        with pytest.raises(RuntimeError, match="before forward"):
-            net[0].backward(dy)                      # the conv's own state is not the fused step's
-        with mc.no_grad():
-            np.testing.assert_array_equal(net(x), expected)
-        x[0, 0, :2, :2] = 0.5
-        x[-1] = random_input(x[-1].shape, dtype)
+        x = random_input((batch, c_in, H, W), dtype)
+        if poisoned:
+            x[0, 0, :2, :2] = np.nan
+        x[-1] = -np.abs(x[-1]) - 5
+        sparse = not poisoned and STRIDE1_MODES[mode][2] and c_in > current.direct_max_channels
+
+        def same_gradient(a, b, what=""):
+            if not sparse:
+                return np.testing.assert_array_equal(a, b, err_msg=what)
+            np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, np.nanmax(np.abs(b))),
+                                       err_msg=what)
+
+        with mc.backend.use_backend("numba"):
+            expected, dy, expected_dx, expected_grads = run_layers_one_by_one(net, x)
+            y = net(x)
+            assert [type(step).__name__ for step in net.steps] == ["ConvReLUPool"]
+            algorithm = net.steps[0]._saved.record.algorithm
+            assert algorithm == "composed" if poisoned else (algorithm == "sparse") == sparse
+            np.testing.assert_array_equal(y, expected)
+            same_gradient(net.backward(dy), expected_dx)
+            for k, p in net.named_parameters():
+                same_gradient(p.grad, expected_grads[k], k)
+            net.zero_grad()
+            net(x)
+            assert net.backward(dy, input_grad=False) is None                 # the first layer of a model
+            for k, p in net.named_parameters():
+                same_gradient(p.grad, expected_grads[k], k)
+            with pytest.raises(RuntimeError, match="before forward"):
+                net[0].backward(dy)                      # the conv's own state is not the fused step's
+            with mc.no_grad():
+                np.testing.assert_array_equal(net(x), expected)
+    x[-1] = random_input(x[-1].shape, dtype)
+    with mc.backend.use_backend("numba"):
         torch_net = torch.nn.Sequential(torch.nn.Conv2d(c_in, c_out, kernel, padding=padding, bias=bias),
                                         torch.nn.ReLU(), torch.nn.MaxPool2d(2)).to(torch.float64)
         assert_matches_torch(net, torch_net, x, **tolerance(dtype))
@@ -714,13 +718,12 @@ def test_winograd_conv_relu_pool(dtype, c_in, c_out, padding, H, W, batch, bias,
 
 @pytest.mark.parametrize("poison", ["none", "inf in the input", "NaN in the input", "inf in the weights"])
 @pytest.mark.filterwarnings("ignore:invalid value encountered")
-def test_sparse_backward_through_relu_pool_matches_torch(monkeypatch, strategy, dtype, poison):
+def test_sparse_backward_through_relu_pool_matches_torch(monkeypatch, dtype, poison):
     """LeNet's second block (6 -> 16 channels, 5x5) at batch 40, several chunks: the backward from
-    the pool's winners matches torch in float64, and where an inf or NaN sits in the input (its
-    chunk) or the weights (the whole call) the GEMMs take over, so that products by zero make NaN
-    as they do there: at exactly torch's places for the input. (With inf weights the wide GEMM also
-    multiplies them by the wrapped columns' zeros: more NaN in the input gradient than torch's, as
-    before the sparse path; that case is checked against the GEMM path itself.)"""
+    the pool's winners matches torch in float64. Where an inf or NaN sits in the input or the
+    weights, the step runs as its three exact ops instead ('composed'), so that products by zero make
+    NaN as they do in torch: at exactly torch's places, in the output and every gradient (the wide
+    GEMM used to multiply inf weights by its wrapped columns' zeros: more NaN than torch's)."""
     import minicnn as mc
     from minicnn.backend import numba_conv, numba_sparse
     sparse_chunks = []
@@ -743,22 +746,11 @@ def test_sparse_backward_through_relu_pool_matches_torch(monkeypatch, strategy, 
     tol = tolerance(dtype)
     with mc.backend.use_backend("numba"):
         y = net(x)
-        assert net.steps[0]._saved.record.algorithm == "sparse"
+        assert net.steps[0]._saved.record.algorithm == ("sparse" if poison == "none" else "composed")
         dx = net.backward(dy)
-        if poison == "inf in the weights":
-            grads = net[0].weight.grad.copy(), net[0].bias.grad.copy()
-            net.zero_grad()
-            strategy(sparse_min_kernel_width=99)
-            np.testing.assert_array_equal(net(x), y)
-            assert net.steps[0]._saved.record.algorithm == "gemm"
-            np.testing.assert_array_equal(net.backward(dy), dx)
-            np.testing.assert_array_equal(net[0].weight.grad, grads[0])
-            np.testing.assert_array_equal(net[0].bias.grad, grads[1])
-            assert not sparse_chunks and np.isnan(dx).any()
-            return
     n_chunks = -(-40 // numba_conv._chunk(150, 9 * 14 + 10, 40, x.itemsize))
     assert n_chunks >= 4
-    assert len(sparse_chunks) == {"none": n_chunks, "inf in the weights": 0}.get(poison, n_chunks - 1)
+    assert len(sparse_chunks) == (n_chunks if poison == "none" else 0)
     for ours, theirs in [(y, yt), (dx, xt.grad), (net[0].weight.grad, torch_net[0].weight.grad),
                          (net[0].bias.grad, torch_net[0].bias.grad)]:
         theirs = theirs.detach().numpy()
@@ -768,7 +760,41 @@ def test_sparse_backward_through_relu_pool_matches_torch(monkeypatch, strategy, 
         np.testing.assert_allclose(ours[finite], theirs[finite], rtol=tol["rtol"],
                                    atol=tol["atol"] * max(1.0, np.abs(theirs[finite]).max()))
     if poison != "none":
-        assert np.isnan(net[0].weight.grad).any()
+        assert np.isnan(net[0].weight.grad).any() or np.isnan(dx).any()
+
+
+@pytest.mark.parametrize("layer_kind", ["conv 5x5", "conv 3x3 (Winograd)", "depthwise"])
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+def test_numba_convolutions_with_inf_or_nan_match_torch_nan_for_nan(dtype, layer_kind):
+    """A convolution whose input or weights hold inf or NaN gives NaN and inf at exactly torch's places on
+    Numba (by the exact im2col path: the wide layout's dropped positions and Winograd's transforms
+    would add NaNs torch does not have)."""
+    import minicnn as mc
+    make = {"conv 5x5": lambda lib: lib.Conv2d(6, 8, 5, padding=1),
+            "conv 3x3 (Winograd)": lambda lib: lib.Conv2d(6, 8, 3, padding=1),
+            "depthwise": lambda lib: lib.Conv2d(6, 6, 3, stride=2, padding=1, groups=6)}[layer_kind]
+    for poison in ("inf in the weights", "inf in the input", "NaN in the input"):
+        layer = make(nn).to(dtype)
+        x = random_input((5, 6, 9, 10), dtype)
+        if poison == "inf in the weights":
+            layer.weight.data[2, 0, 1, 1] = np.inf
+        else:
+            x[1, 2, 4, 5] = np.inf if poison == "inf in the input" else np.nan
+        ref = make(torch.nn).double()
+        ref.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in layer.state_dict().items()})
+        xt = torch.from_numpy(x.astype(np.float64)).requires_grad_()
+        yt = ref(xt)
+        dy = random_input(tuple(yt.shape), dtype)
+        yt.backward(torch.from_numpy(dy.astype(np.float64)))
+        with mc.backend.use_backend("numba"):
+            y = layer(x)
+            layer.zero_grad()
+            dx = layer.backward(dy)
+        for ours, theirs, what in [(y, yt, "output"), (dx, xt.grad, "input gradient"),
+                                   (layer.weight.grad, ref.weight.grad, "weight gradient")]:
+            theirs = theirs.detach().numpy()
+            np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs), err_msg=f"{poison}: {what}")
+            np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs), err_msg=f"{poison}: {what}")
 
 
 def test_conv_relu_pool_is_not_fused_where_it_does_not_fit(dtype):
@@ -809,8 +835,10 @@ def test_fused_relu_pool_breaks_ties_and_treats_nan_as_the_pool(dtype, channels)
     x[2] = -1
     w[0] = 0                                # sample 2's first plane: -0.0 + 0 * -1 + ... = -0.0 (direct)
     b = np.array([-0.0, 0.0, 1.0, -1.0, 0.5], dtype=dtype)
-    y, fused = numba_ops.conv2d_relu_maxpool2d_forward(x, w, b, (1, 0))
-    conv, _ = numba_ops.conv2d_forward(x, w, b, (1, 1), (1, 0), (1, 1), 1)
+    from minicnn.backend import numba_conv, numba_strategy
+    forward, backward = numba_strategy.conv_algorithms(channels, w.shape, (1, 1), (1, 1), 1, fused=True)
+    y, fused = numba_conv._stride1_forward(x, w, b, (1, 0), True, forward, backward)   # the kernels, NaN and all
+    conv, _ = numba_conv._stride1_forward(x, w, b, (1, 0), False, forward, backward)   # the same, unfused
     pooled, pool = numba_ops.maxpool2d_forward(conv, (2, 2), (2, 2), (0, 0))
     idx = pool[0]
     expected, _ = numba_ops.relu_forward(pooled)

@@ -104,9 +104,9 @@ def _conv_backward_gemms(dy, col, W_col, has_bias, input_grad):
     reduce over 700,000 terms: 15 ms for MnistCNN's first layer at batch 1024); db = sum of dy over
     samples and pixels; dcol = dy rows @ W_col."""
     n, OC = dy.shape[:2]
-    dy3 = cp.ascontiguousarray(dy).reshape(n, OC, -1)
-    L = dy3.shape[2]
-    col3 = col.reshape(n, L, -1)
+    L = dy.shape[2] * dy.shape[3]
+    dy3 = cp.ascontiguousarray(dy).reshape(n, OC, L)
+    col3 = col.reshape(n, L, col.shape[1])
     per_sample = OC * col3.shape[2] * dy.dtype.itemsize
     chunk = max(1, min(n, (64 * 2**20) // max(per_sample, 1)))   # bound the (chunk, OC, CKK) products
     dW = None

@@ -143,8 +143,10 @@ def _all_finite(a):
 # strategy's split_bytes stay one task (a handover costs 20-50 us).
 
 def _by_samples(a, body):
-    """body(part) for slices part of a's first axis, on the cores when a is large."""
+    """body(part) for slices part of a's first axis, on the cores when a is large (nothing when empty)."""
     N = a.shape[0]
+    if N == 0:
+        return
     chunk = N if a.nbytes < numba_strategy.current().split_bytes else _balanced_chunk(N, N)
     cores.run(lambda i: body(slice(i * chunk, (i + 1) * chunk)), -(-N // chunk))
 
@@ -152,5 +154,7 @@ def _by_samples(a, body):
 def _by_channels(a, body):
     """body(c_first, c_stop) for ranges of a's channels (axis 1), on the cores when a is large."""
     C = a.shape[1]
+    if C == 0:
+        return
     chunk = C if a.nbytes < numba_strategy.current().split_bytes else _balanced_chunk(C, C)
     cores.run(lambda i: body(i * chunk, min(C, (i + 1) * chunk)), -(-C // chunk))

@@ -18,7 +18,9 @@ from . import cores, im2col_conv, numba_strategy, numpy_ops
 from . import numba_depthwise, numba_sparse, numba_winograd
 from .numba_common import (DIRECT, DOT, FAST, _all_finite, _balanced_chunk, _copy, _crop_padding, _fill,
                            _input_grad, _pad_wide, _padded_wide, _scratch, _sum_in_order)
+from .numba_elementwise import relu_backward, relu_forward
 from .numba_im2col import col2im, conv_backward_gemms, im2col, matmul
+from .numba_pool import maxpool2d_backward, maxpool2d_forward
 from .numba_relu_pool import _relu_pool_plane, _unpool_plane, _widen_relu_pool_grad
 
 # ---------------------------------------------------------------- stride-1 convolution: direct or wide GEMM
@@ -342,17 +344,15 @@ _PRIMITIVES = im2col_conv.Primitives(im2col, col2im, matmul, conv_backward_gemms
 
 
 def conv2d_forward(x, w, b, stride, padding, dilation, groups):
-    """As numpy_ops; the record is im2col_conv's Record, numba_depthwise's, or a _Stride1Record."""
+    """As numpy_ops; the record is im2col_conv's Record, numba_depthwise's, or a _Stride1Record.
+    Inputs or weights holding inf or NaN go by im2col, whose products are exactly torch's: the wide
+    layout's dropped positions would multiply an inf by zero, Winograd's transforms subtract infs."""
     forward, backward = numba_strategy.conv_algorithms(x.shape[1], w.shape, stride, dilation, groups, fused=False)
-    if forward == "im2col":
+    if forward == "im2col" or not (_finite(x) and _finite(w)):
         return im2col_conv.forward(_PRIMITIVES, x, w, b, stride, padding, dilation, groups,
                                    numba_strategy.current().max_col_bytes)
     if forward == "depthwise":
-        if _finite(x) and _finite(w):
-            return numba_depthwise.forward(x, w, b, stride, padding, dilation)
-        # the wide planes' dropped positions would multiply an inf by zero: torch's NaNs need the exact sum
-        return im2col_conv.forward(_PRIMITIVES, x, w, b, stride, padding, dilation, groups,
-                                   numba_strategy.current().max_col_bytes)
+        return numba_depthwise.forward(x, w, b, stride, padding, dilation)
     return _stride1_forward(x, w, b, padding, False, forward, backward)
 
 
@@ -362,6 +362,8 @@ def _finite(a):
 
 
 def conv2d_backward(dy, record, w, input_grad):
+    if record.algorithm == "composed":
+        return _composed_backward(dy, record, w, input_grad)
     if record.algorithm == "im2col":
         return im2col_conv.backward(_PRIMITIVES, dy, record, w, input_grad)
     if record.algorithm == "depthwise":
@@ -375,11 +377,36 @@ def conv2d_relu_maxpool2d_forward(x, w, b, padding):
     one by one (pool first: max and ReLU commute), but by Winograd (another rounding) and with the
     sparse backward (another order of additions)."""
     forward, backward = numba_strategy.conv_algorithms(x.shape[1], w.shape, (1, 1), (1, 1), 1, fused=True)
+    if not (_finite(x) and _finite(w)):                    # torch's NaNs: the three exact ops one by one
+        return _composed_forward(x, w, b, padding)
     return _stride1_forward(x, w, b, padding, True, forward, backward)
 
 
 def conv2d_relu_maxpool2d_backward(dy, record, w, input_grad):
+    if record.algorithm == "composed":
+        return _composed_backward(dy, record, w, input_grad)
     return _stride1_backward(dy, record, w, input_grad)
+
+
+class _Composed:
+    """The record of a fused step run as its three ops (an input or weights with inf or NaN)."""
+    __slots__ = ("conv", "relu", "pool")
+    algorithm = "composed"
+
+    def __init__(self, conv, relu, pool):
+        self.conv, self.relu, self.pool = conv, relu, pool
+
+
+def _composed_forward(x, w, b, padding):
+    y, conv = im2col_conv.forward(_PRIMITIVES, x, w, b, (1, 1), padding, (1, 1), 1, numba_strategy.current().max_col_bytes)
+    y, relu = relu_forward(y)
+    y, pool = maxpool2d_forward(y, (2, 2), (2, 2), (0, 0))
+    return y, _Composed(conv, relu, pool)
+
+
+def _composed_backward(dy, record, w, input_grad):
+    dy = relu_backward(maxpool2d_backward(dy, record.pool), record.relu)
+    return im2col_conv.backward(_PRIMITIVES, dy, record.conv, w, input_grad)
 
 
 class _Stride1Record:

@@ -185,7 +185,7 @@ def forward(x, w, b, stride, padding, dilation):
     bias = np.zeros(C, dtype=x.dtype) if b is None else np.ascontiguousarray(b)
     y = np.empty((N, C, geo.OH, geo.OW), dtype=x.dtype)
     plain = geo.phases == 1 and geo.PH == geo.PW == 0     # the planes are x itself
-    xq = x.reshape(N, C, 1, -1) if plain else np.empty((N, C, geo.phases, geo.Hq * geo.Wq), dtype=x.dtype)
+    xq = x.reshape(N, C, 1, geo.Hq * geo.Wq) if plain else np.empty((N, C, geo.phases, geo.Hq * geo.Wq), dtype=x.dtype)
     chunk = _balanced_chunk(N, _DEPTHWISE_CHUNK)
 
     def forward_chunk(i):
@@ -217,7 +217,7 @@ def backward(dy, record, w, input_grad):
         _weight_grad(xq[part], dy[part], geo.tap_phase, geo.tap_shift, dw, db, g, geo.Wq)
         if input_grad:
             n = dy[part].shape[0]
-            dxq = dx[part].reshape(n, C, 1, -1) if plain else \
+            dxq = dx[part].reshape(n, C, 1, geo.Hq * geo.Wq) if plain else \
                 _scratch("depthwise dx", (n, C, geo.phases, geo.Hq * geo.Wq), dy.dtype)
             _input_grad(dy[part], taps, geo.tap_phase, geo.tap_shift, dxq, g, geo.Wq)
             if not plain:

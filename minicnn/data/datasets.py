@@ -55,8 +55,9 @@ class _IdxDataset(ArrayDataset):
                 raise FileNotFoundError(self._missing_message(root, "downloads are disabled (download=False)"))
             directory = self._download(files, progress)
         (images_name, _), (labels_name, _) = files
-        images = read_idx(self._path(directory, images_name), expected_ndim=3, expected_shape_tail=(28, 28))
-        labels = read_idx(self._path(directory, labels_name), expected_ndim=1)
+        images = read_idx(self._path(directory, images_name), expected_ndim=3, expected_shape_tail=(28, 28),
+                          expected_type=0x08)                  # pixels and labels are unsigned bytes
+        labels = read_idx(self._path(directory, labels_name), expected_ndim=1, expected_type=0x08)
         if len(images) != len(labels):
             raise ValueError(f"{directory}: {len(images)} images but {len(labels)} labels")
         if labels.max(initial=0) >= len(self.classes_):

@@ -7,6 +7,8 @@ update running_mean and running_var (the latter with the *unbiased* variance) wi
 Both layers view their input as x3 (N, C, L): L = H*W for BatchNorm2d, 1 for BatchNorm1d (N, C)
 and L for BatchNorm1d (N, C, L).
 """
+import math
+
 import numpy as np
 
 from .. import backend
@@ -67,7 +69,7 @@ class _BatchNorm(Module):
         check_input(self, x, self._shape_desc, self._ndims, self.num_features,
                     params_dtype=self.weight.dtype if self.affine else None)
         ops = backend.ops_for(x)
-        x3 = x.reshape(x.shape[0], self.num_features, -1)
+        x3 = x.reshape(x.shape[0], self.num_features, math.prod(x.shape[2:]))
         gamma, beta = self._params(ops, x.dtype)
         if self.uses_batch_statistics:
             M = x3.shape[0] * x3.shape[2]
@@ -96,7 +98,7 @@ class _BatchNorm(Module):
     def backpropagate(self, dy, record, batch_stats, relu=False):
         """dx for normalize's record, the parameters' gradients added into .grad."""
         ops = backend.ops_for(dy)
-        dy3 = dy.reshape(dy.shape[0], self.num_features, -1)
+        dy3 = dy.reshape(dy.shape[0], self.num_features, math.prod(dy.shape[2:]))
         gamma, _ = self._params(ops, dy.dtype)
         if relu:
             dx3, dgamma, dbeta = ops.batchnorm_relu_backward_train(dy3, record, gamma)

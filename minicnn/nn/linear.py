@@ -3,6 +3,8 @@
     x (N, in_features)   W (out_features, in_features)   b (out_features,)
     y = x @ W.T + b      (N, out_features); leading dimensions beyond N are allowed
 """
+import math
+
 import numpy as np
 
 from .. import backend
@@ -57,7 +59,7 @@ class Flatten(Module):
         check_float_array(self, x)
         if x.ndim < 1:
             raise ValueError(f"{self!r}: expected input with a batch axis (N, ...), got a scalar")
-        y = x.reshape(x.shape[0], -1)
+        y = x.reshape(x.shape[0], math.prod(x.shape[1:]))            # explicit: an empty batch too
         self.save_for_backward(y, x_shape=x.shape)
         return y
 

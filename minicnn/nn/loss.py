@@ -42,8 +42,8 @@ class CrossEntropyLoss(Module):
             losses, record = ops.softmax_cross_entropy_forward(logits, labels, self.label_smoothing)
         except ValueError as err:               # a label out of range (the GPU tells one call later)
             raise ValueError(f"{self!r}: {err}") from None
-        if self.reduction == "mean":
-            loss = losses.mean()
+        if self.reduction == "mean":             # of no samples: NaN, as torch (without NumPy's warning)
+            loss = losses.mean() if N else ops.xp.asarray(float("nan"), dtype=logits.dtype)
         elif self.reduction == "sum":
             loss = losses.sum()
         else:
@@ -55,7 +55,7 @@ class CrossEntropyLoss(Module):
         """dL/dlogits (N, K); dloss scales it (default 1, or ones for reduction='none')."""
         saved = self.__dict__.get("_saved")
         if dloss is None and saved is not None and self.reduction != "none":   # a plain number: no array to build
-            scale = 1.0 / saved.n if self.reduction == "mean" else 1.0
+            scale = 1.0 / max(saved.n, 1) if self.reduction == "mean" else 1.0     # no samples: an empty gradient
             return saved.ops.softmax_cross_entropy_backward(saved.record, scale)
         if saved is not None:          # else self.saved() below says backward came before forward
             xp = saved.ops.xp
@@ -64,7 +64,7 @@ class CrossEntropyLoss(Module):
         if self.reduction == "none":
             scale = dloss[:, None]
         elif self.reduction == "mean":
-            scale = dloss / s.n
+            scale = dloss / max(s.n, 1)
         else:
             scale = dloss
         return s.ops.softmax_cross_entropy_backward(s.record, scale)
