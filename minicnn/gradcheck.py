@@ -17,7 +17,7 @@ import copy
 import numpy as np
 
 from . import backend, random
-from .nn.module import Module
+from .nn.module import Module, no_grad
 
 
 class GradcheckResult(dict):
@@ -56,7 +56,8 @@ def gradcheck(module, x, eps=1e-6, max_entries=None, seed=0):
     def loss(inp):
         for g, state in zip(generators, states):
             g.bit_generator.state = state
-        return float(np.sum(model(inp) * dy))
+        with no_grad():                                  # only values: nothing kept for a backward
+            return float(np.sum(model(inp) * dy))
 
     for g, state in zip(generators, states):
         g.bit_generator.state = state

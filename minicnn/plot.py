@@ -27,8 +27,10 @@ def _rows(history):
     return history.rows if hasattr(history, "rows") else list(history)
 
 
-def learning_curves(history, path, title="Learning curves"):
-    """Loss (left) and accuracy (right) per epoch, train and validation."""
+def learning_curves(history, path, title="Learning curves", labels=None):
+    """Loss (left) and accuracy (right) per epoch, train and validation. labels: {'train': ..., 'val':
+    ...} say which set and which loss each curve is (e.g. 'validation: 6,000 held-out training images')."""
+    labels = {"train": "train", "val": "validation", **(labels or {})}
     rows = _rows(history)
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -36,7 +38,7 @@ def learning_curves(history, path, title="Learning curves"):
         for split, style in (("train", "o-"), ("val", "s--")):
             values = [r.get(f"{split}_{metric}") for r in rows]
             if any(v is not None for v in values):
-                ax.plot(epochs, [np.nan if v is None else v for v in values], style, label=split)
+                ax.plot(epochs, [np.nan if v is None else v for v in values], style, label=labels[split])
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
@@ -132,12 +134,14 @@ def filters(weight, path, title="First-layer filters"):
     return _save(fig, path)
 
 
-def save_run_plots(model, history, images, labels, predicted, class_names, out, title="Learning curves"):
+def save_run_plots(model, history, images, labels, predicted, class_names, out, title="Learning curves",
+                   curve_labels=None):
     """Everything a training run shows, into folder ``out``: curves.png, loss_accuracy.png,
-    confusion.png, predictions.png (16 test images and up to 8 mistakes) and filters.png."""
+    confusion.png, predictions.png (16 test images and up to 8 mistakes) and filters.png.
+    curve_labels: as learning_curves' labels."""
     from .train import confusion_matrix
     labels, predicted = np.asarray(labels), np.asarray(predicted)
-    learning_curves(history, os.path.join(out, "curves.png"), title=title)
+    learning_curves(history, os.path.join(out, "curves.png"), title=title, labels=curve_labels)
     loss_accuracy_chart(history, os.path.join(out, "loss_accuracy.png"))
     cm = confusion_matrix(labels, predicted, len(class_names))
     confusion_matrix_plot(cm, class_names, os.path.join(out, "confusion.png"))

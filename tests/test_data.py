@@ -254,8 +254,9 @@ def test_transforms_shapes_dtypes_and_effects():
     assert flipped[0, 0, 0].tolist() == [2, 1, 0]
     rotated = data.RandomRotation((90, 90))(np.eye(5, dtype=np.float32)[None, None])
     np.testing.assert_allclose(rotated[0, 0], np.eye(5)[:, ::-1], atol=1e-6)
-    resized = data.Resize(4)(np.ones((2, 3, 8, 10), np.uint8) * 7)
-    assert resized.shape == (2, 3, 4, 4) and (resized == 7).all()
+    resized = data.Resize(4)(np.ones((2, 3, 8, 10), np.uint8) * 7)  # an int is the shorter side
+    assert resized.shape == (2, 3, 4, 5) and (resized == 7).all()
+    assert data.Resize((4, 4))(np.ones((1, 8, 10), np.uint8)).shape == (1, 4, 4)
     assert data.CenterCrop(3)(np.arange(25).reshape(1, 5, 5)).tolist() == [[[6, 7, 8], [11, 12, 13], [16, 17, 18]]]
     normed = data.Compose([data.ToFloat(), data.Normalize(0.5, 0.5)])(np.full((1, 1, 2, 2), 255, np.uint8))
     assert normed.dtype == np.float32 and np.allclose(normed, 1.0)

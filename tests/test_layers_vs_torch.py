@@ -179,9 +179,11 @@ def test_batchnorm1d(any_backend, dtype, shape, training, affine):
 
 def test_batchnorm_running_stats_over_several_batches(cpu_backend, dtype):
     layer, ref = nn.BatchNorm2d(3).to(dtype), torch.nn.BatchNorm2d(3).to(torch.float64 if dtype == np.float64 else torch.float32)
+    import minicnn as mc
     for _ in range(4):
         x = random_input((4, 3, 5, 5), dtype) * 3 + 1
-        layer(x)
+        with mc.no_grad():                            # training mode: the running statistics still move
+            layer(x)
         ref(torch.from_numpy(x))
     for name, value in ref.state_dict().items():
         np.testing.assert_allclose(layer.state_dict()[name], value.numpy(), **tolerance(dtype))
@@ -337,9 +339,11 @@ def test_dropout_is_identity_in_eval_and_reproducible_with_a_seed(dtype):
     x = random_input((10, 10), dtype)
     layer = nn.Dropout(0.5).eval()
     assert np.array_equal(layer(x), x)
+    import minicnn as mc
     a, b = nn.Dropout(0.5, seed=7), nn.Dropout(0.5, seed=7)
-    assert np.array_equal(a(x), b(x))
-    assert not np.array_equal(a(x), nn.Dropout(0.5, seed=8)(x))
+    with mc.no_grad():                                # masks only: no backward follows
+        assert np.array_equal(a(x), b(x))
+        assert not np.array_equal(a(x), nn.Dropout(0.5, seed=8)(x))
 
 
 # ------------------------------------------------------------------ cross-entropy
@@ -404,6 +408,7 @@ def test_sequential_can_skip_the_input_gradient(cpu_backend, monkeypatch):
     monkeypatch.undo()
     partial = {k: p.grad.copy() for k, p in net.named_parameters()}
     net.zero_grad()
+    net(x)                                                    # each forward serves one backward
     assert net.backward(dy).shape == x.shape
     for k, p in net.named_parameters():
         np.testing.assert_array_equal(partial[k], p.grad)
@@ -481,7 +486,8 @@ def test_numba_stride1_convolution(strategy, dtype, mode, kernel, padding, c_in,
         return y, dx, layer.weight.grad.copy(), layer.bias.grad.copy()
 
     with backend.use_backend("numba"):
-        dy = random_input(layer(x).shape, dtype)
+        with nn.no_grad():
+            dy = random_input(layer(x).shape, dtype)
         stride1 = run()
         assert layer._saved.record.algorithm != "im2col", "expected the stride-1 kernels"
         strategy(stride1_kernels=False)
@@ -696,8 +702,9 @@ def test_winograd_conv_relu_pool(dtype, c_in, c_out, padding, H, W, batch, bias,
             close(p.grad, expected_grads[k], k)
         x_nan = x.copy()
         x_nan[0, 0, 2, 3] = np.nan
-        y_nan = net(x_nan)
-        conv_nan = net[0](x_nan)                  # NaN where the receptive field holds the pixel
+        with mc.no_grad():
+            y_nan = net(x_nan)
+            conv_nan = net[0](x_nan)              # NaN where the receptive field holds the pixel
         nan_windows = np.isnan(conv_nan[:, :, :2 * y.shape[2], :2 * y.shape[3]]).reshape(
             batch, c_out, y.shape[2], 2, y.shape[3], 2).any(axis=(3, 5))
         np.testing.assert_array_equal(np.isnan(y_nan), nan_windows)
@@ -816,6 +823,7 @@ def test_conv_relu_pool_is_not_fused_where_it_does_not_fit(dtype):
     with mc.backend.use_backend("numpy"):
         net(x)
     assert "ConvReLUPool" not in [type(step).__name__ for step in net.steps]
+    net.eval()
     with mc.backend.use_backend("numba"), pytest.raises(ValueError, match="larger than the padded input"):
         net(random_input((2, 1, 3, 4), dtype))
     with mc.backend.use_backend("numba"), pytest.raises(ValueError, match=r"Conv2d\(1, 2.*expected input \(N, 1, H, W\)"):

@@ -14,7 +14,8 @@ class Transform:
     def __call__(self, x):
         x = np.asarray(x)
         if x.ndim == 3:
-            return self.apply(x[None])[0]
+            out = self.apply(x[None])
+            return x if out.base is x else out[0]
         if x.ndim != 4:
             raise ValueError(f"{type(self).__name__}: expected images (N, C, H, W) or (C, H, W), got {x.shape}")
         return self.apply(x)
@@ -61,10 +62,12 @@ class ToFloat(Transform):
 
 
 class Normalize(Transform):
-    """(x - mean) / std per channel, on float images."""
+    """(x - mean) / std per channel, on float images; inplace=True (torch's flag) writes the result
+    into the given array and returns it."""
 
-    def __init__(self, mean, std):
+    def __init__(self, mean, std, inplace=False):
         self.mean, self.std = tuple(np.atleast_1d(mean).tolist()), tuple(np.atleast_1d(std).tolist())
+        self.inplace = bool(inplace)
         if any(s <= 0 for s in self.std):
             raise ValueError(f"Normalize: std must be positive, got {self.std}")
 
@@ -75,6 +78,10 @@ class Normalize(Transform):
             raise ValueError(f"Normalize: {len(self.mean)} means for {x.shape[1]} channels")
         mean = np.asarray(self.mean, dtype=x.dtype).reshape(1, -1, 1, 1)
         std = np.asarray(self.std, dtype=x.dtype).reshape(1, -1, 1, 1)
+        if self.inplace:
+            x -= mean
+            x /= std
+            return x
         return (x - mean) / std
 
 
@@ -110,22 +117,71 @@ def bilinear_sample(x, ys, xs, fill=0.0):
 
 
 class Resize(Transform):
-    """Bilinear resize to ``size`` (int: both sides), with half-pixel centres (torch's
-    align_corners=False, without antialiasing)."""
+    """Resize as torchvision.transforms.Resize does on tensors: ``size`` an int scales the shorter side
+    to it, keeping the aspect ratio (the longer side int(size * long / short), capped at ``max_size``);
+    a pair (height, width) is the size itself. Bilinear with antialiasing (torch's
+    interpolate(..., antialias=True): a triangle filter stretched over the input when shrinking), or
+    without (plain bilinear with half-pixel centres, align_corners=False). uint8 stays uint8, rounded.
+    """
 
-    def __init__(self, size):
-        self.size = _size_pair(size, "Resize")
+    def __init__(self, size, interpolation="bilinear", max_size=None, antialias=True):
+        if isinstance(size, (list, tuple)) and len(size) == 1:
+            size = size[0]
+        if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+            if size < 1:
+                raise ValueError(f"Resize: size must be positive, got {size!r}")
+            self.size = int(size)
+        else:
+            self.size = _size_pair(size, "Resize")
+        if str(interpolation).lower().rsplit(".", 1)[-1] != "bilinear":
+            raise ValueError(f"Resize: only bilinear interpolation is implemented, got {interpolation!r}")
+        if max_size is not None and (not isinstance(self.size, int) or max_size <= self.size):
+            raise ValueError(f"Resize: max_size {max_size!r} needs an int size smaller than it, got size {size!r}")
+        self.max_size, self.antialias = max_size, bool(antialias)
+
+    def output_size(self, H, W):
+        """(OH, OW) for an H x W image, by torchvision's rule."""
+        if not isinstance(self.size, int):
+            return self.size
+        short, long = (W, H) if W <= H else (H, W)
+        new_short, new_long = self.size, int(self.size * long / short)
+        if self.max_size is not None and new_long > self.max_size:
+            new_short, new_long = int(self.max_size * new_short / new_long), self.max_size
+        return (new_long, new_short) if W <= H else (new_short, new_long)
 
     def apply(self, x):
-        (OH, OW), (H, W) = self.size, x.shape[2:]
-        ys = np.clip((np.arange(OH) + 0.5) * H / OH - 0.5, 0, H - 1)
-        xs = np.clip((np.arange(OW) + 0.5) * W / OW - 0.5, 0, W - 1)
-        grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
-        return _cast_like(bilinear_sample(x, grid_y[None], grid_x[None]), x)
+        H, W = x.shape[2:]
+        OH, OW = self.output_size(H, W)
+        rows, cols = _resize_weights(H, OH, self.antialias), _resize_weights(W, OW, self.antialias)
+        y = np.einsum("oh,nchw,pw->ncop", rows, x.astype(np.float64), cols, optimize=True)
+        return _cast_like(y, x)
+
+
+def _resize_weights(size, out, antialias):
+    """(out, size) interpolation weights along one axis: torch's bilinear, antialiased or not."""
+    weights = np.zeros((out, size))
+    scale = size / out
+    if not antialias or scale <= 1:                          # plain bilinear, half-pixel centres, clamped
+        src = np.clip((np.arange(out) + 0.5) * scale - 0.5, 0, size - 1)
+        low = np.floor(src).astype(np.int64)
+        high = np.minimum(low + 1, size - 1)
+        frac = src - low
+        np.add.at(weights, (np.arange(out), low), 1 - frac)
+        np.add.at(weights, (np.arange(out), high), frac)
+        return weights
+    support = scale                                          # the triangle's half-width, stretched by the scale
+    for i in range(out):
+        center = scale * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), size)
+        taps = np.maximum(0.0, 1.0 - np.abs((np.arange(lo, hi) - center + 0.5) / scale))
+        weights[i, lo:hi] = taps / taps.sum()
+    return weights
 
 
 class CenterCrop(Transform):
-    """Crop the central ``size`` region (the image must be at least that large)."""
+    """Crop the central ``size`` region as torchvision does: the offset rounded (half to even), and an
+    image smaller than the crop padded with zeros first."""
 
     def __init__(self, size):
         self.size = _size_pair(size, "CenterCrop")
@@ -133,30 +189,51 @@ class CenterCrop(Transform):
     def apply(self, x):
         (h, w), (H, W) = self.size, x.shape[2:]
         if h > H or w > W:
-            raise ValueError(f"CenterCrop{self.size}: image {H}x{W} is smaller than the crop")
-        top, left = (H - h) // 2, (W - w) // 2
+            top, left = max(h - H, 0) // 2, max(w - W, 0) // 2
+            x = np.pad(x, ((0, 0), (0, 0), (top, max(h - H, 0) - top), (left, max(w - W, 0) - left)))
+            H, W = x.shape[2:]
+        top, left = int(round((H - h) / 2.0)), int(round((W - w) / 2.0))
         return x[:, :, top:top + h, left:left + w].copy()
 
 
 class RandomCrop(_Random):
-    """Pad by ``padding`` (fill value ``fill``) and cut a random ``size`` window per image: a
-    random shift of up to ``padding`` pixels when size equals the image size."""
+    """Pad by ``padding`` (an int for every side, (left/right, top/bottom) or (left, top, right,
+    bottom), filled with ``fill``; pad_if_needed pads an image smaller than the crop) and cut a random
+    ``size`` window per image, as torchvision.transforms.RandomCrop: a random shift of up to
+    ``padding`` pixels when size equals the image size. Only padding_mode 'constant' is implemented."""
 
-    def __init__(self, size, padding=0, fill=0, seed=None):
+    def __init__(self, size, padding=None, pad_if_needed=False, fill=0, padding_mode="constant", seed=None):
         super().__init__(seed)
-        self.size, self.padding, self.fill = _size_pair(size, "RandomCrop"), int(padding), fill
+        if padding_mode != "constant":
+            raise ValueError(f"RandomCrop: only padding_mode='constant' is implemented, got {padding_mode!r}")
+        self.size, self.fill, self.pad_if_needed = _size_pair(size, "RandomCrop"), fill, bool(pad_if_needed)
+        if padding is None:
+            padding = 0
+        sides = (padding,) * 4 if isinstance(padding, (int, np.integer)) else tuple(padding)
+        if len(sides) == 2:
+            sides = sides * 2
+        if len(sides) != 4 or any(int(p) != p or p < 0 for p in sides):
+            raise ValueError(f"RandomCrop: padding must be an int or 2 or 4 non-negative ints, got {padding!r}")
+        self.padding = tuple(int(p) for p in sides)          # left, top, right, bottom
 
     def apply(self, x):
-        p, (h, w) = self.padding, self.size
-        xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=self.fill) if p else x
-        N, C, H, W = xp.shape
+        (h, w) = self.size
+        left, top, right, bottom = self.padding
+        H, W = x.shape[2] + top + bottom, x.shape[3] + left + right
+        if self.pad_if_needed:                              # torchvision pads both sides by the shortfall
+            extra_w, extra_h = max(w - W, 0), max(h - H, 0)
+            left, right, top, bottom = left + extra_w, right + extra_w, top + extra_h, bottom + extra_h
+        if any((left, top, right, bottom)):
+            x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=self.fill)
+        N, C, H, W = x.shape
         if h > H or w > W:
-            raise ValueError(f"RandomCrop{self.size}: padded image {H}x{W} is smaller than the crop")
+            raise ValueError(f"RandomCrop{self.size}: padded image {H}x{W} is smaller than the crop "
+                             "(pad_if_needed=True pads it)")
         top = self.rng.integers(0, H - h + 1, N)
         left = self.rng.integers(0, W - w + 1, N)
         rows = (top[:, None] + np.arange(h))[:, :, None]            # (N, h, 1)
         cols = (left[:, None] + np.arange(w))[:, None, :]           # (N, 1, w)
-        return np.moveaxis(xp[np.arange(N)[:, None, None], :, rows, cols], -1, 1)
+        return np.moveaxis(x[np.arange(N)[:, None, None], :, rows, cols], -1, 1)
 
 
 class RandomHorizontalFlip(_Random):
@@ -174,21 +251,43 @@ class RandomHorizontalFlip(_Random):
 
 
 class RandomRotation(_Random):
-    """Rotate each image by an angle drawn uniformly from [-degrees, degrees] (or a (min, max)
-    pair) about its centre, bilinear, corners filled with ``fill``."""
+    """Rotate each image counter-clockwise by an angle drawn uniformly from [-degrees, degrees] (or a
+    (min, max) pair) about its centre, as torchvision.transforms.RandomRotation: nearest-neighbour by
+    default (interpolation='bilinear' for bilinear), corners filled with ``fill``, the size kept
+    (expand=False; expand=True is not implemented)."""
 
-    def __init__(self, degrees, fill=0, seed=None):
+    def __init__(self, degrees, interpolation="nearest", expand=False, center=None, fill=0, seed=None):
         super().__init__(seed)
         self.degrees = (-abs(degrees), abs(degrees)) if np.isscalar(degrees) else tuple(degrees)
+        self.interpolation = str(interpolation).lower().rsplit(".", 1)[-1]
+        if self.interpolation not in ("nearest", "bilinear"):
+            raise ValueError(f"RandomRotation: interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
+        if expand or center is not None:
+            raise ValueError("RandomRotation: expand=True and a custom center are not implemented")
         self.fill = fill
 
     def apply(self, x):
         N, C, H, W = x.shape
         theta = np.deg2rad(self.rng.uniform(*self.degrees, N))[:, None, None]
-        cy, cx = (H - 1) / 2, (W - 1) / 2
-        gy, gx = np.meshgrid(np.arange(H) - cy, np.arange(W) - cx, indexing="ij")
-        cos, sin = np.cos(theta), np.sin(theta)
-        # inverse map: the source of each output pixel is the pixel rotated back by -theta
-        src_x = cos * gx - sin * gy + cx
-        src_y = sin * gx + cos * gy + cy
-        return _cast_like(bilinear_sample(x, src_y, src_x, self.fill), x)
+        return rotate(x, theta, self.fill, self.interpolation)
+
+
+def rotate(x, theta, fill=0, interpolation="nearest"):
+    """x (N, C, H, W) rotated counter-clockwise by theta (radians, (N, 1, 1) or a number) about the centre."""
+    N, C, H, W = x.shape
+    cy, cx = (H - 1) / 2, (W - 1) / 2
+    gy, gx = np.meshgrid(np.arange(H) - cy, np.arange(W) - cx, indexing="ij")
+    cos, sin = np.cos(theta), np.sin(theta)
+    # inverse map: the source of each output pixel is the pixel rotated back by -theta
+    src_x = cos * gx - sin * gy + cx
+    src_y = sin * gx + cos * gy + cy
+    src_x, src_y = np.broadcast_to(src_x, (N, H, W)), np.broadcast_to(src_y, (N, H, W))
+    if interpolation == "nearest":
+        src_y, src_x = np.rint(src_y), np.rint(src_x)
+        inside = (src_y >= 0) & (src_y <= H - 1) & (src_x >= 0) & (src_x <= W - 1)
+        yy = np.clip(src_y, 0, H - 1).astype(np.int64)
+        xx = np.clip(src_x, 0, W - 1).astype(np.int64)
+        values = x[np.arange(N)[:, None, None], :, yy, xx]                     # (N, H, W, C)
+        values = np.where(inside[..., None], values, np.asarray(fill, dtype=x.dtype))
+        return np.ascontiguousarray(np.moveaxis(values, -1, 1))
+    return _cast_like(bilinear_sample(x, src_y, src_x, fill), x)

@@ -6,11 +6,11 @@ from .conv import Conv2d
 from .dropout import Dropout
 from .linear import Flatten, Linear
 from .loss import CrossEntropyLoss
-from .module import Module, Parameter, is_grad_enabled, no_grad
+from .module import Module, Parameter, StateReuseWarning, is_grad_enabled, no_grad
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
 __all__ = [
-    "Module", "Parameter", "Sequential", "Residual", "no_grad", "is_grad_enabled",
+    "Module", "Parameter", "Sequential", "Residual", "no_grad", "is_grad_enabled", "StateReuseWarning",
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout",
     "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "GELU", "Identity", "Linear", "Flatten", "CrossEntropyLoss",
 ]

@@ -7,7 +7,12 @@ from .module import Module
 
 
 class ReLU(Module):
-    """max(x, 0); derivative 1 where x > 0, else 0 (torch's choice at 0)."""
+    """max(x, 0); derivative 1 where x > 0, else 0 (torch's choice at 0). inplace (torch's flag) is
+    accepted and changes nothing: minicnn never overwrites an input, the result is the same."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = bool(inplace)
 
     @property
     def kind(self):
@@ -27,9 +32,9 @@ class ReLU(Module):
 class LeakyReLU(Module):
     """x where x > 0, else negative_slope * x."""
 
-    def __init__(self, negative_slope=0.01):
+    def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
-        self.negative_slope = float(negative_slope)
+        self.negative_slope, self.inplace = float(negative_slope), bool(inplace)
 
     def forward(self, x):
         check_float_array(self, x)
@@ -71,7 +76,12 @@ class Tanh(Module):
 
 
 class SiLU(Module):
-    """x * sigmoid(x) (also called swish); derivative s * (1 + x * (1 - s)), s = sigmoid(x)."""
+    """x * sigmoid(x) (also called swish); derivative s * (1 + x * (1 - s)), s = sigmoid(x). inplace is
+    accepted and changes nothing."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = bool(inplace)
 
     def forward(self, x):
         check_float_array(self, x)

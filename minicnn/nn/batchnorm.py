@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import backend
 from ._checks import check_input, count
-from .module import Module, Parameter, is_grad_enabled
+from .module import Module, Parameter, is_grad_enabled, place_on
 
 
 class _BatchNorm(Module):
@@ -21,7 +21,7 @@ class _BatchNorm(Module):
     _shape_desc = ""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, dtype=np.float32):
+                 track_running_stats=True, device=None, dtype=np.float32):
         super().__init__()
         name = f"{type(self).__name__}({num_features})"
         self.num_features = count(num_features, "num_features", name)
@@ -38,6 +38,7 @@ class _BatchNorm(Module):
             self.register_buffer("running_mean", np.zeros(num_features, dtype=dtype))
             self.register_buffer("running_var", np.ones(num_features, dtype=dtype))
             self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        place_on(self, device)
 
     def _params(self, ops, dtype):
         if self.affine:

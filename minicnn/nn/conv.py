@@ -13,7 +13,7 @@ import numpy as np
 from .. import backend
 from ._checks import check_input, count, pair
 from .init import default_bound, uniform
-from .module import Module, Parameter
+from .module import Module, Parameter, place_on
 
 
 class Conv2d(Module):
@@ -28,11 +28,13 @@ class Conv2d(Module):
             (in_channels for a depthwise convolution); it must divide both channel counts.
         bias: add a learned per-channel offset.
         padding_mode: 'zeros' (torch's other modes are not supported).
+        device: None or 'cpu' (the default), or 'cuda' to create the layer on the GPU.
+        dtype: np.float32 (default) or np.float64.
     Shape: (N, C, H, W) -> (N, OC, OH, OW), OH = (H + 2*PH - DH*(KH - 1) - 1) // SH + 1.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, padding_mode="zeros", dtype=np.float32):
+                 bias=True, padding_mode="zeros", device=None, dtype=np.float32):
         super().__init__()
         name = f"Conv2d({in_channels}, {out_channels}, kernel_size={kernel_size})"
         self.in_channels = count(in_channels, "in_channels", name)
@@ -52,6 +54,7 @@ class Conv2d(Module):
         shape = (out_channels, in_channels // self.groups) + self.kernel_size
         self.weight = Parameter(uniform(shape, bound, dtype))
         self.bias = Parameter(uniform((out_channels,), bound, dtype)) if bias else None
+        place_on(self, device)
 
     def _padding(self, padding, name):
         if padding == "valid":

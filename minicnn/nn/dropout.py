@@ -15,12 +15,14 @@ from .module import Module
 class Dropout(Module):
     """Args:
         p: probability of zeroing an element, in [0, 1).
+        inplace: accepted (torch's flag); minicnn never overwrites an input, the result is the same.
         seed: an own random generator for this layer; by default the global one
             (minicnn.manual_seed), so a seeded run is reproducible either way.
     """
 
-    def __init__(self, p=0.5, seed=None):
+    def __init__(self, p=0.5, inplace=False, seed=None):
         super().__init__()
+        self.inplace = bool(inplace)                     # torch's flag: the result is the same either way
         if not 0 <= p < 1:
             raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
         self.p = float(p)

@@ -12,7 +12,7 @@ output plane of the convolution is pooled and rectified while it is still in the
 full-size activation is never written to memory nor read back.
 """
 from .. import backend
-from .module import Module
+from .module import Module, is_grad_enabled
 
 
 class ConvReLUPool(Module):
@@ -28,8 +28,9 @@ class ConvReLUPool(Module):
     def forward(self, x):
         conv, relu, pool = self.layers
         OH, OW = conv.checked_output_size(x)
-        for layer in self.layers:                    # their own backward must not reuse stale state
-            object.__setattr__(layer, "_saved", None)
+        if is_grad_enabled():                        # their own backward must not reuse stale state
+            for layer in self.layers:
+                object.__setattr__(layer, "_saved", None)
         if OH < 2 or OW < 2:                         # let the pool raise its error
             return pool(relu(conv(x)))
         y, record = backend.ops_for(x).conv2d_relu_maxpool2d_forward(x, conv.weight.data, conv.bias_data(),
@@ -58,8 +59,9 @@ class BatchNormReLU(Module):
 
     def forward(self, x):
         norm, relu = self.layers
-        for layer in self.layers:
-            object.__setattr__(layer, "_saved", None)
+        if is_grad_enabled():
+            for layer in self.layers:
+                object.__setattr__(layer, "_saved", None)
         if not norm.uses_batch_statistics:               # running statistics: nothing to gain, run the two
             self.save_for_backward(x, fused=False)
             return relu(norm(x))

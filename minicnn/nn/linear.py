@@ -10,7 +10,7 @@ import numpy as np
 from .. import backend
 from ._checks import check_float_array, check_input, count
 from .init import default_bound, uniform
-from .module import Module, Parameter
+from .module import Module, Parameter, place_on
 
 
 class Linear(Module):
@@ -19,7 +19,7 @@ class Linear(Module):
     Shape: (*, in_features) -> (*, out_features).
     """
 
-    def __init__(self, in_features, out_features, bias=True, dtype=np.float32):
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=np.float32):
         super().__init__()
         name = f"Linear({in_features}, {out_features})"
         self.in_features = count(in_features, "in_features", name)
@@ -27,6 +27,7 @@ class Linear(Module):
         bound = default_bound(in_features)
         self.weight = Parameter(uniform((out_features, in_features), bound, dtype))
         self.bias = Parameter(uniform((out_features,), bound, dtype)) if bias else None
+        place_on(self, device)
 
     def forward(self, x):
         check_input(self, x, f"(N, {self.in_features})", None, self.in_features, channel_axis=-1,
@@ -53,7 +54,14 @@ class Linear(Module):
 
 
 class Flatten(Module):
-    """Joins every axis after the first: (N, C, H, W) -> (N, C*H*W)."""
+    """Joins every axis after the first: (N, C, H, W) -> (N, C*H*W). torch's start_dim and end_dim
+    are accepted at their defaults (1, -1) only."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        if (start_dim, end_dim) != (1, -1):
+            raise ValueError(f"Flatten: start_dim={start_dim}, end_dim={end_dim} are not supported (only 1, -1: "
+                             "every axis after the batch axis)")
 
     def forward(self, x):
         check_float_array(self, x)

@@ -5,6 +5,8 @@
     dL/dlogits = (softmax(logits) - target) / N  for reduction='mean'
 The softmax is shifted by each row's maximum, so logits of 1e4 neither overflow nor give NaN.
 """
+import numpy as np
+
 from .. import backend
 from ._checks import check_float_array, describe
 from .module import Module
@@ -12,15 +14,38 @@ from .module import Module
 REDUCTIONS = ("mean", "sum", "none")
 
 
+class LossValue(np.ndarray):
+    """A loss as a NumPy array (0-d for a mean or a sum): float(loss), loss.item(), arithmetic, printing
+    all work as on any array. loss.backward() (torch's habit) explains how backward works here."""
+
+    def backward(self, *args, **kwargs):
+        raise RuntimeError("minicnn has no autograd graph, so a loss value cannot run backward itself: "
+                           "call model.backward(loss_fn.backward()) - loss_fn.backward() gives dL/dlogits, "
+                           "model.backward(...) sends it back through the layers and fills every parameter's .grad "
+                           "(optimizer.zero_grad() first, optimizer.step() after, as in torch)")
+
+
+def _loss_value(loss):
+    """A NumPy loss as a LossValue (the GPU's stay CuPy arrays)."""
+    return np.asarray(loss).view(LossValue) if isinstance(loss, (np.ndarray, np.generic)) else loss
+
+
 class CrossEntropyLoss(Module):
-    """Args:
+    """Args (torch's order):
+        weight, size_average, reduce: not supported (None only).
+        ignore_index: accepted; no label is ignored (a label outside [0, K) is an error).
         reduction: 'mean' (default), 'sum' or 'none' (per-sample losses).
         label_smoothing: e in [0, 1].
     Call ``loss_fn(logits, labels)`` for the loss, then ``loss_fn.backward()`` for dL/dlogits.
     """
 
-    def __init__(self, reduction="mean", label_smoothing=0.0):
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
+                 label_smoothing=0.0):
         super().__init__()
+        if weight is not None or size_average is not None or reduce is not None:
+            raise ValueError("CrossEntropyLoss: class weights and the deprecated size_average/reduce are not "
+                             "supported; use reduction='mean', 'sum' or 'none'")
+        self.ignore_index = ignore_index               # no label is ever ignored: one out of range is an error
         if reduction not in REDUCTIONS:
             raise ValueError(f"CrossEntropyLoss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if not 0 <= label_smoothing <= 1:
@@ -49,13 +74,14 @@ class CrossEntropyLoss(Module):
         else:
             loss = losses
         self.save_for_backward(loss, record=record, n=N, ops=ops)
-        return loss
+        return _loss_value(loss)
 
     def backward(self, dloss=None):
         """dL/dlogits (N, K); dloss scales it (default 1, or ones for reduction='none')."""
         saved = self.__dict__.get("_saved")
-        if dloss is None and saved is not None and self.reduction != "none":   # a plain number: no array to build
+        if dloss is None and saved is not None and self.reduction != "none" and not saved.used:   # no array to build
             scale = 1.0 / max(saved.n, 1) if self.reduction == "mean" else 1.0     # no samples: an empty gradient
+            saved.used = True
             return saved.ops.softmax_cross_entropy_backward(saved.record, scale)
         if saved is not None:          # else self.saved() below says backward came before forward
             xp = saved.ops.xp

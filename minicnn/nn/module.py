@@ -5,6 +5,7 @@ running statistics) and child Modules, registered by plain attribute assignment 
 ``forward(x)`` computes and caches what ``backward(dy)`` needs; ``backward`` returns the input
 gradient and *adds* parameter gradients into ``.grad``, as torch does.
 """
+import warnings
 from collections import OrderedDict
 from types import SimpleNamespace
 
@@ -14,6 +15,11 @@ from .. import backend
 from ._checks import check_grad, describe
 
 _grad_enabled = True
+_depth = 0              # how many module calls are in progress (the outermost is the user's)
+
+
+class StateReuseWarning(UserWarning):
+    """A forward replaced state that no backward had used (see Module.__call__)."""
 
 
 class no_grad:
@@ -218,8 +224,9 @@ class Module:
             convert = backend.device_converter(target)
         else:
             dtype = np.dtype(target)
-            if dtype.kind != "f":
-                raise TypeError(f"{type(self).__name__}.to: expected a floating dtype or a device, got {target!r}")
+            if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+                raise TypeError(f"{type(self).__name__}.to: minicnn computes in float32 or float64, got {dtype} "
+                                f"(use model.to(np.float32), or a device: 'cpu' or 'cuda')")
             convert = lambda a: a.astype(dtype) if a.dtype.kind == "f" else a  # noqa: E731
         for p in self.parameters():
             p.data = convert(p.data)
@@ -240,33 +247,64 @@ class Module:
 
     def save_for_backward(self, output, **values):
         """Keep what backward needs (unless inside no_grad), plus the output's shape and dtype
-        to check the incoming gradient against."""
-        saved = None
+        to check the incoming gradient against. Each forward's state serves one backward. A forward
+        inside no_grad keeps nothing and leaves the state of the last training forward in place (as in
+        torch, evaluating between a forward and its backward does not disturb the backward)."""
         if _grad_enabled:
-            saved = SimpleNamespace(out_shape=output.shape, out_dtype=output.dtype, **values)
-        object.__setattr__(self, "_saved", saved)
+            saved = SimpleNamespace(out_shape=output.shape, out_dtype=output.dtype, used=False, **values)
+            object.__setattr__(self, "_saved", saved)
 
     def saved(self, dy):
-        """What forward saved, after checking that forward ran and that dy fits its output."""
+        """What forward saved, after checking that forward ran, that no backward used it yet, and
+        that dy fits its output."""
         saved = self.__dict__.get("_saved")
         if saved is None:
             raise RuntimeError(f"{self!r}: backward() called before forward() "
                                "(or after a forward inside no_grad())")
+        if saved.used:
+            raise RuntimeError(f"{self!r}: backward() ran a second time for one forward (it would add the "
+                               "gradients again). Run forward again before each backward; for two losses of one "
+                               "forward, add their gradients and run backward once: model.backward(d1 + d2)")
         check_grad(self, dy, saved.out_shape, saved.out_dtype)
+        saved.used = True
         return saved
+
+    def awaits_backward(self):
+        """The modules inside this one holding a forward's state that no backward has used yet."""
+        return [m for m in self.modules() if getattr(m.__dict__.get("_saved"), "used", True) is False]
 
     # How a backend's plan of a chain of layers sees this layer (backend.contract.plan_chain): a tuple
     # such as ('relu',) for layers whose op the plan may move or fuse, None for any other.
     kind = None
 
     def forward(self, x):
+        """Compute the output from x, keeping what backward needs (self.save_for_backward(y, ...),
+        nothing inside no_grad()). Subclasses define it; call the module, model(x), to run it."""
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def backward(self, dy):
+        """dL/dx for dL/dy = dy (the shape of forward's output): reads what forward kept
+        (self.saved(dy)), adds each parameter's gradient into its .grad, returns the input's
+        gradient. Subclasses define it; there is no autograd: model.backward(loss_fn.backward())."""
         raise NotImplementedError(f"{type(self).__name__} does not define backward()")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        """forward(*args). A model called from outside (not by a container) in training mode, while a
+        forward's state still waits for its backward, warns: the tutorial order 'forward on the training
+        batch, forward on the validation batch, then backward' would train on the validation batch."""
+        global _depth
+        if _depth == 0 and _grad_enabled and self.training:
+            waiting = self.awaits_backward()
+            if waiting:
+                warnings.warn(f"{type(self).__name__}: a forward in training mode while the previous forward's state "
+                              "still waits for its backward; backward will now use this forward's. To evaluate "
+                              "between training steps use `with minicnn.no_grad():` (and model.eval()); run "
+                              "backward before the next training forward.", StateReuseWarning, stacklevel=2)
+        _depth += 1
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            _depth -= 1
 
     # ------------------------------------------------------------ printing
 
@@ -279,3 +317,10 @@ class Module:
         if not lines:
             return head + ")"
         return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+def place_on(module, device):
+    """torch's device= argument of a layer: None or 'cpu' leaves it where it was made, anything else
+    moves it there (module.to(device), which says what is wrong with an unknown device)."""
+    if device is not None and str(device) != "cpu":
+        module.to(str(device))

@@ -36,11 +36,19 @@ class _Pool2d(Module):
 
 
 class MaxPool2d(_Pool2d):
-    """Maximum of each window, as torch.nn.MaxPool2d (ceil_mode=False, dilation=1).
+    """Maximum of each window, as torch.nn.MaxPool2d.
 
-    Args: kernel_size, stride (default: kernel_size), padding: an int or a pair.
+    Args: kernel_size, stride (default: kernel_size), padding: an int or a pair. torch's dilation,
+        return_indices and ceil_mode are accepted at their defaults (1, False, False); other values,
+        which would change the result, are refused.
     Shape: (N, C, H, W) -> (N, C, OH, OW).
     """
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
+        super().__init__(kernel_size, stride, padding)
+        if dilation not in (1, (1, 1)) or return_indices or ceil_mode:
+            raise ValueError(f"MaxPool2d: dilation={dilation!r}, return_indices={return_indices!r}, "
+                             f"ceil_mode={ceil_mode!r} are not supported (only 1, False, False)")
 
     @property
     def kind(self):
@@ -65,8 +73,12 @@ class AvgPool2d(_Pool2d):
     Shape: (N, C, H, W) -> (N, C, OH, OW).
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None):
         super().__init__(kernel_size, stride, padding)
+        if ceil_mode or divisor_override is not None:
+            raise ValueError(f"AvgPool2d: ceil_mode={ceil_mode!r}, divisor_override={divisor_override!r} are not "
+                             "supported (only False, None)")
         self.count_include_pad = bool(count_include_pad)
 
     def forward(self, x):
