@@ -16,7 +16,9 @@ from tqdm.auto import tqdm
 
 from . import backend, random
 from .checkpoint import atomic_write_bytes, load, save
+from .early_stopping import EarlyStopping  # noqa: F401  (minicnn.train.EarlyStopping)
 from .nn.module import no_grad
+from .optim.clip import clip_grad_norm_
 
 COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds", "images_per_second"]
 
@@ -143,7 +145,8 @@ class _StopOnSignal:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _train_epoch(model, loss_fn, optimizer, loader, bar, graph_step=None, stop=None):
+def _train_epoch(model, loss_fn, optimizer, loader, bar, graph_step=None, stop=None, after_step=None,
+                 clip_grad_norm=None):
     model.train()
     totals = _Totals()
     for x, y in loader:
@@ -156,7 +159,11 @@ def _train_epoch(model, loss_fn, optimizer, loader, bar, graph_step=None, stop=N
             loss = loss_fn(logits, y)
             optimizer.zero_grad()
             _backward_params_only(model, loss_fn.backward())
+            if clip_grad_norm is not None:
+                clip_grad_norm_(model.parameters(), clip_grad_norm)
             optimizer.step()
+        if after_step is not None:
+            after_step()
         if totals.add(loss, logits, y):
             _read_totals(totals, bar)
     _read_totals(totals, bar)
@@ -219,10 +226,15 @@ def _backward_params_only(model, dlogits):
 
 
 def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
-        checkpoint_dir=None, every=1, resume=None, progress=None, log=print, cuda_graph=False, meta=None):
+        checkpoint_dir=None, every=1, resume=None, progress=None, log=print, cuda_graph=False, meta=None,
+        early_stopping=None, clip_grad_norm=None, csv_log=None):
     """Train for ``epochs`` epochs (counted from the start, also when resuming).
 
     Args:
+        scheduler: stepped by its ``interval``: after every epoch (most), or after every batch
+            (OneCycleLR, or any scheduler given ``interval = 'step'``); ReduceLROnPlateau is stepped
+            with the validation loss (its mode='max': the validation accuracy), or the training one
+            when there is no val_loader.
         checkpoint_dir: write 'last.npz' every ``every`` epochs (and 'best.npz' at the best
             validation accuracy) holding everything resume needs.
         resume: a checkpoint written by fit; training continues after its epoch and ends where
@@ -236,13 +248,26 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
             device='cuda'.
         meta: a dict of plain values stored in every checkpoint (minicnn train puts the model's and
             dataset's names and the normalization there, so that its commands read any checkpoint).
+        early_stopping: an EarlyStopping; training ends when its monitored number has not improved
+            for its patience, and the model is given the best epoch's weights back (also at the end
+            of a run that did not stop early). Its state is part of every checkpoint.
+        clip_grad_norm: clip the gradients' total 2-norm to this before each optimizer step
+            (minicnn.optim.clip_grad_norm_).
+        csv_log: a file rewritten (atomically) with the history after every epoch, for a
+            spreadsheet, pandas or a plot while training runs.
     Returns: History.
     """
     epochs, every = _whole("epochs", epochs), _whole("every", every)
+    if early_stopping is not None and early_stopping.monitor.startswith("val_") and val_loader is None:
+        raise ValueError(f"fit: early_stopping monitors {early_stopping.monitor!r} but there is no val_loader")
+    if clip_grad_norm is not None and not float(clip_grad_norm) > 0:
+        raise ValueError(f"fit: clip_grad_norm must be a positive number, got {clip_grad_norm!r}")
+    if cuda_graph and (clip_grad_norm is not None or getattr(scheduler, "interval", "epoch") == "step"):
+        raise ValueError("fit: cuda_graph replays a fixed step; it cannot clip gradients or step a scheduler per batch")
     history, start_epoch = History(), 0
     if resume is not None:
         state = load(resume)
-        _restore(state, model, optimizer, scheduler, train_loader, resume)
+        _restore(state, model, optimizer, scheduler, train_loader, resume, early_stopping)
         history, start_epoch = History(state["history"]), int(state["epoch"])
     graph_step = None
     if cuda_graph:
@@ -253,49 +278,88 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
             graph_step = backend.ops_for(first.data).captured_step(model, loss_fn, optimizer)
         except ValueError as err:
             raise ValueError(f"fit: {err}") from None
+    run = _Run(model, loss_fn, optimizer, train_loader, epochs, val_loader, scheduler, checkpoint_dir, every, progress,
+               log, graph_step, meta, early_stopping, clip_grad_norm, csv_log)
     saved = (os.path.join(checkpoint_dir, "last.npz"), start_epoch) if resume is not None and checkpoint_dir else (None, 0)
     with _StopOnSignal() as stop:
         for epoch in range(start_epoch, epochs):
             try:
-                saved = _fit_epoch(model, loss_fn, optimizer, train_loader, epochs, val_loader, scheduler, checkpoint_dir,
-                                   every, progress, log, graph_step, history, epoch, stop, saved, meta)
+                saved, stopped = run.epoch(history, epoch, stop, saved)
             except KeyboardInterrupt:
                 raise TrainingInterrupted(epoch + 1, *saved) from None
+            if stopped:
+                break
+    if early_stopping is not None and early_stopping.restore(model) and log is not None:
+        log(f"restored the weights of epoch {early_stopping.best_epoch} ({early_stopping.monitor} "
+            f"{early_stopping.best:.4f})")
     return history
 
 
-def _fit_epoch(model, loss_fn, optimizer, train_loader, epochs, val_loader, scheduler, checkpoint_dir, every, progress,
-               log, graph_step, history, epoch, stop, saved, meta):
-    """One epoch of fit: train, validate, step the scheduler, log, write checkpoints. Returns
-    (the last checkpoint file written, its epoch)."""
-    best = history.best() if len(history) else None
-    lr = optimizer.param_groups[0]["lr"]
-    started = time.perf_counter()
-    with tqdm(total=len(train_loader.dataset), unit="img", desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-              disable=None if progress is None else not progress) as bar:
-        train_loss, train_acc, seen = _train_epoch(model, loss_fn, optimizer, train_loader, bar, graph_step, stop)
-    seconds = time.perf_counter() - started
-    val = evaluate(model, val_loader, loss_fn) if val_loader is not None else {"loss": None, "accuracy": None}
-    if scheduler is not None:
-        scheduler.step()
-    history.append(epoch=epoch + 1, train_loss=train_loss, train_accuracy=train_acc, val_loss=val["loss"],
+class _Run:
+    """What every epoch of one fit call shares (the arguments of fit)."""
+
+    def __init__(self, model, loss_fn, optimizer, train_loader, epochs, val_loader, scheduler, checkpoint_dir, every,
+                 progress, log, graph_step, meta, early_stopping, clip_grad_norm, csv_log):
+        self.__dict__.update(locals())
+        del self.__dict__["self"]
+
+    def epoch(self, history, epoch, stop, saved):
+        """One epoch: train, validate, step the scheduler, log, write checkpoints. Returns (the last
+        checkpoint file written, its epoch) and whether early stopping ended the run."""
+        best = history.best() if len(history) else None
+        lr = self.optimizer.param_groups[0]["lr"]
+        started = time.perf_counter()
+        with tqdm(total=len(self.train_loader.dataset), unit="img", desc=f"epoch {epoch + 1}/{self.epochs}",
+                  leave=False, disable=None if self.progress is None else not self.progress) as bar:
+            train_loss, train_acc, seen = _train_epoch(self.model, self.loss_fn, self.optimizer, self.train_loader, bar,
+                                                       self.graph_step, stop, self._after_step, self.clip_grad_norm)
+        seconds = time.perf_counter() - started
+        val = evaluate(self.model, self.val_loader, self.loss_fn) if self.val_loader is not None \
+            else {"loss": None, "accuracy": None}
+        row = dict(epoch=epoch + 1, train_loss=train_loss, train_accuracy=train_acc, val_loss=val["loss"],
                    val_accuracy=val["accuracy"], lr=lr, seconds=seconds, images_per_second=seen / seconds)
-    if log is not None:
-        text = f"epoch {epoch + 1:>3}/{epochs}  loss {train_loss:.4f}  acc {train_acc:.4f}"
-        if val["accuracy"] is not None:
-            text += f"  val_loss {val['loss']:.4f}  val_acc {val['accuracy']:.4f}"
-        log(text + f"  lr {lr:.3g}  {seconds:.1f}s  {seen / seconds:,.0f} img/s")
-    if checkpoint_dir is not None:
-        improved = val["accuracy"] is not None and (best is None or val["accuracy"] > best)
-        due = (epoch + 1) % every == 0 or epoch + 1 == epochs
-        if due or improved:
-            state = _capture(model, optimizer, scheduler, train_loader, epoch + 1, history, meta)
-            if due:
-                save(state, os.path.join(checkpoint_dir, "last.npz"))
-                saved = (os.path.join(checkpoint_dir, "last.npz"), epoch + 1)
-            if improved:
-                save(state, os.path.join(checkpoint_dir, "best.npz"))
-    return saved
+        self._step_scheduler_after_epoch(row)
+        history.append(**row)
+        stopped = self.early_stopping is not None and self.early_stopping.update(row, self.model)
+        if self.log is not None:
+            text = f"epoch {epoch + 1:>3}/{self.epochs}  loss {train_loss:.4f}  acc {train_acc:.4f}"
+            if val["accuracy"] is not None:
+                text += f"  val_loss {val['loss']:.4f}  val_acc {val['accuracy']:.4f}"
+            self.log(text + f"  lr {lr:.3g}  {seconds:.1f}s  {seen / seconds:,.0f} img/s")
+            if stopped:
+                es = self.early_stopping
+                self.log(f"early stopping: {es.monitor} has not improved for {es.wait} epochs (best {es.best:.4f} "
+                         f"at epoch {es.best_epoch})")
+        if self.csv_log is not None:
+            history.to_csv(self.csv_log)
+        if self.checkpoint_dir is not None:
+            improved = val["accuracy"] is not None and (best is None or val["accuracy"] > best)
+            due = (epoch + 1) % self.every == 0 or epoch + 1 == self.epochs or stopped
+            if due or improved:
+                state = _capture(self.model, self.optimizer, self.scheduler, self.train_loader, epoch + 1, history,
+                                 self.meta, self.early_stopping)
+                if due:
+                    save(state, os.path.join(self.checkpoint_dir, "last.npz"))
+                    saved = (os.path.join(self.checkpoint_dir, "last.npz"), epoch + 1)
+                if improved:
+                    save(state, os.path.join(self.checkpoint_dir, "best.npz"))
+        return saved, stopped
+
+    def _after_step(self):
+        """After each optimizer step: a per-batch scheduler."""
+        if self.scheduler is not None and self.scheduler.interval == "step":
+            self.scheduler.step()
+
+    def _step_scheduler_after_epoch(self, row):
+        from .optim.lr_scheduler import ReduceLROnPlateau
+        scheduler = self.scheduler
+        if scheduler is None or scheduler.interval != "epoch":
+            return
+        if isinstance(scheduler, ReduceLROnPlateau):
+            which = "val" if row["val_loss"] is not None else "train"
+            scheduler.step(row[f"{which}_accuracy" if scheduler.mode == "max" else f"{which}_loss"])
+        else:
+            scheduler.step()
 
 
 def _whole(name, value):
@@ -324,8 +388,9 @@ def _generators(model, loader):
     return found
 
 
-def _capture(model, optimizer, scheduler, loader, epoch, history, meta):
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+def _capture(model, optimizer, scheduler, loader, epoch, history, meta, early_stopping=None):
+    return {"early_stopping": early_stopping.state_dict() if early_stopping is not None else None,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "optimizer_class": type(optimizer).__name__,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "epoch": epoch, "history": history.rows, "rng": random.get_state(),
@@ -334,7 +399,7 @@ def _capture(model, optimizer, scheduler, loader, epoch, history, meta):
             "meta": dict(meta) if meta else {}}
 
 
-def _restore(state, model, optimizer, scheduler, loader, where="the checkpoint"):
+def _restore(state, model, optimizer, scheduler, loader, where="the checkpoint", early_stopping=None):
     """Everything the checkpoint holds back into the run, all or nothing: on any error the model,
     optimizer, scheduler and generators are as they were, and ValueError says what did not fit."""
     if not isinstance(state, dict):
@@ -367,6 +432,8 @@ def _restore(state, model, optimizer, scheduler, loader, where="the checkpoint")
                 g.bit_generator.state = _plain(saved_generators[name])
         if state.get("loader") is not None and hasattr(loader, "load_state_dict"):
             loader.load_state_dict({"rng": _plain(state["loader"]["rng"])})
+        if early_stopping is not None and state.get("early_stopping") is not None:
+            early_stopping.load_state_dict(state["early_stopping"])
     except (ValueError, KeyError, TypeError) as err:
         _rollback(before, model, optimizer, scheduler, loader, generators)
         raise ValueError(f"fit(resume=...): {where} does not fit this run (nothing was changed): {err}") from None

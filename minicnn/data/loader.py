@@ -3,12 +3,20 @@
 Datasets held as arrays (``dataset.data``, ``dataset.targets``) are sliced with one fancy index
 per batch, no Python loop per sample; other datasets (ImageFolder) are read item by item.
 uint8 images are scaled to [0, 1] after the transform; shuffling is reproducible with ``seed``.
+
+Each batch's random transforms draw from a generator of its own, made from the loader's seed, the
+epoch and the batch's number; so num_workers threads preparing batches ahead (decoding and
+augmenting; NumPy and Pillow let go of Python's lock meanwhile) deliver exactly the batches that
+num_workers=0 delivers, in the same order.
 """
+import collections
+import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .. import backend
+from .. import backend, random
 
 
 class DataLoader:
@@ -20,12 +28,21 @@ class DataLoader:
         transform: applied to each batch (N, C, H, W) before the float conversion.
         dtype: dtype of the image batches (float32, or float64 for exact comparisons).
         device: 'cpu' (default) or 'cuda' to deliver CuPy arrays.
+        num_workers: threads preparing batches ahead of training (0: prepared when asked for);
+            the batches are the same for any number.
+        prefetch_factor: batches each worker prepares ahead (torch's name; default 2).
+        pin_memory: accepted for torch's code; no effect (host arrays go to the GPU as they are).
     """
 
     def __init__(self, dataset, batch_size=64, shuffle=False, drop_last=False, seed=None, transform=None,
-                 dtype=np.float32, device="cpu"):
+                 dtype=np.float32, device="cpu", num_workers=0, prefetch_factor=2, pin_memory=False):
         if int(batch_size) < 1:
             raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
+        if isinstance(num_workers, bool) or int(num_workers) != num_workers or num_workers < 0:
+            raise ValueError(f"DataLoader: num_workers must be a whole number >= 0, got {num_workers!r}")
+        if int(prefetch_factor) < 1:
+            raise ValueError(f"DataLoader: prefetch_factor must be >= 1, got {prefetch_factor!r}")
+        self.num_workers, self.prefetch_factor = int(num_workers), int(prefetch_factor)
         if len(dataset) == 0:
             raise ValueError("DataLoader: the dataset is empty")
         self.dataset, self.batch_size = dataset, int(batch_size)
@@ -39,15 +56,45 @@ class DataLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):
+        batches = self._epoch_plan()
+        if self.num_workers == 0:
+            for indices, seed in batches:
+                yield self._deliver(*self._prepare(indices, seed))
+            return
+        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="minicnn-loader") as pool:
+            pending = collections.deque(pool.submit(self._prepare, *item)
+                                        for item in itertools.islice(batches, self.num_workers * self.prefetch_factor))
+            try:
+                while pending:
+                    images, labels = pending.popleft().result()        # a worker's error is raised here
+                    following = next(batches, None)
+                    if following is not None:
+                        pending.append(pool.submit(self._prepare, *following))
+                    yield self._deliver(images, labels)
+            finally:                                                   # stopped early: drop what is queued
+                for future in pending:
+                    future.cancel()
+
+    def _epoch_plan(self):
+        """(indices, seed) of each batch of one epoch, drawn from the loader's generator now."""
         n = len(self.dataset)
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            images, labels = self._fetch(order[start:start + self.batch_size])
+        epoch_seed = int(self.rng.integers(2 ** 63))
+        return ((order[start:start + self.batch_size], (epoch_seed, b))
+                for b, start in enumerate(range(0, len(self) * self.batch_size, self.batch_size)))
+
+    def _prepare(self, indices, seed):
+        """One batch on the host: fetch (decode), transform with the batch's generator, scale."""
+        with random.batch_generator(np.random.default_rng(seed)):
+            images, labels = self._fetch(indices)
             if self.transform is not None:
                 images = self.transform(images)
-            if images.dtype == np.uint8:
-                images = images.astype(self.dtype) / self.dtype.type(255)
-            yield self._to_device(np.ascontiguousarray(images, dtype=self.dtype)), self._to_device(labels)
+        if images.dtype == np.uint8:
+            images = images.astype(self.dtype) / self.dtype.type(255)
+        return np.ascontiguousarray(images, dtype=self.dtype), labels
+
+    def _deliver(self, images, labels):
+        return self._to_device(images), self._to_device(labels)
 
     def _fetch(self, indices):
         if hasattr(self.dataset, "data") and hasattr(self.dataset, "targets"):

@@ -5,6 +5,8 @@ kind; dtypes are kept (uint8 stays uint8, rounded) except by ToFloat. Random tra
 from minicnn's global generator (minicnn.manual_seed) unless given their own ``seed``.
 """
 
+import functools
+
 import numpy as np
 
 from .. import random
@@ -29,12 +31,15 @@ class Transform:
 
 
 class _Random(Transform):
+    """A transform that draws random numbers: inside a DataLoader from the batch's generator (so the
+    batches do not depend on num_workers), else from its own (seed=...) or minicnn's global one."""
+
     def __init__(self, seed=None):
         self._own_rng = None if seed is None else np.random.default_rng(seed)
 
     @property
     def rng(self):
-        return self._own_rng or random.get_rng()
+        return random.current_batch_generator() or self._own_rng or random.get_rng()
 
 
 class Compose(Transform):
@@ -152,9 +157,32 @@ class Resize(Transform):
     def apply(self, x):
         H, W = x.shape[2:]
         OH, OW = self.output_size(H, W)
-        rows, cols = _resize_weights(H, OH, self.antialias), _resize_weights(W, OW, self.antialias)
-        y = np.einsum("oh,nchw,pw->ncop", rows, x.astype(np.float64), cols, optimize=True)
+        y = _resample(x.astype(np.float64), *_resize_taps(H, OH, self.antialias), axis=2)
+        y = _resample(y, *_resize_taps(W, OW, self.antialias), axis=3)
         return _cast_like(y, x)
+
+
+def _resample(x, index, weight, axis):
+    """Along one axis: output i = sum over k of weight[i, k] * x[index[i, k]] (a few taps each; no
+    BLAS call, so loader threads never race minicnn's BLAS thread settings)."""
+    picked = np.take(x, index, axis=axis)                    # the axis becomes (out, taps)
+    shape = [1] * x.ndim + [1]
+    shape[axis], shape[axis + 1] = weight.shape
+    return (picked * weight.reshape(shape)).sum(axis=axis + 1)
+
+
+@functools.lru_cache(maxsize=64)                           # a folder's images share a few sizes
+def _resize_taps(size, out, antialias):
+    """The nonzero weights of each output position: index (out, K) and weight (out, K), padded
+    with weight 0."""
+    weights = _resize_weights(size, out, antialias)
+    taps = max(int((weights != 0).sum(axis=1).max()), 1)
+    index, weight = np.zeros((out, taps), np.int64), np.zeros((out, taps))
+    for i, row in enumerate(weights):
+        nonzero = np.flatnonzero(row)
+        index[i, :len(nonzero)], weight[i, :len(nonzero)] = nonzero, row[nonzero]
+    index.flags.writeable = weight.flags.writeable = False
+    return index, weight
 
 
 def _resize_weights(size, out, antialias):

@@ -8,7 +8,13 @@ from .. import backend
 from ..nn.module import Parameter
 
 
+# Entries a learning-rate scheduler adds to a parameter group (torch's names), kept in its state dict
+SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
+
+
 class Optimizer:
+    """Base: param_groups (dicts of 'params' and hyper-parameters), per-parameter state, zero_grad(),
+    step(), state_dict()/load_state_dict() in torch's layout. Subclasses give the update."""
     def __init__(self, params, defaults):
         params = list(params)
         if not params:
@@ -93,7 +99,7 @@ class Optimizer:
         saved_state = {int(k): v for k, v in state_dict["state"].items()}
         settings, new_state = [], {}
         for group, saved in zip(self.param_groups, groups):
-            hyper = {k: v for k, v in saved.items() if k not in ("params", "initial_lr")}
+            hyper = {k: v for k, v in saved.items() if k != "params" and k not in SCHEDULER_KEYS}
             if set(hyper) != set(self.defaults):
                 raise ValueError(f"{name}.load_state_dict: the state was saved by another optimizer (hyper-parameters "
                                  f"{sorted(hyper)}; {name} has {sorted(self.defaults)})")
