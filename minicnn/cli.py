@@ -1,4 +1,4 @@
-"""The ``minicnn`` command: train, evaluate, predict, gradcheck, info.
+"""The ``minicnn`` command: train, evaluate, predict, export, lr-find, gradcheck, info.
 
     minicnn train --model lenet --dataset mnist --epochs 3
 Errors in what the user typed (unknown names, missing files, bad values) print one line and
@@ -6,6 +6,7 @@ exit with status 2; no traceback.
 """
 import argparse
 import datetime
+import glob
 import math
 import os
 import platform
@@ -26,7 +27,25 @@ class UsageError(Exception):
     pass
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """--help lines end with the default, where there is one (not None or False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class Parser(argparse.ArgumentParser):
+    """Usage errors raise UsageError (one line, exit 2); no abbreviations (--epoch is not --epochs);
+    --help shows every default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
         raise UsageError(message)
 
@@ -65,32 +84,40 @@ def build_parser():
 
     t = sub.add_parser("train", help="train a model on MNIST or Fashion-MNIST")
     t.add_argument("--model", default="lenet", help="one of: " + ", ".join(
-        name for name, cls in MODEL_CLASSES().items() if cls.input_shape == (1, 28, 28)))
+        f"{name} ({cls.__name__})" for name, cls in MODEL_CLASSES().items()))
     t.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist")
-    t.add_argument("--epochs", type=positive_int, default=3)
-    t.add_argument("--batch-size", type=positive_int, default=32)
-    t.add_argument("--optimizer", default="sgd", help="sgd (momentum 0.9), adam or adamw")
-    t.add_argument("--lr", type=positive_float, default=None, help="default: 0.02 for sgd, 1e-3 for adam")
-    t.add_argument("--weight-decay", type=nonnegative_float, default=0.0)
-    t.add_argument("--label-smoothing", type=fraction, default=0.1, help="cross-entropy target smoothing in [0, 1)")
-    t.add_argument("--scheduler", default="cosine", help="cosine, step or none")
+    t.add_argument("--epochs", type=positive_int, default=3, help="passes over the training images")
+    t.add_argument("--batch-size", type=positive_int, default=32, help="images per step")
+    t.add_argument("--optimizer", default="sgd", help="sgd (Nesterov momentum 0.9), adam or adamw")
+    t.add_argument("--lr", type=positive_float, default=None, help="learning rate (the peak for onecycle); "
+                   "default: 0.02 for sgd, 1e-3 for adam and adamw")
+    t.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="L2 penalty (decoupled for adamw)")
+    t.add_argument("--label-smoothing", type=fraction, default=0.1,
+                   help="cross-entropy target smoothing in [0, 1) for training (test loss is reported without it)")
+    t.add_argument("--scheduler", default="cosine", help="cosine, step (x0.1 every third of the epochs), onecycle "
+                   "(per batch), plateau (x0.1 when the validation loss stalls 2 epochs) or none")
     t.add_argument("--augment", action="store_true", help="random shifts of up to 2 pixels")
-    t.add_argument("--val-split", type=fraction, default=0.0, help="fraction of the training set held out")
+    t.add_argument("--val-split", type=fraction, default=0.1, help="fraction of the training images held out for "
+                   "validation (choosing best.npz, early stopping); 0: no validation, the test set is never used for it")
+    t.add_argument("--early-stopping", type=positive_int, default=None, metavar="PATIENCE",
+                   help="stop when the validation loss has not improved for PATIENCE epochs; keep the best weights")
+    t.add_argument("--clip-grad-norm", type=positive_float, default=None, help="clip the gradients' total norm to this")
     t.add_argument("--train-limit", type=positive_int, default=None, help="use only the first N training images")
     t.add_argument("--test-limit", type=positive_int, default=None, help="use only the first N test images")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seeds the weights, the shuffling and the augmentation")
     t.add_argument("--every", type=positive_int, default=1, help="checkpoint every N epochs")
     t.add_argument("--resume", default=None, help="continue an earlier run: its folder, or its checkpoints/last.npz or best.npz")
     t.add_argument("--init-from", default=None, help="start from the weights of a model file or checkpoint (a new run)")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--cuda-graph", action="store_true", help="on cuda: replay each training step as one CUDA graph")
-    t.add_argument("--data", default=None, help="folder holding the dataset files")
+    t.add_argument("--data", default=None, help="folder holding mnist/ and fashion-mnist/ (as MINICNN_DATA; a dataset's "
+                   "own folder works too); default: MINICNN_DATA, the cache, then download")
     t.add_argument("--out", default=None, help="run folder (default runs/MODEL-DATASET-TIME); refused if it holds a run")
     t.add_argument("--overwrite", action="store_true", help="let --out replace the run already in that folder")
 
     e = sub.add_parser("evaluate", help="test accuracy of a run folder or checkpoint")
     e.add_argument("checkpoint", help="a run folder, its model.npz, or checkpoints/last.npz or best.npz")
-    e.add_argument("--data", default=None)
+    e.add_argument("--data", default=None, help="folder holding mnist/ and fashion-mnist/ (as MINICNN_DATA)")
 
     x = sub.add_parser("export", help="write a run's model as ONNX or safetensors (pip install 'minicnn[export]')")
     x.add_argument("checkpoint", help="a run folder, its model.npz, or checkpoints/last.npz or best.npz")
@@ -98,13 +125,30 @@ def build_parser():
     x.add_argument("--out", default=None, help="the file to write (default: beside the checkpoint, model.onnx or model.safetensors)")
 
     p = sub.add_parser("predict", help="classify images and write id,label CSV")
-    p.add_argument("checkpoint")
-    p.add_argument("images", help="an IDX image file (.gz or raw), a .npy array (N, 28, 28) or (N, 1, 28, 28), or a folder of PNG/JPEG images")
+    p.add_argument("checkpoint", help="a run folder, its model.npz, or checkpoints/last.npz or best.npz")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...: any size or mode, converted to 28x28 "
+                   "grayscale), folders of them, glob patterns ('digits/*.png'), IDX image files (.gz or raw) or .npy "
+                   "arrays (N, 28, 28) uint8")
     p.add_argument("--csv", default=None, help="output CSV (default: print to stdout)")
+    p.add_argument("--invert", action="store_true", help="invert the images (dark ink on light paper)")
+
+    f = sub.add_parser("lr-find", help="learning-rate range test: loss against an exponentially growing rate, plotted")
+    f.add_argument("--model", default="lenet", help="one of: " + ", ".join(MODEL_CLASSES()))
+    f.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist")
+    f.add_argument("--optimizer", default="sgd", help="sgd (Nesterov momentum 0.9), adam or adamw")
+    f.add_argument("--batch-size", type=positive_int, default=32, help="images per step")
+    f.add_argument("--label-smoothing", type=fraction, default=0.1, help="as in train")
+    f.add_argument("--start-lr", type=positive_float, default=1e-6, help="the first rate tried")
+    f.add_argument("--end-lr", type=positive_float, default=10.0, help="the last rate tried")
+    f.add_argument("--iters", type=positive_int, default=100, help="batches to try")
+    f.add_argument("--train-limit", type=positive_int, default=None, help="use only the first N training images")
+    f.add_argument("--seed", type=int, default=0, help="seeds the weights and the shuffling")
+    f.add_argument("--data", default=None, help="folder holding mnist/ and fashion-mnist/ (as MINICNN_DATA)")
+    f.add_argument("--out", default="lr-find.png", help="the plot to write")
 
     g = sub.add_parser("gradcheck", help="numerical gradient check of the layers or of a model")
-    g.add_argument("--model", default=None)
-    g.add_argument("--entries", type=positive_int, default=10)
+    g.add_argument("--model", default=None, help="check a whole model instead of each layer")
+    g.add_argument("--entries", type=positive_int, default=10, help="entries checked per gradient")
 
     sub.add_parser("info", help="versions, backends and devices")
     return parser
@@ -117,16 +161,13 @@ def cmd_train(args):
     from minicnn import data, train
 
     model_name, dataset_name = args.model.lower(), args.dataset.lower().replace("_", "-")
-    model_cls = mc.models.get_model_class(model_name)
-    dataset_cls = data.get_dataset_class(dataset_name)
-    if model_cls.input_shape != (1, 28, 28):
-        raise ValueError(f"model {args.model!r} expects {model_cls.input_shape} images, not {dataset_name}'s (1, 28, 28)")
-    if args.optimizer.lower() not in DEFAULT_LR:
-        raise ValueError(f"unknown optimizer {args.optimizer!r}; choose sgd, adam or adamw")
-    if args.scheduler.lower() not in ("cosine", "step", "none"):
-        raise ValueError(f"unknown scheduler {args.scheduler!r}; choose cosine, step or none")
+    model_cls, dataset_cls = _model_and_dataset(model_name, dataset_name, args.optimizer)
+    if args.scheduler.lower() not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {args.scheduler!r}; choose {', '.join(SCHEDULERS)}")
     if args.cuda_graph and args.device == "cpu":
         raise ValueError("--cuda-graph needs --device cuda")
+    if args.early_stopping and not args.val_split:
+        raise ValueError("--early-stopping watches the validation loss: give --val-split > 0")
 
     mc.manual_seed(args.seed)
     model = model_cls()                                     # built after seeding: reproducible weights
@@ -138,47 +179,34 @@ def cmd_train(args):
         model.load_state_dict(_weights_of(args.init_from))
     if args.device != "cpu":
         model.to(args.device)
-    train_set = dataset_cls(root=args.data, train=True)
-    test_set = dataset_cls(root=args.data, train=False)
-    if args.train_limit:
-        train_set = data.Subset(train_set, np.arange(min(args.train_limit, len(train_set))))
-    if args.test_limit:
-        test_set = data.Subset(test_set, np.arange(min(args.test_limit, len(test_set))))
-    val_set = None
-    if args.val_split:
-        n_val = int(len(train_set) * args.val_split)
-        if n_val < 1 or len(train_set) - n_val < args.batch_size:
-            raise ValueError(f"--val-split {args.val_split:g} of {len(train_set):,} images leaves {n_val:,} for validation "
-                             f"and {len(train_set) - n_val:,} for training; each needs at least one image, training at "
-                             f"least one batch ({args.batch_size})")
-        train_set, val_set = data.random_split(train_set, [len(train_set) - n_val, n_val], seed=args.seed)
+    train_set, val_set, test_set = _datasets(args, dataset_cls)
     mean, std = dataset_cls.mean, dataset_cls.std
     normalize = data.Compose([data.ToFloat(), data.Normalize(mean, std)])
     train_tf = data.Compose([data.RandomCrop(28, padding=2), normalize]) if args.augment else normalize
     loader = data.DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed, transform=train_tf, device=args.device)
     test_loader = data.DataLoader(test_set, 1000, transform=normalize, device=args.device)
-    val_loader = data.DataLoader(val_set, 1000, transform=normalize, device=args.device) if val_set else test_loader
+    val_loader = data.DataLoader(val_set, 1000, transform=normalize, device=args.device) if val_set else None
 
     lr = args.lr or DEFAULT_LR[args.optimizer.lower()]
-    if args.optimizer.lower() == "sgd":
-        opt = mc.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
-    else:
-        cls = mc.optim.Adam if args.optimizer.lower() == "adam" else mc.optim.AdamW
-        opt = cls(model.parameters(), lr=lr, weight_decay=args.weight_decay)
-    scheduler = {"cosine": lambda: mc.optim.CosineAnnealingLR(opt, args.epochs),
-                 "step": lambda: mc.optim.StepLR(opt, max(1, args.epochs // 3), 0.1),
-                 "none": lambda: None}[args.scheduler.lower()]()
+    opt = _optimizer(mc, args.optimizer, model, lr, args.weight_decay)
+    scheduler = _scheduler(mc, args.scheduler.lower(), opt, args.epochs, len(loader), lr)
+    early = train.EarlyStopping("val_loss", patience=args.early_stopping) if args.early_stopping else None
 
+    smoothing = f" with label smoothing {args.label_smoothing:g}" if args.label_smoothing else ""
     print(f"minicnn {mc.__version__}: training {type(model).__name__} ({model.num_parameters():,} parameters) on "
-          f"{dataset_name} ({len(train_set):,} train / {len(test_set):,} test images), {args.optimizer} lr {lr:g}, "
-          f"batch {args.batch_size}, label smoothing {args.label_smoothing:g}, {args.epochs} epochs, backend {mc.backend.get_backend() if args.device == 'cpu' else 'cupy'}")
+          f"{dataset_name}, {args.optimizer} lr {lr:g}, {args.scheduler} schedule, batch {args.batch_size}, "
+          f"{args.epochs} epochs, backend {mc.backend.get_backend() if args.device == 'cpu' else 'cupy'}")
+    print(f"  train: {len(train_set):,} images (loss{smoothing}); "
+          + (f"validation: {len(val_set):,} images held out of the training set (val_loss{smoothing}, chooses "
+             f"best.npz); " if val_set else "no validation (--val-split 0); ")
+          + f"test: {len(test_set):,} images, scored once at the end (loss without smoothing)")
     started = time.perf_counter()
     meta = {"model": model_name, "dataset": dataset_name, "normalize": [mean, std],
             "classes": list(train_set.classes), "epochs": args.epochs}
     history = train.fit(model, mc.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), opt, loader, args.epochs,
-                        val_loader=val_loader,
-                        scheduler=scheduler, checkpoint_dir=os.path.join(out, "checkpoints"), every=args.every,
-                        resume=resume, cuda_graph=args.cuda_graph, meta=meta)
+                        val_loader=val_loader, scheduler=scheduler, checkpoint_dir=os.path.join(out, "checkpoints"),
+                        every=args.every, resume=resume, cuda_graph=args.cuda_graph, meta=meta, early_stopping=early,
+                        clip_grad_norm=args.clip_grad_norm, csv_log=os.path.join(out, "history.csv"))
     wall = time.perf_counter() - started
     test = train.evaluate(model, test_loader, mc.nn.CrossEntropyLoss())
 
@@ -186,17 +214,75 @@ def cmd_train(args):
     mc.save({"model": model.to("cpu").state_dict(), "meta": meta}, os.path.join(out, "model.npz"))
     history.to_json(os.path.join(out, "history.json"))
     history.to_csv(os.path.join(out, "history.csv"))
-    _write_plots(model, test_set, normalize, history, out, meta)
-    print(f"test accuracy {test['accuracy']:.2%} (loss {test['loss']:.4f}) after {args.epochs} epochs in {wall:.1f}s; "
-          f"run folder {out}")
+    labels = {"train": f"train ({len(train_set):,} images{smoothing})",
+              "val": f"validation ({len(val_set):,} held-out training images{smoothing})" if val_set else "validation"}
+    _write_plots(model, test_set, normalize, history, out, meta, labels)
+    best = (f"; best validation accuracy {history.best():.2%} (epoch "
+            f"{history.val_accuracy.index(history.best()) + 1})" if val_set else "")
+    print(f"test accuracy {test['accuracy']:.2%} (test loss {test['loss']:.4f}, without smoothing) after "
+          f"{len(history)} epochs in {wall:.1f}s{best}; run folder {out}")
     return 0
 
 
-def _write_plots(model, test_set, normalize, history, out, meta):
+SCHEDULERS = ("cosine", "step", "onecycle", "plateau", "none")
+
+
+def _model_and_dataset(model_name, dataset_name, optimizer):
+    import minicnn as mc
+    from minicnn import data
+    model_cls = mc.models.get_model_class(model_name)
+    dataset_cls = data.get_dataset_class(dataset_name)
+    if model_cls.input_shape != (1, 28, 28):
+        raise ValueError(f"model {model_name!r} expects {model_cls.input_shape} images, not {dataset_name}'s (1, 28, 28)")
+    if optimizer.lower() not in DEFAULT_LR:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose sgd, adam or adamw")
+    return model_cls, dataset_cls
+
+
+def _datasets(args, dataset_cls):
+    """(train, validation or None, test) with --train-limit, --test-limit and --val-split applied."""
+    from minicnn import data
+    train_set = dataset_cls(root=args.data, train=True)
+    test_set = dataset_cls(root=args.data, train=False)
+    if args.train_limit:
+        train_set = data.Subset(train_set, np.arange(min(args.train_limit, len(train_set))))
+    if args.test_limit:
+        test_set = data.Subset(test_set, np.arange(min(args.test_limit, len(test_set))))
+    if not args.val_split:
+        return train_set, None, test_set
+    n_val = int(len(train_set) * args.val_split)
+    if n_val < 1 or len(train_set) - n_val < args.batch_size:
+        raise ValueError(f"--val-split {args.val_split:g} of {len(train_set):,} images leaves {n_val:,} for validation "
+                         f"and {len(train_set) - n_val:,} for training; each needs at least one image, training at "
+                         f"least one batch ({args.batch_size})")
+    train_set, val_set = data.random_split(train_set, [len(train_set) - n_val, n_val], seed=args.seed)
+    return train_set, val_set, test_set
+
+
+def _optimizer(mc, name, model, lr, weight_decay):
+    if name.lower() == "sgd":
+        return mc.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    cls = mc.optim.Adam if name.lower() == "adam" else mc.optim.AdamW
+    return cls(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def _scheduler(mc, name, opt, epochs, steps_per_epoch, lr):
+    if name == "cosine":
+        return mc.optim.CosineAnnealingLR(opt, epochs)
+    if name == "step":
+        return mc.optim.StepLR(opt, max(1, epochs // 3), 0.1)
+    if name == "onecycle":
+        return mc.optim.OneCycleLR(opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    if name == "plateau":
+        return mc.optim.ReduceLROnPlateau(opt, patience=2)
+    return None
+
+
+def _write_plots(model, test_set, normalize, history, out, meta, curve_labels=None):
     from minicnn import plot, train
     _, predicted = train.predict(model, normalize(test_set.data))
     plot.save_run_plots(model, history, test_set.data, test_set.targets, predicted, meta["classes"], out,
-                        title=f"{meta['model']} on {meta['dataset']}")
+                        title=f"{meta['model']} on {meta['dataset']}", curve_labels=curve_labels)
 
 
 # ------------------------------------------------------------------ evaluate / predict
@@ -298,38 +384,83 @@ def cmd_export(args):
     return 0
 
 
-def _read_images(path):
+def _read_images(paths, invert=False):
+    """(N, 1, 28, 28) uint8 images and their ids from IDX files, .npy arrays, image files, folders of
+    images and glob patterns; photos of any size or mode become 28x28 grayscale (a sentence on
+    stderr says how)."""
     from minicnn import data
-    if os.path.isdir(path):
-        folder = sorted(f for f in os.listdir(path) if f.lower().endswith(data.folder.EXTENSIONS))
-        if not folder:
-            raise FileNotFoundError(f"{path}: no PNG/JPEG images in the folder")
-        from PIL import Image
-        images = []
-        for name in folder:
-            with Image.open(os.path.join(path, name)) as im:
-                images.append(np.asarray(im.convert("L").resize((28, 28))))
-        return np.stack(images)[:, None], [os.path.splitext(f)[0] for f in folder]
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file or folder")
-    if path.endswith(".npy"):
-        images = np.load(path, allow_pickle=False)
-    else:
-        images = data.read_idx(path, expected_ndim=3)
-    if images.ndim == 3:
-        images = images[:, None]
-    if images.ndim != 4 or images.shape[1:] != (1, 28, 28):
-        raise ValueError(f"{path}: expected images (N, 28, 28) or (N, 1, 28, 28), got {images.shape}")
-    return images, [str(i + 1) for i in range(len(images))]
+    arrays, ids, photos = [], [], []
+    for path in paths:
+        matches = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
+        if not matches:
+            raise FileNotFoundError(f"{path}: no file matches")
+        for match in matches:
+            if os.path.isdir(match):
+                found = sorted(f for f in os.listdir(match) if f.lower().endswith(data.folder.EXTENSIONS))
+                if not found:
+                    raise FileNotFoundError(f"{match}: no images ({', '.join(data.folder.EXTENSIONS)}) in the folder")
+                photos += [os.path.join(match, f) for f in found]
+            elif not os.path.exists(match):
+                raise FileNotFoundError(f"{match}: no such file or folder")
+            elif match.lower().endswith(data.folder.EXTENSIONS):
+                photos.append(match)
+            else:
+                images = np.load(match, allow_pickle=False) if match.endswith(".npy") else data.read_idx(match, expected_ndim=3)
+                images = images[:, None] if images.ndim == 3 else images
+                if images.ndim != 4 or images.shape[1:] != (1, 28, 28) or images.dtype != np.uint8:
+                    raise ValueError(f"{match}: expected uint8 images (N, 28, 28) or (N, 1, 28, 28), got "
+                                     f"{images.dtype} {images.shape}")
+                arrays.append(images)
+                stem = os.path.basename(match) if len(paths) + len(matches) > 2 else ""
+                ids += [f"{stem}:{i + 1}" if stem else str(i + 1) for i in range(len(images))]
+    if photos:
+        images, described = _photos_as_digits(photos)
+        arrays.append(images)
+        ids += [os.path.splitext(os.path.basename(p))[0] for p in photos]
+        print(f"minicnn: {len(photos)} image file(s) ({described}) converted as for training: grayscale, padded "
+              "to a square with their border colour, resized to 28x28" + (", inverted" if invert else ""),
+              file=sys.stderr)
+        if not invert and images.mean() > 127:
+            print("minicnn: these images are mostly light; MNIST digits are light on dark: pass --invert for dark "
+                  "ink on light paper", file=sys.stderr)
+    images = np.concatenate(arrays)
+    return (255 - images if invert else images), ids
+
+
+def _photos_as_digits(paths):
+    """Image files as (N, 1, 28, 28) uint8 grayscale, and a short description of what they were."""
+    from PIL import Image, UnidentifiedImageError
+
+    from minicnn import data
+    out, kinds = [], {}
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                kinds[f"{image.width}x{image.height} {image.mode}"] = True
+                gray = np.asarray(image.convert("L"))
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+            raise ValueError(f"{path}: cannot read the image: {err}") from None
+        h, w = gray.shape
+        side = max(h, w)
+        border = int(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
+        square = np.full((side, side), border, np.uint8)
+        top, left = (side - h) // 2, (side - w) // 2
+        square[top:top + h, left:left + w] = gray
+        out.append(data.Resize((28, 28))(square[None]))
+    described = ", ".join(list(kinds)[:3]) + (", ..." if len(kinds) > 3 else "")
+    return np.stack(out), described
 
 
 def cmd_predict(args):
     from minicnn import data, train
     model, meta = _load_run(args.checkpoint)
-    images, ids = _read_images(args.images)
+    images, ids = _read_images(args.images, args.invert)
     x = data.Compose([data.ToFloat(), data.Normalize(*meta["normalize"])])(images)
     _, classes = train.predict(model, x)
+    names = meta.get("classes")
     lines = ["id,label"] + [f"{i},{c}" for i, c in zip(ids, classes)]
+    if names and names != [str(k) for k in range(len(names))]:
+        lines = ["id,label,class"] + [f"{i},{c},{names[c]}" for i, c in zip(ids, classes)]
     text = "\n".join(lines) + "\n"
     if args.csv:
         from minicnn.checkpoint import atomic_write_bytes
@@ -337,6 +468,35 @@ def cmd_predict(args):
         print(f"wrote {len(ids)} predictions to {args.csv}")
     else:
         sys.stdout.write(text)
+    return 0
+
+
+# ------------------------------------------------------------------ lr-find
+
+def cmd_lr_find(args):
+    import minicnn as mc
+    from minicnn import data, plot, train
+    model_cls, dataset_cls = _model_and_dataset(args.model.lower(), args.dataset.lower().replace("_", "-"),
+                                                args.optimizer)
+    mc.manual_seed(args.seed)
+    model = model_cls()
+    train_set = dataset_cls(root=args.data, train=True)
+    if args.train_limit:
+        train_set = data.Subset(train_set, np.arange(min(args.train_limit, len(train_set))))
+    normalize = data.Compose([data.ToFloat(), data.Normalize(dataset_cls.mean, dataset_cls.std)])
+    loader = data.DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed, transform=normalize)
+    opt = _optimizer(mc, args.optimizer, model, args.start_lr, 0.0)
+    result = train.lr_find(model, mc.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), opt, loader,
+                           args.start_lr, args.end_lr, args.iters)
+    plot.lr_finder(result, args.out, title=f"{model_cls.__name__} on {args.dataset}, {args.optimizer}, "
+                                           f"batch {args.batch_size}")
+    tried = f"{len(result.lrs)} batches from {result.lrs[0]:.1e} to {result.lrs[-1]:.1e}"
+    end = " (stopped: the loss diverged)" if result.stopped_early else ""
+    if result.suggestion is None:
+        print(f"tried {tried}{end}: the loss never fell; try a larger --end-lr or more --iters. Plot: {args.out}")
+    else:
+        print(f"tried {tried}{end}; the loss falls fastest at lr {result.suggestion:.2g} (a good start; often "
+              f"up to 10x below the rate where it diverges). Plot: {args.out}")
     return 0
 
 
@@ -406,7 +566,7 @@ def _interrupted(err):
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
-            "gradcheck": cmd_gradcheck, "info": cmd_info}
+            "lr-find": cmd_lr_find, "gradcheck": cmd_gradcheck, "info": cmd_info}
 
 
 def main(argv=None):
@@ -416,8 +576,7 @@ def main(argv=None):
     except UsageError as err:
         print(f"minicnn: error: {err} (see minicnn --help)", file=sys.stderr)
     except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError) as err:
-        message = str(err).strip().replace("\n", " ")
-        print(f"minicnn: error: {message}", file=sys.stderr)
+        print(f"minicnn: error: {str(err).strip()}", file=sys.stderr)
     except FloatingPointError as err:                 # the loss diverged: a fact about the run, not a usage error
         print(f"minicnn: {err}", file=sys.stderr)
         return 1

@@ -151,3 +151,21 @@ def save_run_plots(model, history, images, labels, predicted, class_names, out, 
     first_conv = next((m for m in model.modules() if type(m).__name__ == "Conv2d"), None)
     if first_conv is not None:
         filters(first_conv.weight.data, os.path.join(out, "filters.png"))
+
+
+def lr_finder(result, path, title="Learning-rate range test"):
+    """Loss against learning rate (log axis), raw and smoothed, with the suggested rate marked."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(result.lrs, result.losses, color="0.75", label="loss per batch")
+    ax.plot(result.lrs, result.smoothed, color="tab:blue", label="smoothed")
+    if result.suggestion is not None:
+        ax.axvline(result.suggestion, color="tab:red", linestyle="--", label=f"steepest fall: {result.suggestion:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    finite = [v for v in result.smoothed if np.isfinite(v)]
+    if finite:
+        ax.set_ylim(min(finite) * 0.9, min(max(finite), 3 * finite[0]) * 1.1)
+    ax.legend()
+    ax.set_title(title)
+    _save(fig, path)

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from . import backend, random
 from .checkpoint import atomic_write_bytes, load, save
 from .early_stopping import EarlyStopping  # noqa: F401  (minicnn.train.EarlyStopping)
+from .lr_finder import LRFinderResult, lr_find  # noqa: F401  (minicnn.train.lr_find)
 from .nn.module import no_grad
 from .optim.clip import clip_grad_norm_
 

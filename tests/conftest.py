@@ -16,6 +16,13 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "data: needs the MNIST files (MINICNN_DATA)")
 
 
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """No test may download: datasets that are not found raise instead (tests of the downloader
+    serve the files from a local server and lift this)."""
+    monkeypatch.setenv("MINICNN_OFFLINE", "1")
+
+
 @pytest.fixture(params=["numpy", "numba"])
 def cpu_backend(request):
     """Run the test once per CPU backend; a backend that cannot load is skipped with the reason."""

@@ -169,6 +169,7 @@ def local_mnist(url, root):
 
 def test_download_verifies_and_caches(server, tmp_path, monkeypatch):
     monkeypatch.delenv("MINICNN_DATA", raising=False)
+    monkeypatch.delenv("MINICNN_OFFLINE")
     url, root = server
     cls = local_mnist(url, root)
     ds = cls(train=True, progress=False)
@@ -181,6 +182,7 @@ def test_download_verifies_and_caches(server, tmp_path, monkeypatch):
 
 def test_corrupt_download_leaves_nothing(server, tmp_path, monkeypatch):
     monkeypatch.delenv("MINICNN_DATA", raising=False)
+    monkeypatch.delenv("MINICNN_OFFLINE")
     url, root = server
     cls = local_mnist(url, root)
     (root / FILES[0]).write_bytes(b"\x1f\x8b corrupted on the server")
@@ -191,6 +193,7 @@ def test_corrupt_download_leaves_nothing(server, tmp_path, monkeypatch):
 
 def test_dropped_connection_leaves_nothing(server, tmp_path, monkeypatch):
     monkeypatch.delenv("MINICNN_DATA", raising=False)
+    monkeypatch.delenv("MINICNN_OFFLINE")
     url, root = server
     Handler.drop = {FILES[0]}
     with pytest.raises(FileNotFoundError, match="downloading failed"):

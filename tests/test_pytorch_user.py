@@ -141,3 +141,115 @@ def test_normalize_inplace_writes_into_the_given_array():
     y = np.full((1, 1, 2, 2), 3.0, np.float32)
     data.Normalize(1.0, 2.0)(y)
     assert np.all(y == 3.0)
+
+
+# ------------------------------------------------------------------ the CLI
+
+from minicnn.cli import main as cli  # noqa: E402
+from test_data import write_small_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """A folder laid out as MINICNN_DATA: data_root/mnist/ holds tiny generated IDX files."""
+    root = tmp_path_factory.mktemp("data")
+    write_small_dataset(root / "mnist", n=80)
+    return root
+
+
+def test_cli_refuses_abbreviated_options(data_root, capsys):
+    assert cli(["train", "--data", str(data_root), "--epoch", "1"]) == 2
+    assert "--epoch" in capsys.readouterr().err
+
+
+def test_cli_help_shows_defaults_and_every_model(capsys):
+    with pytest.raises(SystemExit):
+        cli(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 3)" in text and "(default: 0.1)" in text
+    for name in mc.models.MODELS:
+        assert name in text, name
+
+
+def test_cli_data_is_the_folder_minicnn_data_names(data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MINICNN_DATA", raising=False)
+    monkeypatch.setenv("MINICNN_CACHE", str(tmp_path / "cache"))
+    for given in (data_root, data_root / "mnist"):                  # the parent, or the dataset's own folder
+        assert cli(["train", "--data", str(given), "--epochs", "1", "--batch-size", "16", "--out",
+                    str(tmp_path / given.name)]) == 0
+    capsys.readouterr()
+    assert cli(["evaluate", str(tmp_path / "mnist"), "--data", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "looked in\n" in err                                   # line breaks kept
+    for place in (tmp_path / "nowhere" / "mnist", tmp_path / "nowhere", tmp_path / "cache" / "mnist"):
+        assert f"\n    {place}\n" in err, place
+
+
+def test_cli_validation_is_held_out_of_training_by_default(data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(["train", "--data", str(data_root), "--epochs", "2", "--batch-size", "16", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "train: 72 images" in printed and "validation: 8 images held out of the training set" in printed
+    assert "test: 80 images, scored once at the end (loss without smoothing)" in printed
+    assert (out / "checkpoints" / "best.npz").exists()
+    assert cli(["train", "--data", str(data_root), "--epochs", "1", "--batch-size", "16", "--val-split", "0",
+                "--out", str(tmp_path / "noval")]) == 0
+    assert "no validation" in capsys.readouterr().out
+    assert not (tmp_path / "noval" / "checkpoints" / "best.npz").exists()
+    assert cli(["train", "--data", str(data_root), "--epochs", "1", "--val-split", "0", "--early-stopping", "2",
+                "--out", str(tmp_path / "x")]) == 2
+    assert "--val-split" in capsys.readouterr().err
+
+
+def test_cli_early_stopping_onecycle_and_clipping(data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(["train", "--data", str(data_root), "--epochs", "3", "--batch-size", "16", "--scheduler", "onecycle",
+                "--early-stopping", "1", "--clip-grad-norm", "1.0", "--val-split", "0.25", "--out", str(out)]) == 0
+    rows = (out / "history.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,") and 2 <= len(rows) - 1 <= 3
+
+
+def test_cli_predict_takes_photos_of_any_size_and_mode(data_root, tmp_path, capsys):
+    from PIL import Image
+    run = tmp_path / "run"
+    assert cli(["train", "--data", str(data_root), "--epochs", "1", "--batch-size", "16", "--out", str(run)]) == 0
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 40), (250, 250, 250)).save(photos / "wide.png")
+    Image.new("L", (20, 90), 255).save(photos / "tall.jpg")
+    Image.new("RGBA", (28, 28), (0, 0, 0, 255)).save(photos / "dark.png")
+    capsys.readouterr()
+    assert cli(["predict", str(run), str(photos / "wide.png")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == "id,label" and captured.out.splitlines()[1].startswith("wide,")
+    assert "converted" in captured.err and "64x40 RGB" in captured.err and "--invert" in captured.err
+    assert cli(["predict", str(run), str(photos / "*.png"), str(photos / "tall.jpg"), "--invert"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["dark", "wide", "tall"]
+    assert cli(["predict", str(run), str(photos)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
+    assert cli(["predict", str(run), str(photos / "*.gif")]) == 2
+    assert "no file matches" in capsys.readouterr().err
+
+
+def test_cli_lr_find_plots_and_suggests(data_root, tmp_path, capsys):
+    out = tmp_path / "lr.png"
+    assert cli(["lr-find", "--data", str(data_root), "--batch-size", "16", "--iters", "30", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.exists() and "tried" in printed and ("falls fastest at lr" in printed or "never fell" in printed)
+
+
+def test_lr_find_puts_everything_back():
+    mc.manual_seed(0)
+    net = mc.models.LeNet(num_classes=4)
+    from test_train import toy_problem
+    loader = data.DataLoader(toy_problem(64), 16, shuffle=True, seed=0)
+    opt = mc.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    before, rng, loader_state = net.state_dict(), mc.random.get_state(), loader.state_dict()
+    result = mc.train.lr_find(net, nn.CrossEntropyLoss(), opt, loader, 1e-5, 1.0, num_iter=20)
+    assert len(result.lrs) <= 20 and result.lrs[0] == pytest.approx(1e-5)
+    assert result.suggestion is None or 1e-5 <= result.suggestion <= 1.0
+    for k, v in net.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    assert opt.state == {} and opt.param_groups[0]["lr"] == 0.01
+    assert mc.random.get_state() == rng and loader.state_dict() == loader_state

@@ -1,11 +1,12 @@
 """MNIST and Fashion-MNIST as arrays: images (N, 1, 28, 28) uint8, targets (N,) int64.
 
 Files are looked for, in order, in:
-  1. the ``root`` argument;
+  1. ``root``/mnist or ``root``/fashion-mnist, then ``root`` itself;
   2. $MINICNN_DATA/mnist or $MINICNN_DATA/fashion-mnist;
   3. the user cache, $MINICNN_CACHE or ~/.cache/minicnn, under the same folder names;
   4. /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist), for Fashion-MNIST;
-then downloaded into the cache from the mirrors torchvision uses, checking published MD5s.
+then downloaded into the cache from the mirrors torchvision uses, checking published MD5s (unless
+download=False or the environment sets MINICNN_OFFLINE=1, as the test suite does).
 Each file may be gzipped (the standard names) or raw (the same names without .gz).
 """
 import os
@@ -53,7 +54,9 @@ class _IdxDataset(ArrayDataset):
         if directory is None:
             if not download:
                 raise FileNotFoundError(self._missing_message(root, "downloads are disabled (download=False)"))
-            directory = self._download(files, progress)
+            if os.environ.get("MINICNN_OFFLINE", "") not in ("", "0"):
+                raise FileNotFoundError(self._missing_message(root, "downloads are disabled (MINICNN_OFFLINE is set)"))
+            directory = self._download(files, progress, root)
         (images_name, _), (labels_name, _) = files
         images = read_idx(self._path(directory, images_name), expected_ndim=3, expected_shape_tail=(28, 28),
                           expected_type=0x08)                  # pixels and labels are unsigned bytes
@@ -69,7 +72,10 @@ class _IdxDataset(ArrayDataset):
 
     @classmethod
     def search_dirs(cls, root=None):
-        dirs = [os.fspath(root)] if root is not None else []
+        """Every folder tried, in order. ``root`` means what MINICNN_DATA means, the folder holding
+        mnist/ and fashion-mnist/ (torchvision's root too is the parent); the dataset's own folder
+        works as well."""
+        dirs = [os.path.join(os.fspath(root), cls.folder), os.fspath(root)] if root is not None else []
         if os.environ.get("MINICNN_DATA"):
             dirs.append(os.path.join(os.environ["MINICNN_DATA"], cls.folder))
         dirs.append(cls.cache_dir())
@@ -91,7 +97,7 @@ class _IdxDataset(ArrayDataset):
                 return directory
         return None
 
-    def _download(self, files, progress):
+    def _download(self, files, progress, root=None):
         target, errors = self.cache_dir(), []
         for name, md5 in files:
             for mirror in self.mirrors:
@@ -101,14 +107,14 @@ class _IdxDataset(ArrayDataset):
                 except DownloadError as err:
                     errors.append(str(err))
             else:
-                raise FileNotFoundError(self._missing_message(None, "downloading failed:\n    " + "\n    ".join(errors)))
+                raise FileNotFoundError(self._missing_message(root, "downloading failed:\n    " + "\n    ".join(errors)))
         return target
 
     def _missing_message(self, root, why):
         places = "\n    ".join(self.search_dirs(root))
         return (f"{type(self).__name__}: the {self.folder} files were not found; looked in\n    {places}\n"
                 f"  and {why}. Put the four IDX files ({', '.join(n for n, _ in self.train_files + self.test_files)}) "
-                f"in one of those folders, or set MINICNN_DATA to a folder containing '{self.folder}/'.")
+                f"in one of those folders, or point MINICNN_DATA (or --data) at a folder containing '{self.folder}/'.")
 
 
 class MNIST(_IdxDataset):
