@@ -50,8 +50,9 @@ def learning_curves(history, path, title="Learning curves", labels=None):
     return _save(fig, path)
 
 
-def loss_accuracy_chart(history, path, title="Training loss and validation accuracy"):
-    """The tutorials' two-axis chart: training loss on the left axis, accuracy on the right."""
+def loss_accuracy_chart(history, path, title="Training loss and validation accuracy", val_label="val accuracy"):
+    """The tutorials' two-axis chart: training loss on the left axis, accuracy on the right
+    (val_label names the held-out set's accuracy, e.g. 'test accuracy')."""
     rows = _rows(history)
     epochs = [r["epoch"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -62,7 +63,7 @@ def loss_accuracy_chart(history, path, title="Training loss and validation accur
     twin = ax.twinx()
     twin.plot(epochs, [r["train_accuracy"] for r in rows], "^-", color="tab:blue", label="train accuracy")
     if any(r.get("val_accuracy") is not None for r in rows):
-        twin.plot(epochs, [r.get("val_accuracy") for r in rows], "s--", color="tab:green", label="val accuracy")
+        twin.plot(epochs, [r.get("val_accuracy") for r in rows], "s--", color="tab:green", label=val_label)
     twin.set_ylabel("accuracy", color="tab:blue")
     lines = ax.get_lines() + twin.get_lines()
     ax.legend(lines, [line.get_label() for line in lines], loc="center right")

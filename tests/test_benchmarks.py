@@ -32,12 +32,6 @@ def test_gradcheck_benchmark_layers():
     assert "| Conv2d" in out and "FAIL" not in out
 
 
-@pytest.mark.parametrize("script", sorted(f for f in os.listdir(os.path.join(ROOT, "examples")) if f.endswith(".py")))
-def test_example_scripts_compile(script):
-    with open(os.path.join(ROOT, "examples", script)) as f:
-        compile(f.read(), script, "exec")
-
-
 @pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("MINICNN_DATA", "/nonexistent"), "mnist")),
                     reason="MINICNN_DATA does not point at the MNIST files")
 def test_torch_recipe_benchmark_tiny():
