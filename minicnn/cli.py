@@ -169,23 +169,27 @@ def cmd_train(args):
     if args.early_stopping and not args.val_split:
         raise ValueError("--early-stopping watches the validation loss: give --val-split > 0")
 
+    world = _mpi_world(args)
     mc.manual_seed(args.seed)
     model = model_cls()                                     # built after seeding: reproducible weights
     resume = _resume_checkpoint(args.resume) if args.resume else None
-    out = _run_folder(args, model_name, dataset_name, resume)
+    out = _run_folder(args, model_name, dataset_name, resume) if world is None or world.is_main else None
+    if world is not None:
+        out = world.gather_objects(out)[0]                  # rank 0 made it
     if args.init_from:
         if resume:
             raise ValueError("give --resume (continue a run) or --init-from (start from weights), not both")
         model.load_state_dict(_weights_of(args.init_from))
+    if world is not None:
+        from minicnn import distributed
+        model = distributed.prepare(model, world)
     if args.device != "cpu":
         model.to(args.device)
     train_set, val_set, test_set = _datasets(args, dataset_cls)
     mean, std = dataset_cls.mean, dataset_cls.std
     normalize = data.Compose([data.ToFloat(), data.Normalize(mean, std)])
     train_tf = data.Compose([data.RandomCrop(28, padding=2), normalize]) if args.augment else normalize
-    loader = data.DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed, transform=train_tf, device=args.device)
-    test_loader = data.DataLoader(test_set, 1000, transform=normalize, device=args.device)
-    val_loader = data.DataLoader(val_set, 1000, transform=normalize, device=args.device) if val_set else None
+    loader, val_loader, test_loader = _loaders(args, world, train_set, val_set, test_set, train_tf, normalize)
 
     lr = args.lr or DEFAULT_LR[args.optimizer.lower()]
     opt = _optimizer(mc, args.optimizer, model, lr, args.weight_decay)
@@ -193,10 +197,14 @@ def cmd_train(args):
     early = train.EarlyStopping("val_loss", patience=args.early_stopping) if args.early_stopping else None
 
     smoothing = f" with label smoothing {args.label_smoothing:g}" if args.label_smoothing else ""
-    print(f"minicnn {mc.__version__}: training {type(model).__name__} ({model.num_parameters():,} parameters) on "
+    say = print if world is None or world.is_main else (lambda *a, **k: None)
+    if world is not None:
+        say(f"MPI: {world.size} ranks ({world.local_size} on this machine), batch {args.batch_size} = {world.size} x "
+            f"{args.batch_size // world.size}, {mc.backend.cpu_threads()} thread(s) per rank")
+    say(f"minicnn {mc.__version__}: training {type(model).__name__} ({model.num_parameters():,} parameters) on "
           f"{dataset_name}, {args.optimizer} lr {lr:g}, {args.scheduler} schedule, batch {args.batch_size}, "
           f"{args.epochs} epochs, backend {mc.backend.get_backend() if args.device == 'cpu' else 'cupy'}")
-    print(f"  train: {len(train_set):,} images (loss{smoothing}); "
+    say(f"  train: {len(train_set):,} images (loss{smoothing}); "
           + (f"validation: {len(val_set):,} images held out of the training set (val_loss{smoothing}, chooses "
              f"best.npz); " if val_set else "no validation (--val-split 0); ")
           + f"test: {len(test_set):,} images, scored once at the end (loss without smoothing)")
@@ -206,9 +214,12 @@ def cmd_train(args):
     history = train.fit(model, mc.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), opt, loader, args.epochs,
                         val_loader=val_loader, scheduler=scheduler, checkpoint_dir=os.path.join(out, "checkpoints"),
                         every=args.every, resume=resume, cuda_graph=args.cuda_graph, meta=meta, early_stopping=early,
-                        clip_grad_norm=args.clip_grad_norm, csv_log=os.path.join(out, "history.csv"))
+                        clip_grad_norm=args.clip_grad_norm, csv_log=os.path.join(out, "history.csv"),
+                        distributed=world)
     wall = time.perf_counter() - started
-    test = train.evaluate(model, test_loader, mc.nn.CrossEntropyLoss())
+    test = train.evaluate(model, test_loader, mc.nn.CrossEntropyLoss(), distributed=world)
+    if world is not None and not world.is_main:
+        return 0                                            # rank 0 writes the run folder
 
     meta["test_accuracy"] = test["accuracy"]
     mc.save({"model": model.to("cpu").state_dict(), "meta": meta}, os.path.join(out, "model.npz"))
@@ -225,6 +236,38 @@ def cmd_train(args):
 
 
 SCHEDULERS = ("cosine", "step", "onecycle", "plateau", "none")
+
+
+def _mpi_world(args):
+    """The MPI world when mpiexec started this process with more than one rank, else None."""
+    from minicnn import distributed
+    if not distributed.launched_by_mpi():
+        return None
+    world = distributed.init()
+    if args.batch_size % world.size:
+        raise ValueError(f"--batch-size {args.batch_size} is the whole step's batch; it must divide among the "
+                         f"{world.size} ranks")
+    if args.cuda_graph:
+        raise ValueError("--cuda-graph is not available with MPI ranks (the gradients are averaged between steps)")
+    return world
+
+
+def _loaders(args, world, train_set, val_set, test_set, train_tf, normalize):
+    """The training, validation (or None) and test loaders; under MPI each rank's shards."""
+    from minicnn import data
+    if world is None:
+        return (data.DataLoader(train_set, args.batch_size, shuffle=True, seed=args.seed, transform=train_tf,
+                                device=args.device),
+                data.DataLoader(val_set, 1000, transform=normalize, device=args.device) if val_set else None,
+                data.DataLoader(test_set, 1000, transform=normalize, device=args.device))
+    from minicnn.distributed import DistributedSampler
+
+    def shard(dataset, batch, transform, shuffle):
+        sampler = DistributedSampler(len(dataset), world.size, world.rank, shuffle=shuffle, seed=args.seed, pad=shuffle)
+        return data.DataLoader(dataset, batch, seed=args.seed, transform=transform, device=args.device, sampler=sampler)
+    return (shard(train_set, args.batch_size // world.size, train_tf, True),
+            shard(val_set, 1000, normalize, False) if val_set else None,
+            shard(test_set, 1000, normalize, False))
 
 
 def _model_and_dataset(model_name, dataset_name, optimizer):

@@ -65,9 +65,10 @@ def _correct(logits, labels):
     return int((backend.to_numpy(logits.argmax(axis=1)) == backend.to_numpy(labels)).sum())
 
 
-def evaluate(model, loader, loss_fn=None):
+def evaluate(model, loader, loss_fn=None, distributed=None):
     """Mean loss (if loss_fn is given) and accuracy over a loader, in eval mode without caching.
-    Returns {'loss': float or None, 'accuracy': float}; the model's mode is restored."""
+    Returns {'loss': float or None, 'accuracy': float}; the model's mode is restored.
+    distributed: a World; each rank's loader holds its shard and the sums are over all ranks."""
     was_training = model.training
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
@@ -81,6 +82,8 @@ def evaluate(model, loader, loss_fn=None):
                 count += len(y)
     finally:
         model.train(was_training)
+    if distributed is not None:
+        total_loss, correct, count = distributed.sum_numbers(total_loss, correct, count)
     return {"loss": total_loss / count if loss_fn is not None else None, "accuracy": correct / count}
 
 
@@ -147,7 +150,7 @@ class _StopOnSignal:
 
 
 def _train_epoch(model, loss_fn, optimizer, loader, bar, graph_step=None, stop=None, after_step=None,
-                 clip_grad_norm=None):
+                 clip_grad_norm=None, reducer=None):
     model.train()
     totals = _Totals()
     for x, y in loader:
@@ -159,7 +162,11 @@ def _train_epoch(model, loss_fn, optimizer, loader, bar, graph_step=None, stop=N
             logits = model(x)
             loss = loss_fn(logits, y)
             optimizer.zero_grad()
+            if reducer is not None:
+                reducer.begin()
             _backward_params_only(model, loss_fn.backward())
+            if reducer is not None:
+                reducer.finish()                      # .grad: the mean over the ranks
             if clip_grad_norm is not None:
                 clip_grad_norm_(model.parameters(), clip_grad_norm)
             optimizer.step()
@@ -228,7 +235,7 @@ def _backward_params_only(model, dlogits):
 
 def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
         checkpoint_dir=None, every=1, resume=None, progress=None, log=print, cuda_graph=False, meta=None,
-        early_stopping=None, clip_grad_norm=None, csv_log=None):
+        early_stopping=None, clip_grad_norm=None, csv_log=None, distributed=None):
     """Train for ``epochs`` epochs (counted from the start, also when resuming).
 
     Args:
@@ -256,6 +263,9 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
             (minicnn.optim.clip_grad_norm_).
         csv_log: a file rewritten (atomically) with the history after every epoch, for a
             spreadsheet, pandas or a plot while training runs.
+        distributed: a minicnn.distributed World: data-parallel training over its ranks (see
+            minicnn.distributed: each rank's loaders hold its shards; gradients and metrics are
+            averaged; rank 0 alone logs and writes).
     Returns: History.
     """
     epochs, every = _whole("epochs", epochs), _whole("every", every)
@@ -265,10 +275,18 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
         raise ValueError(f"fit: clip_grad_norm must be a positive number, got {clip_grad_norm!r}")
     if cuda_graph and (clip_grad_norm is not None or getattr(scheduler, "interval", "epoch") == "step"):
         raise ValueError("fit: cuda_graph replays a fixed step; it cannot clip gradients or step a scheduler per batch")
+    reducer = None
+    if distributed is not None:
+        from .distributed import GradientReducer, fingerprint
+        distributed.check_same("models, data or settings", fingerprint(model, optimizer, train_loader, epochs,
+                                                                       scheduler))
+        reducer = GradientReducer(model, distributed)
+        if not distributed.is_main:
+            log, csv_log, progress = None, None, False
     history, start_epoch = History(), 0
     if resume is not None:
         state = load(resume)
-        _restore(state, model, optimizer, scheduler, train_loader, resume, early_stopping)
+        _restore(state, model, optimizer, scheduler, train_loader, resume, early_stopping, distributed)
         history, start_epoch = History(state["history"]), int(state["epoch"])
     graph_step = None
     if cuda_graph:
@@ -280,14 +298,21 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
         except ValueError as err:
             raise ValueError(f"fit: {err}") from None
     run = _Run(model, loss_fn, optimizer, train_loader, epochs, val_loader, scheduler, checkpoint_dir, every, progress,
-               log, graph_step, meta, early_stopping, clip_grad_norm, csv_log)
+               log, graph_step, meta, early_stopping, clip_grad_norm, csv_log, distributed, reducer)
     saved = (os.path.join(checkpoint_dir, "last.npz"), start_epoch) if resume is not None and checkpoint_dir else (None, 0)
     with _StopOnSignal() as stop:
         for epoch in range(start_epoch, epochs):
             try:
                 saved, stopped = run.epoch(history, epoch, stop, saved)
             except KeyboardInterrupt:
-                raise TrainingInterrupted(epoch + 1, *saved) from None
+                interrupted = TrainingInterrupted(epoch + 1, *saved)
+                if distributed is not None:       # the other ranks would wait for this one: stop them all
+                    distributed.abort(str(interrupted), 130)
+                raise interrupted from None
+            except Exception as err:
+                if distributed is not None and distributed.size > 1:
+                    distributed.abort(f"{type(err).__name__}: {err}")
+                raise
             if stopped:
                 break
     if early_stopping is not None and early_stopping.restore(model) and log is not None:
@@ -300,7 +325,7 @@ class _Run:
     """What every epoch of one fit call shares (the arguments of fit)."""
 
     def __init__(self, model, loss_fn, optimizer, train_loader, epochs, val_loader, scheduler, checkpoint_dir, every,
-                 progress, log, graph_step, meta, early_stopping, clip_grad_norm, csv_log):
+                 progress, log, graph_step, meta, early_stopping, clip_grad_norm, csv_log, distributed, reducer):
         self.__dict__.update(locals())
         del self.__dict__["self"]
 
@@ -310,12 +335,19 @@ class _Run:
         best = history.best() if len(history) else None
         lr = self.optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
-        with tqdm(total=len(self.train_loader.dataset), unit="img", desc=f"epoch {epoch + 1}/{self.epochs}",
+        sampler = getattr(self.train_loader, "sampler", None)
+        with tqdm(total=len(sampler) if sampler is not None else len(self.train_loader.dataset), unit="img", desc=f"epoch {epoch + 1}/{self.epochs}",
                   leave=False, disable=None if self.progress is None else not self.progress) as bar:
             train_loss, train_acc, seen = _train_epoch(self.model, self.loss_fn, self.optimizer, self.train_loader, bar,
-                                                       self.graph_step, stop, self._after_step, self.clip_grad_norm)
+                                                       self.graph_step, stop, self._after_step, self.clip_grad_norm,
+                                                       self.reducer)
         seconds = time.perf_counter() - started
-        val = evaluate(self.model, self.val_loader, self.loss_fn) if self.val_loader is not None \
+        if self.distributed is not None:              # every rank records the same numbers: one history
+            loss_sum, correct, seen, seconds = self.distributed.sum_numbers(train_loss * seen, train_acc * seen, seen,
+                                                                            seconds)
+            train_loss, train_acc, seen = loss_sum / seen, correct / seen, int(seen)
+            seconds /= self.distributed.size
+        val = evaluate(self.model, self.val_loader, self.loss_fn, self.distributed) if self.val_loader is not None \
             else {"loss": None, "accuracy": None}
         row = dict(epoch=epoch + 1, train_loss=train_loss, train_accuracy=train_acc, val_loss=val["loss"],
                    val_accuracy=val["accuracy"], lr=lr, seconds=seconds, images_per_second=seen / seconds)
@@ -338,11 +370,13 @@ class _Run:
             due = (epoch + 1) % self.every == 0 or epoch + 1 == self.epochs or stopped
             if due or improved:
                 state = _capture(self.model, self.optimizer, self.scheduler, self.train_loader, epoch + 1, history,
-                                 self.meta, self.early_stopping)
+                                 self.meta, self.early_stopping, self.distributed)
+                writes = self.distributed is None or self.distributed.is_main
                 if due:
-                    save(state, os.path.join(self.checkpoint_dir, "last.npz"))
+                    if writes:
+                        save(state, os.path.join(self.checkpoint_dir, "last.npz"))
                     saved = (os.path.join(self.checkpoint_dir, "last.npz"), epoch + 1)
-                if improved:
+                if improved and writes:
                     save(state, os.path.join(self.checkpoint_dir, "best.npz"))
         return saved, stopped
 
@@ -389,8 +423,13 @@ def _generators(model, loader):
     return found
 
 
-def _capture(model, optimizer, scheduler, loader, epoch, history, meta, early_stopping=None):
+def _capture(model, optimizer, scheduler, loader, epoch, history, meta, early_stopping=None, distributed=None):
+    ranks = None
+    if distributed is not None:                   # every rank's own streams (dropout, augmentation)
+        ranks = distributed.gather_objects({"rng": random.get_state(), "generators": {
+            name: g.bit_generator.state for name, g in _generators(model, loader)}})
     return {"early_stopping": early_stopping.state_dict() if early_stopping is not None else None,
+            "ranks": ranks,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "optimizer_class": type(optimizer).__name__,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -400,7 +439,7 @@ def _capture(model, optimizer, scheduler, loader, epoch, history, meta, early_st
             "meta": dict(meta) if meta else {}}
 
 
-def _restore(state, model, optimizer, scheduler, loader, where="the checkpoint", early_stopping=None):
+def _restore(state, model, optimizer, scheduler, loader, where="the checkpoint", early_stopping=None, distributed=None):
     """Everything the checkpoint holds back into the run, all or nothing: on any error the model,
     optimizer, scheduler and generators are as they were, and ValueError says what did not fit."""
     if not isinstance(state, dict):
@@ -416,6 +455,13 @@ def _restore(state, model, optimizer, scheduler, loader, where="the checkpoint",
     if saved_class is not None and saved_class != type(optimizer).__name__:
         raise ValueError(f"fit(resume=...): {where} was written with {saved_class}, this run uses "
                          f"{type(optimizer).__name__}; resume with the same optimizer")
+    ranks = state.get("ranks")
+    if distributed is not None or ranks is not None:
+        size = distributed.size if distributed is not None else 1
+        if ranks is None or len(ranks) != size:
+            raise ValueError(f"fit(resume=...): {where} was written by {len(ranks) if ranks else 1} process(es), this "
+                             f"run has {size}; resume with the same number of ranks")
+        state = {**state, **ranks[distributed.rank]}
     generators = _generators(model, loader)
     saved_generators = state.get("generators") or {}
     if saved_generators and sorted(saved_generators) != sorted(name for name, _ in generators):
@@ -432,7 +478,7 @@ def _restore(state, model, optimizer, scheduler, loader, where="the checkpoint",
             if name in saved_generators:
                 g.bit_generator.state = _plain(saved_generators[name])
         if state.get("loader") is not None and hasattr(loader, "load_state_dict"):
-            loader.load_state_dict({"rng": _plain(state["loader"]["rng"])})
+            loader.load_state_dict(_plain(dict(state["loader"])))
         if early_stopping is not None and state.get("early_stopping") is not None:
             early_stopping.load_state_dict(state["early_stopping"])
     except (ValueError, KeyError, TypeError) as err:

@@ -253,3 +253,10 @@ def test_lr_find_puts_everything_back():
         np.testing.assert_array_equal(v, before[k])
     assert opt.state == {} and opt.param_groups[0]["lr"] == 0.01
     assert mc.random.get_state() == rng and loader.state_dict() == loader_state
+
+
+def test_replacing_a_child_keeps_its_place_as_in_torch():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten())
+    setattr(net, "1", nn.SiLU())
+    assert [type(m).__name__ for m in net] == ["Conv2d", "SiLU", "Flatten"]
+    assert list(net.state_dict()) == ["0.weight", "0.bias"]

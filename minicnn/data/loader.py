@@ -32,17 +32,22 @@ class DataLoader:
             the batches are the same for any number.
         prefetch_factor: batches each worker prepares ahead (torch's name; default 2).
         pin_memory: accepted for torch's code; no effect (host arrays go to the GPU as they are).
+        sampler: which items each epoch, in order, instead of shuffle (an object with next_epoch(),
+            len(), state_dict(), load_state_dict(): minicnn.distributed.DistributedSampler gives
+            each rank its shard).
     """
 
     def __init__(self, dataset, batch_size=64, shuffle=False, drop_last=False, seed=None, transform=None,
-                 dtype=np.float32, device="cpu", num_workers=0, prefetch_factor=2, pin_memory=False):
+                 dtype=np.float32, device="cpu", num_workers=0, prefetch_factor=2, pin_memory=False, sampler=None):
         if int(batch_size) < 1:
             raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
         if isinstance(num_workers, bool) or int(num_workers) != num_workers or num_workers < 0:
             raise ValueError(f"DataLoader: num_workers must be a whole number >= 0, got {num_workers!r}")
         if int(prefetch_factor) < 1:
             raise ValueError(f"DataLoader: prefetch_factor must be >= 1, got {prefetch_factor!r}")
-        self.num_workers, self.prefetch_factor = int(num_workers), int(prefetch_factor)
+        if sampler is not None and shuffle:
+            raise ValueError("DataLoader: give shuffle=True or a sampler, not both (the sampler decides the order)")
+        self.num_workers, self.prefetch_factor, self.sampler = int(num_workers), int(prefetch_factor), sampler
         if len(dataset) == 0:
             raise ValueError("DataLoader: the dataset is empty")
         self.dataset, self.batch_size = dataset, int(batch_size)
@@ -52,7 +57,7 @@ class DataLoader:
         self._to_device = backend.device_converter(device)
 
     def __len__(self):
-        n = len(self.dataset)
+        n = len(self.dataset) if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):
@@ -76,11 +81,15 @@ class DataLoader:
                     future.cancel()
 
     def _epoch_plan(self):
-        """(indices, seed) of each batch of one epoch, drawn from the loader's generator now."""
-        n = len(self.dataset)
-        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        """(indices, seed) of each batch of one epoch, drawn from the loader's generator now (a
+        sampler's rank is part of the seed: ranks augment their shards independently)."""
+        if self.sampler is not None:
+            order, rank = self.sampler.next_epoch(), getattr(self.sampler, "rank", 0)
+        else:
+            n, rank = len(self.dataset), 0
+            order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         epoch_seed = int(self.rng.integers(2 ** 63))
-        return ((order[start:start + self.batch_size], (epoch_seed, b))
+        return ((order[start:start + self.batch_size], (epoch_seed, rank, b) if rank else (epoch_seed, b))
                 for b, start in enumerate(range(0, len(self) * self.batch_size, self.batch_size)))
 
     def _prepare(self, indices, seed):
@@ -109,8 +118,13 @@ class DataLoader:
         return images, np.array([label for _, label in items], dtype=np.int64)
 
     def state_dict(self):
-        """The shuffling generator's state, so a resumed run draws the same batches."""
-        return {"rng": self.rng.bit_generator.state}
+        """The shuffling generator's state (and the sampler's), so a resumed run draws the same batches."""
+        state = {"rng": self.rng.bit_generator.state}
+        if self.sampler is not None:
+            state["sampler"] = self.sampler.state_dict()
+        return state
 
     def load_state_dict(self, state):
         self.rng.bit_generator.state = state["rng"]
+        if self.sampler is not None and state.get("sampler") is not None:
+            self.sampler.load_state_dict(state["sampler"])

@@ -44,13 +44,14 @@ def is_grad_enabled():
 class Parameter:
     """A trainable array. ``data`` holds the values, ``grad`` the accumulated gradient (or None)."""
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "grad", "grad_hook")
 
     def __init__(self, data):
         if not backend.is_array(data) or data.dtype.kind != "f":
             raise TypeError(f"Parameter: expected a floating numpy or cupy array, got {describe(data)}")
         self.data = data
         self.grad = None
+        self.grad_hook = None   # called with the parameter after each accumulate_grad (distributed training's)
 
     @property
     def shape(self):
@@ -72,6 +73,8 @@ class Parameter:
             self.grad = g if keep else g.astype(self.data.dtype, copy=True)
         else:
             self.grad += g
+        if self.grad_hook is not None:
+            self.grad_hook(self)
 
     def __repr__(self):
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
@@ -92,8 +95,9 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() first")
         if isinstance(value, (Parameter, Module)):
-            self._forget(name)
             table = self._parameters if isinstance(value, Parameter) else self._modules
+            if name not in table:                   # a replaced child keeps its place, as in torch
+                self._forget(name)
             table[name] = value
         elif name in self._buffers:
             self._buffers[name] = value
