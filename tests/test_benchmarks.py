@@ -90,3 +90,9 @@ def test_speed_ratio_is_the_median_of_back_to_back_pairs():
     assert ratios == {"numba": {"median": 2.0, "low": 1.0, "high": 3.0}}       # medians' ratio: 1.5
     row = {"ratio_to_torch": ratios}
     assert speed.ratio_text(row, "numba") == " (2.00x; 1.00-3.00)" and speed.ratio_text(row, "torch") == ""
+
+
+def test_distributed_benchmark_tiny():
+    pytest.importorskip("mpi4py")
+    out = run("benchmarks/distributed.py", "--tiny")
+    assert "| lenet | 64 |" in out and "all-reduce between 2 ranks here" in out
