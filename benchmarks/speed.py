@@ -3,6 +3,7 @@
     python benchmarks/speed.py                      # full run, writes results/cpu-DATE.json and .png
     python benchmarks/speed.py --tiny               # a few steps of everything: CI keeps it alive
     python benchmarks/speed.py --device cuda        # GPU: minicnn eager, minicnn with a CUDA graph, torch
+    python benchmarks/speed.py --load 1 --models lenet --libraries numba,numba1,torch   # beside a busy process
 
 For each model (LeNet, MnistCNN, ConvNet) and library: training throughput (forward + backward
 + SGD-momentum step, images/s) at batch 64 and 256 and inference throughput at batch 1000, on
@@ -61,7 +62,18 @@ def minicnn_runner(model_cls, backend_name, x, y, batch, train):
     n_batches = len(x) // batch
 
     def run(steps):
-        with backend.use_backend(backend_name):
+        threads = None
+        if backend_name == "numba1":                 # the Numba path on the calling thread alone
+            threads = backend.cpu_threads()
+            backend.set_cpu_threads(1)
+        try:
+            _run(steps)
+        finally:
+            if threads is not None:
+                backend.set_cpu_threads(threads)
+
+    def _run(steps):
+        with backend.use_backend("numba" if backend_name == "numba1" else backend_name):
             for i in range(steps):
                 k = i % n_batches
                 xb, yb = x[k * batch:(k + 1) * batch], y[k * batch:(k + 1) * batch]
@@ -200,15 +212,41 @@ def main():
                         "minicnn,minicnn-graph,torch (cuda)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--tiny", action="store_true", help="one short repeat of everything (for CI)")
+    parser.add_argument("--load", type=int, default=0, help="start this many busy processes (a shared machine) for "
+                        "the run, and stop them at its end")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args()
+    with busy_processes(args.load):
+        run_benchmark(parser, args)
+
+
+class busy_processes:
+    """n processes that each keep one core busy (pure Python loops) while the benchmark runs."""
+
+    def __init__(self, n):
+        self.n, self.processes = n, []
+
+    def __enter__(self):
+        import subprocess
+        self.processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.n)]
+        if self.n:
+            time.sleep(0.5)                               # let the scheduler see them
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.processes:
+            p.kill()
+            p.wait()
+
+
+def run_benchmark(parser, args):
     if args.tiny:
         args.repeats, args.seconds = 1, 0.0
     cuda = args.device == "cuda"
     if args.libraries is None:
         args.libraries = "minicnn,minicnn-graph,torch" if cuda else "numpy,numba,torch"
     libraries = [lib for lib in args.libraries.split(",") if lib]
-    known = ("minicnn", "minicnn-graph", "torch") if cuda else ("numpy", "numba", "torch")
+    known = ("minicnn", "minicnn-graph", "torch") if cuda else ("numpy", "numba", "numba1", "torch")
     unknown = [lib for lib in libraries if lib not in known]
     if unknown:
         parser.error(f"--libraries: expected some of {','.join(known)} for --device {args.device}, "
@@ -218,9 +256,10 @@ def main():
         parser.error(f"--models: expected some of {','.join(MODELS)}, got {args.models!r}")
     if cuda:
         backend.device_converter("cuda")           # one clear error without a GPU
-    if "numba" in libraries and "numba" not in backend.available_backends():
-        print("numba backend unavailable: skipped", file=sys.stderr)
-        libraries.remove("numba")
+    for lib in ("numba", "numba1"):
+        if lib in libraries and "numba" not in backend.available_backends():
+            print(f"numba backend unavailable: {lib} skipped", file=sys.stderr)
+            libraries.remove(lib)
     if "torch" in libraries:
         try:
             import torch
@@ -256,7 +295,11 @@ def main():
             results.append(row)
             print(format_row(row, libraries), flush=True)
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(), "data": source,
-              "repeats": args.repeats, "device": args.device, "results": results}
+              "repeats": args.repeats, "device": args.device, "results": results, "busy_processes": args.load}
+    if not cuda and "numba" in backend.available_backends():
+        from minicnn.backend import cores
+        report["contention_watch"] = cores.contention_state()
+        print(f"contention watch: {report['contention_watch']}")
     if cuda:
         report["machine"]["gpu"] = gpu_description()
     print()

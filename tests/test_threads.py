@@ -189,3 +189,45 @@ def test_scratch_is_reused_per_thread_but_not_kept_when_huge():
     n = numba_strategy.current().scratch_keep_bytes // 4 + 1
     big = numba_common._scratch("test", (n,), np.float32)
     assert big.shape == (n,) and not np.shares_memory(big, numba_common._scratch("test", (n,), np.float32))
+
+
+def test_contention_watch_keeps_to_one_thread_while_the_caller_is_preempted(monkeypatch):
+    """The watch's rule, with the preemption count faked: many involuntary switches over a window of
+    crew work -> the calling thread alone for a while (growing), then the crew again; a quiet window
+    -> the crew, the backoff reset. (Its speed effect is measured by benchmarks/speed.py --load.)"""
+    from types import SimpleNamespace
+
+    from minicnn.backend import cores
+    watch = cores._ContentionWatch()
+    if not watch.enabled:
+        pytest.skip("no per-thread rusage here")
+    clock, switches = [100.0], [0]
+    monkeypatch.setattr(cores.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(cores.resource, "getrusage", lambda who: SimpleNamespace(ru_nivcsw=switches[0]))
+
+    def job(seconds, preempted):
+        before = watch.begin()
+        clock[0] += seconds
+        switches[0] += preempted
+        watch.end(before)
+
+    job(0.06, 1)                                    # quiet: 17 switches a second
+    assert not watch.solo()
+    job(0.06, 30)                                   # crowded: 500 a second
+    assert watch.solo() and watch.solo_periods == 1
+    clock[0] += 0.6                                 # after the first backoff (0.5 s): try the crew again
+    assert not watch.solo()
+    job(0.06, 30)
+    assert watch.solo()
+    clock[0] += 0.6
+    assert watch.solo()                             # the second backoff is 1 s
+    clock[0] += 0.5
+    job(0.03, 0)
+    job(0.03, 0)                                    # a quiet window resets it
+    assert not watch.solo() and watch.backoff == watch.FIRST_BACKOFF
+
+
+def test_contention_watch_off_with_minicnn_adapt_0(monkeypatch):
+    from minicnn.backend import cores
+    monkeypatch.setenv("MINICNN_ADAPT", "0")
+    assert not cores._ContentionWatch().enabled

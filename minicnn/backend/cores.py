@@ -29,6 +29,11 @@ import os
 import threading
 import time
 
+try:
+    import resource                                 # POSIX: involuntary context switches per thread
+except ImportError:
+    resource = None
+
 import numpy as np
 from numba import njit
 from numba.core import cgutils
@@ -94,23 +99,76 @@ def run(task, n_tasks):
         finally:
             _inside.active = nested
 
-    crew = _crew_of(_threads) if workers > 1 else None
+    crew = _crew_of(_threads) if workers > 1 and not _watch.solo() else None
     if crew is None or not crew.busy.acquire(blocking=False):     # or another thread's job is running
         with one_blas_thread():
             work(0)
         return results
     try:
         with one_blas_thread():
+            before = _watch.begin()
             crew.start(work, workers)
             try:
                 work(0)
             finally:
                 errors = crew.wait()                # every worker has stopped
+                _watch.end(before)
             if errors:
                 raise errors[0]
     finally:
         crew.busy.release()
     return results
+
+
+class _ContentionWatch:
+    """Whether other processes want these cores: then the crew's threads wait for each other while
+    the scheduler runs someone else (LeNet fell from 7,000 to 2,000 images/s on 2 threads beside one
+    busy process, while one thread alone keeps its own core and 5,700). The sign is the caller being
+    preempted: its involuntary context switches per second of crew work (a quiet machine gives
+    almost none; a crowded one one every few milliseconds; waits for a slower worker are voluntary
+    and do not count). Above SWITCHES_PER_SECOND over a window of WINDOW seconds of crew jobs, run()
+    keeps to the calling thread for a while (0.5 s, doubling to 8 s while the crowd stays), then
+    tries the crew again. Results are the same either way; MINICNN_ADAPT=0 turns this off."""
+    WINDOW = 0.05
+    SWITCHES_PER_SECOND = 60.0
+    FIRST_BACKOFF, LONGEST_BACKOFF = 0.5, 8.0
+
+    def __init__(self):
+        self.enabled = os.environ.get("MINICNN_ADAPT", "1") != "0" and hasattr(resource, "RUSAGE_THREAD")
+        self.wall = self.switches = 0.0
+        self.solo_until, self.backoff = 0.0, self.FIRST_BACKOFF
+        self.solo_periods = 0                       # how often it kept to one thread (for benchmarks)
+
+    def solo(self):
+        return self.enabled and time.perf_counter() < self.solo_until
+
+    def begin(self):
+        if not self.enabled:
+            return None
+        return time.perf_counter(), resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+
+    def end(self, before):
+        if before is None:
+            return
+        now = time.perf_counter()
+        self.wall += now - before[0]
+        self.switches += resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw - before[1]
+        if self.wall < self.WINDOW:
+            return
+        if self.switches > self.SWITCHES_PER_SECOND * self.wall:
+            self.solo_until, self.solo_periods = now + self.backoff, self.solo_periods + 1
+            self.backoff = min(self.backoff * 2, self.LONGEST_BACKOFF)
+        else:
+            self.backoff = self.FIRST_BACKOFF
+        self.wall = self.switches = 0.0
+
+
+_watch = _ContentionWatch()
+
+
+def contention_state():
+    """{'enabled', 'solo' (keeping to one thread now), 'solo_periods'}: what the contention watch did."""
+    return {"enabled": _watch.enabled, "solo": _watch.solo(), "solo_periods": _watch.solo_periods}
 
 
 def _crew_of(n):
