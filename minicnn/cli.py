@@ -32,7 +32,9 @@ class DefaultsFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings and "%(default)" not in text:
+        default = action.default
+        if not (default is None or default is False or default is argparse.SUPPRESS) and action.option_strings \
+                and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text
 

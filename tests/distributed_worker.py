@@ -11,9 +11,10 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(os.path.abspath(__file__))]
 import minicnn as mc  # noqa: E402
 from minicnn import data, distributed as dist, nn, train  # noqa: E402
+from test_train import toy_problem  # noqa: E402
 
 B = 8                      # the one-process batch; each of the 2 ranks takes B / 2
 
@@ -73,13 +74,7 @@ def equivalence(world, out):
 
 
 def toy(n=96):
-    rng = np.random.default_rng(1)
-    x = rng.integers(0, 40, (n, 1, 28, 28)).astype(np.uint8)
-    y = rng.integers(0, 4, n)
-    for i, label in enumerate(y):
-        r, c = divmod(int(label), 2)
-        x[i, 0, 14 * r + 3:14 * r + 11, 14 * c + 3:14 * c + 11] = 255
-    return data.ArrayDataset(x, y, classes=["a", "b", "c", "d"])
+    return toy_problem(n, seed=1)
 
 
 def fit_run(world, epochs, checkpoint_dir=None, resume=None, size=None, rank=None):

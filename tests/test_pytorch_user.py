@@ -166,7 +166,7 @@ def test_cli_help_shows_defaults_and_every_model(capsys):
     with pytest.raises(SystemExit):
         cli(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: 3)" in text and "(default: 0.1)" in text
+    assert "(default: 3)" in text and "(default: 0.1)" in text and "(default: 0.0)" in text
     for name in mc.models.MODELS:
         assert name in text, name
 
