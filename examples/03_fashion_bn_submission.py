@@ -2,7 +2,7 @@
 learning rate and when to stop (keeping the best weights), then the test images are classified
 into a Kaggle-style submission file (id,label).
 
-    python examples/03_fashion_bn_submission.py               # up to 15 epochs: about 92-93 %
+    python examples/03_fashion_bn_submission.py               # 15 epochs: 92.87 %
     python examples/03_fashion_bn_submission.py --limit 3000 --epochs 2
 
 Writes OUT/submission.csv, OUT/history.csv, OUT/curves.png and OUT/loss_accuracy.png.

@@ -3,7 +3,7 @@ ImageFolder), with augmentation prepared by loader threads. Without a folder, a 
 coloured shapes stands in.
 
     python examples/05_imagefolder_vgg.py PHOTOS            # PHOTOS/cat/*.jpg, PHOTOS/dog/*.jpg, ...
-    python examples/05_imagefolder_vgg.py                   # generated shapes: about 95 % in 8 epochs
+    python examples/05_imagefolder_vgg.py                   # generated shapes: 100 % of 72 in 8 epochs
     python examples/05_imagefolder_vgg.py --per-class 12 --epochs 1
 
 Every photo is resized (shorter side 72) and centre-cropped to 64x64; training images are then
