@@ -276,6 +276,8 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
     if cuda_graph and (clip_grad_norm is not None or getattr(scheduler, "interval", "epoch") == "step"):
         raise ValueError("fit: cuda_graph replays a fixed step; it cannot clip gradients or step a scheduler per batch")
     reducer = None
+    if distributed is not None and cuda_graph:
+        raise ValueError("fit: cuda_graph replays a fixed step; it cannot average gradients between ranks (distributed)")
     if distributed is not None:
         from .distributed import GradientReducer, fingerprint
         distributed.check_same("models, data or settings", fingerprint(model, optimizer, train_loader, epochs,
