@@ -11,8 +11,9 @@ import pytest
 from minicnn.backend import contract
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "minicnn")
-ABOVE_THE_DOOR = ["nn", "optim", "models", "data", "train.py", "cli.py", "checkpoint.py", "plot.py",
-                  "gradcheck.py", "random.py", "__init__.py"]
+ABOVE_THE_DOOR = ["nn", "optim", "models", "data", "distributed", "train.py", "cli.py", "checkpoint.py", "plot.py",
+                  "gradcheck.py", "random.py", "early_stopping.py", "lr_finder.py", "export.py", "interop.py",
+                  "testing.py", "__init__.py"]
 BACKEND_INSIDES = ("cupy", "cupyx", "numba", "llvmlite", "minicnn.backend.")      # a prefix each
 ALLOWED_FROM_BACKEND = {"minicnn.backend", "minicnn.backend.contract"}
 
