@@ -269,15 +269,8 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
     Returns: History.
     """
     epochs, every = _whole("epochs", epochs), _whole("every", every)
-    if early_stopping is not None and early_stopping.monitor.startswith("val_") and val_loader is None:
-        raise ValueError(f"fit: early_stopping monitors {early_stopping.monitor!r} but there is no val_loader")
-    if clip_grad_norm is not None and not float(clip_grad_norm) > 0:
-        raise ValueError(f"fit: clip_grad_norm must be a positive number, got {clip_grad_norm!r}")
-    if cuda_graph and (clip_grad_norm is not None or getattr(scheduler, "interval", "epoch") == "step"):
-        raise ValueError("fit: cuda_graph replays a fixed step; it cannot clip gradients or step a scheduler per batch")
+    _check_options(val_loader, scheduler, cuda_graph, early_stopping, clip_grad_norm, distributed)
     reducer = None
-    if distributed is not None and cuda_graph:
-        raise ValueError("fit: cuda_graph replays a fixed step; it cannot average gradients between ranks (distributed)")
     if distributed is not None:
         from .distributed import GradientReducer, fingerprint
         distributed.check_same("models, data or settings", fingerprint(model, optimizer, train_loader, epochs,
@@ -321,6 +314,18 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
         log(f"restored the weights of epoch {early_stopping.best_epoch} ({early_stopping.monitor} "
             f"{early_stopping.best:.4f})")
     return history
+
+
+def _check_options(val_loader, scheduler, cuda_graph, early_stopping, clip_grad_norm, distributed):
+    """ValueError for options of fit that cannot go together."""
+    if early_stopping is not None and early_stopping.monitor.startswith("val_") and val_loader is None:
+        raise ValueError(f"fit: early_stopping monitors {early_stopping.monitor!r} but there is no val_loader")
+    if clip_grad_norm is not None and not float(clip_grad_norm) > 0:
+        raise ValueError(f"fit: clip_grad_norm must be a positive number, got {clip_grad_norm!r}")
+    if cuda_graph and (clip_grad_norm is not None or getattr(scheduler, "interval", "epoch") == "step"
+                       or distributed is not None):
+        raise ValueError("fit: cuda_graph replays a fixed step; it cannot clip gradients, step a scheduler per batch "
+                         "or average gradients between ranks")
 
 
 class _Run:
