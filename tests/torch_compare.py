@@ -1,6 +1,7 @@
-import numpy as np
 """The comparison helper lives in the package (minicnn.testing: users test their own layers with
-it); this module re-exports it for the tests, with the torch twins of minicnn's blocks."""
+it); this module re-exports it for the tests, with the torch twins of minicnn's blocks (written
+here again on purpose: a reference that does not lean on minicnn.interop.torch_residual_class)."""
+import numpy as np
 import torch
 
 from minicnn import testing
