@@ -3,13 +3,14 @@ test accuracy and training time of each (the accuracy table of benchmarks/README
 
     MINICNN_DATA=../shared/data python benchmarks/recipe.py --model resnet14 --dataset fashion-mnist \\
         --epochs 20 --optimizer sgd --lr 0.1 --weight-decay 5e-4 --batch-size 128 --augment crop,flip \\
-        --libraries minicnn,torch [--torch-epochs 2] [--seed 0] [--out results/recipe-NAME.json]
+        --libraries minicnn,torch [--torch-epochs 2] [--minicnn-epochs 2] [--seed 0] [--out results/recipe-NAME.json]
 
 Both libraries start from the same initial weights (minicnn's, seeded) and train on the same batches
 (minicnn's DataLoader with its transforms, reseeded before each library), with the same optimizer
 (SGD with Nesterov momentum 0.9, or Adam), a cosine schedule stepped per epoch and cross-entropy
 with label smoothing. --torch-epochs N times torch for its first N epochs only (the same recipe's
-schedule), to estimate its time for the whole recipe without running it twice over.
+schedule), to estimate its time for the whole recipe without running it twice over; --minicnn-epochs N
+does the same for minicnn (both on a quiet machine: the two times of one recipe side by side).
 """
 import argparse
 import json
@@ -96,6 +97,7 @@ def main():
     parser.add_argument("--augment", default="crop,flip", help="comma-separated: crop (2-pixel shifts), flip, or none")
     parser.add_argument("--libraries", default="minicnn,torch")
     parser.add_argument("--torch-epochs", type=int, default=0, help="time torch over its first N epochs only")
+    parser.add_argument("--minicnn-epochs", type=int, default=0, help="time minicnn over its first N epochs only")
     parser.add_argument("--limit", type=int, default=0, help="train on the first N images only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the results here as JSON")
@@ -104,6 +106,8 @@ def main():
     unknown = set(libraries) - {"minicnn", "torch"}
     if unknown:
         parser.error(f"--libraries: unknown {sorted(unknown)}; choose minicnn, torch")
+    if args.torch_epochs < 0 or args.minicnn_epochs < 0:
+        parser.error("--torch-epochs and --minicnn-epochs count epochs: 0 (all of them) or more")
     augment = {a.strip() for a in args.augment.split(",")} - {"none", ""}
     recipe = (f"{args.model} on {args.dataset}: {args.epochs} epochs, {args.optimizer} lr {args.lr:g} "
               f"{'Nesterov 0.9, ' if args.optimizer == 'sgd' else ''}weight decay {args.weight_decay:g}, cosine, "
@@ -116,7 +120,7 @@ def main():
         mc.manual_seed(args.seed)
         model = mc.models.get_model(args.model)              # both start from these weights
         train_loader, test_loader = loaders(args.dataset, args.seed, args.batch_size, augment, args.limit)
-        epochs = args.torch_epochs if name == "torch" and args.torch_epochs else args.epochs
+        epochs = {"torch": args.torch_epochs, "minicnn": args.minicnn_epochs}[name] or args.epochs
         run = train_minicnn if name == "minicnn" else train_torch
         seconds, accuracy = run(model, args, epochs, train_loader, test_loader)
         whole = sum(seconds) * args.epochs / epochs

@@ -1,4 +1,5 @@
 """The benchmarks run once at a tiny size, so they cannot rot (their numbers are not checked)."""
+import json
 import os
 import subprocess
 import sys
@@ -45,7 +46,11 @@ def test_recipe_benchmark_tiny(tmp_path):
     out = run("benchmarks/recipe.py", "--model", "mobilenetmnist", "--dataset", "fashion-mnist", "--epochs", "2",
               "--torch-epochs", "1", "--limit", "256", "--out", str(tmp_path / "r.json"))
     assert "minicnn  training" in out and "torch    training" in out and "measured over 1 epochs" in out
-    assert (tmp_path / "r.json").exists()
+    runs = json.loads((tmp_path / "r.json").read_text())["runs"]
+    assert runs["minicnn"]["epochs_run"] == 2 and runs["torch"]["epochs_run"] == 1
+    run("benchmarks/recipe.py", "--model", "lenet", "--dataset", "fashion-mnist", "--epochs", "3", "--libraries",
+        "minicnn", "--minicnn-epochs", "1", "--limit", "128", "--out", str(tmp_path / "m.json"))
+    assert json.loads((tmp_path / "m.json").read_text())["runs"]["minicnn"]["epochs_run"] == 1
 
 
 def test_onnx_speed_benchmark_tiny():
