@@ -617,7 +617,10 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        # Overflow and NaN are the run's business (fit stops a diverging run with one line, as
+        # torch computes on without warnings), not NumPy warnings printed on the way.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return COMMANDS[args.command](args)
     except UsageError as err:
         print(f"minicnn: error: {err} (see minicnn --help)", file=sys.stderr)
     except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError, OSError) as err:

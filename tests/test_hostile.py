@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import zipfile
 
 import numpy as np
@@ -78,8 +79,11 @@ def test_sigint_before_the_first_checkpoint_says_nothing_was_saved(tmp_path):
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_divergence_is_one_line_and_exit_1(tmp_path, optimizer, capsys):
     write_small_dataset(tmp_path / "mnist", n=64)
-    code = cli(["train", "--data", str(tmp_path / "mnist"), "--epochs", "2", "--lr", "1e6", "--optimizer", optimizer,
-                "--out", str(tmp_path / "run")])
+    with warnings.catch_warnings(record=True) as caught:        # NumPy's overflow warnings would print too
+        warnings.simplefilter("always")
+        code = cli(["train", "--data", str(tmp_path / "mnist"), "--epochs", "2", "--lr", "1e6", "--optimizer",
+                    optimizer, "--out", str(tmp_path / "run")])
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
     err = capsys.readouterr().err
     assert code == 1 and "training loss became" in err and "lower the learning rate" in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
