@@ -3,6 +3,7 @@
     python benchmarks/layer_profile.py                          # LeNet and MnistCNN, batch 64 and 1024, CPU
     python benchmarks/layer_profile.py --device cuda            # the same on the GPU (CuPy)
     python benchmarks/layer_profile.py --models lenet --batches 64 --repeats 3
+    python benchmarks/layer_profile.py --models resnet14,mobilenetmnist    # any model of minicnn.models
 
 Runs one SGD-momentum training step layer by layer (the steps Sequential runs: a convolution with
 its ReLU and 2x2 pool is one step on Numba, see nn.fused) and times each one's forward and backward,
@@ -19,10 +20,6 @@ import numpy as np
 
 import minicnn as mc
 from minicnn import backend
-
-MODELS = {"lenet": mc.models.LeNet, "mnistcnn": mc.models.MnistCNN, "convnet": mc.models.ConvNet,
-          "tinybnnet": mc.models.TinyBNNet, "fashioncnn": mc.models.FashionCNN}
-
 
 def profile(model_cls, batch, device, repeats):
     mc.manual_seed(0)
@@ -103,9 +100,13 @@ def main():
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    for name in args.models.split(","):
+    names = [name.strip() for name in args.models.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(mc.models.MODELS))
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; choose from {', '.join(sorted(mc.models.MODELS))}")
+    for name in names:
         for batch in (int(b) for b in args.batches.split(",")):
-            print(report(name, batch, *profile(MODELS[name], batch, args.device, args.repeats)), "\n", flush=True)
+            print(report(name, batch, *profile(mc.models.get_model_class(name), batch, args.device, args.repeats)), "\n", flush=True)
 
 
 if __name__ == "__main__":

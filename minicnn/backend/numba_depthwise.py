@@ -24,7 +24,8 @@ from .numba_common import DIRECT, DOT, FAST, _balanced_chunk, _copy, _fill, _scr
 
 class _Geometry:
     """The phases (SH*SW planes of Hq x Wq), the output (OH, OW), its wide length L = (OH - 1)*Wq + OW,
-    and for each tap its phase and its shift inside the phase plane."""
+    for each tap its phase and its shift inside the phase plane, and where each input pixel lies in
+    the phases (row_at, col_at)."""
 
     def __init__(self, x_shape, w_shape, stride, padding, dilation):
         H, W = x_shape[2:]
@@ -40,60 +41,42 @@ class _Geometry:
                                    for kh in range(KH) for kw in range(KW)], dtype=np.int64)
         self.tap_shift = np.array([(kh * DH // self.SH) * self.Wq + kw * DW // self.SW
                                    for kh in range(KH) for kw in range(KW)], dtype=np.int64)
-
-
-@njit(cache=True, inline="always")
-def _inside(b, PW, SW, W, Wq):
-    """The phase columns [lo, hi) of phase column offset b whose image column q*SW + b - PW lies in [0, W)."""
-    lo = min(Wq, max(0, -((b - PW) // SW)))
-    hi = max(lo, min(Wq, -((b - PW - W) // SW)))
-    return lo, hi
+        plane = self.Hq * self.Wq                 # pixel (h, w) in the phases: row_at[h] + col_at[w]
+        self.row_at = np.array([((h + self.PH) % self.SH) * self.SW * plane + (h + self.PH) // self.SH * self.Wq
+                                for h in range(H)], dtype=np.int64)
+        self.col_at = np.array([((w + self.PW) % self.SW) * plane + (w + self.PW) // self.SW
+                                for w in range(W)], dtype=np.int64)
 
 
 @njit(**FAST)
-def _split(x, xq, PH, PW, SH, SW, Hq, Wq):
+def _split(x, xq, row_at, col_at):
     """xq (n, C, SH*SW, Hq*Wq): each padded plane of x (n, C, H, W) as its phase planes (zeros in
-    the padding and past the plane's end); each row's columns inside the image are clipped once."""
+    the padding and past the plane's end). Pixel (h, w) goes to flat place row_at[h] + col_at[w] of
+    its sample-channel's phases: two table reads, no division and no row views per pixel (rows of
+    7-28 pixels made the per-row bookkeeping cost more than the copy)."""
     N, C, H, W = x.shape
     for n in range(N):
         for c in range(C):
-            for a in range(SH):
-                for b in range(SW):
-                    plane = xq[n, c, a * SW + b]
-                    lo, hi = _inside(b, PW, SW, W, Wq)
-                    for r in range(Hq):
-                        h = r * SH + a - PH
-                        dst = plane[r * Wq:(r + 1) * Wq]
-                        if h < 0 or h >= H:
-                            _fill(dst, 0)
-                            continue
-                        src = x[n, c, h]
-                        for q in range(lo):
-                            dst[q] = 0
-                        if SW == 1:
-                            _copy(dst[lo:hi], src[lo + b - PW:hi + b - PW])
-                        else:
-                            for q in range(lo, hi):
-                                dst[q] = src[q * SW + b - PW]
-                        for q in range(hi, Wq):
-                            dst[q] = 0
+            dst = xq[n, c].reshape(-1)
+            _fill(dst, 0)
+            for h in range(H):
+                row, base = x[n, c, h], row_at[h]
+                for w in range(W):
+                    dst[base + col_at[w]] = row[w]
 
 
 @njit(**FAST)
-def _merge(dxq, dx, PH, PW, SH, SW, Wq):
+def _merge(dxq, dx, row_at, col_at):
     """dx (n, C, H, W): the pixels of the phase planes dxq back in place (the adjoint of _split
     restricted to the image: each pixel lies in exactly one phase)."""
     N, C, H, W = dx.shape
     for n in range(N):
         for c in range(C):
+            src = dxq[n, c].reshape(-1)
             for h in range(H):
-                a, r = (h + PH) % SH, (h + PH) // SH
-                dst = dx[n, c, h]
-                for b in range(SW):
-                    lo, hi = _inside(b, PW, SW, W, Wq)
-                    src = dxq[n, c, a * SW + b, r * Wq:(r + 1) * Wq]
-                    for q in range(lo, hi):
-                        dst[q * SW + b - PW] = src[q]
+                row, base = dx[n, c, h], row_at[h]
+                for w in range(W):
+                    row[w] = src[base + col_at[w]]
 
 
 @njit(**DIRECT)
@@ -165,15 +148,28 @@ def _input_grad(dy, taps, tap_phase, tap_shift, dxq, g, Wq):
 
 
 class Record:
-    """What backward needs: the phase planes of the input, its shape and the geometry."""
-    __slots__ = ("xq", "x_shape", "geometry", "has_bias")
+    """What backward needs: the input (its phase planes are made again, a chunk at a time, rather
+    than kept: a fresh array of them each step cost more in page faults than splitting twice), the
+    geometry and whether there is a bias."""
+    __slots__ = ("x", "geometry", "has_bias")
     algorithm = "depthwise"
 
-    def __init__(self, xq, x_shape, geometry, has_bias):
-        self.xq, self.x_shape, self.geometry, self.has_bias = xq, x_shape, geometry, has_bias
+    def __init__(self, x, geometry, has_bias):
+        self.x, self.geometry, self.has_bias = x, geometry, has_bias
 
 
 _DEPTHWISE_CHUNK = 16      # samples per task
+
+
+def _phases(x, geo):
+    """The phase planes (n, C, SH*SW, Hq*Wq) of a chunk of samples x: x itself at stride 1 without
+    padding, else this thread's scratch filled by _split."""
+    n, C = x.shape[:2]
+    if geo.phases == 1 and geo.PH == geo.PW == 0:
+        return x.reshape(n, C, 1, geo.Hq * geo.Wq)
+    xq = _scratch("depthwise phases", (n, C, geo.phases, geo.Hq * geo.Wq), x.dtype)
+    _split(x, xq, geo.row_at, geo.col_at)
+    return xq
 
 
 def forward(x, w, b, stride, padding, dilation):
@@ -184,44 +180,41 @@ def forward(x, w, b, stride, padding, dilation):
     taps = np.ascontiguousarray(w).reshape(C, -1)
     bias = np.zeros(C, dtype=x.dtype) if b is None else np.ascontiguousarray(b)
     y = np.empty((N, C, geo.OH, geo.OW), dtype=x.dtype)
-    plain = geo.phases == 1 and geo.PH == geo.PW == 0     # the planes are x itself
-    xq = x.reshape(N, C, 1, geo.Hq * geo.Wq) if plain else np.empty((N, C, geo.phases, geo.Hq * geo.Wq), dtype=x.dtype)
     chunk = _balanced_chunk(N, _DEPTHWISE_CHUNK)
 
     def forward_chunk(i):
         part = slice(i * chunk, (i + 1) * chunk)
-        if not plain:
-            _split(x[part], xq[part], geo.PH, geo.PW, geo.SH, geo.SW, geo.Hq, geo.Wq)
+        xq = _phases(x[part], geo)
         acc = _scratch("depthwise", (geo.L,), x.dtype)
-        _forward(xq[part], taps, geo.tap_phase, geo.tap_shift, bias, y[part], acc, geo.Wq)
+        _forward(xq, taps, geo.tap_phase, geo.tap_shift, bias, y[part], acc, geo.Wq)
 
     if N:
         cores.run(forward_chunk, -(-N // chunk))
-    return y, Record(xq, x.shape, geo, b is not None)
+    return y, Record(x, geo, b is not None)
 
 
 def backward(dy, record, w, input_grad):
     """(dx or None, dw, db or None)."""
-    geo, xq, x_shape = record.geometry, record.xq, record.x_shape
-    N, C = x_shape[:2]
+    geo, x = record.geometry, record.x
+    N, C = x.shape[:2]
     dy = np.ascontiguousarray(dy)
     taps = np.ascontiguousarray(w).reshape(C, -1)
     plain = geo.phases == 1 and geo.PH == geo.PW == 0
-    dx = np.empty(x_shape, dtype=dy.dtype) if input_grad else None
+    dx = np.empty(x.shape, dtype=dy.dtype) if input_grad else None
     chunk = _balanced_chunk(N, _DEPTHWISE_CHUNK)
 
     def backward_chunk(i):
         part = slice(i * chunk, (i + 1) * chunk)
         g = _scratch("depthwise", (geo.L,), dy.dtype)
         dw, db = np.empty(taps.shape, dtype=dy.dtype), np.empty(C, dtype=dy.dtype)
-        _weight_grad(xq[part], dy[part], geo.tap_phase, geo.tap_shift, dw, db, g, geo.Wq)
+        _weight_grad(_phases(x[part], geo), dy[part], geo.tap_phase, geo.tap_shift, dw, db, g, geo.Wq)
         if input_grad:
             n = dy[part].shape[0]
             dxq = dx[part].reshape(n, C, 1, geo.Hq * geo.Wq) if plain else \
                 _scratch("depthwise dx", (n, C, geo.phases, geo.Hq * geo.Wq), dy.dtype)
             _input_grad(dy[part], taps, geo.tap_phase, geo.tap_shift, dxq, g, geo.Wq)
             if not plain:
-                _merge(dxq, dx[part], geo.PH, geo.PW, geo.SH, geo.SW, geo.Wq)
+                _merge(dxq, dx[part], geo.row_at, geo.col_at)
         return dw, db
 
     if N:
