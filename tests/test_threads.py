@@ -192,9 +192,10 @@ def test_scratch_is_reused_per_thread_but_not_kept_when_huge():
 
 
 def test_contention_watch_keeps_to_one_thread_while_the_caller_is_preempted(monkeypatch):
-    """The watch's rule, with the preemption count faked: many involuntary switches over a window of
-    crew work -> the calling thread alone for a while (growing), then the crew again; a quiet window
-    -> the crew, the backoff reset. (Its speed effect is measured by benchmarks/speed.py --load.)"""
+    """The watch's rule, with the preemption count faked: many involuntary switches over two windows
+    of crew work in a row -> the calling thread alone for a while (growing), then the crew again; one
+    crowded window between quiet ones changes nothing; a quiet window -> the backoff reset. (Its speed
+    effect is measured by benchmarks/speed.py --load.)"""
     from types import SimpleNamespace
 
     from minicnn.backend import cores
@@ -213,9 +214,15 @@ def test_contention_watch_keeps_to_one_thread_while_the_caller_is_preempted(monk
 
     job(0.06, 1)                                    # quiet: 17 switches a second
     assert not watch.solo()
-    job(0.06, 30)                                   # crowded: 500 a second
+    job(0.06, 30)                                   # crowded: 500 a second, once
+    job(0.06, 1)
+    job(0.06, 30)
+    assert not watch.solo() and watch.solo_periods == 0
+    job(0.06, 30)                                   # twice in a row
     assert watch.solo() and watch.solo_periods == 1
     clock[0] += 0.6                                 # after the first backoff (0.5 s): try the crew again
+    assert not watch.solo()
+    job(0.06, 30)
     assert not watch.solo()
     job(0.06, 30)
     assert watch.solo()

@@ -126,17 +126,22 @@ class _ContentionWatch:
     busy process, while one thread alone keeps its own core and 5,700). The sign is the caller being
     preempted: its involuntary context switches per second of crew work (a quiet machine gives
     almost none; a crowded one one every few milliseconds; waits for a slower worker are voluntary
-    and do not count). Above SWITCHES_PER_SECOND over a window of WINDOW seconds of crew jobs, run()
-    keeps to the calling thread for a while (0.5 s, doubling to 8 s while the crowd stays), then
-    tries the crew again. Results are the same either way; MINICNN_ADAPT=0 turns this off."""
+    and do not count). Above SWITCHES_PER_SECOND in CROWDED_IN_A_ROW windows of WINDOW seconds of
+    crew jobs one after another, run() keeps to the calling thread for a while (0.5 s, doubling to
+    8 s while the crowd stays), then tries the crew again. One window is not enough: a quiet machine
+    gives a crowded one now and then (2 of 84 in 8 s of LeNet steps; a kernel thread, another
+    library's threads finishing), a busy one nearly all of them (124 of 130 beside one busy process).
+    Results are the same either way; MINICNN_ADAPT=0 turns this off."""
     WINDOW = 0.05
     SWITCHES_PER_SECOND = 60.0
+    CROWDED_IN_A_ROW = 2
     FIRST_BACKOFF, LONGEST_BACKOFF = 0.5, 8.0
 
     def __init__(self):
         self.enabled = os.environ.get("MINICNN_ADAPT", "1") != "0" and hasattr(resource, "RUSAGE_THREAD")
         self.wall = self.switches = 0.0
         self.solo_until, self.backoff = 0.0, self.FIRST_BACKOFF
+        self.crowded = 0                            # crowded windows in a row
         self.solo_periods = 0                       # how often it kept to one thread (for benchmarks)
 
     def solo(self):
@@ -155,11 +160,14 @@ class _ContentionWatch:
         self.switches += resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw - before[1]
         if self.wall < self.WINDOW:
             return
-        if self.switches > self.SWITCHES_PER_SECOND * self.wall:
-            self.solo_until, self.solo_periods = now + self.backoff, self.solo_periods + 1
-            self.backoff = min(self.backoff * 2, self.LONGEST_BACKOFF)
+        if self.switches <= self.SWITCHES_PER_SECOND * self.wall:
+            self.crowded, self.backoff = 0, self.FIRST_BACKOFF
         else:
-            self.backoff = self.FIRST_BACKOFF
+            self.crowded += 1
+            if self.crowded >= self.CROWDED_IN_A_ROW:
+                self.solo_until, self.solo_periods = now + self.backoff, self.solo_periods + 1
+                self.backoff = min(self.backoff * 2, self.LONGEST_BACKOFF)
+                self.crowded = 0
         self.wall = self.switches = 0.0
 
 
