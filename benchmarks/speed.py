@@ -214,7 +214,8 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="one short repeat of everything (for CI)")
     parser.add_argument("--load", type=int, default=0, help="start this many busy processes (a shared machine) for "
                         "the run, and stop them at its end")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
+                        help="a folder (the run becomes cpu-DATE.json there, never overwriting one) or a .json file")
     args = parser.parse_args()
     with busy_processes(args.load):
         run_benchmark(parser, args)
@@ -315,7 +316,11 @@ def run_benchmark(parser, args):
 
 
 def results_stem(folder, name):
-    """folder/name, or folder/name + b, c, ... when a run of the same day is already there."""
+    """folder/name, or folder/name + b, c, ... when a run of the same day is already there; an
+    --out naming a .json file is that file (its .png beside it; rewritten if it is there)."""
+    if folder.endswith(".json"):
+        os.makedirs(os.path.dirname(os.path.abspath(folder)), exist_ok=True)
+        return folder[:-len(".json")]
     os.makedirs(folder, exist_ok=True)
     for suffix in [""] + [chr(c) for c in range(ord("b"), ord("z") + 1)]:
         stem = os.path.join(folder, name + suffix)

@@ -81,6 +81,9 @@ def test_speed_results_never_overwrite_a_run_of_the_same_day(tmp_path):
     assert speed.results_stem(str(tmp_path), "cpu-2026-01-01") == str(tmp_path / "cpu-2026-01-01b")
     (tmp_path / "cpu-2026-01-01b.json").write_text("{}")
     assert speed.results_stem(str(tmp_path), "cpu-2026-01-01") == str(tmp_path / "cpu-2026-01-01c")
+    named = tmp_path / "busy" / "load1.json"                 # a file named: that file, not a folder of that name
+    assert speed.results_stem(str(named), "cpu-2026-01-01") == str(tmp_path / "busy" / "load1")
+    assert (tmp_path / "busy").is_dir() and not named.exists()
 
 
 def test_speed_ratio_is_the_median_of_back_to_back_pairs():
