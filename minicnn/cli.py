@@ -245,7 +245,7 @@ def _mpi_world(args):
     from minicnn import distributed
     if not distributed.launched_by_mpi():
         return None
-    world = distributed.init()
+    world = distributed.init(device=args.device)       # with cuda: a GPU per rank, NCCL for the gradients
     if args.batch_size % world.size:
         raise ValueError(f"--batch-size {args.batch_size} is the whole step's batch; it must divide among the "
                          f"{world.size} ranks")

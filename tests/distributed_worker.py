@@ -20,7 +20,8 @@ B = 8                      # the one-process batch; each of the 2 ranks takes B 
 
 
 def same_on_every_rank(world, model, what):
-    digest = [hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest() for v in model.state_dict().values()]
+    digest = [hashlib.sha256(np.ascontiguousarray(mc.backend.to_numpy(v)).tobytes()).hexdigest()
+              for v in model.state_dict().values()]
     if len(set(map(tuple, world.gather_objects(digest)))) != 1:
         raise AssertionError(f"{what}: the ranks' weights differ")
 
@@ -157,6 +158,96 @@ def kill_rank_1(world, out):
               progress=False, distributed=world)
 
 
+def nccl_equivalence(world, out):
+    """On a GPU per rank: the gradients summed by NCCL on the devices; LeNet and TinyBNNet in float64,
+    5 SGD steps, 2 ranks at batch B/2 against 1 process at B on the CPU (cuBLAS adds in another
+    order: rtol 1e-9), and the same bits on both ranks."""
+    rng = np.random.default_rng(0)
+    steps = [(rng.standard_normal((B, 1, 28, 28)), rng.integers(0, 10, B)) for _ in range(5)]
+    half = slice(world.rank * B // 2, (world.rank + 1) * B // 2)
+    for name in ("lenet", "tinybnnet"):
+        mc.manual_seed(0)
+        single = mc.models.get_model(name).to(np.float64)
+        mc.manual_seed(0)
+        model = dist.prepare(mc.models.get_model(name).to(np.float64).to("cuda"), world)
+        opts = [mc.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (single, model)]
+        reducer = dist.GradientReducer(model, world, bucket_bytes=4096)
+        if reducer.device is None:
+            raise AssertionError("the reducer did not take the device collective for CuPy arrays")
+        loss_single, loss_dist = nn.CrossEntropyLoss(), nn.CrossEntropyLoss()
+        to_gpu = mc.backend.device_converter("cuda")
+        for step, (x, y) in enumerate(steps):
+            loss_single(single(x), y)
+            opts[0].zero_grad()
+            single.backward(loss_single.backward())
+            opts[0].step()
+            loss_dist(model(to_gpu(x[half])), to_gpu(y[half]))
+            opts[1].zero_grad()
+            reducer.begin()
+            model.backward(loss_dist.backward())
+            reducer.finish()
+            opts[1].step()
+            on_host = {k: mc.backend.to_numpy(v) for k, v in model.state_dict().items()}
+            close(on_host, single.state_dict(), f"{name} on GPUs, step {step + 1}", rtol=1e-9)
+            same_on_every_rank(world, model, f"{name} on GPUs, step {step + 1}")
+    if world.is_main:
+        print(f"NCCL: 2 ranks on GPUs {world.gather_objects(world.gpu)} equal 1 process")
+
+
+def device_collective_branch(world, out):
+    """The reducer's path for a device collective, run on the CPU: a stand-in with NcclSum's
+    methods (zeros, start, done, finish) that sums with MPI; its buckets hold the gradients as the
+    device buffers would. LeNet, 5 SGD steps in float64: the same bits as the MPI path."""
+    class StandInSum:
+        def __init__(self, comm):
+            self.comm, self.started = comm, 0
+
+        def zeros(self, n, dtype):
+            return np.zeros(n, dtype=dtype)
+
+        def start(self, buffer):
+            self.started += 1
+            return self.comm.Iallreduce(world.MPI.IN_PLACE, buffer, op=world.MPI.SUM)
+
+        def done(self, handles):
+            return world.MPI.Request.Testall(handles)
+
+        def finish(self, handles):
+            pass
+
+    rng = np.random.default_rng(0)
+    steps = [(rng.standard_normal((B // 2, 1, 28, 28)), rng.integers(0, 10, B // 2)) for _ in range(5)]
+    states = []
+    for stand_in in (False, True):
+        mc.manual_seed(0)
+        model = dist.prepare(mc.models.LeNet().to(np.float64), world)
+        opt = mc.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        if stand_in:
+            real = mc.backend.device_collective
+            mc.backend.device_collective = lambda comm, like: StandInSum(comm)
+        try:
+            reducer = dist.GradientReducer(model, world, bucket_bytes=4096)
+        finally:
+            if stand_in:
+                mc.backend.device_collective = real
+        loss = nn.CrossEntropyLoss()
+        for x, y in steps:
+            loss(model(x), y)
+            opt.zero_grad()
+            reducer.begin()
+            model.backward(loss.backward())
+            reducer.finish()
+            opt.step()
+        if stand_in and not reducer.device.started:
+            raise AssertionError("the stand-in collective was never used")
+        states.append(model.state_dict())
+    for k in states[0]:
+        if not np.array_equal(states[0][k], states[1][k]):
+            raise AssertionError(f"device-collective path differs from the MPI path at {k}")
+    if world.is_main:
+        print(f"device-collective path: the same bits as MPI's over {len(reducer.buckets)} buckets")
+
+
 def different_models(world, out):
     model = mc.models.LeNet() if world.rank == 0 else mc.models.TinyBNNet()
     dist.prepare(model, world)
@@ -164,5 +255,6 @@ def different_models(world, out):
 
 if __name__ == "__main__":
     scenario, out = sys.argv[1], sys.argv[2]
-    world = dist.init(timeout=float(os.environ.get("WORKER_TIMEOUT", 60)))
+    world = dist.init(timeout=float(os.environ.get("WORKER_TIMEOUT", 60)),
+                      device="cuda" if scenario.startswith("nccl") else "cpu")
     globals()[scenario](world, out)

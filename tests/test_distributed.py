@@ -52,6 +52,33 @@ def test_two_ranks_equal_one_process_for_every_model_without_dropout(tmp_path):
     assert "equal: lenet/SGD, lenet/Adam, tinybnnet/SGD" in result.stdout and "resnet14/Adam" in result.stdout
 
 
+def _two_gpus():
+    """None where this machine has two CUDA devices for two ranks, else why not (NCCL refuses two
+    ranks on one GPU)."""
+    try:
+        import cupy
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # ImportError without CuPy, CUDA errors without a driver
+        return f"no usable GPU ({type(err).__name__}: {err})"
+    return None if count >= 2 else f"NCCL needs a GPU per rank: 2 ranks, {count} GPU here"
+
+
+@needs_mpi
+def test_the_reducers_device_collective_path_equals_its_mpi_path(tmp_path):
+    """On the CPU, with a stand-in for NCCL: the buckets, waits and write-back of the GPU path."""
+    result, _ = worker("device_collective_branch", tmp_path)
+    assert result.returncode == 0 and "device-collective path: the same bits as MPI's" in result.stdout, \
+        result.stdout[-4000:] + result.stderr[-4000:]
+
+
+@needs_mpi
+@pytest.mark.skipif(_two_gpus() is not None, reason=str(_two_gpus()))
+def test_two_ranks_on_gpus_sum_gradients_with_nccl(tmp_path):
+    result, _ = worker("nccl_equivalence", tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "NCCL: 2 ranks on GPUs [0, 1] equal 1 process" in result.stdout
+
+
 @needs_mpi
 def test_fit_over_two_ranks_equals_fit_in_one_process(tmp_path):
     result, _ = worker("fit_equals_one_process", tmp_path)

@@ -160,6 +160,27 @@ def on_device_of(a, ref):
     return device_converter("cuda" if is_cupy_array(ref) else "cpu")(a)
 
 
+def device_collective(comm, like):
+    """How the ranks of the mpi4py communicator comm sum buffers of arrays like ``like``: None for
+    NumPy arrays (the caller sums host buffers with MPI), an NcclSum (backend/nccl.py: on the GPUs,
+    with NCCL) for CuPy arrays. Every rank must call it together."""
+    if not is_cupy_array(like):
+        return None
+    from .nccl import NcclSum
+    return NcclSum(comm)
+
+
+def use_gpu(index):
+    """Make CUDA device ``index`` modulo the number of devices the current one (for this process's
+    arrays from now on); returns the device number used. RuntimeError when no GPU can be used."""
+    count = len(gpu_devices())
+    if count == 0:
+        raise RuntimeError("no CUDA device is visible to this process")
+    import cupy
+    cupy.cuda.Device(index % count).use()
+    return index % count
+
+
 def cpu_threads():
     """How many threads run minicnn's CPU work (the Numba backend's; 1 without Numba)."""
     if not _available("numba"):

@@ -21,7 +21,9 @@ the others after MINICNN_DIST_TIMEOUT seconds (300) at most.
 
 Dropout: each rank draws its masks from its own stream (prepare() mixes the rank into the global
 generator's seed), so R ranks agree with one process in distribution, not bit for bit.
-CuPy arrays are reduced through the host (any MPI works; NCCL is not used yet).
+On GPUs (init(device="cuda"), model.to("cuda")) the gradients are summed by NCCL on the devices
+(backend/nccl.py); the few other collectives (metrics, SyncBatchNorm's statistics, broadcasts)
+go through the host.
 """
 import os
 
@@ -34,14 +36,19 @@ __all__ = ["World", "init", "prepare", "launched_by_mpi", "DistributedSampler", 
            "convert_sync_batchnorm", "DistributedError", "fingerprint"]
 
 
-def init(timeout=None):
+def init(timeout=None, device="cpu"):
     """The MPI world of this process. Unless MINICNN_THREADS is set, each rank runs on
-    cores / (ranks on this machine) threads, so the ranks of one machine share its cores."""
+    cores / (ranks on this machine) threads, so the ranks of one machine share its cores. With
+    device="cuda" each rank takes a GPU of its own, the one of its rank on this machine (modulo
+    the GPUs there), before any array is made on it; gradients are then summed by NCCL."""
     from .. import backend
     world = World.from_environment(timeout)
     if not os.environ.get("MINICNN_THREADS") and world.local_size > 1 and "numba" in backend.available_backends():
         cores = backend.cpu_threads()
         backend.set_cpu_threads(max(1, cores // world.local_size))
+    if device != "cpu":
+        backend.device_converter(device)                   # a clear error where CUDA is not usable
+        world.gpu = backend.use_gpu(world.local_rank)
     return world
 
 

@@ -6,7 +6,8 @@ backward each parameter's gradient announces itself (its grad_hook); when a buck
 its gradients are copied into the buffer and a non-blocking all-reduce starts, while backward goes
 on with the layers before. finish() starts whatever is left, waits, and writes the averages back.
 The buckets and their order never change, so every run and every rank adds the same numbers in the
-same order: the result is the same bits on every rank.
+same order: the result is the same bits on every rank. Host arrays are summed by MPI (Iallreduce);
+for CuPy arrays the backend gives a device collective (NCCL), and the buffers stay on the GPU.
 """
 import numpy as np
 
@@ -20,15 +21,16 @@ class GradientReducer:
     def __init__(self, model, world, bucket_bytes=1 << 20):
         self.world, self.buckets, self._where = world, [], {}
         params = list(model.parameters())[::-1]
+        self.device = backend.device_collective(world.comm, params[0].data) if params else None
         current, size = [], 0
         for p in params:
             if current and (size + p.size * p.data.dtype.itemsize > bucket_bytes or p.data.dtype != current[0].data.dtype):
-                self.buckets.append(_Bucket(current))
+                self.buckets.append(_Bucket(current, self.device))
                 current, size = [], 0
             current.append(p)
             size += p.size * p.data.dtype.itemsize
         if current:
-            self.buckets.append(_Bucket(current))
+            self.buckets.append(_Bucket(current, self.device))
         for index, bucket in enumerate(self.buckets):
             for p in bucket.params:
                 self._where[id(p)] = index
@@ -50,12 +52,16 @@ class GradientReducer:
 
     def _start(self, bucket):
         bucket.fill()
-        bucket.request = self.world.comm.Iallreduce(self.world.MPI.IN_PLACE, bucket.buffer, op=self.world.MPI.SUM)
+        if self.device is not None:
+            bucket.request = self.device.start(bucket.buffer)
+        else:
+            bucket.request = self.world.comm.Iallreduce(self.world.MPI.IN_PLACE, bucket.buffer, op=self.world.MPI.SUM)
 
     def _progress(self):
-        """MPI moves non-blocking messages along only inside MPI calls: poke it between layers."""
+        """MPI moves non-blocking messages along only inside MPI calls: poke it between layers
+        (NCCL runs on its own)."""
         started = [b.request for b in self.buckets if b.request is not None]
-        if started:
+        if started and self.device is None:
             self.world.MPI.Request.Testall(started)
 
     def finish(self):
@@ -66,33 +72,44 @@ class GradientReducer:
         for bucket in self.buckets:
             if bucket.request is None:
                 self._start(bucket)
-        self.world.wait([b.request for b in self.buckets], "averaging the gradients")
+        requests = [b.request for b in self.buckets]
+        if self.device is not None:
+            self.world.wait_until(lambda: self.device.done(requests), "averaging the gradients")
+            self.device.finish(requests)
+        else:
+            self.world.wait(requests, "averaging the gradients")
         for bucket in self.buckets:
             bucket.write_back(self.world.size)
 
 
 class _Bucket:
     """Parameters whose gradients travel together: one flat buffer, then one flag per parameter
-    (1 where this rank had a gradient; summed, they say whether any rank had one)."""
+    (1 where this rank had a gradient; summed, they say whether any rank had one). The buffer is on
+    the parameters' device when a device collective sums it, else on the host."""
 
-    def __init__(self, params):
-        self.params = params
+    def __init__(self, params, device=None):
+        self.params, self.device = params, device
         self.sizes = [p.size for p in params]
-        self.buffer = np.zeros(sum(self.sizes) + len(params), dtype=params[0].data.dtype)
+        n, dtype = sum(self.sizes) + len(params), params[0].data.dtype
+        self.buffer = device.zeros(n, dtype) if device is not None else np.zeros(n, dtype=dtype)
         self.ready, self.request = 0, None
 
     def fill(self):
         start, flags = 0, sum(self.sizes)
         for i, (p, n) in enumerate(zip(self.params, self.sizes)):
             had = p.grad is not None
-            self.buffer[start:start + n] = backend.to_numpy(p.grad).reshape(-1) if had else 0
+            if not had:
+                self.buffer[start:start + n] = 0
+            else:
+                self.buffer[start:start + n] = (p.grad if self.device is not None else backend.to_numpy(p.grad)).reshape(-1)
             self.buffer[flags + i] = had
             start += n
 
     def write_back(self, size):
-        start, flags = 0, sum(self.sizes)
+        start, total = 0, sum(self.sizes)
+        had = backend.to_numpy(self.buffer[total:])               # the flags (one copy from a GPU)
         for i, (p, n) in enumerate(zip(self.params, self.sizes)):
-            if self.buffer[flags + i] > 0:               # some rank had a gradient: the mean over all
+            if had[i] > 0:                                        # some rank had a gradient: the mean over all
                 mean = self.buffer[start:start + n].reshape(p.shape) / self.buffer.dtype.type(size)
-                p.grad = backend.on_device_of(np.ascontiguousarray(mean), p.data)
+                p.grad = backend.on_device_of(mean, p.data)
             start += n

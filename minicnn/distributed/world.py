@@ -1,5 +1,6 @@
 """The MPI world minicnn trains in: which rank this process is, how many there are, and the few
-collective operations training needs, on NumPy arrays (CuPy arrays are staged through the host).
+collective operations training needs, on NumPy arrays (CuPy arrays are staged through the host,
+except the gradients' all-reduce, which the backend does on the GPUs with NCCL: reducer.py).
 
 Started by ``mpiexec -n N``: every rank runs the same program; ``World.from_environment()`` finds
 the MPI world mpiexec made (mpi4py is imported only then). A one-process run has no World at all.
@@ -44,8 +45,10 @@ class World:
         from mpi4py import MPI
         self.MPI, self.comm = MPI, comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        self.local_size = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()   # ranks on this machine
+        machine = comm.Split_type(MPI.COMM_TYPE_SHARED)                      # the ranks on this machine
+        self.local_rank, self.local_size = machine.Get_rank(), machine.Get_size()
         self.timeout = float(timeout if timeout is not None else os.environ.get("MINICNN_DIST_TIMEOUT", 300))
+        self.gpu = None                  # the CUDA device of this rank, once init(device="cuda") chose it
 
     @classmethod
     def from_environment(cls, timeout=None):
@@ -69,8 +72,12 @@ class World:
 
     def wait(self, requests, what):
         """Wait for non-blocking operations, polling, at most self.timeout seconds; then stop the job."""
+        self.wait_until(lambda: self.MPI.Request.Testall(requests), what)
+
+    def wait_until(self, done, what):
+        """Poll done() until it is true, at most self.timeout seconds; then stop the job."""
         deadline = time.monotonic() + self.timeout
-        while not self.MPI.Request.Testall(requests):
+        while not done():
             if time.monotonic() > deadline:
                 self.abort(f"{what} waited {self.timeout:g} s for the other ranks (MINICNN_DIST_TIMEOUT); "
                            "one of them has stopped or hangs")
