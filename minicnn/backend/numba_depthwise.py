@@ -36,6 +36,7 @@ class _Geometry:
         self.OW = (Wp - DW * (KW - 1) - 1) // self.SW + 1
         self.Hq, self.Wq = -(-Hp // self.SH), -(-Wp // self.SW)
         self.phases = self.SH * self.SW
+        self.plain = self.phases == 1 and self.PH == self.PW == 0   # the phase plane is the image itself
         self.L = (self.OH - 1) * self.Wq + self.OW
         self.tap_phase = np.array([(kh * DH % self.SH) * self.SW + kw * DW % self.SW
                                    for kh in range(KH) for kw in range(KW)], dtype=np.int64)
@@ -165,7 +166,7 @@ def _phases(x, geo):
     """The phase planes (n, C, SH*SW, Hq*Wq) of a chunk of samples x: x itself at stride 1 without
     padding, else this thread's scratch filled by _split."""
     n, C = x.shape[:2]
-    if geo.phases == 1 and geo.PH == geo.PW == 0:
+    if geo.plain:
         return x.reshape(n, C, 1, geo.Hq * geo.Wq)
     xq = _scratch("depthwise phases", (n, C, geo.phases, geo.Hq * geo.Wq), x.dtype)
     _split(x, xq, geo.row_at, geo.col_at)
@@ -199,7 +200,6 @@ def backward(dy, record, w, input_grad):
     N, C = x.shape[:2]
     dy = np.ascontiguousarray(dy)
     taps = np.ascontiguousarray(w).reshape(C, -1)
-    plain = geo.phases == 1 and geo.PH == geo.PW == 0
     dx = np.empty(x.shape, dtype=dy.dtype) if input_grad else None
     chunk = _balanced_chunk(N, _DEPTHWISE_CHUNK)
 
@@ -210,10 +210,10 @@ def backward(dy, record, w, input_grad):
         _weight_grad(_phases(x[part], geo), dy[part], geo.tap_phase, geo.tap_shift, dw, db, g, geo.Wq)
         if input_grad:
             n = dy[part].shape[0]
-            dxq = dx[part].reshape(n, C, 1, geo.Hq * geo.Wq) if plain else \
+            dxq = dx[part].reshape(n, C, 1, geo.Hq * geo.Wq) if geo.plain else \
                 _scratch("depthwise dx", (n, C, geo.phases, geo.Hq * geo.Wq), dy.dtype)
             _input_grad(dy[part], taps, geo.tap_phase, geo.tap_shift, dxq, g, geo.Wq)
-            if not plain:
+            if not geo.plain:
                 _merge(dxq, dx[part], geo.row_at, geo.col_at)
         return dw, db
 

@@ -88,7 +88,7 @@ class _Bucket:
     the parameters' device when a device collective sums it, else on the host."""
 
     def __init__(self, params, device=None):
-        self.params, self.device = params, device
+        self.params = params
         self.sizes = [p.size for p in params]
         n, dtype = sum(self.sizes) + len(params), params[0].data.dtype
         self.buffer = device.zeros(n, dtype) if device is not None else np.zeros(n, dtype=dtype)
@@ -98,10 +98,7 @@ class _Bucket:
         start, flags = 0, sum(self.sizes)
         for i, (p, n) in enumerate(zip(self.params, self.sizes)):
             had = p.grad is not None
-            if not had:
-                self.buffer[start:start + n] = 0
-            else:
-                self.buffer[start:start + n] = (p.grad if self.device is not None else backend.to_numpy(p.grad)).reshape(-1)
+            self.buffer[start:start + n] = p.grad.reshape(-1) if had else 0     # the buffer is on p's device
             self.buffer[flags + i] = had
             start += n
 
@@ -110,6 +107,5 @@ class _Bucket:
         had = backend.to_numpy(self.buffer[total:])               # the flags (one copy from a GPU)
         for i, (p, n) in enumerate(zip(self.params, self.sizes)):
             if had[i] > 0:                                        # some rank had a gradient: the mean over all
-                mean = self.buffer[start:start + n].reshape(p.shape) / self.buffer.dtype.type(size)
-                p.grad = backend.on_device_of(mean, p.data)
+                p.grad = self.buffer[start:start + n].reshape(p.shape) / self.buffer.dtype.type(size)
             start += n
