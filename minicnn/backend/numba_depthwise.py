@@ -12,8 +12,9 @@ read as one flat vector) output (oh, ow) sits at i = oh*Wq + ow and every tap is
 vectorized multiply-add sweep over i; the few wrapped positions at the end of each wide row are
 computed and dropped. Backward runs the adjoints: the output gradient spread into a zeroed wide
 plane, one dot product per tap for the filter, shifted multiply-adds into the phases for the input,
-the phases merged back. Chunks of samples are tasks on the cores; each chunk's weight and bias
-gradients are added in chunk order, so the bits do not depend on the thread count.
+the phases merged back. Chunks of samples are tasks on the cores; a task splits and sweeps one sample
+at a time, so that the sample's phase planes are still in L2 when they are read. Each chunk's weight
+and bias gradients are added in chunk order, so the bits do not depend on the thread count.
 """
 import numpy as np
 from numba import njit
@@ -148,8 +149,34 @@ def _input_grad(dy, taps, tap_phase, tap_shift, dxq, g, Wq):
                     dst[i] += tap * g[i]
 
 
+@njit(**FAST)
+def _forward_by_sample(x, taps, tap_phase, tap_shift, b, y, xq, acc, row_at, col_at, Wq):
+    """_forward a sample at a time, its phase planes xq (1, C, P, Hq*Wq) split just before: a
+    sample's planes stay in L2 between the split and the sweeps (a chunk's did not)."""
+    for n in range(y.shape[0]):
+        _split(x[n:n + 1], xq, row_at, col_at)
+        _forward(xq, taps, tap_phase, tap_shift, b, y[n:n + 1], acc, Wq)
+
+
+@njit(**FAST)
+def _backward_by_sample(x, dy, taps, tap_phase, tap_shift, dw, db, dx, xq, dxq, g, row_at, col_at, Wq,
+                        input_grad):
+    """_weight_grad and _input_grad a sample at a time (dw, db summed over the samples in order),
+    the sample's phases split and its input-gradient phases merged around them, all in L2."""
+    dw_n, db_n = np.empty_like(dw), np.empty_like(db)
+    for n in range(dy.shape[0]):
+        _split(x[n:n + 1], xq, row_at, col_at)
+        _weight_grad(xq, dy[n:n + 1], tap_phase, tap_shift, dw_n if n else dw, db_n if n else db, g, Wq)
+        if n:
+            dw += dw_n
+            db += db_n
+        if input_grad:
+            _input_grad(dy[n:n + 1], taps, tap_phase, tap_shift, dxq, g, Wq)
+            _merge(dxq, dx[n:n + 1], row_at, col_at)
+
+
 class Record:
-    """What backward needs: the input (its phase planes are made again, a chunk at a time, rather
+    """What backward needs: the input (its phase planes are made again, a sample at a time, rather
     than kept: a fresh array of them each step cost more in page faults than splitting twice), the
     geometry and whether there is a bias."""
     __slots__ = ("x", "geometry", "has_bias")
@@ -160,17 +187,6 @@ class Record:
 
 
 _DEPTHWISE_CHUNK = 16      # samples per task
-
-
-def _phases(x, geo):
-    """The phase planes (n, C, SH*SW, Hq*Wq) of a chunk of samples x: x itself at stride 1 without
-    padding, else this thread's scratch filled by _split."""
-    n, C = x.shape[:2]
-    if geo.plain:
-        return x.reshape(n, C, 1, geo.Hq * geo.Wq)
-    xq = _scratch("depthwise phases", (n, C, geo.phases, geo.Hq * geo.Wq), x.dtype)
-    _split(x, xq, geo.row_at, geo.col_at)
-    return xq
 
 
 def forward(x, w, b, stride, padding, dilation):
@@ -185,9 +201,14 @@ def forward(x, w, b, stride, padding, dilation):
 
     def forward_chunk(i):
         part = slice(i * chunk, (i + 1) * chunk)
-        xq = _phases(x[part], geo)
         acc = _scratch("depthwise", (geo.L,), x.dtype)
-        _forward(xq, taps, geo.tap_phase, geo.tap_shift, bias, y[part], acc, geo.Wq)
+        if geo.plain:
+            _forward(x[part].reshape(-1, C, 1, geo.Hq * geo.Wq), taps, geo.tap_phase, geo.tap_shift, bias, y[part],
+                     acc, geo.Wq)
+        else:
+            xq = _scratch("depthwise phases", (1, C, geo.phases, geo.Hq * geo.Wq), x.dtype)
+            _forward_by_sample(x[part], taps, geo.tap_phase, geo.tap_shift, bias, y[part], xq, acc,
+                               geo.row_at, geo.col_at, geo.Wq)
 
     if N:
         cores.run(forward_chunk, -(-N // chunk))
@@ -207,14 +228,17 @@ def backward(dy, record, w, input_grad):
         part = slice(i * chunk, (i + 1) * chunk)
         g = _scratch("depthwise", (geo.L,), dy.dtype)
         dw, db = np.empty(taps.shape, dtype=dy.dtype), np.empty(C, dtype=dy.dtype)
-        _weight_grad(_phases(x[part], geo), dy[part], geo.tap_phase, geo.tap_shift, dw, db, g, geo.Wq)
-        if input_grad:
+        if geo.plain:
             n = dy[part].shape[0]
-            dxq = dx[part].reshape(n, C, 1, geo.Hq * geo.Wq) if geo.plain else \
-                _scratch("depthwise dx", (n, C, geo.phases, geo.Hq * geo.Wq), dy.dtype)
-            _input_grad(dy[part], taps, geo.tap_phase, geo.tap_shift, dxq, g, geo.Wq)
-            if not geo.plain:
-                _merge(dxq, dx[part], geo.row_at, geo.col_at)
+            _weight_grad(x[part].reshape(n, C, 1, -1), dy[part], geo.tap_phase, geo.tap_shift, dw, db, g, geo.Wq)
+            if input_grad:
+                _input_grad(dy[part], taps, geo.tap_phase, geo.tap_shift, dx[part].reshape(n, C, 1, -1), g, geo.Wq)
+        else:
+            shape = (1, C, geo.phases, geo.Hq * geo.Wq)
+            xq, dxq = _scratch("depthwise phases", shape, dy.dtype), _scratch("depthwise dx", shape, dy.dtype)
+            dx_part = dx[part] if input_grad else np.empty((0,) + x.shape[1:], dy.dtype)
+            _backward_by_sample(x[part], dy[part], taps, geo.tap_phase, geo.tap_shift, dw, db, dx_part, xq, dxq, g,
+                                geo.row_at, geo.col_at, geo.Wq, input_grad)
         return dw, db
 
     if N:
