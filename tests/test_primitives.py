@@ -194,3 +194,24 @@ def test_sum_rows_adds_every_listed_row(dtype):
             tol = 1e-5 if dtype == np.float32 else 1e-13
             np.testing.assert_allclose(acc, expected, rtol=tol, atol=tol)
             assert np.isfinite(acc).all()
+
+
+def test_batchnorm_relu_backward_masks_exactly_where_forward_rectified():
+    """Numba's fused batch-norm + ReLU backward does not read the output back: it recomputes
+    x * alpha + shift (one fused multiply-add, as forward) for the ReLU's mask. Near the kink the
+    two must agree to the bit: here, per channel, values at every float32 step across the point
+    where the output changes sign; both passes follow the exact sign of x * alpha + shift, where a
+    product rounded before the add would differ (the test checks that it would)."""
+    from minicnn.backend import numba_norm
+    C, center = 256, np.float32(1.2345)
+    spread = rng.uniform(0.1, 3, 500).astype(np.float32)
+    near = (center + np.arange(-300, 301) * np.spacing(center)).astype(np.float32)
+    x = np.tile(np.concatenate([center + spread, center - spread, near]).astype(np.float32), (1, C, 1))
+    gamma, beta = rng.uniform(0.5, 2, C).astype(np.float32), np.zeros(C, np.float32)
+    y, _, _, record = numba_norm.batchnorm_relu_forward_train(x, gamma, beta, 1e-5)
+    alpha, shift = record[3][None, :, None], record[4][None, :, None]
+    positive = x.astype(np.float64) * alpha.astype(np.float64) + shift.astype(np.float64) > 0   # exact
+    assert ((x * alpha + shift > 0) != positive).sum() > 10        # the test means something
+    np.testing.assert_array_equal(y > 0, positive)
+    _, _, dbeta = numba_norm.batchnorm_relu_backward_train(np.ones_like(x), record, gamma)
+    np.testing.assert_array_equal(dbeta, positive.sum(axis=(0, 2)))   # ones passed where positive

@@ -34,19 +34,28 @@ def _bn_statistics(x, mean, c):
     return ss / M
 
 
+@njit(cache=True, fastmath={"contract"}, nogil=True)
+def _bn_affine(v, alpha, shift):
+    """v * alpha + shift in v's dtype, one fused multiply-add. Not inlined by Numba, so that its own
+    flags hold wherever it is called: backward recomputes forward's pre-ReLU values with it, to the
+    bit, instead of reading the output back from memory."""
+    return v * alpha + shift
+
+
 @njit(cache=True, inline="always")
-def _bn_output(v, alpha, beta, relu, zero):
-    """y = v * alpha + beta in v's dtype (torch's form), rectified with relu (NaN kept)."""
-    y = v * alpha + beta
+def _bn_output(v, alpha, shift, relu, zero):
+    """y = v * alpha + shift in v's dtype (torch's form), rectified with relu (NaN kept)."""
+    y = _bn_affine(v, alpha, shift)
     if relu and not ((y > zero) | (y != y)):
         return zero
     return y
 
 
 @njit(**DIRECT)
-def _bn_forward(x, gamma, beta, eps, y, mean, var, mean64, invstd64, relu, c_first, c_stop):
+def _bn_forward(x, gamma, beta, eps, y, mean, var, mean64, invstd64, alpha, shift, relu, c_first, c_stop):
     """For channels [c_first, c_stop): the statistics, then y = x * alpha + shift with alpha =
-    invstd * gamma and shift = beta - mean * alpha in x's dtype, as torch computes it."""
+    invstd * gamma and shift = beta - mean * alpha in x's dtype, as torch computes it (alpha and
+    shift kept for backward)."""
     N, L = x.shape[0], x.shape[2]
     t = x.dtype.type
     zero = t(0)
@@ -57,6 +66,7 @@ def _bn_forward(x, gamma, beta, eps, y, mean, var, mean64, invstd64, relu, c_fir
         mean[c], var[c] = mean64[c], v
         a = t(r * gamma[c])
         b = t(beta[c] - mean64[c] * r * gamma[c])
+        alpha[c], shift[c] = a, b
         for n in range(N):
             src, dst = x[n, c], y[n, c]
             for i in range(L):
@@ -69,15 +79,16 @@ def _forward_train(x3, gamma, beta, eps, relu):
     y = np.empty_like(x3)
     mean, var = np.empty(C, dtype=dtype), np.empty(C, dtype=dtype)
     mean64, invstd64 = np.empty(C), np.empty(C)
+    alpha, shift = np.empty(C, dtype=dtype), np.empty(C, dtype=dtype)
     _by_channels(x3, lambda c_first, c_stop: _bn_forward(x3, gamma, beta, eps, y, mean, var, mean64, invstd64,
-                                                        relu, c_first, c_stop))
-    return y, mean, var, (x3, y, mean64, invstd64, relu)
+                                                        alpha, shift, relu, c_first, c_stop))
+    return y, mean, var, (x3, mean64, invstd64, alpha, shift, relu)
 
 
 def batchnorm_forward_train(x3, gamma, beta, eps):
     """As numpy_ops, in torch's form (statistics in float64, then x * alpha + shift in x's dtype);
-    record: (x3, y, mean, invstd, relu): backward recomputes xhat from x instead of keeping a copy
-    of x's size (x and y are kept alive by the layers around anyway)."""
+    record: (x3, mean, invstd, alpha, shift, relu): backward recomputes xhat from x instead of
+    keeping a copy of x's size (x is kept alive by the layer before anyway)."""
     return _forward_train(x3, gamma, beta, eps, False)
 
 
@@ -120,9 +131,10 @@ def batchnorm_forward_eval(x3, mean, var, eps, gamma, beta, keep_record):
 
 
 @njit(**REDUCE)
-def _bn_backward(dy, x, y, mean, invstd, gamma, relu, dx, dgamma, dbeta, c_first, c_stop):
+def _bn_backward(dy, x, mean, invstd, alpha, shift, gamma, relu, dx, dgamma, dbeta, c_first, c_stop):
     """torch's batch-norm backward per channel, the ReLU's gradient first where fused (0 where the
-    output y <= 0, as relu_backward): with d = dy (masked) and xc = x - mean,
+    output x * alpha + shift <= 0, as relu_backward; recomputed to the bit rather than read from the
+    output: one array less to stream from memory, twice): with d = dy (masked) and xc = x - mean,
         sum_d, sum_dxc (summed in float64);  dgamma = sum_dxc * invstd;  dbeta = sum_d
         dx = (d - sum_d / M - xc * sum_dxc * invstd^2 / M) * invstd * gamma   (in dy's dtype)
     The mask is a select, not a branch (bitwise &), so the loops vectorize."""
@@ -131,30 +143,30 @@ def _bn_backward(dy, x, y, mean, invstd, gamma, relu, dx, dgamma, dbeta, c_first
     t = dy.dtype.type
     zero = t(0)
     for c in range(c_first, c_stop):
-        m, r = t(mean[c]), invstd[c]
+        m, r, a, b = t(mean[c]), invstd[c], alpha[c], shift[c]
         sb, sg = 0.0, 0.0
         for n in range(N):
-            g, src, out = dy[n, c], x[n, c], y[n, c]
+            g, src = dy[n, c], x[n, c]
             for i in range(L):
-                d = zero if relu & (out[i] <= zero) else g[i]
+                d = zero if relu & (_bn_affine(src[i], a, b) <= zero) else g[i]
                 sb += d
                 sg += d * (src[i] - m)
         dbeta[c], dgamma[c] = sb, sg * r
         k, grad_mean, scale = t(sg * r * r / M), t(sb / M), t(r * gamma[c])
         for n in range(N):
-            g, src, out, dst = dy[n, c], x[n, c], y[n, c], dx[n, c]
+            g, src, dst = dy[n, c], x[n, c], dx[n, c]
             for i in range(L):
-                d = zero if relu & (out[i] <= zero) else g[i]
+                d = zero if relu & (_bn_affine(src[i], a, b) <= zero) else g[i]
                 dst[i] = (d - grad_mean - (src[i] - m) * k) * scale
 
 
 def batchnorm_backward_train(dy3, record, gamma):
-    x3, y3, mean, invstd, relu = record
+    x3, mean, invstd, alpha, shift, relu = record
     dy3 = np.ascontiguousarray(dy3)
     C = dy3.shape[1]
     dx = np.empty_like(dy3)
     dgamma, dbeta = np.empty(C, dtype=dy3.dtype), np.empty(C, dtype=dy3.dtype)
-    _by_channels(dy3, lambda c_first, c_stop: _bn_backward(dy3, x3, y3, mean, invstd, gamma, relu, dx,
+    _by_channels(dy3, lambda c_first, c_stop: _bn_backward(dy3, x3, mean, invstd, alpha, shift, gamma, relu, dx,
                                                           dgamma, dbeta, c_first, c_stop))
     return dx, dgamma, dbeta
 
