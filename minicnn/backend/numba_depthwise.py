@@ -8,25 +8,25 @@ The padded plane is split into SH*SW phase planes, phase (a, b) holding the pixe
 ... and columns b, b + SW, ... (at stride 1: the padded plane itself). Tap (kh, kw) reads phase
 (kh*DH % SH, kw*DW % SW) shifted by (kh*DH // SH, kw*DW // SW), so a strided convolution is a
 stride-1 one over the phases. In the "wide" layout of numba_conv (a phase plane of row length Wq
-read as one flat vector) output (oh, ow) sits at i = oh*Wq + ow and every tap is one long
-vectorized multiply-add sweep over i; the few wrapped positions at the end of each wide row are
-computed and dropped. Backward runs the adjoints: the output gradient spread into a zeroed wide
+read as one flat vector) output (oh, ow) sits at i = oh*Wq + ow and every tap's product is one long
+vectorized sweep over i (for a 3x3 filter the nine are summed in registers, one store per output);
+the few wrapped positions at the end of each wide row are computed and dropped. Backward runs the adjoints: the output gradient spread into a zeroed wide
 plane, one dot product per tap for the filter, shifted multiply-adds into the phases for the input,
 the phases merged back. Chunks of samples are tasks on the cores; a task splits and sweeps one sample
 at a time, so that the sample's phase planes are still in L2 when they are read. Each chunk's weight
 and bias gradients are added in chunk order, so the bits do not depend on the thread count.
 """
 import numpy as np
-from numba import njit
+from numba import njit, uint64
 
 from . import cores
 from .numba_common import DIRECT, DOT, FAST, _balanced_chunk, _copy, _fill, _scratch, _sum_in_order
 
 
 class _Geometry:
-    """The phases (SH*SW planes of Hq x Wq), the output (OH, OW), its wide length L = (OH - 1)*Wq + OW,
-    for each tap its phase and its shift inside the phase plane, and where each input pixel lies in
-    the phases (row_at, col_at)."""
+    """The phases (SH*SW planes of Hq x Wq, flat one after the other), the output (OH, OW), its wide
+    length L = (OH - 1)*Wq + OW, where each tap's window starts in the flat phases (its phase's
+    plane, shifted inside it), and where each input pixel lies in them (row_at, col_at)."""
 
     def __init__(self, x_shape, w_shape, stride, padding, dilation):
         H, W = x_shape[2:]
@@ -39,11 +39,11 @@ class _Geometry:
         self.phases = self.SH * self.SW
         self.plain = self.phases == 1 and self.PH == self.PW == 0   # the phase plane is the image itself
         self.L = (self.OH - 1) * self.Wq + self.OW
-        self.tap_phase = np.array([(kh * DH % self.SH) * self.SW + kw * DW % self.SW
-                                   for kh in range(KH) for kw in range(KW)], dtype=np.int64)
-        self.tap_shift = np.array([(kh * DH // self.SH) * self.Wq + kw * DW // self.SW
-                                   for kh in range(KH) for kw in range(KW)], dtype=np.int64)
-        plane = self.Hq * self.Wq                 # pixel (h, w) in the phases: row_at[h] + col_at[w]
+        plane = self.Hq * self.Wq
+        phase = [(kh * DH % self.SH) * self.SW + kw * DW % self.SW for kh in range(KH) for kw in range(KW)]
+        shift = [(kh * DH // self.SH) * self.Wq + kw * DW // self.SW for kh in range(KH) for kw in range(KW)]
+        self.tap_start = np.array([p * plane + d for p, d in zip(phase, shift)], dtype=np.int64)
+        # pixel (h, w) lies at row_at[h] + col_at[w] of its plane's flat phases
         self.row_at = np.array([((h + self.PH) % self.SH) * self.SW * plane + (h + self.PH) // self.SH * self.Wq
                                 for h in range(H)], dtype=np.int64)
         self.col_at = np.array([((w + self.PW) % self.SW) * plane + (w + self.PW) // self.SW
@@ -52,7 +52,7 @@ class _Geometry:
 
 @njit(**FAST)
 def _split(x, xq, row_at, col_at):
-    """xq (n, C, SH*SW, Hq*Wq): each padded plane of x (n, C, H, W) as its phase planes (zeros in
+    """xq (n, C, SH*SW*Hq*Wq): each padded plane of x (n, C, H, W) as its phase planes (zeros in
     the padding and past the plane's end). Pixel (h, w) goes to flat place row_at[h] + col_at[w] of
     its sample-channel's phases: two table reads, no division and no row views per pixel (rows of
     7-28 pixels made the per-row bookkeeping cost more than the copy)."""
@@ -82,22 +82,53 @@ def _merge(dxq, dx, row_at, col_at):
 
 
 @njit(**DIRECT)
-def _forward(xq, taps, tap_phase, tap_shift, b, y, acc, Wq):
-    """y (n, C, OH, OW) from the phase planes xq (n, C, P, Hq*Wq); taps (C, KH*KW); acc (L,) scratch."""
+def _forward(xq, taps, tap_start, b, y, acc, Wq):
+    """y (n, C, OH, OW) from the flat phase planes xq (n, C, P*Hq*Wq); taps (C, KH*KW); acc (L,)
+    scratch. Wide output i is b + taps[0] * xq[.., tap_start[0] + i] + taps[1] * ..., added left to
+    right; a 3x3 filter's nine products are summed in registers (one store per output, not nine),
+    other sizes sweep acc once per tap."""
     n_samples, C = y.shape[0], y.shape[1]
     OH, OW = y.shape[2], y.shape[3]
     L = acc.size
+    start = tap_start.astype(np.uint64)
     for n in range(n_samples):
         for c in range(C):
-            t = taps[c]
-            _fill(acc, b[c])
-            for k in range(tap_shift.size):
-                tap, src = t[k], xq[n, c, tap_phase[k], tap_shift[k]:tap_shift[k] + L]
-                for i in range(L):
-                    acc[i] += tap * src[i]
+            src, t = xq[n, c], taps[c]
+            if start.size == 9:
+                _nine_taps(src, t, start, b[c], acc)
+            else:
+                _fill(acc, b[c])
+                for k in range(start.size):
+                    tap, first = t[k], start[k]
+                    for i in range(L):
+                        acc[i] += tap * src[first + uint64(i)]
             out = y[n, c]
             for oh in range(OH):
                 _copy(out[oh], acc[oh * Wq:oh * Wq + OW])
+
+
+# Indices into the phases are unsigned (first + uint64(i)): for a signed index Numba adds a test for
+# negative ones that stops vectorization, and a view per tap instead costs more than a 7x7 plane's
+# sums (nine views a plane).
+
+@njit(cache=True, inline="always")
+def _nine_taps(src, t, start, bias, acc):
+    """acc[i] = bias + t[0] * src[start[0] + i] + ... + t[8] * src[start[8] + i], left to right."""
+    t0, t1, t2, t3, t4, t5, t6, t7, t8 = t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]
+    s0, s1, s2, s3, s4, s5, s6, s7, s8 = (start[0], start[1], start[2], start[3], start[4], start[5], start[6],
+                                          start[7], start[8])
+    for j in range(acc.size):
+        i = uint64(j)
+        v = bias + t0 * src[s0 + i]
+        v += t1 * src[s1 + i]
+        v += t2 * src[s2 + i]
+        v += t3 * src[s3 + i]
+        v += t4 * src[s4 + i]
+        v += t5 * src[s5 + i]
+        v += t6 * src[s6 + i]
+        v += t7 * src[s7 + i]
+        v += t8 * src[s8 + i]
+        acc[i] = v
 
 
 @njit(cache=True, inline="always")
@@ -109,14 +140,15 @@ def _spread(dy, g, Wq):
 
 
 @njit(**DOT)
-def _weight_grad(xq, dy, tap_phase, tap_shift, dw, db, g, Wq):
+def _weight_grad(xq, dy, tap_start, dw, db, g, Wq):
     """dw (C, KH*KW) and db (C,) of a chunk, zeroed here: one dot product per tap."""
     n_samples, C = dy.shape[0], dy.shape[1]
     L = g.size
+    start = tap_start.astype(np.uint64)
     zero = dw.dtype.type(0)
     for c in range(C):
         db[c] = zero
-        for k in range(tap_shift.size):
+        for k in range(start.size):
             dw[c, k] = zero
     for n in range(n_samples):
         for c in range(C):
@@ -125,53 +157,54 @@ def _weight_grad(xq, dy, tap_phase, tap_shift, dw, db, g, Wq):
             for i in range(L):
                 total += g[i]
             db[c] += total
-            for k in range(tap_shift.size):
-                src = xq[n, c, tap_phase[k], tap_shift[k]:tap_shift[k] + L]
+            src = xq[n, c]
+            for k in range(start.size):
+                first = start[k]
                 total = zero
                 for i in range(L):
-                    total += g[i] * src[i]
+                    total += g[i] * src[first + uint64(i)]
                 dw[c, k] += total
 
 
 @njit(**DIRECT)
-def _input_grad(dy, taps, tap_phase, tap_shift, dxq, g, Wq):
-    """dxq (n, C, P, Hq*Wq), zeroed here: each tap adds w * the spread gradient into its phase."""
+def _input_grad(dy, taps, tap_start, dxq, g, Wq):
+    """dxq (n, C, P*Hq*Wq), zeroed here: each tap adds w * the spread gradient into its window."""
     n_samples, C = dy.shape[0], dy.shape[1]
     L = g.size
+    start = tap_start.astype(np.uint64)
     for n in range(n_samples):
         for c in range(C):
             _spread(dy[n, c], g, Wq)
-            t = taps[c]
-            _fill(dxq[n, c].reshape(-1), 0)
-            for k in range(tap_shift.size):
-                tap, dst = t[k], dxq[n, c, tap_phase[k], tap_shift[k]:tap_shift[k] + L]
+            t, dst = taps[c], dxq[n, c]
+            _fill(dst, 0)
+            for k in range(start.size):
+                tap, first = t[k], start[k]
                 for i in range(L):
-                    dst[i] += tap * g[i]
+                    dst[first + uint64(i)] += tap * g[i]
 
 
 @njit(**FAST)
-def _forward_by_sample(x, taps, tap_phase, tap_shift, b, y, xq, acc, row_at, col_at, Wq):
-    """_forward a sample at a time, its phase planes xq (1, C, P, Hq*Wq) split just before: a
+def _forward_by_sample(x, taps, tap_start, b, y, xq, acc, row_at, col_at, Wq):
+    """_forward a sample at a time, its phase planes xq (1, C, P*Hq*Wq) split just before: a
     sample's planes stay in L2 between the split and the sweeps (a chunk's did not)."""
     for n in range(y.shape[0]):
         _split(x[n:n + 1], xq, row_at, col_at)
-        _forward(xq, taps, tap_phase, tap_shift, b, y[n:n + 1], acc, Wq)
+        _forward(xq, taps, tap_start, b, y[n:n + 1], acc, Wq)
 
 
 @njit(**FAST)
-def _backward_by_sample(x, dy, taps, tap_phase, tap_shift, dw, db, dx, xq, dxq, g, row_at, col_at, Wq,
-                        input_grad):
+def _backward_by_sample(x, dy, taps, tap_start, dw, db, dx, xq, dxq, g, row_at, col_at, Wq, input_grad):
     """_weight_grad and _input_grad a sample at a time (dw, db summed over the samples in order),
     the sample's phases split and its input-gradient phases merged around them, all in L2."""
     dw_n, db_n = np.empty_like(dw), np.empty_like(db)
     for n in range(dy.shape[0]):
         _split(x[n:n + 1], xq, row_at, col_at)
-        _weight_grad(xq, dy[n:n + 1], tap_phase, tap_shift, dw_n if n else dw, db_n if n else db, g, Wq)
+        _weight_grad(xq, dy[n:n + 1], tap_start, dw_n if n else dw, db_n if n else db, g, Wq)
         if n:
             dw += dw_n
             db += db_n
         if input_grad:
-            _input_grad(dy[n:n + 1], taps, tap_phase, tap_shift, dxq, g, Wq)
+            _input_grad(dy[n:n + 1], taps, tap_start, dxq, g, Wq)
             _merge(dxq, dx[n:n + 1], row_at, col_at)
 
 
@@ -189,6 +222,11 @@ class Record:
 _DEPTHWISE_CHUNK = 16      # samples per task
 
 
+def _flat(x):
+    """x (n, C, H, W) as (n, C, H*W): the phases of a plane that needs no padding and no split."""
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
 def forward(x, w, b, stride, padding, dilation):
     """y (N, C, OH, OW) and a Record; w (C, 1, KH, KW), b (C,) or None."""
     N, C = x.shape[:2]
@@ -203,12 +241,10 @@ def forward(x, w, b, stride, padding, dilation):
         part = slice(i * chunk, (i + 1) * chunk)
         acc = _scratch("depthwise", (geo.L,), x.dtype)
         if geo.plain:
-            _forward(x[part].reshape(-1, C, 1, geo.Hq * geo.Wq), taps, geo.tap_phase, geo.tap_shift, bias, y[part],
-                     acc, geo.Wq)
+            _forward(_flat(x[part]), taps, geo.tap_start, bias, y[part], acc, geo.Wq)
         else:
-            xq = _scratch("depthwise phases", (1, C, geo.phases, geo.Hq * geo.Wq), x.dtype)
-            _forward_by_sample(x[part], taps, geo.tap_phase, geo.tap_shift, bias, y[part], xq, acc,
-                               geo.row_at, geo.col_at, geo.Wq)
+            xq = _scratch("depthwise phases", (1, C, geo.phases * geo.Hq * geo.Wq), x.dtype)
+            _forward_by_sample(x[part], taps, geo.tap_start, bias, y[part], xq, acc, geo.row_at, geo.col_at, geo.Wq)
 
     if N:
         cores.run(forward_chunk, -(-N // chunk))
@@ -229,15 +265,14 @@ def backward(dy, record, w, input_grad):
         g = _scratch("depthwise", (geo.L,), dy.dtype)
         dw, db = np.empty(taps.shape, dtype=dy.dtype), np.empty(C, dtype=dy.dtype)
         if geo.plain:
-            n = dy[part].shape[0]
-            _weight_grad(x[part].reshape(n, C, 1, -1), dy[part], geo.tap_phase, geo.tap_shift, dw, db, g, geo.Wq)
+            _weight_grad(_flat(x[part]), dy[part], geo.tap_start, dw, db, g, geo.Wq)
             if input_grad:
-                _input_grad(dy[part], taps, geo.tap_phase, geo.tap_shift, dx[part].reshape(n, C, 1, -1), g, geo.Wq)
+                _input_grad(dy[part], taps, geo.tap_start, _flat(dx[part]), g, geo.Wq)
         else:
-            shape = (1, C, geo.phases, geo.Hq * geo.Wq)
+            shape = (1, C, geo.phases * geo.Hq * geo.Wq)
             xq, dxq = _scratch("depthwise phases", shape, dy.dtype), _scratch("depthwise dx", shape, dy.dtype)
             dx_part = dx[part] if input_grad else np.empty((0,) + x.shape[1:], dy.dtype)
-            _backward_by_sample(x[part], dy[part], taps, geo.tap_phase, geo.tap_shift, dw, db, dx_part, xq, dxq, g,
+            _backward_by_sample(x[part], dy[part], taps, geo.tap_start, dw, db, dx_part, xq, dxq, g,
                                 geo.row_at, geo.col_at, geo.Wq, input_grad)
         return dw, db
 
