@@ -24,7 +24,8 @@ from .numba_elementwise import (relu_backward, relu_forward, sgd_update, softmax
 from .numba_im2col import col2im, im2col, matmul  # noqa: F401
 from .numba_norm import (batchnorm_backward_train, batchnorm_forward_eval, batchnorm_forward_train,  # noqa: F401
                          batchnorm_relu_backward_train, batchnorm_relu_forward_train)
-from .numba_pool import avgpool2d_backward, maxpool2d_backward, maxpool2d_forward  # noqa: F401
+from .numba_pool import (adaptive_avgpool2d_backward, adaptive_avgpool2d_forward, avgpool2d_backward,  # noqa: F401
+                         maxpool2d_backward, maxpool2d_forward)
 
 name = "numba"
 xp = _reference.xp
@@ -32,8 +33,6 @@ host_read_interval = 1
 
 # NumPy's own is as fast here (few passes over small arrays, or nothing to gain from a loop)
 avgpool2d_forward = _reference.avgpool2d_forward
-adaptive_avgpool2d_forward = _reference.adaptive_avgpool2d_forward
-adaptive_avgpool2d_backward = _reference.adaptive_avgpool2d_backward
 batchnorm_backward_eval = _reference.batchnorm_backward_eval
 leaky_relu_forward = _reference.leaky_relu_forward
 leaky_relu_backward = _reference.leaky_relu_backward

@@ -8,7 +8,8 @@ import numpy as np
 from numba import njit
 
 from . import im2col_conv
-from .numba_common import FAST, _by_samples, _fill
+from . import numpy_ops as _reference
+from .numba_common import FAST, REDUCE, _by_samples, _fill
 from .numba_relu_pool import _first_max, _max_of_four
 
 output_size = im2col_conv.output_size
@@ -154,3 +155,48 @@ def avgpool2d_backward(dy, record):
     dy = np.ascontiguousarray(dy)
     _by_samples(dx, lambda part: _pool_backward(dy[part], idx, divisor, dx[part], KH, KW, SH, SW, PH, PW, False))
     return dx
+
+
+@njit(**REDUCE)
+def _global_mean(x, y):
+    """y (n, C): the mean of each plane of x (n, C, H*W), its sum kept in vector partial sums."""
+    N, C, L = x.shape
+    for n in range(N):
+        for c in range(C):
+            plane = x[n, c]
+            total = plane.dtype.type(0)
+            for i in range(L):
+                total += plane[i]
+            y[n, c] = total / plane.dtype.type(L)
+
+
+@njit(**FAST)
+def _global_mean_backward(dy, dx):
+    """dx (n, C, H*W): each plane filled with its gradient dy (n, C) over H*W."""
+    N, C, L = dx.shape
+    for n in range(N):
+        for c in range(C):
+            _fill(dx[n, c], dy[n, c] / dy.dtype.type(L))
+
+
+def adaptive_avgpool2d_forward(x, output_size):
+    """As numpy_ops; global pooling ((1, 1), ResNet's and MobileNet's last step) as one pass of
+    plane sums on the cores (NumPy's mean over two axes of small planes took 4x as long), any other
+    size by NumPy's windows."""
+    if tuple(output_size) != (1, 1):
+        return _reference.adaptive_avgpool2d_forward(x, output_size)
+    N, C, H, W = x.shape
+    x3 = np.ascontiguousarray(x).reshape(N, C, H * W)
+    y = np.empty((N, C), dtype=x.dtype)
+    _by_samples(x3, lambda part: _global_mean(x3[part], y[part]))
+    return y.reshape(N, C, 1, 1), (x.shape, (1, 1))
+
+
+def adaptive_avgpool2d_backward(dy, record):
+    (N, C, H, W), size = record
+    if size != (1, 1):
+        return _reference.adaptive_avgpool2d_backward(dy, record)
+    dy2 = np.ascontiguousarray(dy).reshape(N, C)
+    dx = np.empty((N, C, H * W), dtype=dy.dtype)
+    _by_samples(dx, lambda part: _global_mean_backward(dy2[part], dx[part]))
+    return dx.reshape(N, C, H, W)
