@@ -128,9 +128,10 @@ def test_avgpool2d(any_backend, dtype, kernel, stride, padding, batch, channels,
 
 @pytest.mark.parametrize("output_size,shape", [
     (1, (2, 3, 7, 5)), ((1, 1), (1, 16, 4, 4)), ((3, 2), (2, 3, 7, 5)), ((4, 4), (3, 2, 9, 9)), (5, (1, 2, 5, 5)),
-    ((7, 3), (2, 1, 9, 11)), ((None, 2), (2, 3, 6, 7)), ((9, 12), (1, 2, 4, 5))])
+    ((7, 3), (2, 1, 9, 11)), ((None, 2), (2, 3, 6, 7)), ((9, 12), (1, 2, 4, 5)), (1, (37, 64, 7, 7))])
 def test_adaptive_avgpool2d(any_backend, dtype, output_size, shape):
-    """Windows by torch's floor/ceil rule: overlapping, unequal or larger than the input."""
+    """Windows by torch's floor/ceil rule: overlapping, unequal or larger than the input; global
+    pooling also of a batch large enough to go to the cores in chunks on Numba."""
     assert_matches_torch(nn.AdaptiveAvgPool2d(output_size), torch.nn.AdaptiveAvgPool2d(output_size),
                          random_input(shape, dtype), **tolerance(dtype))
 

@@ -10,11 +10,12 @@ The padded plane is split into SH*SW phase planes, phase (a, b) holding the pixe
 stride-1 one over the phases. In the "wide" layout of numba_conv (a phase plane of row length Wq
 read as one flat vector) output (oh, ow) sits at i = oh*Wq + ow and every tap's product is one long
 vectorized sweep over i (for a 3x3 filter the nine are summed in registers, one store per output);
-the few wrapped positions at the end of each wide row are computed and dropped. Backward runs the adjoints: the output gradient spread into a zeroed wide
-plane, one dot product per tap for the filter, shifted multiply-adds into the phases for the input,
-the phases merged back. Chunks of samples are tasks on the cores; a task splits and sweeps one sample
-at a time, so that the sample's phase planes are still in L2 when they are read. Each chunk's weight
-and bias gradients are added in chunk order, so the bits do not depend on the thread count.
+the few wrapped positions at the end of each wide row are computed and dropped. Backward runs the
+adjoints: the output gradient spread into a zeroed wide plane, one dot product per tap for the
+filter, shifted multiply-adds into the phases for the input, the phases merged back. Chunks of
+samples are tasks on the cores; a task splits and sweeps one sample at a time, so that the sample's
+phase planes are still in L2 when they are read. Each chunk's weight and bias gradients are added in
+chunk order, so the bits do not depend on the thread count.
 """
 import numpy as np
 from numba import njit, uint64
@@ -31,23 +32,22 @@ class _Geometry:
     def __init__(self, x_shape, w_shape, stride, padding, dilation):
         H, W = x_shape[2:]
         KH, KW = w_shape[2:]
-        (self.SH, self.SW), (self.PH, self.PW), (DH, DW) = stride, padding, dilation
-        Hp, Wp = H + 2 * self.PH, W + 2 * self.PW
-        self.OH = (Hp - DH * (KH - 1) - 1) // self.SH + 1
-        self.OW = (Wp - DW * (KW - 1) - 1) // self.SW + 1
-        self.Hq, self.Wq = -(-Hp // self.SH), -(-Wp // self.SW)
-        self.phases = self.SH * self.SW
-        self.plain = self.phases == 1 and self.PH == self.PW == 0   # the phase plane is the image itself
+        (SH, SW), (PH, PW), (DH, DW) = stride, padding, dilation
+        Hp, Wp = H + 2 * PH, W + 2 * PW
+        self.OH = (Hp - DH * (KH - 1) - 1) // SH + 1
+        self.OW = (Wp - DW * (KW - 1) - 1) // SW + 1
+        Hq, self.Wq = -(-Hp // SH), -(-Wp // SW)
+        plane = Hq * self.Wq
+        self.size = SH * SW * plane                           # of a plane's flat phases
+        self.plain = SH == SW == 1 and PH == PW == 0          # the phase plane is the image itself
         self.L = (self.OH - 1) * self.Wq + self.OW
-        plane = self.Hq * self.Wq
-        phase = [(kh * DH % self.SH) * self.SW + kw * DW % self.SW for kh in range(KH) for kw in range(KW)]
-        shift = [(kh * DH // self.SH) * self.Wq + kw * DW // self.SW for kh in range(KH) for kw in range(KW)]
-        self.tap_start = np.array([p * plane + d for p, d in zip(phase, shift)], dtype=np.int64)
+        phase = [(kh * DH % SH) * SW + kw * DW % SW for kh in range(KH) for kw in range(KW)]
+        shift = [(kh * DH // SH) * self.Wq + kw * DW // SW for kh in range(KH) for kw in range(KW)]
+        self.tap_start = np.array([p * plane + d for p, d in zip(phase, shift)], dtype=np.uint64)
         # pixel (h, w) lies at row_at[h] + col_at[w] of its plane's flat phases
-        self.row_at = np.array([((h + self.PH) % self.SH) * self.SW * plane + (h + self.PH) // self.SH * self.Wq
-                                for h in range(H)], dtype=np.int64)
-        self.col_at = np.array([((w + self.PW) % self.SW) * plane + (w + self.PW) // self.SW
-                                for w in range(W)], dtype=np.int64)
+        self.row_at = np.array([((h + PH) % SH) * SW * plane + (h + PH) // SH * self.Wq for h in range(H)],
+                               dtype=np.int64)
+        self.col_at = np.array([((w + PW) % SW) * plane + (w + PW) // SW for w in range(W)], dtype=np.int64)
 
 
 @njit(**FAST)
@@ -59,7 +59,7 @@ def _split(x, xq, row_at, col_at):
     N, C, H, W = x.shape
     for n in range(N):
         for c in range(C):
-            dst = xq[n, c].reshape(-1)
+            dst = xq[n, c]
             _fill(dst, 0)
             for h in range(H):
                 row, base = x[n, c, h], row_at[h]
@@ -69,17 +69,21 @@ def _split(x, xq, row_at, col_at):
 
 @njit(**FAST)
 def _merge(dxq, dx, row_at, col_at):
-    """dx (n, C, H, W): the pixels of the phase planes dxq back in place (the adjoint of _split
+    """dx (n, C, H, W): the pixels of the flat phases dxq (n, C, SH*SW*Hq*Wq) back in place (the adjoint of _split
     restricted to the image: each pixel lies in exactly one phase)."""
     N, C, H, W = dx.shape
     for n in range(N):
         for c in range(C):
-            src = dxq[n, c].reshape(-1)
+            src = dxq[n, c]
             for h in range(H):
                 row, base = dx[n, c, h], row_at[h]
                 for w in range(W):
                     row[w] = src[base + col_at[w]]
 
+
+# Indices into the phases are unsigned (tap_start is uint64, first + uint64(i)): for a signed index
+# Numba adds a test for negative ones that stops vectorization, and a view per tap instead costs more
+# than a 7x7 plane's sums (nine views a plane).
 
 @njit(**DIRECT)
 def _forward(xq, taps, tap_start, b, y, acc, Wq):
@@ -90,26 +94,21 @@ def _forward(xq, taps, tap_start, b, y, acc, Wq):
     n_samples, C = y.shape[0], y.shape[1]
     OH, OW = y.shape[2], y.shape[3]
     L = acc.size
-    start = tap_start.astype(np.uint64)
     for n in range(n_samples):
         for c in range(C):
             src, t = xq[n, c], taps[c]
-            if start.size == 9:
-                _nine_taps(src, t, start, b[c], acc)
+            if tap_start.size == 9:
+                _nine_taps(src, t, tap_start, b[c], acc)
             else:
                 _fill(acc, b[c])
-                for k in range(start.size):
-                    tap, first = t[k], start[k]
+                for k in range(tap_start.size):
+                    tap, first = t[k], tap_start[k]
                     for i in range(L):
                         acc[i] += tap * src[first + uint64(i)]
             out = y[n, c]
             for oh in range(OH):
                 _copy(out[oh], acc[oh * Wq:oh * Wq + OW])
 
-
-# Indices into the phases are unsigned (first + uint64(i)): for a signed index Numba adds a test for
-# negative ones that stops vectorization, and a view per tap instead costs more than a 7x7 plane's
-# sums (nine views a plane).
 
 @njit(cache=True, inline="always")
 def _nine_taps(src, t, start, bias, acc):
@@ -144,11 +143,10 @@ def _weight_grad(xq, dy, tap_start, dw, db, g, Wq):
     """dw (C, KH*KW) and db (C,) of a chunk, zeroed here: one dot product per tap."""
     n_samples, C = dy.shape[0], dy.shape[1]
     L = g.size
-    start = tap_start.astype(np.uint64)
     zero = dw.dtype.type(0)
     for c in range(C):
         db[c] = zero
-        for k in range(start.size):
+        for k in range(tap_start.size):
             dw[c, k] = zero
     for n in range(n_samples):
         for c in range(C):
@@ -158,8 +156,8 @@ def _weight_grad(xq, dy, tap_start, dw, db, g, Wq):
                 total += g[i]
             db[c] += total
             src = xq[n, c]
-            for k in range(start.size):
-                first = start[k]
+            for k in range(tap_start.size):
+                first = tap_start[k]
                 total = zero
                 for i in range(L):
                     total += g[i] * src[first + uint64(i)]
@@ -171,14 +169,13 @@ def _input_grad(dy, taps, tap_start, dxq, g, Wq):
     """dxq (n, C, P*Hq*Wq), zeroed here: each tap adds w * the spread gradient into its window."""
     n_samples, C = dy.shape[0], dy.shape[1]
     L = g.size
-    start = tap_start.astype(np.uint64)
     for n in range(n_samples):
         for c in range(C):
             _spread(dy[n, c], g, Wq)
             t, dst = taps[c], dxq[n, c]
             _fill(dst, 0)
-            for k in range(start.size):
-                tap, first = t[k], start[k]
+            for k in range(tap_start.size):
+                tap, first = t[k], tap_start[k]
                 for i in range(L):
                     dst[first + uint64(i)] += tap * g[i]
 
@@ -243,7 +240,7 @@ def forward(x, w, b, stride, padding, dilation):
         if geo.plain:
             _forward(_flat(x[part]), taps, geo.tap_start, bias, y[part], acc, geo.Wq)
         else:
-            xq = _scratch("depthwise phases", (1, C, geo.phases * geo.Hq * geo.Wq), x.dtype)
+            xq = _scratch("depthwise phases", (1, C, geo.size), x.dtype)
             _forward_by_sample(x[part], taps, geo.tap_start, bias, y[part], xq, acc, geo.row_at, geo.col_at, geo.Wq)
 
     if N:
@@ -269,7 +266,7 @@ def backward(dy, record, w, input_grad):
             if input_grad:
                 _input_grad(dy[part], taps, geo.tap_start, _flat(dx[part]), g, geo.Wq)
         else:
-            shape = (1, C, geo.phases * geo.Hq * geo.Wq)
+            shape = (1, C, geo.size)
             xq, dxq = _scratch("depthwise phases", shape, dy.dtype), _scratch("depthwise dx", shape, dy.dtype)
             dx_part = dx[part] if input_grad else np.empty((0,) + x.shape[1:], dy.dtype)
             _backward_by_sample(x[part], dy[part], taps, geo.tap_start, dw, db, dx_part, xq, dxq, g,

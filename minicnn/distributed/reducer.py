@@ -60,8 +60,10 @@ class GradientReducer:
     def _progress(self):
         """MPI moves non-blocking messages along only inside MPI calls: poke it between layers
         (NCCL runs on its own)."""
+        if self.device is not None:
+            return
         started = [b.request for b in self.buckets if b.request is not None]
-        if started and self.device is None:
+        if started:
             self.world.MPI.Request.Testall(started)
 
     def finish(self):
