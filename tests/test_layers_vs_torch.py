@@ -422,7 +422,7 @@ def test_conv2d_in_chunks_equals_one_piece(cpu_backend, monkeypatch, strategy, i
     from minicnn.backend import numpy_ops
     two_samples = 2 * 7 * 7 * 3 * 9 * 8                                     # two samples per chunk
     monkeypatch.setattr(numpy_ops, "_MAX_COL_BYTES", two_samples)
-    strategy(max_col_bytes=two_samples, stride1_kernels=False)                # Numba: the im2col path too
+    strategy(max_col_bytes=two_samples, own_kernels=False)                # Numba: the im2col path too
     layer = nn.Conv2d(3, 4, 3, padding=1).to(np.float64)
     ref = torch.nn.Conv2d(3, 4, 3, padding=1)
     x = random_input((5, 3, 7, 7), np.float64)
@@ -491,7 +491,7 @@ def test_numba_stride1_convolution(strategy, dtype, mode, kernel, padding, c_in,
             dy = random_input(layer(x).shape, dtype)
         stride1 = run()
         assert layer._saved.record.algorithm != "im2col", "expected the stride-1 kernels"
-        strategy(stride1_kernels=False)
+        strategy(own_kernels=False)
         im2col = run()
         assert layer._saved.record.algorithm == "im2col"
     for a, b in zip(stride1, im2col):
@@ -500,10 +500,69 @@ def test_numba_stride1_convolution(strategy, dtype, mode, kernel, padding, c_in,
         # so atol scales with the largest value of the array
         tol = tolerance(dtype)
         np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, np.abs(b).max()))
-    strategy(stride1_kernels=True, max_col_bytes=64 * 2**20)
+    strategy(own_kernels=True, max_col_bytes=64 * 2**20)
     with backend.use_backend("numba"):
         assert_matches_torch(layer, torch.nn.Conv2d(c_in, 5, kernel, padding=padding), x, **tolerance(dtype))
 
+
+@pytest.mark.parametrize("in_chunks", [False, True])
+@pytest.mark.parametrize("kernel,stride,padding,dilation,algorithm", [
+    (3, 2, 1, 1, "gemm"), ((3, 2), (2, 3), (1, 0), 1, "gemm"), (1, 2, 0, 1, "gemm"), (3, 1, 2, 2, "gemm"),
+    (3, 3, 1, (2, 1), "gemm"), (1, 1, 0, 1, "pointwise"), (1, 1, 0, 2, "pointwise"), (1, 1, 1, 1, "gemm")])
+def test_numba_rows_gemm_and_pointwise(strategy, dtype, in_chunks, kernel, stride, padding, dilation, algorithm):
+    """Numba's strided and dilated convolutions (the rows GEMM over strided runs, or shifted planes
+    at stride 1) and 1x1 convolutions straight from x's planes, whole or a sample per task, against
+    torch; and the path taken is the one expected."""
+    from minicnn import backend
+    if in_chunks:
+        strategy(rows_chunk_bytes=1)
+    layer = nn.Conv2d(12, 7, kernel, stride=stride, padding=padding, dilation=dilation).to(dtype)
+    ref = torch.nn.Conv2d(12, 7, kernel, stride=stride, padding=padding, dilation=dilation)
+    x = random_input((5, 12, 11, 10), dtype)
+    with backend.use_backend("numba"):
+        assert_matches_torch(layer, ref, x, **tolerance(dtype))
+        layer(x)
+        assert layer._saved.record.algorithm == algorithm
+
+
+@pytest.mark.parametrize("poison", ["inf in the input", "NaN in the input", "inf in the weights", "both infs"])
+@pytest.mark.parametrize("kernel,stride,padding,algorithm", [(3, 2, 1, "gemm"), (1, 2, 0, "gemm"),
+                                                            (1, 1, 0, "pointwise")])
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+def test_numba_rows_gemm_and_pointwise_make_torchs_nan(strategy, dtype, poison, kernel, stride, padding, algorithm):
+    """The strided and 1x1 GEMMs multiply the same pairs of values as torch (no wrapped columns, no
+    transforms), so they run with inf or NaN inside and give NaN and inf at exactly torch's places,
+    in the output and every gradient."""
+    from minicnn import backend
+    strategy(rows_chunk_bytes=1)
+    layer = nn.Conv2d(6, 5, kernel, stride=stride, padding=padding).to(dtype)
+    x = random_input((4, 6, 9, 8), dtype)
+    if poison in ("inf in the input", "both infs"):
+        x[1, 2, 4, 4] = np.inf
+    if poison == "NaN in the input":
+        x[2, 0, 4, 2] = np.nan
+    if poison in ("inf in the weights", "both infs"):
+        layer.weight.data[3, 2, 0, 0] = -np.inf
+        x[:, 2, 2] = 0                                         # inf * 0 inside the image, not only in the padding
+    ref = torch.nn.Conv2d(6, 5, kernel, stride=stride, padding=padding).double()
+    ref.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in layer.state_dict().items()})
+    xt = torch.from_numpy(x.astype(np.float64)).requires_grad_()
+    yt = ref(xt)
+    dy = random_input(tuple(yt.shape), dtype)
+    yt.backward(torch.from_numpy(dy.astype(np.float64)))
+    with backend.use_backend("numba"):
+        y = layer(x)
+        assert layer._saved.record.algorithm == algorithm
+        dx = layer.backward(dy)
+    nan_places = 0
+    for ours, theirs in [(y, yt), (dx, xt.grad), (layer.weight.grad, ref.weight.grad), (layer.bias.grad, ref.bias.grad)]:
+        theirs = theirs.detach().numpy()
+        np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+        np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs))
+        nan_places += np.isnan(theirs).sum()
+        finite = np.isfinite(theirs)
+        np.testing.assert_allclose(ours[finite], theirs[finite], **tolerance(dtype))
+    assert nan_places > 0 or poison == "inf in the input"        # an inf input alone makes infs
 
 @pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 1), ((2, 3), 2)])
 def test_maxpool_and_relu_treat_nan_as_torch_does(cpu_backend, dtype, kernel, stride):
@@ -845,9 +904,9 @@ def test_fused_relu_pool_breaks_ties_and_treats_nan_as_the_pool(dtype, channels)
     w[0] = 0                                # sample 2's first plane: -0.0 + 0 * -1 + ... = -0.0 (direct)
     b = np.array([-0.0, 0.0, 1.0, -1.0, 0.5], dtype=dtype)
     from minicnn.backend import numba_conv, numba_strategy
-    forward, backward = numba_strategy.conv_algorithms(channels, w.shape, (1, 1), (1, 1), 1, fused=True)
-    y, fused = numba_conv._stride1_forward(x, w, b, (1, 0), True, forward, backward)   # the kernels, NaN and all
-    conv, _ = numba_conv._stride1_forward(x, w, b, (1, 0), False, forward, backward)   # the same, unfused
+    forward, backward = numba_strategy.conv_algorithms(channels, w.shape, (1, 1), (1, 0), (1, 1), 1, fused=True)
+    y, fused = numba_conv._planes_forward(x, w, b, (1, 1), (1, 0), (1, 1), True, forward, backward)   # NaN and all
+    conv, _ = numba_conv._planes_forward(x, w, b, (1, 1), (1, 0), (1, 1), False, forward, backward)   # unfused
     pooled, pool = numba_ops.maxpool2d_forward(conv, (2, 2), (2, 2), (0, 0))
     idx = pool[0]
     expected, _ = numba_ops.relu_forward(pooled)

@@ -281,25 +281,62 @@ def _direct_conv_input_grad(dyw, w, dxp, Wp):
 
 
 # With more input channels the sum over taps is better left to BLAS, still in the wide layout:
-# rows (C*KH*KW, n*L) holds, per tap k = (c, kh, kw), the shifted plane xp[n, c, kh*Wp + kw:][:L]
+# rows (C*KH*KW, n*L) holds, per tap k = (c, kh, kw), the shifted plane xp[n, c, kh*DH*Wp + kw*DW:][:L]
 # (one contiguous copy each), and y_wide (OC, n*L) = W (OC, C*KH*KW) @ rows. Unlike im2col's
-# short per-pixel runs, every copy is a whole shifted plane. Samples go in chunks that keep rows
-# in the cache (the strategy's rows_chunk_bytes); rows are kept for backward only when one chunk
-# holds the whole batch, else rebuilt there.
+# short per-pixel runs, every copy is a whole shifted plane. A strided convolution has no wide
+# layout (its taps are not shifts of one plane): its rows are the strided runs
+# xp[n, c, (oh*SH + kh*DH)*Wp + kw*DW::SW][:OW], one per output row, packed without the wrapped
+# columns (Wq = OW, L = OH*OW); the rest of the path is the same. Samples go in chunks that keep
+# rows in the cache (the strategy's rows_chunk_bytes); rows are kept for backward only when one
+# chunk holds the whole batch, else rebuilt there.
+
+class _Rows:
+    """Where the rows of the GEMM path come from: the padded planes xp (N, C, Hp*Wp) read by
+    shifts (stride 1: the wide layout, Wq = Wp) or by strided runs (Wq = OW). Output pixel (oh, ow)
+    of a sample is column oh*Wq + ow of its L columns."""
+
+    def __init__(self, x_shape, w_shape, stride, padding, dilation):
+        N, C, H, W = x_shape
+        KH, KW = w_shape[2], w_shape[3]
+        (SH, SW), (PH, PW), (DH, DW) = stride, padding, dilation
+        self.KH, self.KW, self.SH, self.SW, self.DH, self.DW = KH, KW, SH, SW, DH, DW
+        self.Wp = W + 2 * PW
+        self.OH = (H + 2 * PH - DH * (KH - 1) - 1) // SH + 1
+        self.OW = (W + 2 * PW - DW * (KW - 1) - 1) // SW + 1
+        self.wide = SH == SW == 1
+        self.Wq = self.Wp if self.wide else self.OW
+        self.L = (self.OH - 1) * self.Wq + self.OW
+
+    def gather(self, xp, rows):
+        """rows (C*KH*KW, n*L) from the padded planes xp (n, C, Hp*Wp) of a chunk of samples."""
+        if self.wide:
+            _gather_rows(xp, rows, self.KH, self.KW, self.DH, self.DW, self.Wp, self.L)
+        else:
+            _gather_strided_rows(xp, rows, self.KH, self.KW, self.SH, self.SW, self.DH, self.DW,
+                                 self.Wp, self.OH, self.OW)
+
+    def scatter(self, drows, dxp):
+        """dxp (n, C, Hp*Wp) = the adjoint of gather applied to drows (zeroed here first)."""
+        if self.wide:
+            _scatter_rows(drows, dxp, self.KH, self.KW, self.DH, self.DW, self.Wp, self.L)
+        else:
+            _scatter_strided_rows(drows, dxp, self.KH, self.KW, self.SH, self.SW, self.DH, self.DW,
+                                  self.Wp, self.OH, self.OW)
+
 
 @njit(**FAST)
-def _gather_rows(xp, rows, KH, KW, Wp, L):
+def _gather_rows(xp, rows, KH, KW, DH, DW, Wp, L):
     n_samples, C = xp.shape[0], xp.shape[1]
     for n in range(n_samples):
         for c in range(C):
             for kh in range(KH):
                 for kw in range(KW):
-                    shift = kh * Wp + kw
+                    shift = kh * DH * Wp + kw * DW
                     _copy(rows[(c * KH + kh) * KW + kw, n * L:(n + 1) * L], xp[n, c, shift:shift + L])
 
 
 @njit(**FAST)
-def _scatter_rows(drows, dxp, KH, KW, Wp, L):
+def _scatter_rows(drows, dxp, KH, KW, DH, DW, Wp, L):
     """The adjoint of _gather_rows, adding into dxp (zeroed here), sample by sample."""
     n_samples, C = dxp.shape[0], dxp.shape[1]
     for n in range(n_samples):
@@ -307,10 +344,59 @@ def _scatter_rows(drows, dxp, KH, KW, Wp, L):
         for c in range(C):
             for kh in range(KH):
                 for kw in range(KW):
+                    shift = kh * DH * Wp + kw * DW
                     src = drows[(c * KH + kh) * KW + kw, n * L:(n + 1) * L]
-                    dst = dxp[n, c, kh * Wp + kw:kh * Wp + kw + L]
+                    dst = dxp[n, c, shift:shift + L]
                     for i in range(L):
                         dst[i] += src[i]
+
+
+@njit(**FAST)
+def _gather_strided_rows(xp, rows, KH, KW, SH, SW, DH, DW, Wp, OH, OW):
+    """rows[(c*KH + kh)*KW + kw, n*OH*OW + oh*OW + ow] = xp[n, c, (oh*SH + kh*DH)*Wp + ow*SW + kw*DW]."""
+    n_samples, C = xp.shape[0], xp.shape[1]
+    L = OH * OW
+    for n in range(n_samples):
+        for c in range(C):
+            plane = xp[n, c]
+            for kh in range(KH):
+                for kw in range(KW):
+                    row = rows[(c * KH + kh) * KW + kw, n * L:(n + 1) * L]
+                    for oh in range(OH):
+                        start = (oh * SH + kh * DH) * Wp + kw * DW
+                        run, dst = plane[start:start + SW * (OW - 1) + 1:SW], row[oh * OW:(oh + 1) * OW]
+                        for i in range(OW):
+                            dst[i] = run[i]
+
+
+@njit(**FAST)
+def _scatter_strided_rows(drows, dxp, KH, KW, SH, SW, DH, DW, Wp, OH, OW):
+    """The adjoint of _gather_strided_rows, adding into dxp (zeroed here), sample by sample in a
+    fixed order (taps, then output rows)."""
+    n_samples, C = dxp.shape[0], dxp.shape[1]
+    L = OH * OW
+    for n in range(n_samples):
+        dxp[n] = 0
+        for c in range(C):
+            plane = dxp[n, c]
+            for kh in range(KH):
+                for kw in range(KW):
+                    row = drows[(c * KH + kh) * KW + kw, n * L:(n + 1) * L]
+                    for oh in range(OH):
+                        start = (oh * SH + kh * DH) * Wp + kw * DW
+                        run, src = plane[start:start + SW * (OW - 1) + 1:SW], row[oh * OW:(oh + 1) * OW]
+                        for i in range(OW):
+                            run[i] += src[i]
+
+
+@njit(**FAST)
+def _add_bias(y, b):
+    """y (n, OC, L) += b[o] on every plane."""
+    for n in range(y.shape[0]):
+        for o in range(y.shape[1]):
+            plane, bias = y[n, o], b[o]
+            for i in range(plane.size):
+                plane[i] += bias
 
 
 @njit(**FAST)
@@ -344,16 +430,22 @@ _PRIMITIVES = im2col_conv.Primitives(im2col, col2im, matmul, conv_backward_gemms
 
 
 def conv2d_forward(x, w, b, stride, padding, dilation, groups):
-    """As numpy_ops; the record is im2col_conv's Record, numba_depthwise's, or a _Stride1Record.
-    Inputs or weights holding inf or NaN go by im2col, whose products are exactly torch's: the wide
-    layout's dropped positions would multiply an inf by zero, Winograd's transforms subtract infs."""
-    forward, backward = numba_strategy.conv_algorithms(x.shape[1], w.shape, stride, dilation, groups, fused=False)
-    if forward == "im2col" or not (_finite(x) and _finite(w)):
+    """As numpy_ops; the record is im2col_conv's Record, numba_depthwise's, a _PointwiseRecord or a
+    _PlanesRecord. The 1x1 and the strided GEMMs multiply exactly im2col's pairs of values (torch's),
+    so an inf or NaN makes NaN where it does in torch. Other inputs or weights holding inf or NaN go
+    by im2col: the wide layout's dropped positions would multiply an inf by zero, Winograd's
+    transforms subtract infs."""
+    forward, backward = numba_strategy.conv_algorithms(x.shape[1], w.shape, stride, padding, dilation, groups,
+                                                       fused=False)
+    if forward == "pointwise":
+        return _pointwise_forward(x, w, b)
+    exact_products = forward == "gemm" and tuple(stride) != (1, 1)
+    if forward == "im2col" or not (exact_products or (_finite(x) and _finite(w))):
         return im2col_conv.forward(_PRIMITIVES, x, w, b, stride, padding, dilation, groups,
                                    numba_strategy.current().max_col_bytes)
     if forward == "depthwise":
         return numba_depthwise.forward(x, w, b, stride, padding, dilation)
-    return _stride1_forward(x, w, b, padding, False, forward, backward)
+    return _planes_forward(x, w, b, stride, padding, dilation, False, forward, backward)
 
 
 def _finite(a):
@@ -368,7 +460,9 @@ def conv2d_backward(dy, record, w, input_grad):
         return im2col_conv.backward(_PRIMITIVES, dy, record, w, input_grad)
     if record.algorithm == "depthwise":
         return numba_depthwise.backward(dy, record, w, input_grad)
-    return _stride1_backward(dy, record, w, input_grad)
+    if record.algorithm == "pointwise":
+        return _pointwise_backward(dy, record, w, input_grad)
+    return _planes_backward(dy, record, w, input_grad)
 
 
 def conv2d_relu_maxpool2d_forward(x, w, b, padding):
@@ -376,16 +470,16 @@ def conv2d_relu_maxpool2d_forward(x, w, b, padding):
     the cache: the full-size output is never stored. The same values, bit for bit, as the three ops
     one by one (pool first: max and ReLU commute), but by Winograd (another rounding) and with the
     sparse backward (another order of additions)."""
-    forward, backward = numba_strategy.conv_algorithms(x.shape[1], w.shape, (1, 1), (1, 1), 1, fused=True)
+    forward, backward = numba_strategy.conv_algorithms(x.shape[1], w.shape, (1, 1), padding, (1, 1), 1, fused=True)
     if not (_finite(x) and _finite(w)):                    # torch's NaNs: the three exact ops one by one
         return _composed_forward(x, w, b, padding)
-    return _stride1_forward(x, w, b, padding, True, forward, backward)
+    return _planes_forward(x, w, b, (1, 1), padding, (1, 1), True, forward, backward)
 
 
 def conv2d_relu_maxpool2d_backward(dy, record, w, input_grad):
     if record.algorithm == "composed":
         return _composed_backward(dy, record, w, input_grad)
-    return _stride1_backward(dy, record, w, input_grad)
+    return _planes_backward(dy, record, w, input_grad)
 
 
 class _Composed:
@@ -409,25 +503,35 @@ def _composed_backward(dy, record, w, input_grad):
     return im2col_conv.backward(_PRIMITIVES, dy, record.conv, w, input_grad)
 
 
-class _Stride1Record:
-    """What a stride-1 backward needs: its algorithm, the padded input planes xp, the rows of the
-    wide GEMM when one task held the whole batch, and after relu_pool (y, idx, OH, OW)."""
-    __slots__ = ("algorithm", "xp", "rows", "pooled", "x_shape", "padding", "has_bias")
+class _PlanesRecord:
+    """What backward needs: its algorithm, the padded input planes xp, the rows of the GEMM when
+    one task held the whole batch, after relu_pool (y, idx, OH, OW), and where the rows come from
+    (a _Rows)."""
+    __slots__ = ("algorithm", "xp", "rows", "pooled", "x_shape", "padding", "geometry", "has_bias")
 
-    def __init__(self, algorithm, xp, rows, pooled, x_shape, padding, has_bias):
+    def __init__(self, algorithm, xp, rows, pooled, x_shape, padding, geometry, has_bias):
         self.algorithm, self.xp, self.rows, self.pooled = algorithm, xp, rows, pooled
-        self.x_shape, self.padding, self.has_bias = x_shape, padding, has_bias
+        self.x_shape, self.padding, self.geometry, self.has_bias = x_shape, padding, geometry, has_bias
 
 
-# ---------------------------------------------------------------- stride-1: chunks of samples on the cores
+class _PointwiseRecord:
+    """A 1x1 convolution's input planes x (N, C, H*W) and whether it has a bias."""
+    __slots__ = ("x", "has_bias")
+    algorithm = "pointwise"
+
+    def __init__(self, x, has_bias):
+        self.x, self.has_bias = x, has_bias
+
+
+# ---------------------------------------------------------------- chunks of samples on the cores
 # A chunk of samples is one task for the cores (backend.cores): the strategy's min_tasks at least, so
-# that two cores share the work evenly although the second starts late, and for the wide GEMM at most
-# rows_chunk_bytes of rows per chunk, so that a chunk's rows (reused for their own gradient) and dy
-# stay in L2. Chunk sizes depend on the shapes alone, never on the thread count: a weight gradient is
-# summed per chunk, then over chunks in order, so the chunk fixes its order of additions.
+# that two cores share the work evenly although the second starts late, and for the GEMM paths at
+# most rows_chunk_bytes of rows per chunk, so that a chunk's rows (reused for their own gradient) and
+# dy stay in L2. Chunk sizes depend on the shapes alone, never on the thread count: a weight gradient
+# is summed per chunk, then over chunks in order, so the chunk fixes its order of additions.
 
 def _chunk(n_rows, L, N, itemsize):
-    """Samples per chunk of the wide-GEMM path: n_rows * L * itemsize bytes of rows each."""
+    """Samples per chunk of the GEMM paths: n_rows * L * itemsize bytes of rows each."""
     return _balanced_chunk(N, numba_strategy.current().rows_chunk_bytes // max(n_rows * L * itemsize, 1))
 
 
@@ -435,16 +539,64 @@ def _direct_chunk(N):
     return _balanced_chunk(N, numba_strategy.current().direct_max_chunk)
 
 
-def _stride1_forward(x, w, b, padding, relu_pool, forward, backward):
-    """Stride-1 convolution in the wide layout by the given forward algorithm ('direct', 'gemm' or
-    'winograd'). x (N, C, H, W), w (OC, C, KH, KW), b (OC,) or None. Returns y (N, OC, OH, OW), or
-    relu(maxpool(y)) (N, OC, OH//2, OW//2) with relu_pool, and a _Stride1Record."""
+def _pointwise_forward(x, w, b):
+    """A 1x1 convolution at stride 1 without padding: y[n] (OC, H*W) = w (OC, C) @ x[n] (C, H*W),
+    straight from x's planes into y's (no rows to gather, no wide output to crop)."""
+    N, C, H, W = x.shape
+    OC = w.shape[0]
+    x3 = np.ascontiguousarray(x).reshape(N, C, H * W)
+    w_col = np.ascontiguousarray(w).reshape(OC, C)
+    y = np.empty((N, OC, H, W), dtype=x.dtype)
+    y3 = y.reshape(N, OC, H * W)
+    chunk = _chunk(C, H * W, N, x.dtype.itemsize)
+
+    def forward_chunk(i):
+        part = slice(i * chunk, (i + 1) * chunk)
+        np.matmul(w_col, x3[part], out=y3[part])
+        if b is not None:
+            _add_bias(y3[part], b)
+
+    if N:
+        cores.run(forward_chunk, -(-N // chunk))
+    return y, _PointwiseRecord(x3, b is not None)
+
+
+def _pointwise_backward(dy, record, w, input_grad):
+    """Gradients of _pointwise_forward: dw = the sum over samples of dy[n] @ x[n].T (per chunk, then
+    chunks in order), dx[n] = w.T @ dy[n], db = dy's sums."""
+    x3 = record.x
+    N, C, HW = x3.shape
+    OC = w.shape[0]
+    g3 = np.ascontiguousarray(dy).reshape(N, OC, HW)
+    w_col = np.ascontiguousarray(w).reshape(OC, C)
+    dx = np.empty((N, C) + dy.shape[2:], dtype=dy.dtype) if input_grad else None
+    chunk = _chunk(C, HW, N, dy.dtype.itemsize)
+
+    def backward_chunk(i):
+        part = slice(i * chunk, (i + 1) * chunk)
+        dw = np.matmul(g3[part], x3[part].transpose(0, 2, 1)).sum(axis=0)
+        db = g3[part].sum(axis=(0, 2))
+        if input_grad:
+            np.matmul(w_col.T, g3[part], out=dx.reshape(N, C, HW)[part])
+        return dw, db
+
+    if N:
+        dw, db = _sum_in_order(cores.run(backward_chunk, -(-N // chunk)))
+    else:
+        dw, db = np.zeros((OC, C), dtype=dy.dtype), np.zeros(OC, dtype=dy.dtype)
+    return dx, dw.reshape(w.shape), db if record.has_bias else None
+
+
+def _planes_forward(x, w, b, stride, padding, dilation, relu_pool, forward, backward):
+    """A convolution from the padded input planes by the given forward algorithm ('direct', 'gemm'
+    or 'winograd'; all but 'gemm' at stride 1 without dilation). x (N, C, H, W), w (OC, C, KH, KW),
+    b (OC,) or None. Returns y (N, OC, OH, OW), or relu(maxpool(y)) (N, OC, OH//2, OW//2) with
+    relu_pool, and a _PlanesRecord."""
     PH, PW = padding
     N, C, H, W = x.shape
     OC, _, KH, KW = w.shape
-    Hp, Wp = H + 2 * PH, W + 2 * PW
-    OH, OW = Hp - KH + 1, Wp - KW + 1
-    L = (OH - 1) * Wp + OW
+    geometry = _Rows(x.shape, w.shape, stride, padding, dilation)
+    Wp, Wq, L, OH, OW = geometry.Wp, geometry.Wq, geometry.L, geometry.OH, geometry.OW
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     bias = np.zeros(OC, dtype=x.dtype) if b is None else b
     zero = x.dtype.type(0)
@@ -458,7 +610,7 @@ def _stride1_forward(x, w, b, padding, relu_pool, forward, backward):
         tiles = numba_winograd.Tiles(x.shape, PH, PW, pooled=relu_pool)
         xq = tiles.input_planes(x)
         numba_winograd.forward(x, xq, w, bias, y, idx if relu_pool else None, tiles, zero)
-        return y, _Stride1Record("winograd", xq, None, pooled, x.shape, padding, b is not None)
+        return y, _PlanesRecord("winograd", xq, None, pooled, x.shape, padding, geometry, b is not None)
     direct = forward == "direct"
     xp = _padded_wide(x, PH, PW)
     w_col = w.reshape(OC, -1)
@@ -481,26 +633,26 @@ def _stride1_forward(x, w, b, padding, relu_pool, forward, backward):
             # one task keeps its rows for backward: a new array, not this thread's scratch
             rows = _scratch("rows", (w_col.shape[1], n * L), x.dtype) if n < N else \
                 np.empty((w_col.shape[1], n * L), dtype=x.dtype)
-            _gather_rows(xp[part], rows, KH, KW, Wp, L)
+            geometry.gather(xp[part], rows)
             y_wide = np.matmul(w_col, rows, out=_scratch("out", (OC, n * L), x.dtype))
             if relu_pool:
                 _unwiden_relu_pool(y_wide, bias, y, idx, Wp, L, first, zero)
             else:
-                _unwiden(y_wide, bias, y, Wp, first)
+                _unwiden(y_wide, bias, y, Wq, first)
             return rows
 
     rows = cores.run(forward_chunk, n_tasks)[0] if N else None
     kept = rows if n_tasks == 1 and backward == "gemm" else None
-    return y, _Stride1Record(backward, xp, kept, pooled, x.shape, padding, b is not None)
+    return y, _PlanesRecord(backward, xp, kept, pooled, x.shape, padding, geometry, b is not None)
 
 
-def _stride1_backward(dy, record, w, input_grad):
-    """Gradients through _stride1_forward by the record's backward algorithm: (dx or None, dw, db or
+def _planes_backward(dy, record, w, input_grad):
+    """Gradients through _planes_forward by the record's backward algorithm: (dx or None, dw, db or
     None). dy has the shape of forward's y (pooled after relu_pool: the gradient then goes straight
     into the wide layout). The same chunks of samples as forward are the tasks; each returns its
     share of dw and db, added in chunk order."""
     r = record
-    xp, kept_rows, pooled, method = r.xp, r.rows, r.pooled, r.algorithm
+    xp, kept_rows, pooled, method, geometry = r.xp, r.rows, r.pooled, r.algorithm, r.geometry
     (PH, PW), x_shape = r.padding, r.x_shape
     N, C, H, W = x_shape
     OC, _, KH, KW = w.shape
@@ -509,9 +661,7 @@ def _stride1_backward(dy, record, w, input_grad):
         dx, dw, db = numba_winograd.backward(np.ascontiguousarray(dy), xp, pooled, np.ascontiguousarray(w), x_shape,
                                              tiles, input_grad)
         return dx, dw, db if r.has_bias else None
-    Wp = W + 2 * PW
-    OH, OW = (dy.shape[2], dy.shape[3]) if pooled is None else pooled[2:]
-    L = (OH - 1) * Wp + OW
+    Wp, Wq, L = geometry.Wp, geometry.Wq, geometry.L
     dy, w, zero = np.ascontiguousarray(dy), np.ascontiguousarray(w), dy.dtype.type(0)
     direct = method == "direct"
     sparse = method == "sparse" and _all_finite(w.reshape(-1))
@@ -543,7 +693,7 @@ def _stride1_backward(dy, record, w, input_grad):
             return dw, db
         g = _scratch("dy", (OC, n * L), dy.dtype)           # the wide layout, channel-major
         if pooled is None:
-            _widen(dy[part], g.reshape(OC, n, L), Wp)
+            _widen(dy[part], g.reshape(OC, n, L), Wq)
         else:
             _widen_relu_pool_grad(dy[part], pooled[0][part], pooled[1][part], g.reshape(OC, n, L), Wp, zero)
         if direct:
@@ -554,13 +704,13 @@ def _stride1_backward(dy, record, w, input_grad):
             rows = kept_rows
             if rows is None:
                 rows = _scratch("rows", (w_col.shape[1], n * L), dy.dtype)
-                _gather_rows(xp[part], rows, KH, KW, Wp, L)
+                geometry.gather(xp[part], rows)
             dw = np.ascontiguousarray((rows @ g.T).T).reshape(w.shape)   # rows @ g.T: 2x faster than g @ rows.T
             db = g.sum(axis=1)
             if input_grad:      # into the rows' own scratch when they are spent: half the cache footprint
                 drows = np.matmul(w_col.T, g, out=rows if kept_rows is None else
                                   _scratch("drows", (w_col.shape[1], n * L), dy.dtype))
-                _scatter_rows(drows, dxp[part], KH, KW, Wp, L)
+                geometry.scatter(drows, dxp[part])
         if dx is not None:
             _crop_padding(dxp[part], dx[part], PH, PW, Wp)
         return dw, db

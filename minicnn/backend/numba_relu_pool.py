@@ -1,4 +1,4 @@
-"""ReLU and 2x2 max pool fused into a convolution (numba_conv._stride1_forward(relu_pool=True)): the
+"""ReLU and 2x2 max pool fused into a convolution (numba_conv._planes_forward(relu_pool=True)): the
 epilogue that pools and rectifies each output plane while it is in the cache, and its adjoint.
 The tournament is the max pool's own (_first_max, shared with numba_ops' pooling)."""
 import numpy as np
@@ -7,7 +7,7 @@ from numba import njit
 from .numba_common import FAST, _fill
 
 
-# The epilogue and its adjoint for numba_conv._stride1_forward(relu_pool=True). A plane here is one
+# The epilogue and its adjoint for numba_conv._planes_forward(relu_pool=True). A plane here is one
 # output channel of one sample in the wide layout: pixel (oh, ow) at oh*Wp + ow.
 
 @njit(cache=True, inline="always")

@@ -16,7 +16,9 @@ from .simd import LANES
 @dataclasses.dataclass(frozen=True)
 class Strategy:
     # ---- which algorithm a convolution takes (conv_algorithms below)
-    stride1_kernels: bool = True            # False: stride 1 by im2col too (the reference path, for comparison)
+    own_kernels: bool = True                # False: every convolution by im2col (the reference path, for comparison)
+    strided_gemm: bool = True               # strides and dilations by the rows GEMM on the cores (im2col: one thread)
+    pointwise_gemm: bool = True             # 1x1, stride 1, no padding: x's planes are the GEMM's rows already
     depthwise_kernels: bool = True          # one filter per channel summed directly: no tiny GEMM per channel
     direct_max_channels: int = 3            # direct sums both ways up to here: im2col is all overhead for so few
     direct_forward_max_channels: int = 12   # direct forward (widths 3 and 5) up to here, then GEMMs win
@@ -64,20 +66,26 @@ def use(**changes):
         set_current(previous)
 
 
-def conv_algorithms(C, w_shape, stride, dilation, groups, fused):
+def conv_algorithms(C, w_shape, stride, padding, dilation, groups, fused):
     """(forward, backward) algorithm of a convolution of C input channels by filters w_shape
-    (OC, C/groups, KH, KW): 'depthwise' for one filter per channel; 'im2col' for other groups, for
-    strides and dilations other than 1; else 'winograd' for 3x3 kernels with more channels than the
-    direct sums take, 'direct' for few channels, and otherwise a 'direct' forward (widths 3 and 5, up
-    to direct_forward_max_channels) or the wide 'gemm', with the 'gemm' backward, or when the
+    (OC, C/groups, KH, KW): 'depthwise' for one filter per channel; 'im2col' for other groups;
+    'pointwise' for 1x1 filters at stride 1 without padding; the rows 'gemm' for strides and
+    dilations other than 1; else 'winograd' for 3x3 kernels with more channels than the direct sums
+    take, 'direct' for few channels, and otherwise a 'direct' forward (widths 3 and 5, up to
+    direct_forward_max_channels) or the wide 'gemm', with the 'gemm' backward, or when the
     convolution is fused with ReLU and pool, the 'sparse' one from the pool's winners."""
     s = _current
     OC, _, KH, KW = w_shape
     if groups != 1:
         depthwise = groups == C == OC and s.depthwise_kernels
         return ("depthwise", "depthwise") if depthwise else ("im2col", "im2col")
-    if tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or not s.stride1_kernels:
+    if not s.own_kernels:
         return "im2col", "im2col"
+    stride1 = tuple(stride) == (1, 1)
+    if s.pointwise_gemm and not fused and stride1 and (KH, KW) == (1, 1) and tuple(padding) == (0, 0):
+        return "pointwise", "pointwise"
+    if not stride1 or tuple(dilation) != (1, 1):
+        return ("gemm", "gemm") if s.strided_gemm else ("im2col", "im2col")
     if s.winograd and KH == KW == 3 and C > s.direct_max_channels:
         return "winograd", "winograd"
     if C <= s.direct_max_channels:
@@ -91,7 +99,7 @@ def fuses(conv, relu, pool):
     """Whether three layers' kinds run as one conv2d_relu_maxpool2d step: a stride-1 convolution
     without dilation or groups, a ReLU and a 2x2 max pool at stride 2 without padding."""
     s = _current
-    return (s.fuse_conv_relu_pool and s.stride1_kernels and conv == ("conv2d", (1, 1), (1, 1), 1)
+    return (s.fuse_conv_relu_pool and s.own_kernels and conv == ("conv2d", (1, 1), (1, 1), 1)
             and relu == ("relu",) and pool == ("maxpool2d", (2, 2), (2, 2), (0, 0)))
 
 
