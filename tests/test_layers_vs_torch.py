@@ -676,11 +676,11 @@ def test_conv_relu_pool_fused_equals_the_layers(strategy, dtype, mode, c_in, c_o
     step, ConvReLUPool; output, input gradient and parameter gradients must equal those of the three
     layers run one by one, bit for bit (all-negative windows included), and match torch. An input
     holding NaN takes the three exact ops instead ('composed'): still equal to the layers, bit for bit.
-    (3x3 kernels on the GEMM path go by Winograd's algorithm when fused, a different rounding:
-    switched off here, tested on its own below. The sparse backward sums in another order: its
+    (3x3 kernels on the GEMM path go by Winograd's algorithm when fused, and by register-blocked
+    sums when not, each a different rounding: both switched off here, tested on their own below. The sparse backward sums in another order: its
     gradients are compared up to rounding.)"""
     import minicnn as mc
-    current = strategy(winograd=False, **stride1_mode(mode))
+    current = strategy(winograd=False, blocked_max_channels=0, **stride1_mode(mode))
     tol = tolerance(dtype)
     pair = [nn.ReLU(), nn.MaxPool2d(2)] if relu_first else [nn.MaxPool2d(2), nn.ReLU()]
     net = nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=padding, bias=bias), *pair).to(dtype)
@@ -955,7 +955,11 @@ def test_batchnorm_relu_fused_equals_the_layers(dtype, norm, shape, training):
                                   torch.nn.ReLU())
         if not net[0].affine:
             ref[0] = type(ref[0])(shape[1], affine=False)
-        assert_matches_torch(net, ref, x, **tolerance(dtype))
+        tol = dict(tolerance(dtype))
+        # the bias gradient sums dy over 14,800 values a channel at the largest shape: in float32
+        # a sum that cancels to 0.09 from terms of size 1 differs from torch's order by ~3e-5
+        tol["atol"] *= max(1.0, (x.size / shape[1]) ** 0.5 / 10)
+        assert_matches_torch(net, ref, x, **tol)
 
 
 @pytest.mark.parametrize("ours,theirs", [
@@ -980,20 +984,25 @@ def test_large_inputs_split_over_the_cores_match_torch(strategy, dtype, ours, th
             np.testing.assert_array_equal(layer.backward(np.random.default_rng(0).standard_normal(y.shape).astype(dtype)), dx)
 
 
+@pytest.mark.parametrize("algorithm", ["winograd", "blocked"])
 @pytest.mark.parametrize("c_in,c_out,padding,H,W,batch", [
     (32, 64, 1, 14, 14, 40),       # FashionCNN's second block, several tasks
     (4, 3, 0, 9, 12, 1),           # odd output height, batch 1
     (5, 2, 1, 4, 7, 3),            # odd output width, padded
     (6, 4, 0, 3, 3, 2),            # a 1x1 output: one clipped tile
     (8, 5, 2, 5, 6, 5),            # padding wider than the kernel's reach
+    (16, 16, 1, 28, 28, 9),        # ResNet14's first stage
+    (12, 9, 3, 6, 5, 2),           # output channels not a multiple of 8 and odd; padding past 2
+    (64, 64, 1, 7, 7, 3),          # ResNet14's last stage
 ])
-def test_winograd_convolution(dtype, c_in, c_out, padding, H, W, batch):
-    """A 3x3 stride-1 convolution with more than DIRECT_MAX_CHANNELS inputs and no pool after it
-    goes by Winograd F(2x2, 3x3) with tiles covering the whole output (clipped at an odd edge): output,
-    input and parameter gradients against torch in float64; NaN reaches exactly torch's outputs."""
+def test_3x3_convolution(strategy, dtype, algorithm, c_in, c_out, padding, H, W, batch):
+    """A 3x3 stride-1 convolution with more than direct_max_channels inputs and no pool after it goes
+    by Winograd F(2x2, 3x3) with tiles covering the whole output (clipped at an odd edge), or by
+    register-blocked sums (output channels padded to blocks of 8, dw two channels at a time, dx the
+    same sums on dy): output, input and parameter gradients against torch in float64, also
+    without the input gradient; NaN reaches exactly torch's outputs."""
     import minicnn as mc
-    from minicnn.backend import numba_strategy
-    assert numba_strategy.current().winograd and c_in > numba_strategy.current().direct_max_channels
+    strategy(blocked_max_channels=0 if algorithm == "winograd" else 64)
     layer = nn.Conv2d(c_in, c_out, 3, padding=padding).to(dtype)
     x = random_input((batch, c_in, H, W), dtype)
     tol = tolerance(dtype)
@@ -1010,12 +1019,16 @@ def test_winograd_convolution(dtype, c_in, c_out, padding, H, W, batch):
     with mc.backend.use_backend("numba"):
         x_before = x.copy()
         y = layer(x)
-        assert layer._saved.record.algorithm == "winograd"
+        assert layer._saved.record.algorithm == algorithm
         np.testing.assert_array_equal(x, x_before)                # the input is never written
         close(y, yt.detach().numpy(), "output")
         close(layer.backward(dy), xt.grad.numpy(), "input gradient")
         close(layer.weight.grad, conv64.weight.grad.numpy(), "weight gradient")
         close(layer.bias.grad, conv64.bias.grad.numpy(), "bias gradient")
+        layer.zero_grad()
+        layer(x)
+        assert layer.backward(dy, input_grad=False) is None
+        close(layer.weight.grad, conv64.weight.grad.numpy(), "weight gradient without dx")
         x[0, -1, H // 2, W // 2] = np.nan
         expected_nan = np.isnan(conv64(torch.from_numpy(x.astype(np.float64))).detach().numpy())
         np.testing.assert_array_equal(np.isnan(layer(x)), expected_nan)

@@ -7,6 +7,7 @@ that backward reads back:
     depthwise  one filter per channel (groups = in = out channels): numba_depthwise
     direct     few input channels: each output plane summed from shifted input planes
     gemm       more channels: the same sums as one GEMM in the "wide" layout below
+    blocked    3x3 kernels with up to 48 channels (not fused): register-blocked sums (numba_blocked)
     winograd   3x3 kernels with more channels: Winograd's F(2x2, 3x3) (numba_winograd)
     sparse     backward of a fused conv + ReLU + pool from the pool's winners alone (numba_sparse)
 Each stride-1 forward may fuse the ReLU and 2x2 max pool that follow (numba_relu_pool).
@@ -15,7 +16,7 @@ import numpy as np
 from numba import njit
 
 from . import cores, im2col_conv, numba_strategy, numpy_ops
-from . import numba_depthwise, numba_sparse, numba_winograd
+from . import numba_blocked, numba_depthwise, numba_sparse, numba_winograd
 from .numba_common import (DIRECT, DOT, FAST, _all_finite, _balanced_chunk, _copy, _crop_padding, _fill,
                            _input_grad, _pad_wide, _padded_wide, _scratch, _sum_in_order)
 from .numba_elementwise import relu_backward, relu_forward
@@ -571,11 +572,12 @@ def _pointwise_backward(dy, record, w, input_grad):
     w_col = np.ascontiguousarray(w).reshape(OC, C)
     dx = np.empty((N, C) + dy.shape[2:], dtype=dy.dtype) if input_grad else None
     chunk = _chunk(C, HW, N, dy.dtype.itemsize)
+    no_bias = np.zeros(OC, dtype=dy.dtype)                 # a pass over dy saved where there is no bias
 
     def backward_chunk(i):
         part = slice(i * chunk, (i + 1) * chunk)
         dw = np.matmul(g3[part], x3[part].transpose(0, 2, 1)).sum(axis=0)
-        db = g3[part].sum(axis=(0, 2))
+        db = g3[part].sum(axis=(0, 2)) if record.has_bias else no_bias
         if input_grad:
             np.matmul(w_col.T, g3[part], out=dx.reshape(N, C, HW)[part])
         return dw, db
@@ -588,8 +590,8 @@ def _pointwise_backward(dy, record, w, input_grad):
 
 
 def _planes_forward(x, w, b, stride, padding, dilation, relu_pool, forward, backward):
-    """A convolution from the padded input planes by the given forward algorithm ('direct', 'gemm'
-    or 'winograd'; all but 'gemm' at stride 1 without dilation). x (N, C, H, W), w (OC, C, KH, KW),
+    """A convolution from the padded input planes by the given forward algorithm ('direct', 'gemm',
+    'blocked' or 'winograd'; all but 'gemm' at stride 1 without dilation; 'blocked' not fused). x (N, C, H, W), w (OC, C, KH, KW),
     b (OC,) or None. Returns y (N, OC, OH, OW), or relu(maxpool(y)) (N, OC, OH//2, OW//2) with
     relu_pool, and a _PlanesRecord."""
     PH, PW = padding
@@ -606,6 +608,9 @@ def _planes_forward(x, w, b, stride, padding, dilation, relu_pool, forward, back
         pooled = (y, idx, OH, OW)
     else:
         y, pooled = np.empty((N, OC, OH, OW), dtype=x.dtype), None
+    if forward == "blocked":
+        y, xq = numba_blocked.forward(x, w, b, padding)
+        return y, _PlanesRecord("blocked", xq, None, None, x.shape, padding, geometry, b is not None)
     if forward == "winograd":
         tiles = numba_winograd.Tiles(x.shape, PH, PW, pooled=relu_pool)
         xq = tiles.input_planes(x)
@@ -656,6 +661,8 @@ def _planes_backward(dy, record, w, input_grad):
     (PH, PW), x_shape = r.padding, r.x_shape
     N, C, H, W = x_shape
     OC, _, KH, KW = w.shape
+    if method == "blocked":
+        return numba_blocked.backward(dy, xp, np.ascontiguousarray(w), x_shape, r.padding, input_grad, r.has_bias)
     if method == "winograd":
         tiles = numba_winograd.Tiles(x_shape, PH, PW, pooled=pooled is not None)
         dx, dw, db = numba_winograd.backward(np.ascontiguousarray(dy), xp, pooled, np.ascontiguousarray(w), x_shape,
@@ -674,6 +681,7 @@ def _planes_backward(dy, record, w, input_grad):
     dxp = np.empty(xp.shape, dtype=dy.dtype) if input_grad else None      # padded wide planes
     dx = np.empty(x_shape, dtype=dy.dtype) if input_grad and (PH or PW) else None
     first_layer = direct and pooled is not None and not input_grad
+    no_bias = np.zeros(OC, dtype=dy.dtype)                 # a pass over dy saved where there is no bias
 
     def backward_chunk(i):
         first = i * chunk
@@ -706,7 +714,7 @@ def _planes_backward(dy, record, w, input_grad):
                 rows = _scratch("rows", (w_col.shape[1], n * L), dy.dtype)
                 geometry.gather(xp[part], rows)
             dw = np.ascontiguousarray((rows @ g.T).T).reshape(w.shape)   # rows @ g.T: 2x faster than g @ rows.T
-            db = g.sum(axis=1)
+            db = g.sum(axis=1) if r.has_bias else no_bias
             if input_grad:      # into the rows' own scratch when they are spent: half the cache footprint
                 drows = np.matmul(w_col.T, g, out=rows if kept_rows is None else
                                   _scratch("drows", (w_col.shape[1], n * L), dy.dtype))
