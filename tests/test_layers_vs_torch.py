@@ -514,6 +514,7 @@ def test_numba_rows_gemm_and_pointwise(strategy, dtype, in_chunks, kernel, strid
     at stride 1) and 1x1 convolutions straight from x's planes, whole or a sample per task, against
     torch; and the path taken is the one expected."""
     from minicnn import backend
+    strategy(blocked_max_channels=0)                 # 3x3 at stride 2 by the rows GEMM, not blocked sums
     if in_chunks:
         strategy(rows_chunk_bytes=1)
     layer = nn.Conv2d(12, 7, kernel, stride=stride, padding=padding, dilation=dilation).to(dtype)
@@ -534,7 +535,7 @@ def test_numba_rows_gemm_and_pointwise_make_torchs_nan(strategy, dtype, poison, 
     transforms), so they run with inf or NaN inside and give NaN and inf at exactly torch's places,
     in the output and every gradient."""
     from minicnn import backend
-    strategy(rows_chunk_bytes=1)
+    strategy(rows_chunk_bytes=1, blocked_max_channels=0)
     layer = nn.Conv2d(6, 5, kernel, stride=stride, padding=padding).to(dtype)
     x = random_input((4, 6, 9, 8), dtype)
     if poison in ("inf in the input", "both infs"):
@@ -984,8 +985,7 @@ def test_large_inputs_split_over_the_cores_match_torch(strategy, dtype, ours, th
             np.testing.assert_array_equal(layer.backward(np.random.default_rng(0).standard_normal(y.shape).astype(dtype)), dx)
 
 
-@pytest.mark.parametrize("algorithm", ["winograd", "blocked"])
-@pytest.mark.parametrize("c_in,c_out,padding,H,W,batch", [
+THREE_BY_THREE_CASES = [          # c_in, c_out, padding, H, W, batch
     (32, 64, 1, 14, 14, 40),       # FashionCNN's second block, several tasks
     (4, 3, 0, 9, 12, 1),           # odd output height, batch 1
     (5, 2, 1, 4, 7, 3),            # odd output width, padded
@@ -994,23 +994,36 @@ def test_large_inputs_split_over_the_cores_match_torch(strategy, dtype, ours, th
     (16, 16, 1, 28, 28, 9),        # ResNet14's first stage
     (12, 9, 3, 6, 5, 2),           # output channels not a multiple of 8 and odd; padding past 2
     (64, 64, 1, 7, 7, 3),          # ResNet14's last stage
-])
-def test_3x3_convolution(strategy, dtype, algorithm, c_in, c_out, padding, H, W, batch):
-    """A 3x3 stride-1 convolution with more than direct_max_channels inputs and no pool after it goes
-    by Winograd F(2x2, 3x3) with tiles covering the whole output (clipped at an odd edge), or by
-    register-blocked sums (output channels padded to blocks of 8, dw two channels at a time, dx the
-    same sums on dy): output, input and parameter gradients against torch in float64, also
-    without the input gradient; NaN reaches exactly torch's outputs."""
+]
+STRIDE2_CASES = [
+    (16, 32, 1, 28, 28, 9),        # ResNet14's second stage's first convolution
+    (32, 64, 1, 14, 14, 3),        # and the third's
+    (7, 9, 0, 9, 8, 2),            # no padding, odd height, even width
+    (12, 5, 3, 5, 6, 1),           # padding past 2, batch 1
+    (5, 8, 2, 3, 3, 2),            # a 3x3 output from a 3x3 input
+]
+
+
+@pytest.mark.parametrize("algorithm,stride,c_in,c_out,padding,H,W,batch",
+                         [("winograd", 1) + case for case in THREE_BY_THREE_CASES] +
+                         [("blocked", 1) + case for case in THREE_BY_THREE_CASES] +
+                         [("blocked", 2) + case for case in STRIDE2_CASES])
+def test_3x3_convolution(strategy, dtype, algorithm, stride, c_in, c_out, padding, H, W, batch):
+    """A 3x3 convolution with more than direct_max_channels inputs and no pool after it goes by
+    Winograd F(2x2, 3x3) (stride 1) with tiles covering the whole output (clipped at an odd edge), or
+    by register-blocked sums (stride 1 or 2: output channels padded to blocks of 8, dw two channels
+    at a time, dx the same sums on dy, by phase at stride 2): output, input and parameter gradients
+    against torch in float64, also without the input gradient; NaN reaches exactly torch's outputs."""
     import minicnn as mc
     strategy(blocked_max_channels=0 if algorithm == "winograd" else 64)
-    layer = nn.Conv2d(c_in, c_out, 3, padding=padding).to(dtype)
+    layer = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=padding).to(dtype)
     x = random_input((batch, c_in, H, W), dtype)
     tol = tolerance(dtype)
 
     def close(a, b, what):
         np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, np.abs(b).max()), err_msg=what)
 
-    conv64 = torch.nn.Conv2d(c_in, c_out, 3, padding=padding).to(torch.float64)
+    conv64 = torch.nn.Conv2d(c_in, c_out, 3, stride=stride, padding=padding).to(torch.float64)
     conv64.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in layer.state_dict().items()})
     xt = torch.from_numpy(x.astype(np.float64)).requires_grad_()
     yt = conv64(xt)

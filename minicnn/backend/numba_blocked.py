@@ -1,27 +1,33 @@
-"""3x3 stride-1 convolutions by register-blocked direct sums (numba_conv dispatches here when
+"""3x3 convolutions at stride 1 or 2 by register-blocked direct sums (numba_conv dispatches here when
 numba_strategy.conv_algorithms says 'blocked').
 
 The wide layout of numba_conv: a padded input plane of row length Wp read as one flat vector, output
 pixel (oh, ow) at i = oh*Wp + ow, and tap (kh, kw) reading xp[i + kh*Wp + kw] (positions ow >= OW
-wrap into the next row: computed, never used). Forward keeps a block of OB = 8 output channels by
-PB = 32 pixels (two 512-bit vectors of float32 per channel, 16 vectors) in registers while it runs
-through all input channels and taps: for each (c, tap) two vector loads of x and 8 broadcast
-weights feed 16 fused multiply-adds, and the block is stored once at the end. Winograd's F(2x2, 3x3)
-does 2.25x fewer multiplications, but for 16-32 channels its transforms cost more than the
-multiplications it saves, and its 16 small GEMMs (K = C) run BLAS below half speed.
+wrap into the next row: computed, never used). At stride 2 the padded plane is first split into its
+four phase planes P[a, b][r, q] = xp[2r + a, 2q + b] (row length Wq = ceil(Wp/2)), and tap (kh, kw)
+reads phase (kh % 2, kw % 2) at i + (kh//2)*Wq + kw//2, output pixel (oh, ow) at i = oh*Wq + ow: the
+same sums over a tap's offset into a channel's planes. Forward keeps a block of OB = 8 output
+channels by PB = 32 pixels (two 512-bit vectors of float32 per channel, 16 vectors) in registers
+while it runs through all input channels and taps: for each (c, tap) two vector loads of x and 8
+broadcast weights feed 16 fused multiply-adds, and the block is stored once at the end. Winograd's
+F(2x2, 3x3) does 2.25x fewer multiplications, but for 16-64 channels its transforms cost more than
+the multiplications it saves, and its 16 small GEMMs (K = C) run BLAS below half speed.
 
-    xp   (n, C, P)          padded input planes, P >= blocks*PB + 2*Wp + 2 (slack zeroed)
-    w8   (OCp/OB, C, 9, OB) the filters, OB output channels side by side (zero past OC)
+    xq   (n, C, R)          a channel's padded plane (stride 1) or its four phase planes of Pq each
+                            (stride 2), with zeroed slack after each for the last block's reads
+    w8   (OCp/OB, C, T, OB) the filters for T taps, OB output channels side by side (zero past OC)
     out  (n, OCp, blocks*PB) the wide output, cropped into y with the bias
 
 Backward:
-    dx   is the same kernel run on dy: dxp[c, j0 + j] = sum over o, taps of w[o, c, 8 - tap] *
-         G[o, j + shift(tap)], where shift(kh, kw) = kh*Wp + kw and G (n, OC, Pg) holds dy in the
-         wide layout S = 2*Wp + 2 - j0 positions late (zero elsewhere); j0 = PH*Wp + PW, the first
-         position of the padded planes that dx keeps (at most 2*Wp + 2).
-    dw   dw[o, c, tap] = sum over samples and i of G[o, S + i] * xp[c, i + shift(tap)]: two output
-         channels' nine taps (18 vectors of lane sums) stay in registers through a chunk's
-         samples; each is then summed over its lanes in a fixed order.
+    dw   dw[o, c, tap] = sum over samples and i of G[o, S + i] * xq[c, i + offset(tap)], G holding
+         dy in the wide layout S positions late (zero elsewhere): two output channels' nine taps
+         (18 vectors of lane sums) stay in registers through a chunk's samples; each is then summed
+         over its lanes in a fixed order.
+    dx   the same forward kernel run on G. Stride 1: dxp[c, j0 + j] = sum over o, taps of
+         w[o, c, 8 - tap] * G[o, j + kh*Wp + kw] with S = 2*Wp + 2 - j0, j0 = PH*Wp + PW (at most
+         2*Wp + 2) the first padded position that dx keeps. Stride 2: each phase plane of dxp is
+         the sum over its own taps (4, 2, 2 or 1 of them) of w[o, c, kh, kw] *
+         G[o, k + Wq + 1 - (kh//2)*Wq - kw//2], S = Wq + 1; the phases are merged into dx.
 The kernels are LLVM IR vector code (llvmlite, as in simd.py): 512-bit vectors whatever width LLVM
 prefers for its own vectorizer (256 on these Xeons), split into two 256-bit halves on a CPU
 without AVX-512. Multiply-adds are fused; sums run in a fixed order, so the bits do not depend on
@@ -107,83 +113,103 @@ def _data(context, builder, array_type, array):
     return context.make_array(array_type)(context, builder, array).data
 
 
-@intrinsic
-def _block_sums(typingctx, out, out_at, out_stride, x, x_at, x_stride, w, w_at, C, Wp):
-    """out[out_at + o*out_stride:][:PB] = the sum over c < C and the nine taps of
-    w[w_at + (c*9 + tap)*OB + o] * x[x_at + c*x_stride + kh*Wp + kw:][:PB], for o < OB."""
-    if not _float_arrays(out, x, w):
-        return None
+def _make_block_sums(n_taps):
+    """An intrinsic for n_taps taps (see _block_sums)."""
 
-    def codegen(context, builder, signature, args):
-        (out_t, _, _, x_t, _, _, w_t, _, _, _) = signature.args
-        vec = _Vectors(context, builder, out_t.dtype)
-        out_at, out_stride, x_at, x_stride, w_at, n_channels, Wp_ = _int64(
-            context, builder, [args[i] for i in (1, 2, 4, 5, 7, 8, 9)], [signature.args[i] for i in (1, 2, 4, 5, 7, 8, 9)])
-        out_data, x_data, w_data = (_data(context, builder, t, a) for t, a in ((out_t, args[0]), (x_t, args[3]),
-                                                                               (w_t, args[6])))
-        int64 = ir.IntType(64)
-        const = lambda v: ir.Constant(int64, v)                                      # noqa: E731
-        sums = [[_slot(builder, vec.zeros) for _ in range(2)] for _ in range(OB)]
-        shifts = [builder.add(builder.mul(const(kh), Wp_), const(kw)) for kh in range(3) for kw in range(3)]
-        with _for_range(builder, n_channels) as c:
-            x_c = builder.add(x_at, builder.mul(c, x_stride))
-            w_c = builder.add(w_at, builder.mul(c, const(9 * OB)))
-            for tap in range(9):
-                at = builder.add(x_c, shifts[tap])
-                v0, v1 = vec.load(x_data, at), vec.load(x_data, builder.add(at, const(vec.lanes)))
-                for o in range(OB):
-                    weight = vec.splat(builder.load(vec.at(w_data, builder.add(w_c, const(tap * OB + o)))))
-                    builder.store(vec.fma(weight, v0, builder.load(sums[o][0])), sums[o][0])
-                    builder.store(vec.fma(weight, v1, builder.load(sums[o][1])), sums[o][1])
-        for o in range(OB):
-            row = builder.add(out_at, builder.mul(const(o), out_stride))
-            vec.store(builder.load(sums[o][0]), out_data, row)
-            vec.store(builder.load(sums[o][1]), out_data, builder.add(row, const(vec.lanes)))
-        return context.get_dummy_value()
+    @intrinsic
+    def block_sums(typingctx, out, out_at, out_stride, x, x_at, x_stride, w, w_at, C, taps):
+        if not (_float_arrays(out, x, w) and isinstance(taps, types.Array) and taps.dtype == types.int64):
+            return None
 
-    return types.void(out, out_at, out_stride, x, x_at, x_stride, w, w_at, C, Wp), codegen
+        def codegen(context, builder, signature, args):
+            out_t, x_t, w_t, taps_t = signature.args[0], signature.args[3], signature.args[6], signature.args[9]
+            vec = _Vectors(context, builder, out_t.dtype)
+            idx = (1, 2, 4, 5, 7, 8)
+            out_at, out_stride, x_at, x_stride, w_at, n_channels = _int64(
+                context, builder, [args[i] for i in idx], [signature.args[i] for i in idx])
+            out_data, x_data, w_data, taps_data = (_data(context, builder, t, a) for t, a in (
+                (out_t, args[0]), (x_t, args[3]), (w_t, args[6]), (taps_t, args[9])))
+            int64 = ir.IntType(64)
+            const = lambda v: ir.Constant(int64, v)                                      # noqa: E731
+            offsets = [builder.load(builder.gep(taps_data, [const(t)])) for t in range(n_taps)]
+            sums = [[_slot(builder, vec.zeros) for _ in range(2)] for _ in range(OB)]
+            with _for_range(builder, n_channels) as c:
+                x_c = builder.add(x_at, builder.mul(c, x_stride))
+                w_c = builder.add(w_at, builder.mul(c, const(n_taps * OB)))
+                for tap in range(n_taps):
+                    at = builder.add(x_c, offsets[tap])
+                    v0, v1 = vec.load(x_data, at), vec.load(x_data, builder.add(at, const(vec.lanes)))
+                    for o in range(OB):
+                        weight = vec.splat(builder.load(vec.at(w_data, builder.add(w_c, const(tap * OB + o)))))
+                        builder.store(vec.fma(weight, v0, builder.load(sums[o][0])), sums[o][0])
+                        builder.store(vec.fma(weight, v1, builder.load(sums[o][1])), sums[o][1])
+            for o in range(OB):
+                row = builder.add(out_at, builder.mul(const(o), out_stride))
+                vec.store(builder.load(sums[o][0]), out_data, row)
+                vec.store(builder.load(sums[o][1]), out_data, builder.add(row, const(vec.lanes)))
+            return context.get_dummy_value()
+
+        return types.void(out, out_at, out_stride, x, x_at, x_stride, w, w_at, C, taps), codegen
+
+    return block_sums
 
 
-@intrinsic
-def _pair_dots(typingctx, dw, dw_at, dw_stride, g, g_at, g_stride, g_sample, x, x_at, x_sample, n, n_vectors, Wp):
-    """For o in (0, 1) and the nine taps: dw[dw_at + o*dw_stride + tap] = the sum over samples
-    s < n and vectors v < n_vectors of g[g_at + o*g_stride + s*g_sample + v*lanes:][:lanes] .
-    x[x_at + s*x_sample + v*lanes + kh*Wp + kw:][:lanes]: 18 vectors of lane sums in registers
-    throughout, each summed over its lanes at the end."""
-    if not _float_arrays(dw, g, x):
-        return None
+# out[out_at + o*out_stride:][:PB] = the sum over c < C and t < T of w[w_at + (c*T + t)*OB + o] *
+# x[x_at + c*x_stride + taps[t]:][:PB], for o < OB: one per tap count (forward 9; stride-2 dx phases 4, 2, 1)
+_block_sums9, _block_sums4, _block_sums2, _block_sums1 = (_make_block_sums(t) for t in (9, 4, 2, 1))
 
-    def codegen(context, builder, signature, args):
-        dw_t, g_t, x_t = signature.args[0], signature.args[3], signature.args[7]
-        vec = _Vectors(context, builder, dw_t.dtype)
-        idx = (1, 2, 4, 5, 6, 8, 9, 10, 11, 12)
-        dw_at, dw_stride, g_at, g_stride, g_sample, x_at, x_sample, n_samples, n_vectors, Wp_ = _int64(
-            context, builder, [args[i] for i in idx], [signature.args[i] for i in idx])
-        dw_data, g_data, x_data = (_data(context, builder, t, a) for t, a in ((dw_t, args[0]), (g_t, args[3]),
-                                                                                (x_t, args[7])))
-        int64 = ir.IntType(64)
-        const = lambda v: ir.Constant(int64, v)                                      # noqa: E731
-        sums = [[_slot(builder, vec.zeros) for _ in range(9)] for _ in range(2)]
-        shifts = [builder.add(builder.mul(const(kh), Wp_), const(kw)) for kh in range(3) for kw in range(3)]
-        with _for_range(builder, n_samples) as s:
-            g_s = builder.add(g_at, builder.mul(s, g_sample))
-            x_s = builder.add(x_at, builder.mul(s, x_sample))
-            with _for_range(builder, n_vectors) as v:
-                step = builder.mul(v, const(vec.lanes))
-                d0 = vec.load(g_data, builder.add(g_s, step))
-                d1 = vec.load(g_data, builder.add(builder.add(g_s, g_stride), step))
-                x_v = builder.add(x_s, step)
+
+def _make_dots(group):
+    """An intrinsic for `group` output channels at once (see _channel_dots)."""
+
+    @intrinsic
+    def dots(typingctx, dw, dw_at, dw_stride, g, g_at, g_stride, g_sample, x, x_at, x_sample, n, n_vectors, taps):
+        if not (_float_arrays(dw, g, x) and isinstance(taps, types.Array) and taps.dtype == types.int64):
+            return None
+
+        def codegen(context, builder, signature, args):
+            dw_t, g_t, x_t = signature.args[0], signature.args[3], signature.args[7]
+            vec = _Vectors(context, builder, dw_t.dtype)
+            idx = (1, 2, 4, 5, 6, 8, 9, 10, 11)
+            dw_at, dw_stride, g_at, g_stride, g_sample, x_at, x_sample, n_samples, n_vectors = _int64(
+                context, builder, [args[i] for i in idx], [signature.args[i] for i in idx])
+            taps_data = _data(context, builder, signature.args[12], args[12])
+            dw_data, g_data, x_data = (_data(context, builder, t, a) for t, a in ((dw_t, args[0]), (g_t, args[3]),
+                                                                                    (x_t, args[7])))
+            int64 = ir.IntType(64)
+            const = lambda v: ir.Constant(int64, v)                                      # noqa: E731
+            sums = [[_slot(builder, vec.zeros) for _ in range(9)] for _ in range(group)]
+            shifts = [builder.load(builder.gep(taps_data, [const(t)])) for t in range(9)]
+            with _for_range(builder, n_samples) as s:
+                g_s = builder.add(g_at, builder.mul(s, g_sample))
+                x_s = builder.add(x_at, builder.mul(s, x_sample))
+                with _for_range(builder, n_vectors) as v:
+                    step = builder.mul(v, const(vec.lanes))
+                    d = [vec.load(g_data, builder.add(builder.add(g_s, builder.mul(const(o), g_stride)), step))
+                         for o in range(group)]
+                    x_v = builder.add(x_s, step)
+                    for tap in range(9):
+                        xv = vec.load(x_data, builder.add(x_v, shifts[tap]))
+                        for o in range(group):
+                            builder.store(vec.fma(d[o], xv, builder.load(sums[o][tap])), sums[o][tap])
+            for o in range(group):
+                row = builder.add(dw_at, builder.mul(const(o), dw_stride))
                 for tap in range(9):
-                    xv = vec.load(x_data, builder.add(x_v, shifts[tap]))
-                    builder.store(vec.fma(d0, xv, builder.load(sums[0][tap])), sums[0][tap])
-                    builder.store(vec.fma(d1, xv, builder.load(sums[1][tap])), sums[1][tap])
-        for o in range(2):
-            row = builder.add(dw_at, builder.mul(const(o), dw_stride))
-            for tap in range(9):
-                builder.store(vec.lane_sum(builder.load(sums[o][tap])), vec.at(dw_data, builder.add(row, const(tap))))
-        return context.get_dummy_value()
+                    builder.store(vec.lane_sum(builder.load(sums[o][tap])), vec.at(dw_data, builder.add(row, const(tap))))
+            return context.get_dummy_value()
 
-    return types.void(dw, dw_at, dw_stride, g, g_at, g_stride, g_sample, x, x_at, x_sample, n, n_vectors, Wp), codegen
+        return types.void(dw, dw_at, dw_stride, g, g_at, g_stride, g_sample, x, x_at, x_sample, n, n_vectors,
+                          taps), codegen
+
+    return dots
+
+
+DW_GROUP = 2            # 3 (27 vectors of sums) measured no faster: LLVM then shuffles registers
+_channel_dots = _make_dots(DW_GROUP)
+_channel_dots.__doc__ = """For o < DW_GROUP and the nine taps: dw[dw_at + o*dw_stride + tap] = the sum over
+samples s < n and vectors v < n_vectors of g[g_at + o*g_stride + s*g_sample + v*lanes:][:lanes] .
+x[x_at + s*x_sample + v*lanes + taps[tap]:][:lanes]: 9*DW_GROUP vectors of lane sums in registers
+throughout, each summed over its lanes at the end."""
 
 
 def _slot(builder, value):
@@ -207,35 +233,85 @@ class _for_range:
 # ---------------------------------------------------------------- the kernels over a chunk of samples
 
 @njit(**FAST)
-def _block_conv(xp, w8, out, Wp, n_blocks, PB):
-    """out (n, OCp, n_blocks*PB) = the wide 3x3 sums of the planes xp (n, C, P) by w8 (OCp/OB, C, 9, OB),
-    sample by sample (its planes stay in the cache for all its output blocks)."""
-    n, C, P = xp.shape
+def _block_conv(xq, w8, out, taps, n_blocks, PB):
+    """out (n, OCp, *) = the wide sums of the planes xq (n, C, R) by w8 (OCp/OB, C, T, OB) at the T
+    tap offsets taps, n_blocks blocks of PB pixels from the start of each output row, sample by
+    sample (its planes stay in the cache for all its output blocks)."""
+    n, C, R = xq.shape
     OCp, Q = out.shape[1], out.shape[2]
+    T = taps.size
     for s in range(n):
         for ob in range(w8.shape[0]):
             for block in range(n_blocks):
-                _block_sums(out, (s * OCp + ob * OB) * Q + block * PB, Q, xp, s * C * P + block * PB, P,
-                            w8, ob * C * 9 * OB, C, Wp)
+                out_at, x_at, w_at = (s * OCp + ob * OB) * Q + block * PB, s * C * R + block * PB, ob * C * T * OB
+                if T == 9:
+                    _block_sums9(out, out_at, Q, xq, x_at, R, w8, w_at, C, taps)
+                elif T == 4:
+                    _block_sums4(out, out_at, Q, xq, x_at, R, w8, w_at, C, taps)
+                elif T == 2:
+                    _block_sums2(out, out_at, Q, xq, x_at, R, w8, w_at, C, taps)
+                else:
+                    _block_sums1(out, out_at, Q, xq, x_at, R, w8, w_at, C, taps)
 
 
 @njit(**FAST)
-def _crop_wide(out, b, y, Wp, first):
-    """y[first + s, o, oh, :] = out[s, o, oh*Wp:][:OW] + b[o]."""
+def _split_phases(x, xq, PH, PW, Wq, Pq):
+    """xq[n, c, (2a + b)*Pq + r*Wq + q] = the padded x at row 2r + a, column 2q + b (zero in the padding
+    and the slack): each input row goes to one row of two phase planes, its even and odd padded
+    columns (the first input column of phase b is w_b = (b - PW) mod 2, landing at (w_b + PW)//2)."""
+    N, C, H, W = x.shape
+    for n in range(N):
+        for c in range(C):
+            planes = xq[n, c]
+            for i in range(planes.size):
+                planes[i] = 0
+            for h in range(H):
+                hp = h + PH
+                row = (2 * (hp % 2)) * Pq + (hp // 2) * Wq
+                for b in range(2):
+                    w_b = (b - PW) % 2
+                    count = (W - w_b + 1) // 2
+                    src = x[n, c, h, w_b:]
+                    start = row + b * Pq + (w_b + PW) // 2
+                    dst = planes[start:start + count]
+                    for q in range(count):
+                        dst[q] = src[2 * q]
+
+
+@njit(**FAST)
+def _merge_phases(out0, out1, out2, out3, dx, PH, PW, Wq, first):
+    """dx[first + s, c, h, w] = the phase plane (a, b) = ((h + PH) % 2, (w + PW) % 2) of the padded
+    gradient at ((h + PH)//2, (w + PW)//2), outa_b = out{2a + b} (s, C', *)."""
+    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+    for s in range(out0.shape[0]):
+        for c in range(C):
+            for h in range(H):
+                hp = h + PH
+                a, r = hp % 2, (hp // 2) * Wq
+                even, odd = (out0, out1) if a == 0 else (out2, out3)
+                dst = dx[first + s, c, h]
+                for w in range(W):
+                    wp = w + PW
+                    dst[w] = even[s, c, r + wp // 2] if wp % 2 == 0 else odd[s, c, r + wp // 2]
+
+
+@njit(**FAST)
+def _crop_wide(out, b, y, Wq, first):
+    """y[first + s, o, oh, :] = out[s, o, oh*Wq:][:OW] + b[o]."""
     OC, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     for s in range(out.shape[0]):
         for o in range(OC):
             bias = b[o]
             for oh in range(OH):
-                src, dst = out[s, o, oh * Wp:oh * Wp + OW], y[first + s, o, oh]
+                src, dst = out[s, o, oh * Wq:oh * Wq + OW], y[first + s, o, oh]
                 for i in range(OW):
                     dst[i] = src[i] + bias
 
 
 @njit(**FAST)
-def _widen_late(dy, G, Wp, S):
-    """G (n, OCe, Pg) = dy (n, OC, OH, OW) in the wide layout S positions late, zero elsewhere
-    (channels past OC included)."""
+def _widen_late(dy, G, Wq, S):
+    """G (n, OCe, Pg) = dy (n, OC, OH, OW) in the wide layout (row length Wq) S positions late, zero
+    elsewhere (channels past OC included)."""
     n, OC, OH, OW = dy.shape
     for s in range(n):
         for o in range(G.shape[1]):
@@ -244,21 +320,21 @@ def _widen_late(dy, G, Wp, S):
                 plane[i] = 0
             if o < OC:
                 for oh in range(OH):
-                    dst, src = plane[S + oh * Wp:S + oh * Wp + OW], dy[s, o, oh]
+                    dst, src = plane[S + oh * Wq:S + oh * Wq + OW], dy[s, o, oh]
                     for i in range(OW):
                         dst[i] = src[i]
 
 
 @njit(**FAST)
-def _weight_grad(G, xp, dw, S, Wp, n_vectors):
-    """dw (OCe, C, 9) = the sums over this chunk's samples of G[:, o, S + i] * xp[:, c, i + shift(tap)],
-    two output channels at a time."""
+def _weight_grad(G, xq, dw, S, taps, n_vectors):
+    """dw (OCe, C, 9) = the sums over this chunk's samples of G[:, o, S + i] * xq[:, c, i + taps[tap]],
+    DW_GROUP output channels at a time."""
     n, OCe, Pg = G.shape
-    C, P = xp.shape[1], xp.shape[2]
-    for pair in range(OCe // 2):
+    C, R = xq.shape[1], xq.shape[2]
+    for group in range(OCe // DW_GROUP):
         for c in range(C):
-            _pair_dots(dw, (2 * pair * C + c) * 9, C * 9, G, 2 * pair * Pg + S, Pg, OCe * Pg,
-                       xp, c * P, C * P, n, n_vectors, Wp)
+            _channel_dots(dw, (DW_GROUP * group * C + c) * 9, C * 9, G, DW_GROUP * group * Pg + S, Pg, OCe * Pg,
+                          xq, c * R, C * R, n, n_vectors, taps)
 
 
 @njit(**FAST)
@@ -277,91 +353,129 @@ def _crop_input_grad(out, dx, D, Wp, first):
 # ---------------------------------------------------------------- forward and backward
 
 class Geometry:
-    """The planes' sizes for x_shape, padding and dtype (see the module's docstring)."""
+    """Sizes and tap offsets for x_shape, padding, stride (1 or 2) and dtype (see the module's
+    docstring): Wq the row length of the wide output, L its length, R a channel's planes."""
 
-    def __init__(self, x_shape, PH, PW, dtype):
+    def __init__(self, x_shape, padding, stride, dtype):
         N, C, H, W = x_shape
-        self.PH, self.PW = PH, PW
+        PH, PW = padding
+        self.PH, self.PW, self.stride = PH, PW, stride
         self.Hp, self.Wp = H + 2 * PH, W + 2 * PW
-        self.OH, self.OW = self.Hp - 2, self.Wp - 2
-        self.L = (self.OH - 1) * self.Wp + self.OW                 # the wide output of a sample
+        self.OH, self.OW = (self.Hp - 3) // stride + 1, (self.Wp - 3) // stride + 1
         self.PB = pixels_per_block(dtype)
         self.lanes = self.PB // 2
-        self.blocks = -(-self.L // self.PB)
-        self.P = self.blocks * self.PB + 2 * self.Wp + 2           # an input plane and its slack
+        if stride == 1:
+            self.Wq = self.Wp
+            self.L = (self.OH - 1) * self.Wq + self.OW
+            self.blocks = -(-self.L // self.PB)
+            self.R = self.blocks * self.PB + 2 * self.Wp + 2               # a plane and its slack
+            self.taps = np.array([kh * self.Wp + kw for kh in range(3) for kw in range(3)], dtype=np.int64)
+            # dx: the padded planes' interior spans [j0 + D, j0 + D + (H - 1)*Wp + W); the sums
+            # start at j0 (D = 0 unless the padding passes 2), so dy sits S = 2*Wp + 2 - j0 into G
+            j0 = min(PH * self.Wp + PW, 2 * self.Wp + 2)
+            self.D, self.S = PH * self.Wp + PW - j0, 2 * self.Wp + 2 - j0
+            self.dx_blocks = -(-(self.D + (H - 1) * self.Wp + W) // self.PB)
+            dx_reach = 2 * self.Wp + 2
+        else:
+            self.Wq, Hq = -(-self.Wp // 2), -(-self.Hp // 2)
+            self.L = (self.OH - 1) * self.Wq + self.OW
+            self.blocks = -(-self.L // self.PB)
+            self.Pq = max(Hq * self.Wq, self.blocks * self.PB + self.Wq + 1)  # a phase plane and its slack
+            self.R = 4 * self.Pq
+            self.taps = np.array([(2 * (kh % 2) + kw % 2) * self.Pq + (kh // 2) * self.Wq + kw // 2
+                                  for kh in range(3) for kw in range(3)], dtype=np.int64)
+            self.S = self.Wq + 1
+            self.dx_blocks = -(-(Hq * self.Wq) // self.PB)
+            dx_reach = self.Wq + 1
+            self.phase_taps = [[(kh, kw) for kh in range(3) for kw in range(3) if (kh % 2, kw % 2) == (a, b)]
+                               for a in range(2) for b in range(2)]
+            self.phase_offsets = [np.array([self.S - (kh // 2) * self.Wq - kw // 2 for kh, kw in taps],
+                                           dtype=np.int64) for taps in self.phase_taps]
         self.vectors = -(-self.L // self.lanes)
-        # dx: the padded planes' interior spans [j0 + D, j0 + D + (H - 1)*Wp + W); the sums start
-        # at j0 (D = 0 unless the padding passes 2), so dy sits S = 2*Wp + 2 - j0 positions into G
-        self.j0 = min(PH * self.Wp + PW, 2 * self.Wp + 2)
-        self.D = PH * self.Wp + PW - self.j0
-        self.S = 2 * self.Wp + 2 - self.j0
-        self.dx_blocks = -(-(self.D + (H - 1) * self.Wp + W) // self.PB)
-        self.Pg = max(self.dx_blocks * self.PB + 2 * self.Wp + 2, self.S + self.vectors * self.lanes)
+        self.Pg = max(self.dx_blocks * self.PB + dx_reach, self.S + self.vectors * self.lanes)
+
+    def planes(self, x, xq):
+        """Fill xq (n, C, R) from x (n, C, H, W)."""
+        if self.stride == 1:
+            _pad_wide(x, xq, self.PH, self.PW, self.Wp)
+        else:
+            _split_phases(x, xq, self.PH, self.PW, self.Wq, self.Pq)
 
 
-def _arranged(w9, out_channels, in_channels):
-    """Filters w9 (O, I, 9) as (out_channels/OB, in_channels, 9, OB), zero past O and I."""
-    O, I = w9.shape[:2]
-    padded = np.zeros((out_channels, in_channels, 9), dtype=w9.dtype)
-    padded[:O, :I] = w9
-    return np.ascontiguousarray(padded.reshape(out_channels // OB, OB, in_channels, 9).transpose(0, 2, 3, 1))
+def _arranged(w_taps, out_channels, in_channels):
+    """Filters w_taps (O, I, T) as (out_channels/OB, in_channels, T, OB), zero past O and I."""
+    O, I, T = w_taps.shape
+    padded = np.zeros((out_channels, in_channels, T), dtype=w_taps.dtype)
+    padded[:O, :I] = w_taps
+    return np.ascontiguousarray(padded.reshape(out_channels // OB, OB, in_channels, T).transpose(0, 2, 3, 1))
 
 
 def _chunk(N, per_sample_bytes):
     return _balanced_chunk(N, numba_strategy.current().rows_chunk_bytes // max(per_sample_bytes, 1))
 
 
-def forward(x, w, b, padding):
-    """y (N, OC, OH, OW) of the 3x3 stride-1 convolution, and the padded planes xp (N, C, P) that
+def forward(x, w, b, stride, padding):
+    """y (N, OC, OH, OW) of the 3x3 convolution at stride 1 or 2, and the planes xq (N, C, R) that
     backward reads."""
     N, C, H, W = x.shape
     OC = w.shape[0]
-    g = Geometry(x.shape, padding[0], padding[1], x.dtype)
+    g = Geometry(x.shape, padding, stride, x.dtype)
     OCp = -(-OC // OB) * OB
     w8 = _arranged(w.reshape(OC, C, 9), OCp, C)
     bias = np.zeros(OC, dtype=x.dtype) if b is None else b
-    xp = np.empty((N, C, g.P), dtype=x.dtype)
+    xq = np.empty((N, C, g.R), dtype=x.dtype)
     y = np.empty((N, OC, g.OH, g.OW), dtype=x.dtype)
-    chunk = _chunk(N, (C * g.P + OCp * g.blocks * g.PB) * x.dtype.itemsize)
+    chunk = _chunk(N, (C * g.R + OCp * g.blocks * g.PB) * x.dtype.itemsize)
 
     def forward_chunk(i):
         first = i * chunk
         part = slice(first, first + chunk)
         n = min(chunk, N - first)
-        _pad_wide(x[part], xp[part], g.PH, g.PW, g.Wp)
+        g.planes(x[part], xq[part])
         out = _scratch("blocked out", (n, OCp, g.blocks * g.PB), x.dtype)
-        _block_conv(xp[part], w8, out, g.Wp, g.blocks, g.PB)
-        _crop_wide(out, bias, y, g.Wp, first)
+        _block_conv(xq[part], w8, out, g.taps, g.blocks, g.PB)
+        _crop_wide(out, bias, y, g.Wq, first)
 
     if N:
         cores.run(forward_chunk, -(-N // chunk))
-    return y, xp
+    return y, xq
 
 
-def backward(dy, xp, w, x_shape, padding, input_grad, has_bias):
-    """(dx or None, dw, db or None) of forward, from dy (N, OC, OH, OW) and forward's planes xp."""
+def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias):
+    """(dx or None, dw, db or None) of forward, from dy (N, OC, OH, OW) and forward's planes xq."""
     N, C, H, W = x_shape
     OC = w.shape[0]
-    g = Geometry(x_shape, padding[0], padding[1], dy.dtype)
-    OCe, Cp = OC + OC % 2, -(-C // OB) * OB                       # dw in pairs of channels; dx in blocks
-    flipped = _arranged(w.reshape(OC, C, 9)[:, :, ::-1].transpose(1, 0, 2), Cp, OCe) if input_grad else None
+    g = Geometry(x_shape, padding, stride, dy.dtype)
+    OCe, Cp = -(-OC // DW_GROUP) * DW_GROUP, -(-C // OB) * OB     # dw in groups of channels; dx in blocks
+    if not input_grad:
+        filters = []
+    elif stride == 1:                                             # flipped: tap 8 - t, channels swapped
+        filters = [_arranged(w.reshape(OC, C, 9)[:, :, ::-1].transpose(1, 0, 2), Cp, OCe)]
+    else:                                                         # each phase's own taps
+        filters = [_arranged(np.stack([w[:, :, kh, kw] for kh, kw in taps], axis=2).transpose(1, 0, 2), Cp, OCe)
+                   for taps in g.phase_taps]
     dy = np.ascontiguousarray(dy)
     dx = np.empty(x_shape, dtype=dy.dtype) if input_grad else None
-    chunk = _chunk(N, (OCe * g.Pg + C * g.P + Cp * g.dx_blocks * g.PB) * dy.dtype.itemsize)
+    chunk = _chunk(N, (OCe * g.Pg + C * g.R + len(filters) * Cp * g.dx_blocks * g.PB) * dy.dtype.itemsize)
 
     def backward_chunk(i):
         first = i * chunk
         part = slice(first, first + chunk)
         n = min(chunk, N - first)
         G = _scratch("blocked dy", (n, OCe, g.Pg), dy.dtype)
-        _widen_late(dy[part], G, g.Wp, g.S)
+        _widen_late(dy[part], G, g.Wq, g.S)
         dw = np.empty((OCe, C, 9), dtype=dy.dtype)
-        _weight_grad(G, xp[part], dw, g.S, g.Wp, g.vectors)
+        _weight_grad(G, xq[part], dw, g.S, g.taps, g.vectors)
         db = dy[part].sum(axis=(0, 2, 3)) if has_bias else np.zeros(0, dtype=dy.dtype)
-        if input_grad:
+        if input_grad and stride == 1:
             out = _scratch("blocked dx", (n, Cp, g.dx_blocks * g.PB), dy.dtype)
-            _block_conv(G, flipped, out, g.Wp, g.dx_blocks, g.PB)
+            _block_conv(G, filters[0], out, g.taps, g.dx_blocks, g.PB)
             _crop_input_grad(out, dx, g.D, g.Wp, first)
+        elif input_grad:
+            outs = [_scratch(f"blocked dx {p}", (n, Cp, g.dx_blocks * g.PB), dy.dtype) for p in range(4)]
+            for out, phase_filters, offsets in zip(outs, filters, g.phase_offsets):
+                _block_conv(G, phase_filters, out, offsets, g.dx_blocks, g.PB)
+            _merge_phases(*outs, dx, g.PH, g.PW, g.Wq, first)
         return dw, db
 
     if not N:

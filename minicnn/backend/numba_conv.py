@@ -2,12 +2,15 @@
 
 The algorithm is chosen in one place, numba_strategy.conv_algorithms, and recorded in the record
 that backward reads back:
-    im2col     strided, dilated and grouped convolutions: the reference algorithm (im2col_conv) on
-               Numba's primitives
+    im2col     grouped convolutions (not depthwise), and inputs or filters with inf or NaN: the
+               reference algorithm (im2col_conv) on Numba's primitives
     depthwise  one filter per channel (groups = in = out channels): numba_depthwise
     direct     few input channels: each output plane summed from shifted input planes
-    gemm       more channels: the same sums as one GEMM in the "wide" layout below
-    blocked    3x3 kernels with up to 48 channels (not fused): register-blocked sums (numba_blocked)
+    pointwise  1x1 kernels at stride 1 without padding: one GEMM per sample straight from x
+    gemm       more channels, and other strides and dilations: the same sums as one GEMM of rows
+               gathered from the padded planes ("wide" at stride 1, strided runs otherwise)
+    blocked    3x3 kernels at stride 1 or 2 with 4-64 channels (not fused): register-blocked
+               direct sums (numba_blocked)
     winograd   3x3 kernels with more channels: Winograd's F(2x2, 3x3) (numba_winograd)
     sparse     backward of a fused conv + ReLU + pool from the pool's winners alone (numba_sparse)
 Each stride-1 forward may fuse the ReLU and 2x2 max pool that follow (numba_relu_pool).
@@ -591,7 +594,8 @@ def _pointwise_backward(dy, record, w, input_grad):
 
 def _planes_forward(x, w, b, stride, padding, dilation, relu_pool, forward, backward):
     """A convolution from the padded input planes by the given forward algorithm ('direct', 'gemm',
-    'blocked' or 'winograd'; all but 'gemm' at stride 1 without dilation; 'blocked' not fused). x (N, C, H, W), w (OC, C, KH, KW),
+    'blocked' or 'winograd'; 'gemm' at any stride and dilation, 'blocked' at stride 1 or 2 unfused,
+    the others at stride 1 without dilation). x (N, C, H, W), w (OC, C, KH, KW),
     b (OC,) or None. Returns y (N, OC, OH, OW), or relu(maxpool(y)) (N, OC, OH//2, OW//2) with
     relu_pool, and a _PlanesRecord."""
     PH, PW = padding
@@ -609,7 +613,7 @@ def _planes_forward(x, w, b, stride, padding, dilation, relu_pool, forward, back
     else:
         y, pooled = np.empty((N, OC, OH, OW), dtype=x.dtype), None
     if forward == "blocked":
-        y, xq = numba_blocked.forward(x, w, b, padding)
+        y, xq = numba_blocked.forward(x, w, b, geometry.SH, padding)
         return y, _PlanesRecord("blocked", xq, None, None, x.shape, padding, geometry, b is not None)
     if forward == "winograd":
         tiles = numba_winograd.Tiles(x.shape, PH, PW, pooled=relu_pool)
@@ -662,7 +666,8 @@ def _planes_backward(dy, record, w, input_grad):
     N, C, H, W = x_shape
     OC, _, KH, KW = w.shape
     if method == "blocked":
-        return numba_blocked.backward(dy, xp, np.ascontiguousarray(w), x_shape, r.padding, input_grad, r.has_bias)
+        return numba_blocked.backward(dy, xp, np.ascontiguousarray(w), x_shape, geometry.SH, r.padding, input_grad,
+                                      r.has_bias)
     if method == "winograd":
         tiles = numba_winograd.Tiles(x_shape, PH, PW, pooled=pooled is not None)
         dx, dw, db = numba_winograd.backward(np.ascontiguousarray(dy), xp, pooled, np.ascontiguousarray(w), x_shape,
