@@ -443,6 +443,10 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
                                                        fused=False)
     if forward == "pointwise":
         return _pointwise_forward(x, w, b)
+    if forward == "blocked" and _finite(w):             # the tasks check x (None if not finite)
+        done = _planes_forward(x, w, b, stride, padding, dilation, False, forward, backward)
+        if done is not None:
+            return done
     exact_products = forward == "gemm" and tuple(stride) != (1, 1)
     if forward == "im2col" or not (exact_products or (_finite(x) and _finite(w))):
         return im2col_conv.forward(_PRIMITIVES, x, w, b, stride, padding, dilation, groups,
@@ -595,15 +599,20 @@ def _pointwise_backward(dy, record, w, input_grad):
 def _planes_forward(x, w, b, stride, padding, dilation, relu_pool, forward, backward):
     """A convolution from the padded input planes by the given forward algorithm ('direct', 'gemm',
     'blocked' or 'winograd'; 'gemm' at any stride and dilation, 'blocked' at stride 1 or 2 unfused,
-    the others at stride 1 without dilation). x (N, C, H, W), w (OC, C, KH, KW),
-    b (OC,) or None. Returns y (N, OC, OH, OW), or relu(maxpool(y)) (N, OC, OH//2, OW//2) with
-    relu_pool, and a _PlanesRecord."""
+    the others at stride 1 without dilation). x (N, C, H, W), w (OC, C, KH, KW), b (OC,) or None.
+    Returns y (N, OC, OH, OW), or relu(maxpool(y)) (N, OC, OH//2, OW//2) with relu_pool, and a
+    _PlanesRecord; 'blocked' returns None instead when x holds inf or NaN."""
     PH, PW = padding
     N, C, H, W = x.shape
     OC, _, KH, KW = w.shape
     geometry = _Rows(x.shape, w.shape, stride, padding, dilation)
     Wp, Wq, L, OH, OW = geometry.Wp, geometry.Wq, geometry.L, geometry.OH, geometry.OW
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
+    if forward == "blocked":
+        done = numba_blocked.forward(x, w, b, geometry.SH, padding)
+        if done is None:                                   # x holds inf or NaN
+            return None
+        return done[0], _PlanesRecord("blocked", done[1], None, None, x.shape, padding, geometry, b is not None)
     bias = np.zeros(OC, dtype=x.dtype) if b is None else b
     zero = x.dtype.type(0)
     if relu_pool:
@@ -612,9 +621,6 @@ def _planes_forward(x, w, b, stride, padding, dilation, relu_pool, forward, back
         pooled = (y, idx, OH, OW)
     else:
         y, pooled = np.empty((N, OC, OH, OW), dtype=x.dtype), None
-    if forward == "blocked":
-        y, xq = numba_blocked.forward(x, w, b, geometry.SH, padding)
-        return y, _PlanesRecord("blocked", xq, None, None, x.shape, padding, geometry, b is not None)
     if forward == "winograd":
         tiles = numba_winograd.Tiles(x.shape, PH, PW, pooled=relu_pool)
         xq = tiles.input_planes(x)
