@@ -167,6 +167,40 @@ def test_row_fma_touches_exactly_its_row(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_split_pairs_and_merge_pairs_move_exactly_a_row(dtype):
+    """simd.split_pairs sends a row's even pixels to one place and its odd pixels to another (the
+    stride-2 depthwise split), merge_pairs puts them back; every width from 1 to past two vector
+    steps (odd ones end on a lone even pixel), rows ending at the very end of the arrays, and the
+    neighbours (NaN around the destination) keep their bits: nothing past the row is read or written."""
+    from numba import njit
+    from minicnn.backend.simd import PAIRS, merge_pairs, split_pairs
+
+    @njit
+    def split(dst, even_at, odd_at, src, src_at, width):
+        split_pairs(dst, even_at, odd_at, src, src_at, width)
+
+    @njit
+    def merge(dst, dst_at, src, even_at, odd_at, width):
+        merge_pairs(dst, dst_at, src, even_at, odd_at, width)
+
+    for width in range(1, 4 * PAIRS + 4):
+        evens, odds = (width + 1) // 2, width // 2
+        src = np.full(width + 8, np.nan, dtype=dtype)
+        src[8:] = rng.standard_normal(width)                   # the row ends at the array's end
+        dst = np.full(3 + evens + 2 + odds, np.nan, dtype=dtype)
+        even_at, odd_at = 3, 3 + evens + 2                      # the odd pixels end at the array's end
+        split(dst, even_at, odd_at, src, 8, width)
+        expected = np.full(dst.shape, np.nan, dtype=dtype)
+        expected[even_at:even_at + evens] = src[8::2]
+        expected[odd_at:odd_at + odds] = src[9::2]
+        np.testing.assert_array_equal(dst, expected)
+        back = np.full(width + 5, np.nan, dtype=dtype)
+        merge(back, 5, dst, even_at, odd_at, width)
+        np.testing.assert_array_equal(back[5:], src[8:])
+        assert np.isnan(back[:5]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sum_rows_adds_every_listed_row(dtype):
     """simd.sum_rows(acc, a, src, at, value, first, last, offset, width): acc[a:a+LANES] += the sum
     over m in [first, last) of value[m] * src[at[m] + offset:][:width], lanes past width untouched;

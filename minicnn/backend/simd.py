@@ -136,3 +136,142 @@ class _Lanes:
         lane0 = self.builder.insert_element(ir.Constant(vector_type, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
         return self.builder.shuffle_vector(lane0, ir.Constant(vector_type, ir.Undefined),
                                            ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+
+
+# ---------------------------------------------------------------- a row's pixels by column parity
+# A stride-2 depthwise convolution first splits each padded row into its even and odd columns (two
+# phase planes). Pixel by pixel through lookup tables that was 60 % of the layer's forward (rows of
+# 7-28 pixels: per-row views or a loop over pairs cost more, and LLVM does not vectorize the
+# de-interleave). Here a row goes PAIRS pixels at a time: one masked load, two shuffles, two masked
+# stores (and the adjoint for backward).
+
+PAIRS = 16                       # pairs of pixels a step (a 32-float load)
+
+
+@intrinsic
+def split_pairs(typingctx, dst, even_at, odd_at, src, src_at, width):
+    """dst[even_at + q] = src[src_at + 2q] and dst[odd_at + q] = src[src_at + 2q + 1] for the
+    `width` pixels of src from src_at (the last pair may be a single even pixel)."""
+    if not _float_arrays(dst, src):
+        return None
+
+    def codegen(context, builder, signature, args):
+        dst_t, _, _, src_t, _, _ = signature.args
+        ops = _Pairs(context, builder, dst_t.dtype)
+        even_at, odd_at, src_at, width = (context.cast(builder, args[i], signature.args[i], types.int64)
+                                          for i in (1, 2, 4, 5))
+        dst_data = context.make_array(dst_t)(context, builder, args[0]).data
+        src_data = context.make_array(src_t)(context, builder, args[3]).data
+        with ops.steps(width) as (q, pixels):
+            row = ops.load(builder.gep(src_data, [builder.add(src_at, builder.add(q, q))]), pixels, 2 * PAIRS)
+            evens, odds = ops.deinterleave(row)
+            ops.store(evens, builder.gep(dst_data, [builder.add(even_at, q)]), ops.evens(pixels))
+            ops.store(odds, builder.gep(dst_data, [builder.add(odd_at, q)]), ops.odds(pixels))
+        return context.get_dummy_value()
+
+    return types.void(dst, even_at, odd_at, src, src_at, width), codegen
+
+
+@intrinsic
+def merge_pairs(typingctx, dst, dst_at, src, even_at, odd_at, width):
+    """The adjoint of split_pairs: dst[dst_at + 2q] = src[even_at + q], dst[dst_at + 2q + 1] =
+    src[odd_at + q] for the `width` pixels of dst from dst_at."""
+    if not _float_arrays(dst, src):
+        return None
+
+    def codegen(context, builder, signature, args):
+        dst_t, _, src_t, _, _, _ = signature.args
+        ops = _Pairs(context, builder, dst_t.dtype)
+        dst_at, even_at, odd_at, width = (context.cast(builder, args[i], signature.args[i], types.int64)
+                                          for i in (1, 3, 4, 5))
+        dst_data = context.make_array(dst_t)(context, builder, args[0]).data
+        src_data = context.make_array(src_t)(context, builder, args[2]).data
+        with ops.steps(width) as (q, pixels):
+            evens = ops.load(builder.gep(src_data, [builder.add(even_at, q)]), ops.evens(pixels), PAIRS)
+            odds = ops.load(builder.gep(src_data, [builder.add(odd_at, q)]), ops.odds(pixels), PAIRS)
+            ops.store(ops.interleave(evens, odds), builder.gep(dst_data, [builder.add(dst_at, builder.add(q, q))]),
+                      pixels)
+        return context.get_dummy_value()
+
+    return types.void(dst, dst_at, src, even_at, odd_at, width), codegen
+
+
+class _Pairs:
+    """IR for split_pairs and merge_pairs: PAIRS-lane halves and 2*PAIRS-lane rows, masked by count."""
+
+    def __init__(self, context, builder, dtype):
+        self.builder = builder
+        self.scalar = context.get_data_type(dtype)
+        self.bits = dtype.bitwidth
+        self.align = ir.Constant(ir.IntType(32), dtype.bitwidth // 8)
+        self.int64 = ir.IntType(64)
+
+    def vector(self, lanes):
+        return ir.VectorType(self.scalar, lanes)
+
+    def _mask(self, count, lanes):
+        b = self.builder
+        int64s = ir.VectorType(self.int64, lanes)
+        counts = b.insert_element(ir.Constant(int64s, ir.Undefined), count, ir.Constant(ir.IntType(32), 0))
+        counts = b.shuffle_vector(counts, ir.Constant(int64s, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+        return b.icmp_signed("<", ir.Constant(int64s, list(range(lanes))), counts)
+
+    def _intrinsic(self, kind, lanes):
+        vector, pointer = self.vector(lanes), self.scalar.as_pointer()
+        mask = ir.VectorType(ir.IntType(1), lanes)
+        name = f"llvm.masked.{kind}.v{lanes}f{self.bits}.p0"
+        if kind == "load":
+            fnty = ir.FunctionType(vector, [pointer, ir.IntType(32), mask, vector])
+        else:
+            fnty = ir.FunctionType(ir.VoidType(), [vector, pointer, ir.IntType(32), mask])
+        return self.builder.module.declare_intrinsic(name, fnty=fnty)
+
+    def load(self, at, count, lanes):
+        zeros = ir.Constant(self.vector(lanes), [0.0] * lanes)
+        return self.builder.call(self._intrinsic("load", lanes), [at, self.align, self._mask(count, lanes), zeros])
+
+    def store(self, vector, at, count):
+        lanes = vector.type.count
+        self.builder.call(self._intrinsic("store", lanes), [vector, at, self.align, self._mask(count, lanes)])
+
+    def evens(self, pixels):                     # how many of `pixels` have an even index: ceil(pixels / 2)
+        return self.builder.ashr(self.builder.add(pixels, ir.Constant(self.int64, 1)), ir.Constant(self.int64, 1))
+
+    def odds(self, pixels):
+        return self.builder.ashr(pixels, ir.Constant(self.int64, 1))
+
+    def deinterleave(self, row):
+        i32s = ir.VectorType(ir.IntType(32), PAIRS)
+        even = self.builder.shuffle_vector(row, row, ir.Constant(i32s, list(range(0, 2 * PAIRS, 2))))
+        odd = self.builder.shuffle_vector(row, row, ir.Constant(i32s, list(range(1, 2 * PAIRS, 2))))
+        return even, odd
+
+    def interleave(self, evens, odds):
+        order = [k for q in range(PAIRS) for k in (q, PAIRS + q)]
+        return self.builder.shuffle_vector(evens, odds, ir.Constant(ir.VectorType(ir.IntType(32), 2 * PAIRS), order))
+
+    def steps(self, width):
+        """A loop over the row, 2*PAIRS pixels a step: yields (q, pixels) = (the step's first pair, how
+        many pixels it covers, at most 2*PAIRS)."""
+        return _PairSteps(self, width)
+
+
+class _PairSteps:
+    def __init__(self, ops, width):
+        b, int64 = ops.builder, ops.int64
+        self.ops, self.width = ops, width
+        per_step = ir.Constant(int64, 2 * PAIRS)
+        n_steps = b.sdiv(b.add(width, ir.Constant(int64, 2 * PAIRS - 1)), per_step)
+        self.loop = cgutils.for_range(b, n_steps)
+
+    def __enter__(self):
+        b, int64 = self.ops.builder, self.ops.int64
+        step = self.loop.__enter__().index
+        first_pixel = b.mul(step, ir.Constant(int64, 2 * PAIRS))
+        left = b.sub(self.width, first_pixel)
+        pixels = b.select(b.icmp_signed("<", left, ir.Constant(int64, 2 * PAIRS)), left, ir.Constant(int64, 2 * PAIRS))
+        return b.mul(step, ir.Constant(int64, PAIRS)), pixels
+
+    def __exit__(self, *exc):
+        return self.loop.__exit__(*exc)
