@@ -41,6 +41,7 @@ from numba.core.extending import intrinsic
 
 from . import cores, numba_strategy
 from .numba_common import FAST, _all_finite, _balanced_chunk, _pad_wide, _scratch, _sum_in_order
+from .simd import _float_arrays
 
 OB = 8                  # output channels of a block (the kernels are written for 8)
 VECTOR_BYTES = 64       # 512-bit vectors
@@ -100,11 +101,6 @@ class _Vectors:
         return self.builder.extract_element(vector, ir.Constant(i32, 0))
 
 
-def _float_arrays(*arrays):
-    return all(isinstance(a, types.Array) and a.dtype == arrays[0].dtype for a in arrays) \
-        and arrays[0].dtype in (types.float32, types.float64)
-
-
 def _int64(context, builder, values, value_types):
     return [context.cast(builder, v, t, types.int64) for v, t in zip(values, value_types)]
 
@@ -114,7 +110,9 @@ def _data(context, builder, array_type, array):
 
 
 def _make_block_sums(n_taps):
-    """An intrinsic for n_taps taps (see _block_sums)."""
+    """An intrinsic block_sums(out, out_at, out_stride, x, x_at, x_stride, w, w_at, C, taps) for T =
+    n_taps taps: out[out_at + o*out_stride:][:PB] = the sum over c < C and t < T of
+    w[w_at + (c*T + t)*OB + o] * x[x_at + c*x_stride + taps[t]:][:PB], for o < OB (PB = two vectors)."""
 
     @intrinsic
     def block_sums(typingctx, out, out_at, out_stride, x, x_at, x_stride, w, w_at, C, taps):
@@ -154,13 +152,16 @@ def _make_block_sums(n_taps):
     return block_sums
 
 
-# out[out_at + o*out_stride:][:PB] = the sum over c < C and t < T of w[w_at + (c*T + t)*OB + o] *
-# x[x_at + c*x_stride + taps[t]:][:PB], for o < OB: one per tap count (forward 9; stride-2 dx phases 4, 2, 1)
+# one per tap count: forward 9; the stride-2 dx phases 4, 2 and 1
 _block_sums9, _block_sums4, _block_sums2, _block_sums1 = (_make_block_sums(t) for t in (9, 4, 2, 1))
 
 
 def _make_dots(group):
-    """An intrinsic for `group` output channels at once (see _channel_dots)."""
+    """An intrinsic dots(dw, dw_at, dw_stride, g, g_at, g_stride, g_sample, x, x_at, x_sample, n,
+    n_vectors, taps) for `group` output channels: for o < group and the nine taps,
+    dw[dw_at + o*dw_stride + tap] = the sum over samples s < n and vectors v < n_vectors of
+    g[g_at + o*g_stride + s*g_sample + v*lanes:][:lanes] . x[x_at + s*x_sample + v*lanes + taps[tap]:][:lanes]:
+    9*group vectors of lane sums in registers throughout, each summed over its lanes at the end."""
 
     @intrinsic
     def dots(typingctx, dw, dw_at, dw_stride, g, g_at, g_stride, g_sample, x, x_at, x_sample, n, n_vectors, taps):
@@ -206,10 +207,6 @@ def _make_dots(group):
 
 DW_GROUP = 2            # 3 (27 vectors of sums) measured no faster: LLVM then shuffles registers
 _channel_dots = _make_dots(DW_GROUP)
-_channel_dots.__doc__ = """For o < DW_GROUP and the nine taps: dw[dw_at + o*dw_stride + tap] = the sum over
-samples s < n and vectors v < n_vectors of g[g_at + o*g_stride + s*g_sample + v*lanes:][:lanes] .
-x[x_at + s*x_sample + v*lanes + taps[tap]:][:lanes]: 9*DW_GROUP vectors of lane sums in registers
-throughout, each summed over its lanes at the end."""
 
 
 def _slot(builder, value):
