@@ -55,22 +55,63 @@ def _bn_output(v, alpha, shift, relu, zero):
 def _bn_forward(x, gamma, beta, eps, y, mean, var, mean64, invstd64, alpha, shift, relu, c_first, c_stop):
     """For channels [c_first, c_stop): the statistics, then y = x * alpha + shift with alpha =
     invstd * gamma and shift = beta - mean * alpha in x's dtype, as torch computes it (alpha and
-    shift kept for backward)."""
+    shift kept for backward). Rows shorter than SHORT_ROW go sample by sample through the channels
+    (see _bn_backward), longer ones channel by channel (a channel's second and third passes then
+    read L2)."""
     N, L = x.shape[0], x.shape[2]
     t = x.dtype.type
     zero = t(0)
+    short = L < SHORT_ROW
+    if short:
+        _bn_statistics_by_sample(x, mean64, invstd64, c_first, c_stop)
     for c in range(c_first, c_stop):
-        v = _bn_statistics(x, mean64, c)
+        v = invstd64[c] if short else _bn_statistics(x, mean64, c)     # invstd64 held the variance
         r = 1.0 / np.sqrt(v + eps)
         invstd64[c] = r
         mean[c], var[c] = mean64[c], v
         a = t(r * gamma[c])
         b = t(beta[c] - mean64[c] * r * gamma[c])
         alpha[c], shift[c] = a, b
+        if not short:
+            for n in range(N):
+                for i in range(L):
+                    y[n, c, i] = _bn_output(x[n, c, i], a, b, relu, zero)
+    if short:
         for n in range(N):
-            src, dst = x[n, c], y[n, c]
+            for c in range(c_first, c_stop):
+                a, b = alpha[c], shift[c]
+                for i in range(L):
+                    y[n, c, i] = _bn_output(x[n, c, i], a, b, relu, zero)
+
+
+SHORT_ROW = 128
+
+
+@njit(**REDUCE)
+def _bn_statistics_by_sample(x, mean, variance, c_first, c_stop):
+    """_bn_statistics for channels [c_first, c_stop) sample by sample: means into mean, biased
+    variances into variance (both float64, summed row by row in sample order)."""
+    N, L = x.shape[0], x.shape[2]
+    M = N * L
+    for c in range(c_first, c_stop):
+        mean[c], variance[c] = 0.0, 0.0
+    for n in range(N):
+        for c in range(c_first, c_stop):
+            s = 0.0
             for i in range(L):
-                dst[i] = _bn_output(src[i], a, b, relu, zero)
+                s += x[n, c, i]
+            mean[c] += s
+    for c in range(c_first, c_stop):
+        mean[c] /= M
+    for n in range(N):
+        for c in range(c_first, c_stop):
+            m, ss = mean[c], 0.0
+            for i in range(L):
+                d = x[n, c, i] - m
+                ss += d * d
+            variance[c] += ss
+    for c in range(c_first, c_stop):
+        variance[c] /= M
 
 
 def _forward_train(x3, gamma, beta, eps, relu):
