@@ -923,6 +923,24 @@ def test_fused_relu_pool_breaks_ties_and_treats_nan_as_the_pool(dtype, channels)
         assert np.signbit(pooled[2, 0]).any() and not np.signbit(y[2, 0]).any()
 
 
+@pytest.mark.parametrize("short_row", [0, 10**9], ids=["by channel", "by sample"])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", [(5, 7, 6, 7), (3, 4, 20, 20), (1, 3, 2, 3), (2, 3, 1, 1)])
+def test_numba_batchnorm_both_pass_orders_match_torch(strategy, dtype, short_row, relu, shape):
+    """Numba's training-mode batch norm goes channel by channel through long rows and sample by
+    sample through short ones (numba_strategy.batchnorm_short_row): each order, forced on every
+    shape, against torch (output, input gradient, weight and bias gradients, running statistics)."""
+    from minicnn import backend
+    strategy(batchnorm_short_row=short_row)
+    layers = [nn.BatchNorm2d(shape[1])] + ([nn.ReLU()] if relu else [])
+    refs = [torch.nn.BatchNorm2d(shape[1])] + ([torch.nn.ReLU()] if relu else [])
+    net = nn.Sequential(*layers).to(dtype)
+    _randomize_bn(net[0], dtype)
+    ref = torch.nn.Sequential(*refs)
+    with backend.use_backend("numba"):
+        assert_matches_torch(net, ref, random_input(shape, dtype) * 2 + 0.3, **tolerance(dtype))
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("norm,shape", [(lambda: nn.BatchNorm2d(5), (4, 5, 6, 7)), (lambda: nn.BatchNorm1d(6), (9, 6)),
                                         (lambda: nn.BatchNorm2d(3, affine=False), (1, 3, 4, 4)),

@@ -11,6 +11,7 @@ temporaries of x's size.
 import numpy as np
 from numba import njit
 
+from . import numba_strategy
 from .numba_common import DIRECT, FAST, REDUCE, _by_channels
 
 
@@ -52,16 +53,16 @@ def _bn_output(v, alpha, shift, relu, zero):
 
 
 @njit(**DIRECT)
-def _bn_forward(x, gamma, beta, eps, y, mean, var, mean64, invstd64, alpha, shift, relu, c_first, c_stop):
+def _bn_forward(x, gamma, beta, eps, y, mean, var, mean64, invstd64, alpha, shift, relu, c_first, c_stop, short_row):
     """For channels [c_first, c_stop): the statistics, then y = x * alpha + shift with alpha =
     invstd * gamma and shift = beta - mean * alpha in x's dtype, as torch computes it (alpha and
-    shift kept for backward). Rows shorter than SHORT_ROW go sample by sample through the channels
+    shift kept for backward). Rows shorter than short_row go sample by sample through the channels
     (see _bn_backward), longer ones channel by channel (a channel's second and third passes then
     read L2)."""
     N, L = x.shape[0], x.shape[2]
     t = x.dtype.type
     zero = t(0)
-    short = L < SHORT_ROW
+    short = L < short_row
     if short:
         _bn_statistics_by_sample(x, mean64, invstd64, c_first, c_stop)
     for c in range(c_first, c_stop):
@@ -82,9 +83,6 @@ def _bn_forward(x, gamma, beta, eps, y, mean, var, mean64, invstd64, alpha, shif
                 a, b = alpha[c], shift[c]
                 for i in range(L):
                     y[n, c, i] = _bn_output(x[n, c, i], a, b, relu, zero)
-
-
-SHORT_ROW = 128
 
 
 @njit(**REDUCE)
@@ -121,8 +119,9 @@ def _forward_train(x3, gamma, beta, eps, relu):
     mean, var = np.empty(C, dtype=dtype), np.empty(C, dtype=dtype)
     mean64, invstd64 = np.empty(C), np.empty(C)
     alpha, shift = np.empty(C, dtype=dtype), np.empty(C, dtype=dtype)
+    short_row = numba_strategy.current().batchnorm_short_row
     _by_channels(x3, lambda c_first, c_stop: _bn_forward(x3, gamma, beta, eps, y, mean, var, mean64, invstd64,
-                                                        alpha, shift, relu, c_first, c_stop))
+                                                        alpha, shift, relu, c_first, c_stop, short_row))
     return y, mean, var, (x3, mean64, invstd64, alpha, shift, relu)
 
 

@@ -34,6 +34,7 @@ class Strategy:
     winograd_chunk_bytes: int = 2**20       # a Winograd task's transformed tiles stay in L2
     max_col_bytes: int = 64 * 2**20         # im2col (strided convolutions) a chunk of samples at a time past this
     split_bytes: int = 2**18                # pooling and batch norm on the cores from this size (a handover costs 20-50 us)
+    batchnorm_short_row: int = 128          # batch norm's forward passes sample by sample below this row length
     matmul_task_flops: int = 2**23          # a matrix product in tasks of about 70 us of one core
     matmul_max_tasks: int = 8
     sgd_part: int = 2**17                   # a parameter this large is updated in parts on the cores
