@@ -816,7 +816,7 @@ def test_sparse_backward_through_relu_pool_matches_torch(monkeypatch, dtype, poi
         y = net(x)
         assert net.steps[0]._saved.record.algorithm == ("sparse" if poison == "none" else "composed")
         dx = net.backward(dy)
-    n_chunks = -(-40 // numba_conv._chunk(150, 9 * 14 + 10, 40, x.itemsize))
+    n_chunks = -(-40 // numba_conv._rows_chunk(40, 150 * (9 * 14 + 10) * x.itemsize))
     assert n_chunks >= 4
     assert len(sparse_chunks) == (n_chunks if poison == "none" else 0)
     for ours, theirs in [(y, yt), (dx, xt.grad), (net[0].weight.grad, torch_net[0].weight.grad),

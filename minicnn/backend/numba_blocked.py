@@ -39,8 +39,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
-from . import cores, numba_strategy
-from .numba_common import FAST, _all_finite, _balanced_chunk, _pad_wide, _scratch, _sum_in_order
+from . import cores
+from .numba_common import FAST, _all_finite, _pad_wide, _rows_chunk, _scratch, _sum_in_order
 from .simd import _float_arrays
 
 OB = 8                  # output channels of a block (the kernels are written for 8)
@@ -407,10 +407,6 @@ def _arranged(w_taps, out_channels, in_channels):
     return np.ascontiguousarray(padded.reshape(out_channels // OB, OB, in_channels, T).transpose(0, 2, 3, 1))
 
 
-def _chunk(N, per_sample_bytes):
-    return _balanced_chunk(N, numba_strategy.current().rows_chunk_bytes // max(per_sample_bytes, 1))
-
-
 def forward(x, w, b, stride, padding):
     """y (N, OC, OH, OW) of the 3x3 convolution at stride 1 or 2, and the planes xq (N, C, R) that
     backward reads; or None when x holds an inf or a NaN (each task checks its samples while they
@@ -424,7 +420,7 @@ def forward(x, w, b, stride, padding):
     bias = np.zeros(OC, dtype=x.dtype) if b is None else b
     xq = np.empty((N, C, g.R), dtype=x.dtype)
     y = np.empty((N, OC, g.OH, g.OW), dtype=x.dtype)
-    chunk = _chunk(N, (C * g.R + OCp * g.blocks * g.PB) * x.dtype.itemsize)
+    chunk = _rows_chunk(N, (C * g.R + OCp * g.blocks * g.PB) * x.dtype.itemsize)
 
     def forward_chunk(i):
         first = i * chunk
@@ -458,7 +454,7 @@ def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias):
                    for taps in g.phase_taps]
     dy = np.ascontiguousarray(dy)
     dx = np.empty(x_shape, dtype=dy.dtype) if input_grad else None
-    chunk = _chunk(N, (OCe * g.Pg + C * g.R + len(filters) * Cp * g.dx_blocks * g.PB) * dy.dtype.itemsize)
+    chunk = _rows_chunk(N, (OCe * g.Pg + C * g.R + len(filters) * Cp * g.dx_blocks * g.PB) * dy.dtype.itemsize)
 
     def backward_chunk(i):
         first = i * chunk

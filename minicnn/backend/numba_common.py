@@ -80,6 +80,12 @@ def _balanced_chunk(N, most):
     return -(-N // n_chunks)
 
 
+def _rows_chunk(N, bytes_per_sample):
+    """Samples per task of a path whose task keeps bytes_per_sample of rows or planes a sample in
+    the cache: at most the strategy's rows_chunk_bytes a task (and _balanced_chunk's even split)."""
+    return _balanced_chunk(N, numba_strategy.current().rows_chunk_bytes // max(bytes_per_sample, 1))
+
+
 _thread_scratch = threading.local()
 
 

@@ -21,7 +21,7 @@ from numba import njit
 from . import cores, im2col_conv, numba_strategy, numpy_ops
 from . import numba_blocked, numba_depthwise, numba_sparse, numba_winograd
 from .numba_common import (DIRECT, DOT, FAST, _all_finite, _balanced_chunk, _copy, _crop_padding, _fill,
-                           _input_grad, _pad_wide, _padded_wide, _scratch, _sum_in_order)
+                           _input_grad, _pad_wide, _padded_wide, _rows_chunk, _scratch, _sum_in_order)
 from .numba_elementwise import relu_backward, relu_forward
 from .numba_im2col import col2im, conv_backward_gemms, im2col, matmul
 from .numba_pool import maxpool2d_backward, maxpool2d_forward
@@ -443,17 +443,21 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
                                                        fused=False)
     if forward == "pointwise":
         return _pointwise_forward(x, w, b)
-    if forward == "blocked" and _finite(w):             # the tasks check x (None if not finite)
-        done = _planes_forward(x, w, b, stride, padding, dilation, False, forward, backward)
-        if done is not None:
-            return done
+    if forward == "blocked":                            # its tasks check x: None when it holds inf or NaN
+        done = _planes_forward(x, w, b, stride, padding, dilation, False, forward, backward) if _finite(w) else None
+        return done if done is not None else _by_im2col(x, w, b, stride, padding, dilation, groups)
     exact_products = forward == "gemm" and tuple(stride) != (1, 1)
     if forward == "im2col" or not (exact_products or (_finite(x) and _finite(w))):
-        return im2col_conv.forward(_PRIMITIVES, x, w, b, stride, padding, dilation, groups,
-                                   numba_strategy.current().max_col_bytes)
+        return _by_im2col(x, w, b, stride, padding, dilation, groups)
     if forward == "depthwise":
         return numba_depthwise.forward(x, w, b, stride, padding, dilation)
     return _planes_forward(x, w, b, stride, padding, dilation, False, forward, backward)
+
+
+def _by_im2col(x, w, b, stride, padding, dilation, groups):
+    """The reference algorithm on Numba's primitives: its products are exactly torch's."""
+    return im2col_conv.forward(_PRIMITIVES, x, w, b, stride, padding, dilation, groups,
+                               numba_strategy.current().max_col_bytes)
 
 
 def _finite(a):
@@ -500,7 +504,7 @@ class _Composed:
 
 
 def _composed_forward(x, w, b, padding):
-    y, conv = im2col_conv.forward(_PRIMITIVES, x, w, b, (1, 1), padding, (1, 1), 1, numba_strategy.current().max_col_bytes)
+    y, conv = _by_im2col(x, w, b, (1, 1), padding, (1, 1), 1)
     y, relu = relu_forward(y)
     y, pool = maxpool2d_forward(y, (2, 2), (2, 2), (0, 0))
     return y, _Composed(conv, relu, pool)
@@ -538,11 +542,6 @@ class _PointwiseRecord:
 # dy stay in L2. Chunk sizes depend on the shapes alone, never on the thread count: a weight gradient
 # is summed per chunk, then over chunks in order, so the chunk fixes its order of additions.
 
-def _chunk(n_rows, L, N, itemsize):
-    """Samples per chunk of the GEMM paths: n_rows * L * itemsize bytes of rows each."""
-    return _balanced_chunk(N, numba_strategy.current().rows_chunk_bytes // max(n_rows * L * itemsize, 1))
-
-
 def _direct_chunk(N):
     return _balanced_chunk(N, numba_strategy.current().direct_max_chunk)
 
@@ -556,7 +555,7 @@ def _pointwise_forward(x, w, b):
     w_col = np.ascontiguousarray(w).reshape(OC, C)
     y = np.empty((N, OC, H, W), dtype=x.dtype)
     y3 = y.reshape(N, OC, H * W)
-    chunk = _chunk(C, H * W, N, x.dtype.itemsize)
+    chunk = _rows_chunk(N, C * H * W * x.dtype.itemsize)
 
     def forward_chunk(i):
         part = slice(i * chunk, (i + 1) * chunk)
@@ -578,7 +577,7 @@ def _pointwise_backward(dy, record, w, input_grad):
     g3 = np.ascontiguousarray(dy).reshape(N, OC, HW)
     w_col = np.ascontiguousarray(w).reshape(OC, C)
     dx = np.empty((N, C) + dy.shape[2:], dtype=dy.dtype) if input_grad else None
-    chunk = _chunk(C, HW, N, dy.dtype.itemsize)
+    chunk = _rows_chunk(N, C * HW * dy.dtype.itemsize)
     no_bias = np.zeros(OC, dtype=dy.dtype)                 # a pass over dy saved where there is no bias
 
     def backward_chunk(i):
@@ -629,7 +628,7 @@ def _planes_forward(x, w, b, stride, padding, dilation, relu_pool, forward, back
     direct = forward == "direct"
     xp = _padded_wide(x, PH, PW)
     w_col = w.reshape(OC, -1)
-    chunk = _direct_chunk(N) if direct else _chunk(w_col.shape[1], L, N, x.dtype.itemsize)
+    chunk = _direct_chunk(N) if direct else _rows_chunk(N, w_col.shape[1] * L * x.dtype.itemsize)
     n_tasks = -(-N // chunk)
     if direct:
         w4, b4 = _blocked(w, bias)
@@ -687,7 +686,7 @@ def _planes_backward(dy, record, w, input_grad):
     no_gradient = np.empty((0,) + xp.shape[1:], dtype=dy.dtype)        # the sparse kernel's "no dx"
     w_col = w.reshape(OC, -1)
     chunk = _direct_chunk(N) if direct else N if kept_rows is not None else \
-        _chunk(w_col.shape[1], L, N, dy.dtype.itemsize)
+        _rows_chunk(N, w_col.shape[1] * L * dy.dtype.itemsize)
     n_tasks = -(-N // chunk)
     dxp = np.empty(xp.shape, dtype=dy.dtype) if input_grad else None      # padded wide planes
     dx = np.empty(x_shape, dtype=dy.dtype) if input_grad and (PH or PW) else None
