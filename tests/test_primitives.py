@@ -249,3 +249,37 @@ def test_batchnorm_relu_backward_masks_exactly_where_forward_rectified():
     np.testing.assert_array_equal(y > 0, positive)
     _, _, dbeta = numba_norm.batchnorm_relu_backward_train(np.ones_like(x), record, gamma)
     np.testing.assert_array_equal(dbeta, positive.sum(axis=(0, 2)))   # ones passed where positive
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in add:RuntimeWarning")     # inf + -inf
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (2, 5, 7, 3), (9, 17, 41, 43)])
+def test_elementwise_sums_and_relu_equal_the_reference_to_the_bit(cpu_backend, monkeypatch, dtype, shape):
+    """add, add_relu_forward and ReLU both ways (a residual block's sum, its ReLU and their
+    gradients) give NumPy's bits, NaN and infinities included, whether one task computes them or
+    several (the largest shape is past split_bytes: the test checks that it was split)."""
+    from minicnn.backend import cores
+    tasks = []
+    run = cores.run
+    monkeypatch.setattr(cores, "run", lambda task, n: tasks.append(n) or run(task, n))
+    a, b, dy = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
+    if a.size > 10:
+        a.flat[[0, 3, 7]] = [np.nan, np.inf, -np.inf]
+        b.flat[[3, 5, 7]] = [-np.inf, np.nan, 1]
+        b.flat[9] = -a.flat[9]                                  # a sum of exactly zero: ReLU's kink
+    ops = backend.ops_for(a)
+    total = ops.add(a, b)
+    np.testing.assert_array_equal(total, a + b)
+    assert total.dtype == dtype and total.shape == shape
+    y, record = ops.add_relu_forward(a, b)
+    expected, _ = numpy_ops.relu_forward(a + b)
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(ops.relu_forward(a + b)[0], expected)
+    np.testing.assert_array_equal(ops.relu_backward(dy, record), numpy_ops.relu_backward(dy, expected))
+    np.testing.assert_array_equal(ops.add(a[..., ::-1], b), a[..., ::-1] + b)      # a strided view
+    if cpu_backend == "numba" and a.nbytes >= 2**18:
+        assert tasks and min(tasks[-4:]) > 1                    # the large arrays went in parts
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        ops.add(a, b.astype(np.float32 if dtype == np.float64 else np.float64))
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        ops.add_relu_forward(a, b.reshape(-1))

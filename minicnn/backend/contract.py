@@ -141,6 +141,16 @@ def relu_backward(dy, record):
     """dy (shape of x) where x > 0 (and where x is NaN), else 0."""
 
 
+def add(a, b):
+    """a + b elementwise, a and b of one shape and dtype (a residual sum, and its gradients' sum):
+    a fresh array. Other shapes or dtypes raise ValueError (no broadcasting)."""
+
+
+def add_relu_forward(a, b):
+    """relu(a + b) as one step (a residual block's sum and the ReLU after it), NaN kept: returns
+    (y, record), the record being relu_forward's (relu_backward takes it)."""
+
+
 def leaky_relu_forward(x, negative_slope):
     """x where x > 0, else negative_slope * x. Returns (y, record)."""
 

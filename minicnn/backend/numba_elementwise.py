@@ -1,10 +1,10 @@
-"""Elementwise and row-wise ops on the Numba backend: ReLU, softmax cross-entropy, the SGD step.
+"""Elementwise and row-wise ops on the Numba backend: ReLU, sums, softmax cross-entropy, the SGD step.
 Each is one plain loop (vectorized by LLVM) instead of NumPy's several passes with temporaries."""
 import numpy as np
 from numba import njit
 
 from . import cores, numba_strategy, numpy_ops
-from .numba_common import FAST
+from .numba_common import FAST, _by_samples
 
 
 # ---------------------------------------------------------------- softmax cross-entropy
@@ -57,19 +57,50 @@ def _relu_backward(dy, y, dx, zero):
         dx[i] = zero if y[i] <= zero else dy[i]
 
 
+@njit(cache=True, nogil=True)
+def _add(a, b, y):
+    for i in range(a.size):
+        y[i] = a[i] + b[i]
+
+
+@njit(cache=True, nogil=True)
+def _add_relu(a, b, y, zero):
+    for i in range(a.size):
+        v = a[i] + b[i]
+        y[i] = v if (v > zero) | (v != v) else zero
+
+
+def _elementwise(kernel, inputs, *scalars):
+    """A fresh array y of the inputs' shape with kernel(*flat parts of inputs, flat part of y,
+    *scalars) run over it, in parts on the cores when it is large (each value depends on its own
+    position only, so the parts give the same bits as one call)."""
+    flat = [np.ascontiguousarray(a).reshape(-1) for a in inputs]
+    y = np.empty_like(inputs[0], order="C")
+    out = y.reshape(-1)
+    _by_samples(out, lambda part: kernel(*[a[part] for a in flat], out[part], *scalars))
+    return y
+
+
 def relu_forward(x):
     """As numpy_ops; record: y."""
-    x = np.ascontiguousarray(x)
-    y = np.empty_like(x)
-    _relu(x.reshape(-1), y.reshape(-1), x.dtype.type(0))
+    y = _elementwise(_relu, [x], x.dtype.type(0))
     return y, y
 
 
 def relu_backward(dy, record):
-    dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(record)
-    dx = np.empty_like(dy)
-    _relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1), dy.dtype.type(0))
-    return dx
+    return _elementwise(_relu_backward, [dy, record], dy.dtype.type(0))
+
+
+def add(a, b):
+    numpy_ops._check_same_array(a, b)
+    return _elementwise(_add, [a, b])
+
+
+def add_relu_forward(a, b):
+    """As numpy_ops, one pass; record: y."""
+    numpy_ops._check_same_array(a, b)
+    y = _elementwise(_add_relu, [a, b], a.dtype.type(0))
+    return y, y
 
 
 # ---------------------------------------------------------------- optimizer step

@@ -13,14 +13,15 @@ Every choice of algorithm and budget is in numba_strategy.
                         numba_depthwise
     numba_pool          max and average pooling
     numba_norm          batch normalization (and batch norm with the ReLU after it, fused)
-    numba_elementwise   ReLU, softmax cross-entropy, the SGD step
+    numba_elementwise   ReLU, sums, softmax cross-entropy, the SGD step
 """
 from . import cores as _cores
 from . import numba_strategy as _strategy
 from . import numpy_ops as _reference
 from .numba_conv import (conv2d_backward, conv2d_forward, conv2d_relu_maxpool2d_backward,  # noqa: F401
                          conv2d_relu_maxpool2d_forward)
-from .numba_elementwise import (relu_backward, relu_forward, sgd_update, softmax_cross_entropy_forward)  # noqa: F401
+from .numba_elementwise import (add, add_relu_forward, relu_backward, relu_forward, sgd_update,  # noqa: F401
+                                softmax_cross_entropy_forward)
 from .numba_im2col import col2im, im2col, matmul  # noqa: F401
 from .numba_norm import (batchnorm_backward_train, batchnorm_forward_eval, batchnorm_forward_train,  # noqa: F401
                          batchnorm_relu_backward_train, batchnorm_relu_forward_train)

@@ -278,6 +278,23 @@ def relu_backward(dy, record):
     return np.where(record <= 0, 0, dy).astype(dy.dtype, copy=False)
 
 
+def add(a, b):
+    _check_same_array(a, b)
+    return a + b
+
+
+def add_relu_forward(a, b):
+    """record: y, as relu_forward's."""
+    return relu_forward(add(a, b))
+
+
+def _check_same_array(a, b):
+    """ValueError unless a and b have one shape and one dtype (the elementwise sums broadcast nothing)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise ValueError(f"add: the two arrays must have one shape and dtype, got {tuple(a.shape)} {a.dtype} "
+                         f"and {tuple(b.shape)} {b.dtype}")
+
+
 def leaky_relu_forward(x, negative_slope):
     """record: the slope taken at each element (1 or negative_slope)."""
     slope = np.where(x > 0, x.dtype.type(1), x.dtype.type(negative_slope))

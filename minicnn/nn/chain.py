@@ -27,6 +27,12 @@ def as_written():
         _as_written = previous
 
 
+def fusing_allowed():
+    """False inside as_written(): then every layer runs by itself (a container asks before it runs
+    two of its children as one step)."""
+    return not _as_written
+
+
 class Chain:
     """The steps of some layers under the plans of the backends they have run on.
 

@@ -5,8 +5,9 @@
 """
 from collections import OrderedDict
 
+from .. import backend
 from ._checks import describe
-from .chain import Chain, is_inference
+from .chain import Chain, fusing_allowed, is_inference
 from .module import Module
 
 
@@ -98,16 +99,26 @@ class Residual(Module):
             raise ValueError(f"Residual: the body gives {tuple(main.shape)} but the shortcut gives "
                              f"{tuple(skip.shape)} for input {tuple(x.shape)}; give the shortcut a "
                              "convolution that matches the body's channels and stride")
-        y = main + skip
-        self.save_for_backward(y)
-        return y if self.activation is None else self.activation(y)
+        ops = backend.ops_for(main)
+        if self.activation is not None and self.activation.kind == ("relu",) and fusing_allowed():
+            y, record = ops.add_relu_forward(main, skip)        # the sum and its ReLU in one pass
+            self.save_for_backward(y, relu_record=record)
+            return y
+        y = ops.add(main, skip)
+        if self.activation is not None:
+            y = self.activation(y)
+        self.save_for_backward(y, relu_record=None)
+        return y
 
     def backward(self, dy, input_grad=True):
         """The input gradient: the body's plus the shortcut's (None when not input_grad and both
         paths can skip it)."""
-        if self.activation is not None:
+        ops = backend.ops_for(dy)
+        saved = self.saved(dy)
+        if saved.relu_record is not None:
+            dy = ops.relu_backward(dy, saved.relu_record)
+        elif self.activation is not None:
             dy = self.activation.backward(dy)
-        self.saved(dy)
         skip = self.shortcut is not None and not input_grad and getattr(self.shortcut, "can_skip_input_grad", False) \
             and getattr(self.body, "can_skip_input_grad", False)
         if skip:
@@ -115,4 +126,4 @@ class Residual(Module):
             self.shortcut.backward(dy, input_grad=False)
             return None
         dx = self.body.backward(dy)
-        return dx + (dy if self.shortcut is None else self.shortcut.backward(dy))
+        return ops.add(dx, dy if self.shortcut is None else self.shortcut.backward(dy))
