@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import backend
 
+ABORT_GRACE_SECONDS = 0.5      # between an aborting rank's message and the abort (see World.abort)
 # The environment variables an MPI launcher sets in each process it starts (MPICH's Hydra: PMI_*,
 # Open MPI: OMPI_COMM_WORLD_*, PMIx launchers: PMIX_RANK)
 LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE")
@@ -130,4 +131,7 @@ class World:
     def abort(self, message, code=1):
         """Print the message (with this rank) and stop every rank of the job now."""
         print(f"minicnn: rank {self.rank} of {self.size}: {message}; stopping all ranks", file=sys.stderr, flush=True)
+        # Abort has the launcher kill every process at once, its own output forwarders included: a
+        # message still in the pipe to them was lost (once in a full test run on a busy machine)
+        time.sleep(ABORT_GRACE_SECONDS)
         self.comm.Abort(code)
