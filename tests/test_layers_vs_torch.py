@@ -1081,3 +1081,81 @@ def test_3x3_convolution(strategy, dtype, algorithm, stride, c_in, c_out, paddin
         layer.weight.data[0, 0, 1, 1] = np.inf
         layer(x)
         assert layer._saved.record.algorithm == "im2col"
+
+
+CONV_BN_CASES = [  # (c_in, c_out, kernel, stride, padding, groups, bias, affine, relu, batch, H, W)
+    (16, 24, 3, 1, 1, 1, False, True, True, 2, 9, 7),       # the blocked sums, normalized as they crop
+    (8, 16, 3, 2, 1, 1, True, True, False, 1, 11, 10),      # blocked at stride 2, no ReLU, a bias
+    (4, 8, 3, 1, 0, 1, False, False, True, 3, 6, 6),        # blocked, no padding, batch norm without affine
+    (16, 16, 3, 1, 2, 1, True, True, True, 37, 14, 14),     # blocked, in several tasks
+    (3, 8, 3, 1, 1, 1, False, True, True, 2, 8, 8),         # direct sums: the three ops one after the other
+    (8, 16, 1, 1, 0, 1, False, True, True, 2, 7, 7),        # pointwise
+    (8, 8, 3, 1, 1, 8, False, True, True, 2, 9, 9),         # depthwise
+    (80, 8, 3, 1, 1, 1, False, True, False, 1, 6, 6),       # past blocked_max_channels: Winograd
+]
+
+
+@pytest.mark.parametrize("c_in,c_out,kernel,stride,padding,groups,bias,affine,relu,batch,H,W", CONV_BN_CASES)
+def test_conv_batchnorm_inference_fused_equals_the_layers(monkeypatch, dtype, c_in, c_out, kernel, stride, padding,
+                                                          groups, bias, affine, relu, batch, H, W):
+    """On Numba a convolution followed by a batch norm (and a ReLU) runs as one conv2d_batchnorm step:
+    in inference one op (the blocked sums normalize each row as they crop it), the bits of the layers
+    run one by one, NaN and inf included; with gradients on, or in training, the layers themselves
+    (output, gradients and running statistics as one by one); and torch's output in eval mode."""
+    import minicnn as mc
+    from minicnn.backend import numba_blocked
+    normalized = []
+    forward = numba_blocked.forward
+    monkeypatch.setattr(numba_blocked, "forward", lambda *a, normalize=None: normalized.append(normalize is not None)
+                        or forward(*a, normalize=normalize))
+
+    def layers(lib):
+        found = [lib.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, groups=groups, bias=bias),
+                 lib.BatchNorm2d(c_out, affine=affine)]
+        return found + [lib.ReLU()] if relu else found
+    net = nn.Sequential(*layers(nn)).to(dtype)
+    _randomize_bn(net[1], dtype)
+    x = random_input((batch, c_in, H, W), dtype) * 2 + 0.3
+    with mc.backend.use_backend("numba"):
+        net.eval()
+        with mc.no_grad(), mc.nn.chain.as_written():
+            expected = net(x)
+        normalized.clear()
+        with mc.no_grad():
+            y = net(x)
+        assert [type(step).__name__ for step in net.steps] == ["ConvBatchNorm"]
+        blocked = kernel == 3 and groups == 1 and 3 < c_in <= 64
+        assert normalized == ([True] if blocked else [])
+        np.testing.assert_array_equal(y, expected)
+        poisoned = x.copy()
+        poisoned[0, 0, 1, :2] = [np.nan, np.inf]
+        with mc.no_grad():
+            y = net(poisoned)
+            with mc.nn.chain.as_written():
+                np.testing.assert_array_equal(y, net(poisoned))
+        ref = torch.nn.Sequential(*layers(torch.nn)).to(torch.float64 if dtype == np.float64 else torch.float32)
+        ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in net.state_dict().items()})
+        with torch.no_grad():
+            theirs = ref.eval()(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(expected, theirs, rtol=tolerance(dtype)["rtol"], atol=tolerance(dtype)["atol"] * 10)
+        for training in (False, True):                       # gradients on: the layers themselves
+            net.train(training)
+            net.zero_grad()
+            before = {k: v.copy() for k, v in net.state_dict().items()}
+            expected, dy, expected_dx, expected_grads = run_layers_one_by_one(net, x)
+            after = {k: v.copy() for k, v in net.state_dict().items()}
+            net.load_state_dict(before)
+            np.testing.assert_array_equal(net(x), expected)
+            np.testing.assert_array_equal(net.backward(dy), expected_dx)
+            for k, p in net.named_parameters():
+                np.testing.assert_array_equal(p.grad, expected_grads[k], err_msg=f"{k}, training={training}")
+            for k, v in net.state_dict().items():
+                np.testing.assert_array_equal(v, after[k], err_msg=k)
+
+
+def test_conv_batchnorm_step_lets_a_misfit_batch_norm_say_why():
+    import minicnn as mc
+    net = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU()).eval()
+    with mc.backend.use_backend("numba"), mc.no_grad():
+        with pytest.raises(ValueError, match="BatchNorm2d"):
+            net(random_input((2, 4, 5, 5), np.float32))

@@ -69,6 +69,12 @@ def conv2d_relu_maxpool2d_backward(dy, record, w, input_grad):
 
 # ---------------------------------------------------------------- pooling
 
+def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
+    """Inference through a convolution, the batch norm after it on its running statistics (mean,
+    var (OC,)) and, when relu, a ReLU: y (N, OC, OH, OW), the bits of conv2d_forward,
+    batchnorm_forward_eval and relu_forward one after the other. No record: nothing backpropagates."""
+
+
 def maxpool2d_forward(x, kernel_size, stride, padding):
     """The maximum of each window, padding counted as -inf, as torch: x (N, C, H, W) -> y (N, C,
     OH, OW). The winner of a window is its first maximum, or its last NaN. Returns (y, record)."""

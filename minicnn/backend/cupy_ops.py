@@ -4,6 +4,7 @@ where one expression is all an op is; the optimizer steps are in cupy_optim, the
 step in cuda_graph.
 """
 import contextlib
+import sys
 
 import cupy as cp
 import numpy as np
@@ -148,6 +149,12 @@ def conv2d_relu_maxpool2d_backward(dy, record, w, input_grad):
 
 
 # ---------------------------------------------------------------- pooling
+
+def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
+    """The three ops one after the other (numpy_ops)."""
+    return _reference._conv2d_batchnorm_eval_by(sys.modules[__name__], x, w, b, stride, padding, dilation, groups,
+                                                mean, var, eps, gamma, beta, relu)
+
 
 def maxpool2d_forward(x, kernel_size, stride, padding):
     """record: (idx int64, x_shape, geometry)."""

@@ -306,6 +306,25 @@ def _crop_wide(out, b, y, Wq, first):
 
 
 @njit(**FAST)
+def _crop_wide_normalized(out, b, y, Wq, first, mean, invstd, gamma, beta, relu, zero):
+    """_crop_wide, each value then normalized as batchnorm_forward_eval does ((v - mean) * invstd *
+    gamma + beta, the same operations in the same order) and, with relu, rectified as relu_forward."""
+    OC, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    for s in range(out.shape[0]):
+        for o in range(OC):
+            bias, m, r, g, bb = b[o], mean[o], invstd[o], gamma[o], beta[o]
+            for oh in range(OH):
+                src, dst = out[s, o, oh * Wq:oh * Wq + OW], y[first + s, o, oh]
+                if relu:
+                    for i in range(OW):
+                        v = ((src[i] + bias) - m) * r * g + bb
+                        dst[i] = v if (v > zero) | (v != v) else zero
+                else:
+                    for i in range(OW):
+                        dst[i] = ((src[i] + bias) - m) * r * g + bb
+
+
+@njit(**FAST)
 def _widen_late(dy, G, Wq, S):
     """G (n, OCe, Pg) = dy (n, OC, OH, OW) in the wide layout (row length Wq) S positions late, zero
     elsewhere (channels past OC included)."""
@@ -407,10 +426,13 @@ def _arranged(w_taps, out_channels, in_channels):
     return np.ascontiguousarray(padded.reshape(out_channels // OB, OB, in_channels, T).transpose(0, 2, 3, 1))
 
 
-def forward(x, w, b, stride, padding):
+def forward(x, w, b, stride, padding, normalize=None):
     """y (N, OC, OH, OW) of the 3x3 convolution at stride 1 or 2, and the planes xq (N, C, R) that
     backward reads; or None when x holds an inf or a NaN (each task checks its samples while they
-    are in the cache: a pass over x before, on one core, cost ResNet14 2 ms a step)."""
+    are in the cache: a pass over x before, on one core, cost ResNet14 2 ms a step).
+    normalize=(mean, invstd, gamma, beta, relu), for inference: y is normalized (and rectified) as
+    each task crops it (_crop_wide_normalized), and the planes are each task's scratch, not kept
+    (xq is None)."""
     N, C, H, W = x.shape
     OC = w.shape[0]
     x = np.ascontiguousarray(x)
@@ -418,7 +440,7 @@ def forward(x, w, b, stride, padding):
     OCp = -(-OC // OB) * OB
     w8 = _arranged(w.reshape(OC, C, 9), OCp, C)
     bias = np.zeros(OC, dtype=x.dtype) if b is None else b
-    xq = np.empty((N, C, g.R), dtype=x.dtype)
+    xq = np.empty((N, C, g.R), dtype=x.dtype) if normalize is None else None
     y = np.empty((N, OC, g.OH, g.OW), dtype=x.dtype)
     chunk = _rows_chunk(N, (C * g.R + OCp * g.blocks * g.PB) * x.dtype.itemsize)
 
@@ -428,10 +450,14 @@ def forward(x, w, b, stride, padding):
         n = min(chunk, N - first)
         if not _all_finite(x[part].reshape(-1)):
             return False
-        g.planes(x[part], xq[part])
+        planes = xq[part] if xq is not None else _scratch("blocked planes", (n, C, g.R), x.dtype)
+        g.planes(x[part], planes)
         out = _scratch("blocked out", (n, OCp, g.blocks * g.PB), x.dtype)
-        _block_conv(xq[part], w8, out, g.taps, g.blocks, g.PB)
-        _crop_wide(out, bias, y, g.Wq, first)
+        _block_conv(planes, w8, out, g.taps, g.blocks, g.PB)
+        if normalize is None:
+            _crop_wide(out, bias, y, g.Wq, first)
+        else:
+            _crop_wide_normalized(out, bias, y, g.Wq, first, *normalize, x.dtype.type(0))
         return True
 
     if N and not all(cores.run(forward_chunk, -(-N // chunk))):

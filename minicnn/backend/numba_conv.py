@@ -454,6 +454,20 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     return _planes_forward(x, w, b, stride, padding, dilation, False, forward, backward)
 
 
+def blocked_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
+    """conv2d_batchnorm_eval when the convolution goes by the blocked sums (None otherwise, or when x
+    or w holds inf or NaN): they normalize (and rectify) each output row as they crop it, from
+    planes that stay each task's scratch: no pass over y, no array for the planes."""
+    forward, _ = numba_strategy.conv_algorithms(x.shape[1], w.shape, stride, padding, dilation, groups,
+                                                fused=False)
+    if forward != "blocked" or not _finite(w):
+        return None
+    invstd = 1 / np.sqrt(var + eps)                       # as batchnorm_forward_eval, to the bit
+    done = numba_blocked.forward(x, np.ascontiguousarray(w), b, stride[0], padding,
+                                 normalize=(mean, invstd, gamma, beta, bool(relu)))
+    return None if done is None else done[0]
+
+
 def _by_im2col(x, w, b, stride, padding, dilation, groups):
     """The reference algorithm on Numba's primitives: its products are exactly torch's."""
     return im2col_conv.forward(_PRIMITIVES, x, w, b, stride, padding, dilation, groups,

@@ -170,6 +170,33 @@ def batchnorm_forward_eval(x3, mean, var, eps, gamma, beta, keep_record):
     return y, ((xhat, invstd) if keep_xhat else None)
 
 
+@njit(**FAST)
+def _bn_eval_in_place(x, mean, invstd, gamma, beta, relu, zero, c_first, c_stop):
+    """_bn_forward_eval's output (the same operations) written over x, and with relu rectified as
+    relu_forward does."""
+    N, L = x.shape[0], x.shape[2]
+    for n in range(N):
+        for c in range(c_first, c_stop):
+            m, r, g, b = mean[c], invstd[c], gamma[c], beta[c]
+            row = x[n, c]
+            if relu:
+                for i in range(L):
+                    v = (row[i] - m) * r * g + b
+                    row[i] = v if (v > zero) | (v != v) else zero
+            else:
+                for i in range(L):
+                    row[i] = (row[i] - m) * r * g + b
+
+
+def normalize_eval_in_place(x3, mean, var, eps, gamma, beta, relu):
+    """batchnorm_forward_eval (and relu_forward after it, with relu) over x3 (N, C, L), C-contiguous
+    and the caller's own (a convolution's fresh output, for conv2d_batchnorm_eval): the same bits
+    without a new array or a second pass."""
+    invstd = 1 / np.sqrt(var + eps)
+    _by_channels(x3, lambda c_first, c_stop: _bn_eval_in_place(x3, mean, invstd, gamma, beta, bool(relu),
+                                                                x3.dtype.type(0), c_first, c_stop))
+
+
 @njit(**REDUCE)
 def _bn_backward(dy, x, mean, invstd, alpha, shift, gamma, relu, dx, dgamma, dbeta, c_first, c_stop):
     """torch's batch-norm backward per channel, the ReLU's gradient first where fused (0 where the

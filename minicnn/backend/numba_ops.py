@@ -15,16 +15,20 @@ Every choice of algorithm and budget is in numba_strategy.
     numba_norm          batch normalization (and batch norm with the ReLU after it, fused)
     numba_elementwise   ReLU, sums, softmax cross-entropy, the SGD step
 """
+import numpy as _np
+
 from . import cores as _cores
 from . import numba_strategy as _strategy
 from . import numpy_ops as _reference
 from .numba_conv import (conv2d_backward, conv2d_forward, conv2d_relu_maxpool2d_backward,  # noqa: F401
                          conv2d_relu_maxpool2d_forward)
+from .numba_conv import blocked_batchnorm_eval as _blocked_batchnorm_eval
 from .numba_elementwise import (add, add_relu_forward, relu_backward, relu_forward, sgd_update,  # noqa: F401
                                 softmax_cross_entropy_forward)
 from .numba_im2col import col2im, im2col, matmul  # noqa: F401
 from .numba_norm import (batchnorm_backward_train, batchnorm_forward_eval, batchnorm_forward_train,  # noqa: F401
                          batchnorm_relu_backward_train, batchnorm_relu_forward_train)
+from .numba_norm import normalize_eval_in_place as _normalize_eval_in_place
 from .numba_pool import (adaptive_avgpool2d_backward, adaptive_avgpool2d_forward, avgpool2d_backward,  # noqa: F401
                          maxpool2d_backward, maxpool2d_forward)
 
@@ -54,10 +58,24 @@ adam_update = _reference.adam_update
 captured_step = _reference.captured_step
 
 
+def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
+    """As numpy_ops: in one pass where the convolution goes by the blocked sums (they normalize as
+    they crop), otherwise the convolution, then one pass that normalizes and rectifies its output
+    in place."""
+    y = _blocked_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu)
+    if y is not None:
+        return y
+    y = _np.ascontiguousarray(conv2d_forward(x, w, b, stride, padding, dilation, groups)[0])
+    N, OC, OH, OW = y.shape
+    _normalize_eval_in_place(y.reshape(N, OC, OH * OW), mean, var, eps, gamma, beta, relu)
+    return y
+
+
 def plan_chain(kinds):
     """NumPy's plan (a ReLU after its max pool, inference in chunks), and where numba_strategy
     says so: every stride-1 convolution followed by ReLU and a 2x2 max pool (in either order) as one
-    conv2d_relu_maxpool2d step, every batch norm followed by a ReLU as one batchnorm_relu step."""
+    conv2d_relu_maxpool2d step, every other convolution followed by a batch norm (and a ReLU) as one
+    conv2d_batchnorm step, every other batch norm followed by a ReLU as one batchnorm_relu step."""
     plan = _reference.plan_chain(kinds)
     steps, done = [], 0
     flat = [indices[0] for _, indices in plan.steps]       # the reference plan fuses nothing
@@ -70,6 +88,11 @@ def plan_chain(kinds):
                 steps.append(("conv2d_relu_maxpool2d", tuple(run)))
                 done += 3
                 continue
+        if len(run) >= 2 and _strategy.fuses_conv_batchnorm(kinds[run[0]], kinds[run[1]]):
+            relu = len(run) == 3 and _strategy.fuses_batchnorm_relu(kinds[run[1]], kinds[run[2]])
+            steps.append(("conv2d_batchnorm", tuple(run[:3 if relu else 2])))
+            done += 3 if relu else 2
+            continue
         if len(run) >= 2 and _strategy.fuses_batchnorm_relu(kinds[run[0]], kinds[run[1]]):
             steps.append(("batchnorm_relu", tuple(run[:2])))
             done += 2

@@ -27,6 +27,7 @@ class Strategy:
     sparse_min_kernel_width: int = 5        # fused backward from the pool's winners for widths 5..LANES
     fuse_conv_relu_pool: bool = True        # conv + ReLU + 2x2 pool as one step: no full-size activation
     fuse_batchnorm_relu: bool = True        # batch norm + ReLU as one step: no pass, no array for the ReLU
+    fuse_conv_batchnorm: bool = True        # conv + batch norm (+ ReLU): inference normalizes as the blocked sums crop
     # ---- how work is cut (chunks depend on the shapes only, never on the thread count)
     min_tasks: int = 4                      # a layer in at least this many equal tasks: 2 threads end together
     direct_max_chunk: int = 32              # samples per task of the direct sums
@@ -113,3 +114,9 @@ def fuses(conv, relu, pool):
 def fuses_batchnorm_relu(norm, relu):
     """Whether two layers' kinds run as one batchnorm_relu step: a batch norm, then a ReLU."""
     return _current.fuse_batchnorm_relu and norm == ("batchnorm",) and relu == ("relu",)
+
+
+def fuses_conv_batchnorm(conv, norm):
+    """Whether a convolution and the batch norm after it run as one conv2d_batchnorm step (which
+    takes the ReLU after them too where fuses_batchnorm_relu says so)."""
+    return _current.fuse_conv_batchnorm and conv is not None and conv[0] == "conv2d" and norm == ("batchnorm",)

@@ -14,6 +14,7 @@ backward) are tuples, documented at each forward.
 """
 import contextlib
 import math
+import sys
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view as _sliding_window_view
@@ -128,6 +129,20 @@ def conv2d_relu_maxpool2d_backward(dy, record, w, input_grad):
 
 
 # ---------------------------------------------------------------- pooling
+
+def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
+    return _conv2d_batchnorm_eval_by(sys.modules[__name__], x, w, b, stride, padding, dilation, groups, mean, var,
+                                     eps, gamma, beta, relu)
+
+
+def _conv2d_batchnorm_eval_by(ops, x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
+    """conv2d_batchnorm_eval as the three ops of the backend module ops, one after the other."""
+    y, _ = ops.conv2d_forward(x, w, b, stride, padding, dilation, groups)
+    N, OC, OH, OW = y.shape
+    y3, _ = ops.batchnorm_forward_eval(y.reshape(N, OC, OH * OW), mean, var, eps, gamma, beta, keep_record=False)
+    y = y3.reshape(y.shape)
+    return ops.relu_forward(y)[0] if relu else y
+
 
 def maxpool2d_forward(x, kernel_size, stride, padding):
     """The winner of a window is its first maximum, or where the window holds NaNs, its last NaN

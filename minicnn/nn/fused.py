@@ -4,6 +4,9 @@
                             x (N, C, H, W) -> y (N, OC, OH//2, OW//2)
     batchnorm_relu          BatchNorm1d/2d -> ReLU (with batch statistics; in eval mode the two
                             layers run one after the other): shape unchanged
+    conv2d_batchnorm        Conv2d -> BatchNorm2d (-> ReLU): in inference one op that normalizes the
+                            convolution's output as it writes it; otherwise the layers (the last two
+                            as batchnorm_relu): x (N, C, H, W) -> y (N, OC, OH, OW)
 
 A fused step holds the layers it stands for (not as children: they belong to the model, which
 keeps their parameters and state_dict names) and runs the backend's fused op with their
@@ -12,6 +15,7 @@ output plane of the convolution is pooled and rectified while it is still in the
 full-size activation is never written to memory nor read back.
 """
 from .. import backend
+from .batchnorm import BatchNorm2d
 from .module import Module, is_grad_enabled
 
 
@@ -80,4 +84,45 @@ class BatchNormReLU(Module):
         return "BatchNormReLU(" + ", ".join(repr(layer) for layer in self.layers) + ")"
 
 
-FUSED_STEPS = {"conv2d_relu_maxpool2d": ConvReLUPool, "batchnorm_relu": BatchNormReLU}
+class ConvBatchNorm(Module):
+    """The conv2d_batchnorm step. Args: a Conv2d, the batch norm after it and, when the plan adds it,
+    the ReLU after that. Inference (no_grad, the batch norm on its running statistics) is one op,
+    conv2d_batchnorm_eval; otherwise the convolution runs, then the batch norm (with the ReLU as a
+    batchnorm_relu step): the layers as the plan runs them without this step. Shape: the
+    convolution's."""
+    can_skip_input_grad = True
+
+    def __init__(self, *layers):
+        super().__init__()
+        after = BatchNormReLU(*layers[1:]) if len(layers) == 3 else layers[1]
+        object.__setattr__(self, "layers", tuple(layers))
+        object.__setattr__(self, "after", after)            # not a child: the model owns the layers
+
+    def forward(self, x):
+        conv, norm = self.layers[:2]
+        if is_grad_enabled() or not self._normalizes_as_one_op(norm, x):
+            return self.after(conv(x))
+        conv.checked_output_size(x)
+        ops = backend.ops_for(x)
+        gamma, beta = (norm.weight.data, norm.bias.data) if norm.affine else (
+            ops.xp.ones(norm.num_features, x.dtype), ops.xp.zeros(norm.num_features, x.dtype))
+        return ops.conv2d_batchnorm_eval(x, conv.weight.data, conv.bias_data(), conv.stride, conv.padding,
+                                         conv.dilation, conv.groups, norm.running_mean, norm.running_var, norm.eps,
+                                         gamma, beta, relu=len(self.layers) == 3)
+
+    def _normalizes_as_one_op(self, norm, x):
+        """A BatchNorm2d on running statistics that fits the convolution's output (else the layers
+        run one by one, and the one that does not fit says why)."""
+        return (type(norm) is BatchNorm2d and not norm.uses_batch_statistics
+                and norm.num_features == self.layers[0].out_channels
+                and norm.running_mean.dtype == x.dtype and (not norm.affine or norm.weight.dtype == x.dtype))
+
+    def backward(self, dy, input_grad=True):
+        return self.layers[0].backward(self.after.backward(dy), input_grad)
+
+    def __repr__(self):
+        return "ConvBatchNorm(" + ", ".join(repr(layer) for layer in self.layers) + ")"
+
+
+FUSED_STEPS = {"conv2d_relu_maxpool2d": ConvReLUPool, "batchnorm_relu": BatchNormReLU,
+               "conv2d_batchnorm": ConvBatchNorm}
