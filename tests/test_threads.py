@@ -66,6 +66,18 @@ def test_run_returns_results_in_task_order_and_uses_every_thread():
         cores.set_threads(old)
 
 
+def test_a_worker_reports_a_finished_job_without_the_gil():
+    """The flag store that tells the caller a job is done is made inside the nogil spin that then
+    waits for the next job: it lands, and the spin returns whether the next job came."""
+    from minicnn.backend import cores
+    flags = np.zeros(3, dtype=np.int64)
+    assert not cores._store_then_spin_while_equal(flags, 2, 7, 0, 0, 1000)    # no new job
+    assert flags.tolist() == [0, 0, 7]
+    flags[0] = 5
+    assert cores._store_then_spin_while_equal(flags, 1, 4, 0, 4, 1000)        # job 5 is there
+    assert flags.tolist() == [5, 4, 7]
+
+
 def test_run_raises_the_error_after_every_task_has_stopped():
     from minicnn.backend import cores
     old = cores.threads()

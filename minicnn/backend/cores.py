@@ -35,7 +35,7 @@ except ImportError:
     resource = None
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -215,6 +215,19 @@ def _load_acquire(typingctx, flags, i):
     return flags.dtype(flags, i), codegen
 
 
+@intrinsic
+def _store_release(typingctx, flags, i, value):
+    """flags[i] = value, stored atomically: a thread spinning with _load_acquire sees it."""
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, array, [args[1]])
+        stored = context.cast(builder, args[2], signature.args[2], array_type.dtype)
+        builder.store_atomic(stored, pointer, "release", array_type.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+    return types.void(flags, i, value), codegen
+
+
 @njit(cache=True, nogil=True)
 def _spin_while_equal(flags, i, value, max_loads):
     """Whether flags[i] became different from value within max_loads reads."""
@@ -222,6 +235,16 @@ def _spin_while_equal(flags, i, value, max_loads):
         if _load_acquire(flags, i) != value:
             return True
     return False
+
+
+@njit(cache=True, nogil=True)
+def _store_then_spin_while_equal(flags, store_at, stored, i, value, max_loads):
+    """flags[store_at] = stored, then _spin_while_equal(flags, i, value, max_loads). The store is
+    made without the GIL: a thread that waits for it can take the GIL at once (set from Python, the
+    store was seen while this thread still held the GIL for the call, and the waiter, made to sleep
+    on the GIL, woke 30-40 us later)."""
+    _store_release(flags, store_at, stored)
+    return _spin_while_equal(flags, i, value, max_loads)
 
 
 class _Crew:
@@ -235,6 +258,7 @@ class _Crew:
         self.wakeup = threading.Condition()
         self.busy = threading.Lock()                # held by the thread whose job is running
         _spin_while_equal(self.flags, 0, 0, 0)      # compiled (or loaded) here, not by the first job
+        _store_then_spin_while_equal(self.flags, 0, 0, 0, 0, 0)
         for worker in range(1, n):
             threading.Thread(target=self._loop, args=(worker,), daemon=True, name=f"minicnn-{worker}").start()
 
@@ -259,8 +283,9 @@ class _Crew:
 
     def _loop(self, worker):
         seen = 0
+        job_came = _spin_while_equal(self.flags, 0, seen, SPIN_LOADS)
         while True:
-            if not _spin_while_equal(self.flags, 0, seen, SPIN_LOADS):
+            if not job_came:
                 with self.wakeup:
                     self.sleeping += 1
                     while self.flags[0] == seen:
@@ -274,7 +299,7 @@ class _Crew:
                     self.job(worker)
                 except BaseException as error:      # handed to the caller by wait()
                     self.errors.append(error)
-            self.flags[worker] = seen
+            job_came = _store_then_spin_while_equal(self.flags, worker, seen, 0, seen, SPIN_LOADS)  # job done
 
 
 class _OneBlasThread:
