@@ -20,7 +20,7 @@ from numba import njit
 
 from . import cores, im2col_conv, numba_strategy, numpy_ops
 from . import numba_blocked, numba_depthwise, numba_sparse, numba_winograd
-from .numba_common import (DIRECT, DOT, FAST, _all_finite, _balanced_chunk, _copy, _crop_padding, _fill,
+from .numba_common import (DIRECT, DOT, FAST, _all_finite, _balanced_chunk, _by_samples, _copy, _crop_padding, _fill,
                            _input_grad, _pad_wide, _padded_wide, _rows_chunk, _scratch, _sum_in_order)
 from .numba_elementwise import relu_backward, relu_forward
 from .numba_im2col import col2im, conv_backward_gemms, im2col, matmul
@@ -442,7 +442,7 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     forward, backward = numba_strategy.conv_algorithms(x.shape[1], w.shape, stride, padding, dilation, groups,
                                                        fused=False)
     if forward == "pointwise":
-        return _pointwise_forward(x, w, b)
+        return _pointwise_forward(x, w, b, stride)
     if forward == "blocked":                            # its tasks check x: None when it holds inf or NaN
         done = _planes_forward(x, w, b, stride, padding, dilation, False, forward, backward) if _finite(w) else None
         return done if done is not None else _by_im2col(x, w, b, stride, padding, dilation, groups)
@@ -541,12 +541,13 @@ class _PlanesRecord:
 
 
 class _PointwiseRecord:
-    """A 1x1 convolution's input planes x (N, C, H*W) and whether it has a bias."""
-    __slots__ = ("x", "has_bias")
+    """A 1x1 convolution's input planes x (N, C, OH*OW) (at a stride: the pixels it reads), whether
+    it has a bias, the stride and the shape of the whole input."""
+    __slots__ = ("x", "has_bias", "stride", "x_shape")
     algorithm = "pointwise"
 
-    def __init__(self, x, has_bias):
-        self.x, self.has_bias = x, has_bias
+    def __init__(self, x, has_bias, stride, x_shape):
+        self.x, self.has_bias, self.stride, self.x_shape = x, has_bias, stride, x_shape
 
 
 # ---------------------------------------------------------------- chunks of samples on the cores
@@ -560,9 +561,13 @@ def _direct_chunk(N):
     return _balanced_chunk(N, numba_strategy.current().direct_max_chunk)
 
 
-def _pointwise_forward(x, w, b):
-    """A 1x1 convolution at stride 1 without padding: y[n] (OC, H*W) = w (OC, C) @ x[n] (C, H*W),
-    straight from x's planes into y's (no rows to gather, no wide output to crop)."""
+def _pointwise_forward(x, w, b, stride):
+    """A 1x1 convolution without padding: y[n] (OC, OH*OW) = w (OC, C) @ x[n] (C, OH*OW), straight
+    from x's planes into y's (no rows to gather, no wide output to crop); at a stride, from the
+    planes of the pixels it reads (x[:, :, ::SH, ::SW], copied on the cores)."""
+    x_shape = x.shape
+    if tuple(stride) != (1, 1):
+        x = _subsampled(x, *stride)
     N, C, H, W = x.shape
     OC = w.shape[0]
     x3 = np.ascontiguousarray(x).reshape(N, C, H * W)
@@ -579,7 +584,43 @@ def _pointwise_forward(x, w, b):
 
     if N:
         cores.run(forward_chunk, -(-N // chunk))
-    return y, _PointwiseRecord(x3, b is not None)
+    return y, _PointwiseRecord(x3, b is not None, tuple(stride), x_shape)
+
+
+def _subsampled(x, SH, SW):
+    """x[:, :, ::SH, ::SW] as a new C-contiguous array, a chunk of samples per task."""
+    N, C, H, W = x.shape
+    sub = np.empty((N, C, -(-H // SH), -(-W // SW)), dtype=x.dtype)
+    _by_samples(x, lambda part: _copy_strided(x[part], sub[part], SH, SW))
+    return sub
+
+
+@njit(**FAST)
+def _copy_strided(x, sub, SH, SW):
+    """sub[n, c, i, j] = x[n, c, i*SH, j*SW]."""
+    N, C, OH, OW = sub.shape
+    for n in range(N):
+        for c in range(C):
+            for i in range(OH):
+                src, dst = x[n, c, i * SH], sub[n, c, i]
+                for j in range(OW):
+                    dst[j] = src[j * SW]
+
+
+@njit(**FAST)
+def _spread_strided(sub, dx, SH, SW):
+    """dx (n, C, H, W) = zero but dx[:, :, i*SH, j*SW] = sub[:, :, i, j]: the gradient of _copy_strided."""
+    N, C, OH, OW = sub.shape
+    for n in range(N):
+        for c in range(C):
+            plane = dx[n, c]
+            for h in range(plane.shape[0]):
+                for w in range(plane.shape[1]):
+                    plane[h, w] = 0
+            for i in range(OH):
+                src, dst = sub[n, c, i], plane[i * SH]
+                for j in range(OW):
+                    dst[j * SW] = src[j]
 
 
 def _pointwise_backward(dy, record, w, input_grad):
@@ -591,6 +632,7 @@ def _pointwise_backward(dy, record, w, input_grad):
     g3 = np.ascontiguousarray(dy).reshape(N, OC, HW)
     w_col = np.ascontiguousarray(w).reshape(OC, C)
     dx = np.empty((N, C) + dy.shape[2:], dtype=dy.dtype) if input_grad else None
+    strided = record.stride != (1, 1)
     chunk = _rows_chunk(N, C * HW * dy.dtype.itemsize)
     no_bias = np.zeros(OC, dtype=dy.dtype)                 # a pass over dy saved where there is no bias
 
@@ -600,13 +642,18 @@ def _pointwise_backward(dy, record, w, input_grad):
         db = g3[part].sum(axis=(0, 2)) if record.has_bias else no_bias
         if input_grad:
             np.matmul(w_col.T, g3[part], out=dx.reshape(N, C, HW)[part])
+            if strided:
+                _spread_strided(dx[part], dx_whole[part], *record.stride)
         return dw, db
 
+    dx_whole = np.empty(record.x_shape, dtype=dy.dtype) if input_grad and strided else dx
     if N:
         dw, db = _sum_in_order(cores.run(backward_chunk, -(-N // chunk)))
     else:
         dw, db = np.zeros((OC, C), dtype=dy.dtype), np.zeros(OC, dtype=dy.dtype)
-    return dx, dw.reshape(w.shape), db if record.has_bias else None
+        if dx_whole is not None:
+            dx_whole[...] = 0
+    return dx_whole, dw.reshape(w.shape), db if record.has_bias else None
 
 
 def _planes_forward(x, w, b, stride, padding, dilation, relu_pool, forward, backward):

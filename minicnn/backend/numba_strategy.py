@@ -18,7 +18,7 @@ class Strategy:
     # ---- which algorithm a convolution takes (conv_algorithms below)
     own_kernels: bool = True                # False: every convolution by im2col (the reference path, for comparison)
     strided_gemm: bool = True               # strides and dilations by the rows GEMM on the cores (im2col: one thread)
-    pointwise_gemm: bool = True             # 1x1, stride 1, no padding: x's planes are the GEMM's rows already
+    pointwise_gemm: bool = True             # 1x1, no padding: x's planes (at a stride, its pixels') are the GEMM's rows
     depthwise_kernels: bool = True          # one filter per channel summed directly: no tiny GEMM per channel
     direct_max_channels: int = 3            # direct sums both ways up to here: im2col is all overhead for so few
     direct_forward_max_channels: int = 12   # direct forward (widths 3 and 5) up to here, then GEMMs win
@@ -72,7 +72,7 @@ def use(**changes):
 def conv_algorithms(C, w_shape, stride, padding, dilation, groups, fused):
     """(forward, backward) algorithm of a convolution of C input channels by filters w_shape
     (OC, C/groups, KH, KW), in this order: 'depthwise' for one filter per channel; 'im2col' for
-    other groups; 'pointwise' for 1x1 filters at stride 1 without padding; 'blocked'
+    other groups; 'pointwise' for 1x1 filters without padding (any stride or dilation); 'blocked'
     (register-blocked sums) for 3x3 filters at stride 1 or 2 with more channels than the direct
     sums take, up to blocked_max_channels, unless fused; the rows 'gemm' for other strides and
     dilations; 'winograd' for other 3x3 filters with more channels than the direct sums take;
@@ -87,7 +87,7 @@ def conv_algorithms(C, w_shape, stride, padding, dilation, groups, fused):
     if not s.own_kernels:
         return "im2col", "im2col"
     stride1 = tuple(stride) == (1, 1)
-    if s.pointwise_gemm and not fused and stride1 and (KH, KW) == (1, 1) and tuple(padding) == (0, 0):
+    if s.pointwise_gemm and not fused and (KH, KW) == (1, 1) and tuple(padding) == (0, 0):
         return "pointwise", "pointwise"
     if (KH, KW) == (3, 3) and tuple(stride) in ((1, 1), (2, 2)) and tuple(dilation) == (1, 1) and not fused \
             and s.direct_max_channels < C <= s.blocked_max_channels:
