@@ -3,6 +3,7 @@ so results do not depend on the number of threads (backend.cores): one training 
 MnistCNN and FashionCNN on 1, 2 and 3 threads must agree bit for bit (each run in its own process,
 with MINICNN_THREADS)."""
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -184,6 +185,36 @@ def test_a_model_pass_holds_blas_at_one_thread_on_numba_only(backend_name, insid
         net.backward(np.ones_like(y))
         assert blas_threads() == {2}
     assert seen == [{inside}] * 4
+
+
+FAULTS_OF_FREED_ACTIVATIONS = """
+import resource
+import numpy as np
+import minicnn.backend.numba_ops  # loads the Numba backend
+def activations():
+    arrays = [np.ones(2 * 2**20, dtype=np.float32) for _ in range(3)]   # 8 MiB each, written
+    del arrays
+activations()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    activations()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
+def test_freed_activations_are_reused_without_page_faults():
+    """With the Numba backend loaded, arrays freed by one pass are served again to the next without
+    faulting their pages back in (host_memory.keep_freed_memory); MINICNN_KEEP_FREED=0 leaves
+    glibc as it was, which gives the top of its heap back and faults ~10,000 pages here."""
+    def faults(keep):
+        env = dict(os.environ, MINICNN_KEEP_FREED=keep)
+        result = subprocess.run([sys.executable, "-c", FAULTS_OF_FREED_ACTIVATIONS], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return int(result.stdout)
+    assert faults("1") < 500
+    assert faults("0") > 5000
 
 
 def test_scratch_is_reused_per_thread_but_not_kept_when_huge():

@@ -18,6 +18,7 @@ Every choice of algorithm and budget is in numba_strategy.
 import numpy as _np
 
 from . import cores as _cores
+from . import host_memory as _host_memory
 from . import numba_strategy as _strategy
 from . import numpy_ops as _reference
 from .numba_conv import (conv2d_backward, conv2d_forward, conv2d_relu_maxpool2d_backward,  # noqa: F401
@@ -31,6 +32,8 @@ from .numba_norm import (batchnorm_backward_train, batchnorm_forward_eval, batch
 from .numba_norm import normalize_eval_in_place as _normalize_eval_in_place
 from .numba_pool import (adaptive_avgpool2d_backward, adaptive_avgpool2d_forward, avgpool2d_backward,  # noqa: F401
                          maxpool2d_backward, maxpool2d_forward)
+
+_host_memory.keep_freed_memory()             # activations freed by one pass are reused by the next
 
 name = "numba"
 xp = _reference.xp
