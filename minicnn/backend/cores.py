@@ -258,7 +258,7 @@ class _Crew:
         self.wakeup = threading.Condition()
         self.busy = threading.Lock()                # held by the thread whose job is running
         _spin_while_equal(self.flags, 0, 0, 0)      # compiled (or loaded) here, not by the first job
-        _store_then_spin_while_equal(self.flags, 0, 0, 0, 0, 0)
+        _store_then_spin_while_equal(self.flags, 0, 0, 0, 0, 0)    # (it stores the 0 that is there)
         for worker in range(1, n):
             threading.Thread(target=self._loop, args=(worker,), daemon=True, name=f"minicnn-{worker}").start()
 

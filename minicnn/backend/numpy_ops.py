@@ -128,8 +128,6 @@ def conv2d_relu_maxpool2d_backward(dy, record, w, input_grad):
     return conv2d_backward(relu_backward(maxpool2d_backward(dy, pool), relu), conv, w, input_grad)
 
 
-# ---------------------------------------------------------------- pooling
-
 def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
     return _conv2d_batchnorm_eval_by(sys.modules[__name__], x, w, b, stride, padding, dilation, groups, mean, var,
                                      eps, gamma, beta, relu)
@@ -143,6 +141,8 @@ def _conv2d_batchnorm_eval_by(ops, x, w, b, stride, padding, dilation, groups, m
     y = y3.reshape(y.shape)
     return ops.relu_forward(y)[0] if relu else y
 
+
+# ---------------------------------------------------------------- pooling
 
 def maxpool2d_forward(x, kernel_size, stride, padding):
     """The winner of a window is its first maximum, or where the window holds NaNs, its last NaN

@@ -104,8 +104,7 @@ class ConvBatchNorm(Module):
             return self.after(conv(x))
         conv.checked_output_size(x)
         ops = backend.ops_for(x)
-        gamma, beta = (norm.weight.data, norm.bias.data) if norm.affine else (
-            ops.xp.ones(norm.num_features, x.dtype), ops.xp.zeros(norm.num_features, x.dtype))
+        gamma, beta = norm._params(ops, x.dtype)
         return ops.conv2d_batchnorm_eval(x, conv.weight.data, conv.bias_data(), conv.stride, conv.padding,
                                          conv.dilation, conv.groups, norm.running_mean, norm.running_var, norm.eps,
                                          gamma, beta, relu=len(self.layers) == 3)
