@@ -1102,8 +1102,10 @@ def test_conv_batchnorm_inference_fused_equals_the_layers(monkeypatch, dtype, c_
                                                           groups, bias, affine, relu, batch, H, W):
     """On Numba a convolution followed by a batch norm (and a ReLU) runs as one conv2d_batchnorm step:
     in inference one op (the blocked sums normalize each row as they crop it), the bits of the layers
-    run one by one, NaN and inf included; with gradients on, or in training, the layers themselves
-    (output, gradients and running statistics as one by one); and torch's output in eval mode."""
+    run one by one; with inf and NaN in the input NaN and inf where they and torch have them (the
+    blocked sums do not check their input then, where the layers go by im2col: the finite values
+    agree up to rounding); with gradients on, or in training, the layers themselves (output,
+    gradients and running statistics as one by one); and torch's output in eval mode."""
     import minicnn as mc
     from minicnn.backend import numba_blocked
     normalized = []
@@ -1129,17 +1131,27 @@ def test_conv_batchnorm_inference_fused_equals_the_layers(monkeypatch, dtype, c_
         blocked = kernel == 3 and groups == 1 and 3 < c_in <= 64
         assert normalized == ([True] if blocked else [])
         np.testing.assert_array_equal(y, expected)
-        poisoned = x.copy()
-        poisoned[0, 0, 1, :2] = [np.nan, np.inf]
-        with mc.no_grad():
-            y = net(poisoned)
-            with mc.nn.chain.as_written():
-                np.testing.assert_array_equal(y, net(poisoned))
         ref = torch.nn.Sequential(*layers(torch.nn)).to(torch.float64 if dtype == np.float64 else torch.float32)
         ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in net.state_dict().items()})
         with torch.no_grad():
             theirs = ref.eval()(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(expected, theirs, rtol=tolerance(dtype)["rtol"], atol=tolerance(dtype)["atol"] * 10)
+        poisoned = x.copy()
+        poisoned[0, 0, 1, :2] = [np.nan, np.inf]
+        poisoned[-1, -1, -1, -1] = -np.inf
+        normalized.clear()
+        with mc.no_grad():
+            y = net(poisoned)
+            assert normalized == ([True] if blocked else [])        # not refused: no im2col on the way
+            with mc.nn.chain.as_written():
+                one_by_one = net(poisoned)
+        with torch.no_grad():
+            theirs = ref(torch.from_numpy(poisoned)).numpy()
+        for other in (one_by_one, theirs):
+            for where in (np.isnan, np.isposinf, np.isneginf):
+                np.testing.assert_array_equal(where(y), where(other))
+            assert np.isnan(y).any()
+            np.testing.assert_allclose(y, other, rtol=tolerance(dtype)["rtol"], atol=tolerance(dtype)["atol"] * 10)
         for training in (False, True):                       # gradients on: the layers themselves
             net.train(training)
             net.zero_grad()

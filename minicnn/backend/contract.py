@@ -72,7 +72,9 @@ def conv2d_relu_maxpool2d_backward(dy, record, w, input_grad):
 def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
     """Inference through a convolution, the batch norm after it on its running statistics (mean,
     var (OC,)) and, when relu, a ReLU: y (N, OC, OH, OW), the bits of conv2d_forward,
-    batchnorm_forward_eval and relu_forward one after the other. No record: nothing backpropagates."""
+    batchnorm_forward_eval and relu_forward one after the other; where x holds inf or NaN, NaN and
+    inf where those give them (and torch), the finite values up to rounding (a backend may sum
+    them in another order). No record: nothing backpropagates."""
 
 
 def maxpool2d_forward(x, kernel_size, stride, padding):

@@ -455,9 +455,10 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
 
 
 def blocked_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
-    """conv2d_batchnorm_eval when the convolution goes by the blocked sums (None otherwise, or when x
-    or w holds inf or NaN): they normalize (and rectify) each output row as they crop it, from
-    planes that stay each task's scratch: no pass over y, no array for the planes."""
+    """conv2d_batchnorm_eval when the convolution goes by the blocked sums (None otherwise, or when w
+    holds inf or NaN): they normalize (and rectify) each output row as they crop it, from planes that
+    stay each task's scratch: no pass over y, no array for the planes, no inf/NaN check of x (with
+    inf or NaN in x, where conv2d_forward goes by im2col, the finite values differ in rounding)."""
     forward, _ = numba_strategy.conv_algorithms(x.shape[1], w.shape, stride, padding, dilation, groups,
                                                 fused=False)
     if forward != "blocked" or not _finite(w):
