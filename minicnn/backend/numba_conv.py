@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from . import cores, im2col_conv, numba_strategy, numpy_ops
-from . import numba_blocked, numba_depthwise, numba_sparse, numba_winograd
+from . import numba_blocked, numba_depthwise, numba_norm, numba_sparse, numba_winograd
 from .numba_common import (DIRECT, DOT, FAST, _all_finite, _balanced_chunk, _by_samples, _copy, _crop_padding, _fill,
                            _input_grad, _pad_wide, _padded_wide, _rows_chunk, _scratch, _sum_in_order)
 from .numba_elementwise import relu_backward, relu_forward
@@ -463,7 +463,7 @@ def blocked_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var
                                                 fused=False)
     if forward != "blocked" or not _finite(w):
         return None
-    invstd = 1 / np.sqrt(var + eps)                       # as batchnorm_forward_eval, to the bit
+    invstd = numba_norm.eval_invstd(var, eps)
     done = numba_blocked.forward(x, np.ascontiguousarray(w), b, stride[0], padding,
                                  normalize=(mean, invstd, gamma, beta, bool(relu)))
     return None if done is None else done[0]
@@ -616,8 +616,7 @@ def _spread_strided(sub, dx, SH, SW):
         for c in range(C):
             plane = dx[n, c]
             for h in range(plane.shape[0]):
-                for w in range(plane.shape[1]):
-                    plane[h, w] = 0
+                _fill(plane[h], 0)
             for i in range(OH):
                 src, dst = sub[n, c, i], plane[i * SH]
                 for j in range(OW):
@@ -632,7 +631,7 @@ def _pointwise_backward(dy, record, w, input_grad):
     OC = w.shape[0]
     g3 = np.ascontiguousarray(dy).reshape(N, OC, HW)
     w_col = np.ascontiguousarray(w).reshape(OC, C)
-    dx = np.empty((N, C) + dy.shape[2:], dtype=dy.dtype) if input_grad else None
+    dx = np.empty(record.x_shape, dtype=dy.dtype) if input_grad else None
     strided = record.stride != (1, 1)
     chunk = _rows_chunk(N, C * HW * dy.dtype.itemsize)
     no_bias = np.zeros(OC, dtype=dy.dtype)                 # a pass over dy saved where there is no bias
@@ -641,20 +640,19 @@ def _pointwise_backward(dy, record, w, input_grad):
         part = slice(i * chunk, (i + 1) * chunk)
         dw = np.matmul(g3[part], x3[part].transpose(0, 2, 1)).sum(axis=0)
         db = g3[part].sum(axis=(0, 2)) if record.has_bias else no_bias
-        if input_grad:
+        if input_grad and strided:                         # the read pixels' gradient, then spread
+            read = _scratch("pointwise dx", (len(g3[part]), C, HW), dy.dtype)
+            np.matmul(w_col.T, g3[part], out=read)
+            _spread_strided(read.reshape(read.shape[:2] + dy.shape[2:]), dx[part], *record.stride)
+        elif input_grad:
             np.matmul(w_col.T, g3[part], out=dx.reshape(N, C, HW)[part])
-            if strided:
-                _spread_strided(dx[part], dx_whole[part], *record.stride)
         return dw, db
 
-    dx_whole = np.empty(record.x_shape, dtype=dy.dtype) if input_grad and strided else dx
     if N:
         dw, db = _sum_in_order(cores.run(backward_chunk, -(-N // chunk)))
     else:
         dw, db = np.zeros((OC, C), dtype=dy.dtype), np.zeros(OC, dtype=dy.dtype)
-        if dx_whole is not None:
-            dx_whole[...] = 0
-    return dx_whole, dw.reshape(w.shape), db if record.has_bias else None
+    return dx, dw.reshape(w.shape), db if record.has_bias else None
 
 
 def _planes_forward(x, w, b, stride, padding, dilation, relu_pool, forward, backward):
