@@ -214,11 +214,15 @@ def _bn_backward(dy, x, mean, invstd, alpha, shift, gamma, relu, dx, dgamma, dbe
     Both passes go sample by sample through the channels [c_first, c_stop), which lie side by side
     in memory: channel by channel, each of a channel's rows (49-784 values) started a new stream of
     cache misses, and rows of 196 values took twice as long as rows of 784. The mask is a select,
-    not a branch (bitwise &), so the loops vectorize."""
+    not a branch, so the loops vectorize; and it is one loop with or without the ReLU (the output
+    compared with 0, or with NaN: never true): with `relu` a branch around two loops, LLVM
+    vectorized each its own way on some CPUs (AMD Zen 5: other partial sums, so the fused step's
+    float64 gradients differed from the two layers' in the last bit)."""
     N, C, L = dy.shape
     M = N * L
     t = dy.dtype.type
     zero = t(0)
+    floor = zero if relu else t(np.nan)                   # d = 0 where the output <= floor
     K = c_stop - c_first
     sum_d, sum_dxc = np.zeros(K), np.zeros(K)
     for n in range(N):
@@ -228,7 +232,7 @@ def _bn_backward(dy, x, mean, invstd, alpha, shift, gamma, relu, dx, dgamma, dbe
             sb, sg = 0.0, 0.0
             for i in range(L):
                 v = x[n, c, i]
-                d = zero if relu & (_bn_affine(v, a, b) <= zero) else dy[n, c, i]
+                d = zero if _bn_affine(v, a, b) <= floor else dy[n, c, i]
                 sb += d
                 sg += d * (v - m)
             sum_d[j] += sb
@@ -244,7 +248,7 @@ def _bn_backward(dy, x, mean, invstd, alpha, shift, gamma, relu, dx, dgamma, dbe
             m, a, b, kj, gm, sj = t(mean[c]), alpha[c], shift[c], k[j], grad_mean[j], scale[j]
             for i in range(L):
                 v = x[n, c, i]
-                d = zero if relu & (_bn_affine(v, a, b) <= zero) else dy[n, c, i]
+                d = zero if _bn_affine(v, a, b) <= floor else dy[n, c, i]
                 dx[n, c, i] = (d - gm - (v - m) * kj) * sj
 
 
