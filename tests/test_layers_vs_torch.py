@@ -838,7 +838,7 @@ def test_sparse_backward_through_relu_pool_matches_torch(monkeypatch, dtype, poi
         assert np.isnan(net[0].weight.grad).any() or np.isnan(dx).any()
 
 
-@pytest.mark.parametrize("layer_kind", ["conv 5x5", "conv 3x3 (Winograd)", "depthwise"])
+@pytest.mark.parametrize("layer_kind", ["conv 5x5", "conv 3x3 (Winograd)", "conv 3x3 stride 2", "depthwise"])
 @pytest.mark.filterwarnings("ignore:invalid value encountered")
 def test_numba_convolutions_with_inf_or_nan_match_torch_nan_for_nan(dtype, layer_kind):
     """A convolution whose input or weights hold inf or NaN gives NaN and inf at exactly torch's places on
@@ -847,6 +847,7 @@ def test_numba_convolutions_with_inf_or_nan_match_torch_nan_for_nan(dtype, layer
     import minicnn as mc
     make = {"conv 5x5": lambda lib: lib.Conv2d(6, 8, 5, padding=1),
             "conv 3x3 (Winograd)": lambda lib: lib.Conv2d(6, 8, 3, padding=1),
+            "conv 3x3 stride 2": lambda lib: lib.Conv2d(6, 8, 3, stride=2, padding=1),
             "depthwise": lambda lib: lib.Conv2d(6, 6, 3, stride=2, padding=1, groups=6)}[layer_kind]
     for poison in ("inf in the weights", "inf in the input", "NaN in the input"):
         layer = make(nn).to(dtype)
@@ -1038,9 +1039,10 @@ STRIDE2_CASES = [
 def test_3x3_convolution(strategy, dtype, algorithm, stride, c_in, c_out, padding, H, W, batch):
     """A 3x3 convolution with more than direct_max_channels inputs and no pool after it goes by
     Winograd F(2x2, 3x3) (stride 1) with tiles covering the whole output (clipped at an odd edge), or
-    by register-blocked sums (stride 1 or 2: output channels padded to blocks of 8, dw two channels
-    at a time, dx the same sums on dy, by phase at stride 2): output, input and parameter gradients
-    against torch in float64, also without the input gradient; NaN reaches exactly torch's outputs."""
+    by register-blocked sums (stride 1 or 2: output channels padded to blocks of 8, dw from dy by
+    vectors of output channels, dx the same sums on dy, by phase at stride 2): output, input and
+    parameter gradients against torch in float64, also without the input gradient; with inf and
+    NaN in the input, NaN and inf at exactly torch's places."""
     import minicnn as mc
     strategy(blocked_max_channels=0 if algorithm == "winograd" else 64)
     layer = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=padding).to(dtype)
@@ -1069,17 +1071,30 @@ def test_3x3_convolution(strategy, dtype, algorithm, stride, c_in, c_out, paddin
         layer(x)
         assert layer.backward(dy, input_grad=False) is None
         close(layer.weight.grad, conv64.weight.grad.numpy(), "weight gradient without dx")
+        # inf and NaN in the input: the blocked sums multiply torch's pairs of values only, forward and
+        # backward (Winograd's transforms would subtract infs: it goes by im2col)
         x[0, -1, H // 2, W // 2] = np.nan
-        expected_nan = np.isnan(conv64(torch.from_numpy(x.astype(np.float64))).detach().numpy())
-        np.testing.assert_array_equal(np.isnan(layer(x)), expected_nan)
-        assert expected_nan.any()
-        # the wrapped columns and the padding around dy would multiply an inf by zero in backward:
-        # an input with inf or NaN (seen by the tasks, for the blocked sums) goes by im2col
-        assert layer._saved.record.algorithm == "im2col"
-        x[0, -1, H // 2, W // 2] = np.inf
-        layer(x)
-        assert layer._saved.record.algorithm == "im2col"
-        x[0, -1, H // 2, W // 2] = 0.0
+        x[-1, 0, 0, W - 1] = np.inf
+        x[-1, 0, H - 1, 0] = -np.inf
+        xt = torch.from_numpy(x.astype(np.float64)).requires_grad_()
+        conv64.zero_grad()
+        yt = conv64(xt)
+        yt.backward(torch.from_numpy(dy.astype(np.float64)))
+        layer.zero_grad()
+        y = layer(x)
+        assert layer._saved.record.algorithm == ("blocked" if algorithm == "blocked" else "im2col")
+        dx = layer.backward(dy)
+        for ours, theirs, what in [(y, yt, "output"), (dx, xt.grad, "input gradient"),
+                                   (layer.weight.grad, conv64.weight.grad, "weight gradient")]:
+            theirs = theirs.detach().numpy()
+            for where in (np.isnan, np.isposinf, np.isneginf):
+                np.testing.assert_array_equal(where(ours), where(theirs), err_msg=what)
+            finite = np.isfinite(theirs)
+            np.testing.assert_allclose(ours[finite], theirs[finite], rtol=tol["rtol"],
+                                       atol=tol["atol"] * np.abs(theirs[finite]).max(initial=1.0), err_msg=what)
+        assert np.isnan(y).any() and not np.isfinite(layer.weight.grad).all()
+        x[0, -1, H // 2, W // 2] = x[-1, 0, 0, W - 1] = x[-1, 0, H - 1, 0] = 0.0
+        # an inf weight would multiply the zeros of dx's wide dy: im2col
         layer.weight.data[0, 0, 1, 1] = np.inf
         layer(x)
         assert layer._saved.record.algorithm == "im2col"
@@ -1102,9 +1117,8 @@ def test_conv_batchnorm_inference_fused_equals_the_layers(monkeypatch, dtype, c_
                                                           groups, bias, affine, relu, batch, H, W):
     """On Numba a convolution followed by a batch norm (and a ReLU) runs as one conv2d_batchnorm step:
     in inference one op (the blocked sums normalize each row as they crop it), the bits of the layers
-    run one by one; with inf and NaN in the input NaN and inf where they and torch have them (the
-    blocked sums do not check their input then, where the layers go by im2col: the finite values
-    agree up to rounding); with gradients on, or in training, the layers themselves (output,
+    run one by one, also with inf and NaN in the input (NaN and inf where torch has them); with
+    gradients on, or in training, the layers themselves (output,
     gradients and running statistics as one by one); and torch's output in eval mode."""
     import minicnn as mc
     from minicnn.backend import numba_blocked
@@ -1147,11 +1161,11 @@ def test_conv_batchnorm_inference_fused_equals_the_layers(monkeypatch, dtype, c_
                 one_by_one = net(poisoned)
         with torch.no_grad():
             theirs = ref(torch.from_numpy(poisoned)).numpy()
-        for other in (one_by_one, theirs):
-            for where in (np.isnan, np.isposinf, np.isneginf):
-                np.testing.assert_array_equal(where(y), where(other))
-            assert np.isnan(y).any()
-            np.testing.assert_allclose(y, other, rtol=tolerance(dtype)["rtol"], atol=tolerance(dtype)["atol"] * 10)
+        np.testing.assert_array_equal(y, one_by_one)
+        for where in (np.isnan, np.isposinf, np.isneginf):
+            np.testing.assert_array_equal(where(y), where(theirs))
+        assert np.isnan(y).any()
+        np.testing.assert_allclose(y, theirs, rtol=tolerance(dtype)["rtol"], atol=tolerance(dtype)["atol"] * 10)
         for training in (False, True):                       # gradients on: the layers themselves
             net.train(training)
             net.zero_grad()

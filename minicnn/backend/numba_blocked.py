@@ -50,7 +50,7 @@ from numba.core import cgutils
 from numba.core.extending import intrinsic
 
 from . import cores
-from .numba_common import FAST, _all_finite, _pad_wide, _rows_chunk, _scratch, _sum_in_order
+from .numba_common import FAST, _pad_wide, _rows_chunk, _scratch, _sum_in_order
 from .simd import _float_arrays
 
 OB = 8                  # output channels of a block (the kernels are written for 8)
@@ -456,13 +456,12 @@ def _arranged(w_taps, out_channels, in_channels):
 
 def forward(x, w, b, stride, padding, normalize=None):
     """y (N, OC, OH, OW) of the 3x3 convolution at stride 1 or 2, and the planes xq (N, C, R) that
-    backward reads; or None when x holds an inf or a NaN (each task checks its samples while they
-    are in the cache: a pass over x before, on one core, cost ResNet14 2 ms a step). Backward needs
-    that check (the wide layout's dropped positions multiply x by zeros); the kept outputs alone do
-    not: each sums exactly torch's products, so inf and NaN land where torch's do.
+    backward reads. x may hold inf or NaN: each kept output sums exactly torch's products, and so do
+    backward's (dw sums over real output pixels only, dx does not read x), so inf and NaN land where
+    torch's do (w must be finite: dx's wide dy has zeros an inf weight would multiply).
     normalize=(mean, invstd, gamma, beta, relu), for inference: y is normalized (and rectified) as
-    each task crops it (_crop_wide_normalized), the planes are each task's scratch, not kept (xq is
-    None), and x is not checked."""
+    each task crops it (_crop_wide_normalized), and the planes are each task's scratch, not kept (xq
+    is None)."""
     N, C, H, W = x.shape
     OC = w.shape[0]
     x = np.ascontiguousarray(x)
@@ -478,8 +477,6 @@ def forward(x, w, b, stride, padding, normalize=None):
         first = i * chunk
         part = slice(first, first + chunk)
         n = min(chunk, N - first)
-        if normalize is None and not _all_finite(x[part].reshape(-1)):
-            return False
         planes = xq[part] if xq is not None else _scratch("blocked planes", (n, C, g.R), x.dtype)
         g.planes(x[part], planes)
         out = _scratch("blocked out", (n, OCp, g.blocks * g.PB), x.dtype)
@@ -488,10 +485,9 @@ def forward(x, w, b, stride, padding, normalize=None):
             _crop_wide(out, bias, y, g.Wq, first)
         else:
             _crop_wide_normalized(out, bias, y, g.Wq, first, *normalize, x.dtype.type(0))
-        return True
 
-    if N and not all(cores.run(forward_chunk, -(-N // chunk))):
-        return None
+    if N:
+        cores.run(forward_chunk, -(-N // chunk))
     return y, xq
 
 

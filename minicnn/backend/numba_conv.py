@@ -436,16 +436,17 @@ _PRIMITIVES = im2col_conv.Primitives(im2col, col2im, matmul, conv_backward_gemms
 def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     """As numpy_ops; the record is im2col_conv's Record, numba_depthwise's, a _PointwiseRecord or a
     _PlanesRecord. The 1x1 and the strided GEMMs multiply exactly im2col's pairs of values (torch's),
-    so an inf or NaN makes NaN where it does in torch. Other inputs or weights holding inf or NaN go
-    by im2col: the wide layout's dropped positions would multiply an inf by zero, Winograd's
-    transforms subtract infs."""
+    and so do the blocked sums with finite weights, so an inf or NaN makes NaN where it does in
+    torch. Other inputs or weights holding inf or NaN go by im2col: the wide layout's dropped
+    positions would multiply an inf by zero, Winograd's transforms subtract infs."""
     forward, backward = numba_strategy.conv_algorithms(x.shape[1], w.shape, stride, padding, dilation, groups,
                                                        fused=False)
     if forward == "pointwise":
         return _pointwise_forward(x, w, b, stride)
-    if forward == "blocked":                            # its tasks check x: None when it holds inf or NaN
-        done = _planes_forward(x, w, b, stride, padding, dilation, False, forward, backward) if _finite(w) else None
-        return done if done is not None else _by_im2col(x, w, b, stride, padding, dilation, groups)
+    if forward == "blocked":
+        if not _finite(w):
+            return _by_im2col(x, w, b, stride, padding, dilation, groups)
+        return _planes_forward(x, w, b, stride, padding, dilation, False, forward, backward)
     exact_products = forward == "gemm" and tuple(stride) != (1, 1)
     if forward == "im2col" or not (exact_products or (_finite(x) and _finite(w))):
         return _by_im2col(x, w, b, stride, padding, dilation, groups)
@@ -457,16 +458,14 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
 def blocked_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
     """conv2d_batchnorm_eval when the convolution goes by the blocked sums (None otherwise, or when w
     holds inf or NaN): they normalize (and rectify) each output row as they crop it, from planes that
-    stay each task's scratch: no pass over y, no array for the planes, no inf/NaN check of x (with
-    inf or NaN in x, where conv2d_forward goes by im2col, the finite values differ in rounding)."""
+    stay each task's scratch: no pass over y, no array for the planes."""
     forward, _ = numba_strategy.conv_algorithms(x.shape[1], w.shape, stride, padding, dilation, groups,
                                                 fused=False)
     if forward != "blocked" or not _finite(w):
         return None
     invstd = numba_norm.eval_invstd(var, eps)
-    done = numba_blocked.forward(x, np.ascontiguousarray(w), b, stride[0], padding,
-                                 normalize=(mean, invstd, gamma, beta, bool(relu)))
-    return None if done is None else done[0]
+    return numba_blocked.forward(x, np.ascontiguousarray(w), b, stride[0], padding,
+                                 normalize=(mean, invstd, gamma, beta, bool(relu)))[0]
 
 
 def _by_im2col(x, w, b, stride, padding, dilation, groups):
@@ -660,7 +659,7 @@ def _planes_forward(x, w, b, stride, padding, dilation, relu_pool, forward, back
     'blocked' or 'winograd'; 'gemm' at any stride and dilation, 'blocked' at stride 1 or 2 unfused,
     the others at stride 1 without dilation). x (N, C, H, W), w (OC, C, KH, KW), b (OC,) or None.
     Returns y (N, OC, OH, OW), or relu(maxpool(y)) (N, OC, OH//2, OW//2) with relu_pool, and a
-    _PlanesRecord; 'blocked' returns None instead when x holds inf or NaN."""
+    _PlanesRecord."""
     PH, PW = padding
     N, C, H, W = x.shape
     OC, _, KH, KW = w.shape
@@ -669,8 +668,6 @@ def _planes_forward(x, w, b, stride, padding, dilation, relu_pool, forward, back
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     if forward == "blocked":
         done = numba_blocked.forward(x, w, b, geometry.SH, padding)
-        if done is None:                                   # x holds inf or NaN
-            return None
         return done[0], _PlanesRecord("blocked", done[1], None, None, x.shape, padding, geometry, b is not None)
     bias = np.zeros(OC, dtype=x.dtype) if b is None else b
     zero = x.dtype.type(0)
