@@ -684,9 +684,9 @@ def test_conv_relu_pool_fused_equals_the_layers(strategy, dtype, mode, c_in, c_o
     step, ConvReLUPool; output, input gradient and parameter gradients must equal those of the three
     layers run one by one, bit for bit (all-negative windows included), and match torch. An input
     holding NaN takes the three exact ops instead ('composed'): still equal to the layers, bit for bit.
-    (3x3 kernels on the GEMM path go by Winograd's algorithm when fused, and by register-blocked
-    sums when not, each a different rounding: both switched off here, tested on their own below. The sparse backward sums in another order: its
-    gradients are compared up to rounding.)"""
+    (3x3 kernels with more channels go by register-blocked sums, or by Winograd's algorithm when
+    fused past blocked_max_channels: both switched off here, tested on their own below. The sparse
+    backward sums in another order: its gradients are compared up to rounding.)"""
     import minicnn as mc
     current = strategy(winograd=False, blocked_max_channels=0, **stride1_mode(mode))
     tol = tolerance(dtype)
@@ -738,14 +738,17 @@ def test_conv_relu_pool_fused_equals_the_layers(strategy, dtype, mode, c_in, c_o
     (5, 2, 0, 4, 5, 3, False, True),           # no bias, a 2x3 output: one window
     (6, 7, 1, 10, 7, 40, True, True),          # several tasks (chunks of samples), padded, odd width
 ])
-def test_winograd_conv_relu_pool(dtype, c_in, c_out, padding, H, W, batch, bias, relu_first):
+@pytest.mark.parametrize("algorithm", ["winograd", "blocked"])
+def test_3x3_conv_relu_pool(strategy, dtype, algorithm, c_in, c_out, padding, H, W, batch, bias, relu_first):
     """A 3x3 stride-1 convolution with more than DIRECT_MAX_CHANNELS inputs, fused with ReLU and the
-    2x2 pool, goes by Winograd F(2x2, 3x3): output, input gradient (with and without) and parameter
-    gradients against the three layers run one by one and against torch; NaN reaches exactly the
-    windows whose receptive field holds it."""
+    2x2 pool, goes by the register-blocked sums (up to blocked_max_channels; the same bits as the
+    three layers one by one, whose convolution goes the same way: the crop pools, backward spreads
+    dy to the winners first) or by Winograd F(2x2, 3x3) (another rounding): output, input gradient
+    (with and without) and parameter gradients against the three layers run one by one and against
+    torch; NaN reaches exactly the windows whose receptive field holds it."""
     import minicnn as mc
-    from minicnn.backend import numba_strategy
-    assert numba_strategy.current().winograd and c_in > numba_strategy.current().direct_max_channels
+    current = strategy(blocked_relu_pool=algorithm == "blocked")
+    assert current.winograd and current.direct_max_channels < c_in <= current.blocked_max_channels
     pair = [nn.ReLU(), nn.MaxPool2d(2)] if relu_first else [nn.MaxPool2d(2), nn.ReLU()]
     net = nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=padding, bias=bias), *pair).to(dtype)
     x = random_input((batch, c_in, H, W), dtype)
@@ -754,20 +757,26 @@ def test_winograd_conv_relu_pool(dtype, c_in, c_out, padding, H, W, batch, bias,
     def close(a, b, what):
         np.testing.assert_allclose(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, np.abs(b).max()), err_msg=what)
 
+    def same(a, b, what):
+        if algorithm == "blocked":
+            np.testing.assert_array_equal(a, b, err_msg=what)
+        else:
+            close(a, b, what)
+
     with mc.backend.use_backend("numba"):
         expected, dy, expected_dx, expected_grads = run_layers_one_by_one(net, x)
         y = net(x)
         assert [type(step).__name__ for step in net.steps] == ["ConvReLUPool"]
-        assert net.steps[0]._saved.record.algorithm == "winograd"
-        close(y, expected, "output")
-        close(net.backward(dy), expected_dx, "input gradient")
+        assert net.steps[0]._saved.record.algorithm == algorithm
+        same(y, expected, "output")
+        same(net.backward(dy), expected_dx, "input gradient")
         for k, p in net.named_parameters():
-            close(p.grad, expected_grads[k], k)
+            same(p.grad, expected_grads[k], k)
         net.zero_grad()
         net(x)
         assert net.backward(dy, input_grad=False) is None
         for k, p in net.named_parameters():
-            close(p.grad, expected_grads[k], k)
+            same(p.grad, expected_grads[k], k)
         x_nan = x.copy()
         x_nan[0, 0, 2, 3] = np.nan
         with mc.no_grad():
@@ -1067,10 +1076,11 @@ def test_3x3_convolution(strategy, dtype, algorithm, stride, c_in, c_out, paddin
         close(layer.backward(dy), xt.grad.numpy(), "input gradient")
         close(layer.weight.grad, conv64.weight.grad.numpy(), "weight gradient")
         close(layer.bias.grad, conv64.bias.grad.numpy(), "bias gradient")
+        with_dx = layer.weight.grad.copy()
         layer.zero_grad()
         layer(x)
         assert layer.backward(dy, input_grad=False) is None
-        close(layer.weight.grad, conv64.weight.grad.numpy(), "weight gradient without dx")
+        np.testing.assert_array_equal(layer.weight.grad, with_dx)           # the same chunks, the same bits
         # inf and NaN in the input: the blocked sums multiply torch's pairs of values only, forward and
         # backward (Winograd's transforms would subtract infs: it goes by im2col)
         x[0, -1, H // 2, W // 2] = np.nan

@@ -51,6 +51,7 @@ from numba.core.extending import intrinsic
 
 from . import cores
 from .numba_common import FAST, _pad_wide, _rows_chunk, _scratch, _sum_in_order
+from .numba_relu_pool import _relu_pool_plane, _unpool_plane
 from .simd import _float_arrays
 
 OB = 8                  # output channels of a block (the kernels are written for 8)
@@ -338,6 +339,24 @@ def _crop_wide_normalized(out, b, y, Wq, first, mean, invstd, gamma, beta, relu,
 
 
 @njit(**FAST)
+def _crop_wide_relu_pool(out, b, y, idx, Wq, first, zero):
+    """y[first + s, o] (OH//2, OW//2) = relu of the 2x2 max pool of out[s, o] + b[o] (row length Wq),
+    idx its winners: numba_relu_pool's epilogue, the bits of conv, ReLU and pool one by one."""
+    for s in range(out.shape[0]):
+        for o in range(y.shape[1]):
+            _relu_pool_plane(out[s, o], b[o], Wq, y[first + s, o], idx[first + s, o], zero)
+
+
+@njit(**FAST)
+def _unpool(dy, y, idx, dense, OW, zero):
+    """dense (n, OC, OH, OW) = the gradient of the convolution's output from the pooled gradient dy
+    (n, OC, OH//2, OW//2): each window's winner where the ReLU let it through (numba_relu_pool)."""
+    for s in range(dy.shape[0]):
+        for o in range(dy.shape[1]):
+            _unpool_plane(dense[s, o].reshape(-1), dy[s, o], y[s, o], idx[s, o], OW, zero)
+
+
+@njit(**FAST)
 def _widen_late(dy, G, Wq, S):
     """G (n, OC, Pg) = dy (n, OC, OH, OW) in the wide layout (row length Wq) S positions late, zero
     elsewhere."""
@@ -454,14 +473,15 @@ def _arranged(w_taps, out_channels, in_channels):
     return np.ascontiguousarray(padded.reshape(out_channels // OB, OB, in_channels, T).transpose(0, 2, 3, 1))
 
 
-def forward(x, w, b, stride, padding, normalize=None):
+def forward(x, w, b, stride, padding, normalize=None, relu_pool=False):
     """y (N, OC, OH, OW) of the 3x3 convolution at stride 1 or 2, and the planes xq (N, C, R) that
     backward reads. x may hold inf or NaN: each kept output sums exactly torch's products, and so do
     backward's (dw sums over real output pixels only, dx does not read x), so inf and NaN land where
     torch's do (w must be finite: dx's wide dy has zeros an inf weight would multiply).
     normalize=(mean, invstd, gamma, beta, relu), for inference: y is normalized (and rectified) as
     each task crops it (_crop_wide_normalized), and the planes are each task's scratch, not kept (xq
-    is None)."""
+    is None). relu_pool (stride 1): y is relu(maxpool2x2(y)) (N, OC, OH//2, OW//2), pooled as each
+    task crops it; returns (y, xq, idx), idx (int8) each window's winner."""
     N, C, H, W = x.shape
     OC = w.shape[0]
     x = np.ascontiguousarray(x)
@@ -470,7 +490,11 @@ def forward(x, w, b, stride, padding, normalize=None):
     w8 = _arranged(w.reshape(OC, C, 9), OCp, C)
     bias = np.zeros(OC, dtype=x.dtype) if b is None else b
     xq = np.empty((N, C, g.R), dtype=x.dtype) if normalize is None else None
-    y = np.empty((N, OC, g.OH, g.OW), dtype=x.dtype)
+    if relu_pool:
+        y = np.empty((N, OC, g.OH // 2, g.OW // 2), dtype=x.dtype)
+        idx = np.empty(y.shape, dtype=np.int8)
+    else:
+        y = np.empty((N, OC, g.OH, g.OW), dtype=x.dtype)
     chunk = _rows_chunk(N, (C * g.R + OCp * g.blocks * g.PB) * x.dtype.itemsize)
 
     def forward_chunk(i):
@@ -481,18 +505,22 @@ def forward(x, w, b, stride, padding, normalize=None):
         g.planes(x[part], planes)
         out = _scratch("blocked out", (n, OCp, g.blocks * g.PB), x.dtype)
         _block_conv(planes, w8, out, g.taps, g.blocks, g.PB)
-        if normalize is None:
+        if relu_pool:
+            _crop_wide_relu_pool(out, bias, y, idx, g.Wq, first, x.dtype.type(0))
+        elif normalize is None:
             _crop_wide(out, bias, y, g.Wq, first)
         else:
             _crop_wide_normalized(out, bias, y, g.Wq, first, *normalize, x.dtype.type(0))
 
     if N:
         cores.run(forward_chunk, -(-N // chunk))
-    return y, xq
+    return (y, xq, idx) if relu_pool else (y, xq)
 
 
-def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias):
-    """(dx or None, dw, db or None) of forward, from dy (N, OC, OH, OW) and forward's planes xq."""
+def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias, pooled=None):
+    """(dx or None, dw, db or None) of forward, from dy (N, OC, OH, OW) and forward's planes xq; or
+    after relu_pool from the pooled gradient dy and pooled = (y, idx) of forward (each task first
+    spreads its samples' dy to the winners, _unpool)."""
     N, C, H, W = x_shape
     OC = w.shape[0]
     g = Geometry(x_shape, padding, stride, dy.dtype)
@@ -506,21 +534,27 @@ def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias):
                    for taps in g.phase_taps]
     dy = np.ascontiguousarray(dy)
     dx = np.empty(x_shape, dtype=dy.dtype) if input_grad else None
-    per_sample = OCv * g.OH * g.OW + C * g.R + (OC * g.Pg + len(filters) * Cp * g.dx_blocks * g.PB if input_grad else 0)
+    # the chunks (and so dw's order of additions) depend on the shapes alone: with or without dx,
+    # pooled or not, dw has the same bits
+    per_sample = OCv * g.OH * g.OW + C * g.R + OC * g.Pg + (1 if stride == 1 else 4) * Cp * g.dx_blocks * g.PB
     chunk = _rows_chunk(N, per_sample * dy.dtype.itemsize)
 
     def backward_chunk(i):
         first = i * chunk
         part = slice(first, first + chunk)
         n = min(chunk, N - first)
+        dy_part = dy[part]
+        if pooled is not None:
+            dy_part = _scratch("blocked dy unpooled", (n, OC, g.OH, g.OW), dy.dtype)
+            _unpool(dy[part], pooled[0][part], pooled[1][part], dy_part, g.OW, dy.dtype.type(0))
         D = _aligned_scratch("blocked dy pixels", (n, g.OH * g.OW, OCv), dy.dtype)
-        _pixel_major(dy[part], D)
+        _pixel_major(dy_part, D)
         dw = np.empty((C, 9, OCv), dtype=dy.dtype)
         _weight_grad(D, xq[part], dw, g.OH, g.OW, g.Wq, g.taps, g.lanes)
-        db = dy[part].sum(axis=(0, 2, 3)) if has_bias else np.zeros(0, dtype=dy.dtype)
+        db = dy_part.sum(axis=(0, 2, 3)) if has_bias else np.zeros(0, dtype=dy.dtype)
         if input_grad:
             G = _scratch("blocked dy", (n, OC, g.Pg), dy.dtype)
-            _widen_late(dy[part], G, g.Wq, g.S)
+            _widen_late(dy_part, G, g.Wq, g.S)
         if input_grad and stride == 1:
             out = _scratch("blocked dx", (n, Cp, g.dx_blocks * g.PB), dy.dtype)
             _block_conv(G, filters[0], out, g.taps, g.dx_blocks, g.PB)

@@ -9,8 +9,8 @@ that backward reads back:
     pointwise  1x1 kernels at stride 1 without padding: one GEMM per sample straight from x
     gemm       more channels, and other strides and dilations: the same sums as one GEMM of rows
                gathered from the padded planes ("wide" at stride 1, strided runs otherwise)
-    blocked    3x3 kernels at stride 1 or 2 with 4-64 channels (not fused): register-blocked
-               direct sums (numba_blocked)
+    blocked    3x3 kernels at stride 1 or 2 with 4-64 channels (fused too, at stride 1):
+               register-blocked direct sums (numba_blocked)
     winograd   3x3 kernels with more channels: Winograd's F(2x2, 3x3) (numba_winograd)
     sparse     backward of a fused conv + ReLU + pool from the pool's winners alone (numba_sparse)
 Each stride-1 forward may fuse the ReLU and 2x2 max pool that follow (numba_relu_pool).
@@ -494,8 +494,9 @@ def conv2d_backward(dy, record, w, input_grad):
 def conv2d_relu_maxpool2d_forward(x, w, b, padding):
     """The convolution with the ReLU and 2x2 max pool applied to each output plane while it is in
     the cache: the full-size output is never stored. The same values, bit for bit, as the three ops
-    one by one (pool first: max and ReLU commute), but by Winograd (another rounding) and with the
-    sparse backward (another order of additions)."""
+    one by one (pool first: max and ReLU commute), forward and backward, except by Winograd (another
+    rounding) and with the sparse backward (another order of additions). The register-blocked sums
+    pool as they crop, and their backward spreads dy to the winners first: bit for bit."""
     forward, backward = numba_strategy.conv_algorithms(x.shape[1], w.shape, (1, 1), padding, (1, 1), 1, fused=True)
     if not (_finite(x) and _finite(w)):                    # torch's NaNs: the three exact ops one by one
         return _composed_forward(x, w, b, padding)
@@ -666,6 +667,9 @@ def _planes_forward(x, w, b, stride, padding, dilation, relu_pool, forward, back
     geometry = _Rows(x.shape, w.shape, stride, padding, dilation)
     Wp, Wq, L, OH, OW = geometry.Wp, geometry.Wq, geometry.L, geometry.OH, geometry.OW
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
+    if forward == "blocked" and relu_pool:
+        y, xq, idx = numba_blocked.forward(x, w, b, 1, padding, relu_pool=True)
+        return y, _PlanesRecord("blocked", xq, None, (y, idx, OH, OW), x.shape, padding, geometry, b is not None)
     if forward == "blocked":
         done = numba_blocked.forward(x, w, b, geometry.SH, padding)
         return done[0], _PlanesRecord("blocked", done[1], None, None, x.shape, padding, geometry, b is not None)
@@ -729,7 +733,7 @@ def _planes_backward(dy, record, w, input_grad):
     OC, _, KH, KW = w.shape
     if method == "blocked":
         return numba_blocked.backward(dy, xp, np.ascontiguousarray(w), x_shape, geometry.SH, r.padding, input_grad,
-                                      r.has_bias)
+                                      r.has_bias, None if pooled is None else pooled[:2])
     if method == "winograd":
         tiles = numba_winograd.Tiles(x_shape, PH, PW, pooled=pooled is not None)
         dx, dw, db = numba_winograd.backward(np.ascontiguousarray(dy), xp, pooled, np.ascontiguousarray(w), x_shape,

@@ -22,7 +22,8 @@ class Strategy:
     depthwise_kernels: bool = True          # one filter per channel summed directly: no tiny GEMM per channel
     direct_max_channels: int = 3            # direct sums both ways up to here: im2col is all overhead for so few
     direct_forward_max_channels: int = 12   # direct forward (widths 3 and 5) up to here, then GEMMs win
-    blocked_max_channels: int = 64          # 3x3 at stride 1 or 2 up to here by register-blocked sums (unfused)
+    blocked_max_channels: int = 64          # 3x3 at stride 1 or 2 up to here by register-blocked sums
+    blocked_relu_pool: bool = True          # and fused with ReLU and pool (else Winograd's fused forward)
     winograd: bool = True                   # 3x3 with more channels by F(2x2, 3x3): 2.25x fewer multiplies
     sparse_min_kernel_width: int = 5        # fused backward from the pool's winners for widths 5..LANES
     fuse_conv_relu_pool: bool = True        # conv + ReLU + 2x2 pool as one step: no full-size activation
@@ -74,7 +75,7 @@ def conv_algorithms(C, w_shape, stride, padding, dilation, groups, fused):
     (OC, C/groups, KH, KW), in this order: 'depthwise' for one filter per channel; 'im2col' for
     other groups; 'pointwise' for 1x1 filters without padding (any stride or dilation); 'blocked'
     (register-blocked sums) for 3x3 filters at stride 1 or 2 with more channels than the direct
-    sums take, up to blocked_max_channels, unless fused; the rows 'gemm' for other strides and
+    sums take, up to blocked_max_channels (fused only with blocked_relu_pool); the rows 'gemm' for other strides and
     dilations; 'winograd' for other 3x3 filters with more channels than the direct sums take;
     'direct' for few channels; and otherwise a 'direct' forward (widths 3 and 5, up to
     direct_forward_max_channels) or the wide 'gemm', with the 'gemm' backward, or when the
@@ -89,8 +90,8 @@ def conv_algorithms(C, w_shape, stride, padding, dilation, groups, fused):
     stride1 = tuple(stride) == (1, 1)
     if s.pointwise_gemm and not fused and (KH, KW) == (1, 1) and tuple(padding) == (0, 0):
         return "pointwise", "pointwise"
-    if (KH, KW) == (3, 3) and tuple(stride) in ((1, 1), (2, 2)) and tuple(dilation) == (1, 1) and not fused \
-            and s.direct_max_channels < C <= s.blocked_max_channels:
+    if (KH, KW) == (3, 3) and tuple(stride) in ((1, 1), (2, 2)) and tuple(dilation) == (1, 1) \
+            and s.direct_max_channels < C <= s.blocked_max_channels and (s.blocked_relu_pool or not fused):
         return "blocked", "blocked"
     if not stride1 or tuple(dilation) != (1, 1):
         return ("gemm", "gemm") if s.strided_gemm else ("im2col", "im2col")
