@@ -882,6 +882,28 @@ def test_numba_convolutions_with_inf_or_nan_match_torch_nan_for_nan(dtype, layer
             np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs), err_msg=f"{poison}: {what}")
 
 
+def test_a_model_follows_the_strategy_in_force(dtype):
+    """A model that has run keeps no stale plan: changing Numba's strategy (as tests and benchmarks
+    do) changes the steps of its next forward, and changing it back restores them."""
+    import minicnn as mc
+    from minicnn.backend import numba_strategy
+    net = nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.BatchNorm2d(8), nn.ReLU()).to(dtype)
+    x = random_input((2, 4, 10, 10), dtype)
+
+    def steps():
+        with mc.backend.use_backend("numba"):
+            y = net(x)
+            net.backward(np.ones_like(y))
+        return [type(step).__name__ for step in net.steps]
+    assert steps() == ["ConvReLUPool", "ConvBatchNorm"]
+    with numba_strategy.use(fuse_conv_relu_pool=False):
+        assert steps() == ["Conv2d", "MaxPool2d", "ReLU", "ConvBatchNorm"]
+        with numba_strategy.use(fuse_conv_batchnorm=False):
+            assert steps() == ["Conv2d", "MaxPool2d", "ReLU", "Conv2d", "BatchNormReLU"]
+    assert steps() == ["ConvReLUPool", "ConvBatchNorm"]
+
+
 def test_conv_relu_pool_is_not_fused_where_it_does_not_fit(dtype):
     """Only stride-1 convolutions followed by ReLU and a 2x2/2 pool without padding are fused, and
     only on Numba; a too-small input still gets the pool's own error."""

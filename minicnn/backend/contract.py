@@ -264,7 +264,9 @@ def plan_chain(kinds):
     ('maxpool2d', kernel_size, stride, padding), or None for a layer the backend knows nothing
     about). Returns a ChainPlan: the steps
     in the order they run, each a fused op's name (or None) and the layer indices it covers, and
-    the batch size inference may be cut into."""
+    the batch size inference may be cut into. Called before every forward of a chain (a chain
+    reuses its steps while the plan stays the same): it must be cheap, and may change with the
+    backend's settings (Numba's strategy)."""
 
 
 def pass_scope():
@@ -334,3 +336,10 @@ class ChainPlan:
 
     def __repr__(self):
         return f"ChainPlan(steps={self.steps}, inference_chunk={self.inference_chunk})"
+
+    def __eq__(self, other):
+        return isinstance(other, ChainPlan) and (self.steps, self.inference_chunk) == (other.steps,
+                                                                                     other.inference_chunk)
+
+    def __hash__(self):
+        return hash((self.steps, self.inference_chunk))

@@ -74,11 +74,25 @@ def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var,
     return y
 
 
+_plans = {}                 # (kinds, strategy) -> ChainPlan
+
+
 def plan_chain(kinds):
     """NumPy's plan (a ReLU after its max pool, inference in chunks), and where numba_strategy
     says so: every stride-1 convolution followed by ReLU and a 2x2 max pool (in either order) as one
     conv2d_relu_maxpool2d step, every other convolution followed by a batch norm (and a ReLU) as one
-    conv2d_batchnorm step, every other batch norm followed by a ReLU as one batchnorm_relu step."""
+    conv2d_batchnorm step, every other batch norm followed by a ReLU as one batchnorm_relu step.
+    Remembered for each kinds and strategy."""
+    key = (kinds, _strategy.current())
+    plan = _plans.get(key)
+    if plan is None:
+        if len(_plans) > 256:
+            _plans.clear()
+        plan = _plans[key] = _plan_chain(kinds)
+    return plan
+
+
+def _plan_chain(kinds):
     plan = _reference.plan_chain(kinds)
     steps, done = [], 0
     flat = [indices[0] for _, indices in plan.steps]       # the reference plan fuses nothing

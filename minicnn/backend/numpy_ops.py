@@ -13,6 +13,7 @@ Every function preserves the dtype of its floating inputs. Records (what a forwa
 backward) are tuples, documented at each forward.
 """
 import contextlib
+import functools
 import math
 import sys
 
@@ -470,6 +471,7 @@ def adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1
 _INFERENCE_CHUNK = 128
 
 
+@functools.lru_cache(maxsize=256)
 def plan_chain(kinds):
     """Every layer by itself, but a ReLU followed by a max pool runs after it instead, on a quarter
     of the values (2x2 windows): max(relu(window)) = relu(max(window)) exactly (NaN included), and

@@ -41,7 +41,7 @@ class Chain:
     """
 
     def __init__(self):
-        self._plans = {}        # (backend name, layer ids, kinds) -> (steps, inference chunk)
+        self._plans = {}        # (backend name, layer ids, kinds, plan) -> (steps, inference chunk)
         self._steps = None      # the steps the last forward ran
 
     def forward(self, layers, x, inference):
@@ -76,12 +76,12 @@ class Chain:
         if _as_written:
             return list(layers), 0
         kinds = tuple(layer.kind for layer in layers)
-        key = (ops.name, tuple(map(id, layers)), kinds)
+        plan = ops.plan_chain(kinds)                # asked each time: it may change with the backend's settings
+        key = (ops.name, tuple(map(id, layers)), kinds, plan)
         planned = self._plans.get(key)
         if planned is None:
             if len(self._plans) > 8:                # layers replaced many times over: start afresh
                 self._plans.clear()
-            plan = ops.plan_chain(kinds)
             steps = [layers[indices[0]] if fused is None else FUSED_STEPS[fused](*(layers[i] for i in indices))
                      for fused, indices in plan.steps]
             planned = self._plans[key] = (steps, plan.inference_chunk)
