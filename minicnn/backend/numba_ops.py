@@ -74,7 +74,7 @@ def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var,
     return y
 
 
-_plans = {}                 # (kinds, strategy) -> ChainPlan
+_fused_steps = {}           # (kinds, strategy) -> the steps of plan_chain
 
 
 def plan_chain(kinds):
@@ -82,20 +82,20 @@ def plan_chain(kinds):
     says so: every stride-1 convolution followed by ReLU and a 2x2 max pool (in either order) as one
     conv2d_relu_maxpool2d step, every other convolution followed by a batch norm (and a ReLU) as one
     conv2d_batchnorm step, every other batch norm followed by a ReLU as one batchnorm_relu step.
-    Remembered for each kinds and strategy."""
-    key = (kinds, _strategy.current())
-    plan = _plans.get(key)
-    if plan is None:
-        if len(_plans) > 256:
-            _plans.clear()
-        plan = _plans[key] = _plan_chain(kinds)
-    return plan
-
-
-def _plan_chain(kinds):
+    The steps are remembered for each kinds and strategy."""
     plan = _reference.plan_chain(kinds)
+    key = (kinds, _strategy.current())
+    steps = _fused_steps.get(key)
+    if steps is None:
+        if len(_fused_steps) > 256:
+            _fused_steps.clear()
+        steps = _fused_steps[key] = _fuse(kinds, [indices[0] for _, indices in plan.steps])
+    return _reference.ChainPlan(steps, plan.inference_chunk)
+
+
+def _fuse(kinds, flat):
+    """The steps over the layer indices flat (the reference plan's order: it fuses nothing)."""
     steps, done = [], 0
-    flat = [indices[0] for _, indices in plan.steps]       # the reference plan fuses nothing
     while done < len(flat):
         run = flat[done:done + 3]
         if len(run) == 3:
@@ -116,7 +116,7 @@ def _plan_chain(kinds):
             continue
         steps.append((None, (flat[done],)))
         done += 1
-    return _reference.ChainPlan(steps, plan.inference_chunk)
+    return tuple(steps)
 
 
 def pass_scope():

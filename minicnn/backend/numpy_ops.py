@@ -13,7 +13,6 @@ Every function preserves the dtype of its floating inputs. Records (what a forwa
 backward) are tuples, documented at each forward.
 """
 import contextlib
-import functools
 import math
 import sys
 
@@ -471,7 +470,9 @@ def adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1
 _INFERENCE_CHUNK = 128
 
 
-@functools.lru_cache(maxsize=256)
+_plans = {}                 # (kinds, inference chunk) -> ChainPlan
+
+
 def plan_chain(kinds):
     """Every layer by itself, but a ReLU followed by a max pool runs after it instead, on a quarter
     of the values (2x2 windows): max(relu(window)) = relu(max(window)) exactly (NaN included), and
@@ -479,7 +480,13 @@ def plan_chain(kinds):
     positive or NaN; nowhere when it is not, ReLU's derivative being 0 there). Inference runs in
     chunks of _INFERENCE_CHUNK samples: the intermediate activations of a chunk stay in the cache
     instead of being fresh memory the size of the whole batch."""
-    return ChainPlan(((None, (i,)) for i in _pool_before_relu(kinds)), inference_chunk=_INFERENCE_CHUNK)
+    key = (kinds, _INFERENCE_CHUNK)
+    plan = _plans.get(key)
+    if plan is None:
+        if len(_plans) > 256:
+            _plans.clear()
+        plan = _plans[key] = ChainPlan(((None, (i,)) for i in _pool_before_relu(kinds)), inference_chunk=_INFERENCE_CHUNK)
+    return plan
 
 
 def _pool_before_relu(kinds):
