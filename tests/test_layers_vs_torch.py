@@ -533,16 +533,66 @@ def test_numba_rows_gemm_and_pointwise(strategy, dtype, in_chunks, kernel, strid
         assert layer._saved.record.algorithm == algorithm
 
 
-@pytest.mark.parametrize("poison", ["inf in the input", "NaN in the input", "inf in the weights", "both infs"])
-@pytest.mark.parametrize("kernel,stride,padding,algorithm", [(3, 2, 1, "gemm"), (1, 2, 0, "pointwise"),
-                                                            (1, 1, 0, "pointwise")])
-@pytest.mark.filterwarnings("ignore:invalid value encountered")
-def test_numba_rows_gemm_and_pointwise_make_torchs_nan(strategy, dtype, poison, kernel, stride, padding, algorithm):
-    """The strided and 1x1 GEMMs multiply the same pairs of values as torch (no wrapped columns, no
-    transforms), so they run with inf or NaN inside and give NaN and inf at exactly torch's places,
-    in the output and every gradient."""
+@pytest.mark.parametrize("blocked", [True, False], ids=["blocked sums", "BLAS"])
+@pytest.mark.parametrize("c_in,c_out,stride,batch,H,W", [
+    (32, 64, 1, 3, 28, 28),        # MobileNetMNIST's first 1x1 (784 pixels: 24.5 blocks)
+    (9, 16, 1, 1, 8, 4),           # nine channels: one group; 32 pixels: one whole block; batch 1
+    (10, 17, 1, 2, 5, 7),          # the last group of nine overlaps the first; 17 outputs
+    (4, 40, 1, 2, 3, 3),           # fewer than nine channels (the last one repeated); 40 outputs
+    (1, 1, 1, 2, 6, 5),            # one channel in, one out
+    (19, 24, 2, 2, 9, 11),         # at a stride: the pixels it reads
+])
+def test_pointwise_convolution(strategy, dtype, monkeypatch, blocked, c_in, c_out, stride, batch, H, W):
+    """1x1 convolutions by the register-blocked sums with one tap (dw with input channels in the
+    place of the taps) or by BLAS per sample: output, input and parameter gradients against torch,
+    in float64 too, with and without the input gradient (dw the same bits), and the way taken."""
     from minicnn import backend
-    strategy(rows_chunk_bytes=1, blocked_max_channels=0)
+    from minicnn.backend import numba_blocked
+    strategy(blocked_pointwise_min=0 if blocked else 2**62)
+    calls = []
+    for name in ("pointwise_forward", "pointwise_weight_grad", "pointwise_input_grad"):
+        original = getattr(numba_blocked, name)
+        monkeypatch.setattr(numba_blocked, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    layer = nn.Conv2d(c_in, c_out, 1, stride=stride).to(dtype)
+    ref = torch.nn.Conv2d(c_in, c_out, 1, stride=stride).double()      # float64: sums of thousands of terms
+    ref.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in layer.state_dict().items()})
+    x = random_input((batch, c_in, H, W), dtype)
+    xt = torch.from_numpy(x.astype(np.float64)).requires_grad_()
+    yt = ref(xt)
+    dy = random_input(tuple(yt.shape), dtype)
+    yt.backward(torch.from_numpy(dy.astype(np.float64)))
+    tol = tolerance(dtype)
+    with backend.use_backend("numba"):
+        y = layer(x)
+        assert layer._saved.record.algorithm == "pointwise"
+        dx = layer.backward(dy)
+        assert set(calls) == ({"pointwise_forward", "pointwise_weight_grad", "pointwise_input_grad"} if blocked
+                              else set())
+        for ours, theirs, what in [(y, yt, "output"), (dx, xt.grad, "input gradient"),
+                                   (layer.weight.grad, ref.weight.grad, "weight gradient"),
+                                   (layer.bias.grad, ref.bias.grad, "bias gradient")]:
+            theirs = theirs.detach().numpy()
+            np.testing.assert_allclose(ours, theirs, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, np.abs(theirs).max()),
+                                       err_msg=what)
+        with_dx = layer.weight.grad.copy()
+        layer.zero_grad()
+        layer(x)
+        assert layer.backward(dy, input_grad=False) is None
+        np.testing.assert_array_equal(layer.weight.grad, with_dx)
+
+
+@pytest.mark.parametrize("poison", ["inf in the input", "NaN in the input", "inf in the weights", "both infs"])
+@pytest.mark.parametrize("kernel,stride,padding,algorithm,blocked", [
+    (3, 2, 1, "gemm", False), (1, 2, 0, "pointwise", False), (1, 1, 0, "pointwise", False),
+    (1, 2, 0, "pointwise", True), (1, 1, 0, "pointwise", True)])
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+def test_numba_rows_gemm_and_pointwise_make_torchs_nan(strategy, dtype, poison, kernel, stride, padding, algorithm,
+                                                       blocked):
+    """The strided and 1x1 GEMMs (BLAS, or the blocked sums with one tap) multiply the same pairs of
+    values as torch (no wrapped columns, no transforms), so they run with inf or NaN inside and give
+    NaN and inf at exactly torch's places, in the output and every gradient."""
+    from minicnn import backend
+    strategy(rows_chunk_bytes=1, blocked_max_channels=0, blocked_pointwise_min=0 if blocked else 2**62)
     layer = nn.Conv2d(6, 5, kernel, stride=stride, padding=padding).to(dtype)
     x = random_input((4, 6, 9, 8), dtype)
     if poison in ("inf in the input", "both infs"):

@@ -578,3 +578,96 @@ def _aligned_scratch(role, shape, dtype):
     flat = _scratch(role, (size + VECTOR_BYTES // itemsize,), dtype)
     skip = (-flat.ctypes.data % VECTOR_BYTES) // itemsize
     return flat[skip:skip + size].reshape(shape)
+
+
+# ---------------------------------------------------------------- 1x1 convolutions (one tap)
+# The same kernels with one tap: a 1x1 convolution is y[n] (OC, P) = w (OC, C) @ x[n] (C, P). Forward
+# and dx are _block_conv over planes padded to whole blocks (P pixels, then zeros), cropped into y and
+# dx; dw is _pixel_dots with nine input channels in the place of the nine taps (taps[t] = t planes
+# further on: x broadcast, pixel-major dy), the last group of nine overlapping the one before (its
+# shared channels summed again in the same order: the same bits) or, below nine channels,
+# repeating the last channel. Only real pixels are multiplied: the products are torch's.
+
+@njit(**FAST)
+def _pad_planes(x, planes):
+    """planes (n, C, R) = x (n, C, P), zero past P."""
+    n, C, P = x.shape
+    for s in range(n):
+        for c in range(C):
+            dst, src = planes[s, c], x[s, c]
+            for i in range(P):
+                dst[i] = src[i]
+            for i in range(P, dst.size):
+                dst[i] = 0
+
+
+@njit(**FAST)
+def _crop_planes(out, b, y, first):
+    """y[first + s, o] (P,) = out[s, o, :P] + b[o]."""
+    P = y.shape[2]
+    for s in range(out.shape[0]):
+        for o in range(y.shape[1]):
+            bias, src, dst = b[o], out[s, o], y[first + s, o]
+            for i in range(P):
+                dst[i] = src[i] + bias
+
+
+@njit(**FAST)
+def _channel_dots(D, x, dw, taps, lanes):
+    """dw (max(C, 9), OCv) = the sums over this chunk's samples and pixels of D[:, p, o] * x[:, c, p],
+    D (n, P, OCv) from _pixel_major, nine input channels a call (taps: offsets of channels 0..8)."""
+    n, P, OCv = D.shape
+    C = x.shape[1]
+    group = 0
+    while True:
+        c0 = min(group, max(C - 9, 0))
+        for v in range(0, OCv // lanes - 1, 2):
+            _pixel_dots2(dw, c0 * OCv + v * lanes, D, v * lanes, P * OCv, OCv, x, c0 * P, C * P, n, 1, P, P, taps)
+        if (OCv // lanes) % 2:
+            v = OCv // lanes - 1
+            _pixel_dots1(dw, c0 * OCv + v * lanes, D, v * lanes, P * OCv, OCv, x, c0 * P, C * P, n, 1, P, P, taps)
+        if c0 + 9 >= C:
+            break
+        group += 9
+
+
+def pointwise_forward(x3, w, b, y3, first):
+    """y3[first:first + n] (n, OC, P) = w (OC, C) @ x3[i] (C, P) + b for each of the n samples of x3."""
+    n, C, P = x3.shape
+    OC = w.shape[0]
+    PB = pixels_per_block(x3.dtype)
+    blocks = -(-P // PB)
+    OCp = -(-OC // OB) * OB
+    planes = _scratch("pointwise planes", (n, C, blocks * PB), x3.dtype)
+    _pad_planes(x3, planes)
+    out = _scratch("pointwise out", (n, OCp, blocks * PB), x3.dtype)
+    _block_conv(planes, _arranged(w.reshape(OC, C, 1), OCp, C), out, np.zeros(1, dtype=np.int64), blocks, PB)
+    _crop_planes(out, np.zeros(OC, dtype=x3.dtype) if b is None else b, y3, first)
+
+
+def pointwise_weight_grad(g3, x3):
+    """dw (OC, C) = the sum over the samples of g3[i] (OC, P) @ x3[i].T (C, P)."""
+    n, OC, P = g3.shape
+    C = x3.shape[1]
+    lanes = VECTOR_BYTES // g3.dtype.itemsize
+    OCv = -(-OC // lanes) * lanes
+    D = _aligned_scratch("pointwise dy pixels", (n, P, OCv), g3.dtype)
+    _pixel_major(g3.reshape(n, OC, 1, P), D)
+    dw = np.empty((max(C, 9), OCv), dtype=g3.dtype)
+    taps = np.array([min(t, C - 1) * P for t in range(9)], dtype=np.int64)
+    _channel_dots(D, np.ascontiguousarray(x3), dw, taps, lanes)
+    return np.ascontiguousarray(dw[:C, :OC].T)
+
+
+def pointwise_input_grad(g3, w, dx3):
+    """dx3 (n, C, P) = w.T (C, OC) @ g3[i] (OC, P) for each sample."""
+    n, OC, P = g3.shape
+    C = w.shape[1]
+    PB = pixels_per_block(g3.dtype)
+    blocks = -(-P // PB)
+    Cp = -(-C // OB) * OB
+    planes = _scratch("pointwise dy planes", (n, OC, blocks * PB), g3.dtype)
+    _pad_planes(g3, planes)
+    out = _scratch("pointwise dx out", (n, Cp, blocks * PB), g3.dtype)
+    _block_conv(planes, _arranged(w.T.reshape(C, OC, 1), Cp, OC), out, np.zeros(1, dtype=np.int64), blocks, PB)
+    _crop_planes(out, np.zeros(C, dtype=g3.dtype), dx3, 0)

@@ -563,9 +563,10 @@ def _direct_chunk(N):
 
 
 def _pointwise_forward(x, w, b, stride):
-    """A 1x1 convolution without padding: y[n] (OC, OH*OW) = w (OC, C) @ x[n] (C, OH*OW), straight
-    from x's planes into y's (no rows to gather, no wide output to crop); at a stride, from the
-    planes of the pixels it reads (x[:, :, ::SH, ::SW], copied on the cores)."""
+    """A 1x1 convolution without padding: y[n] (OC, OH*OW) = w (OC, C) @ x[n] (C, OH*OW), from x's
+    planes (at a stride, from the planes of the pixels it reads, x[:, :, ::SH, ::SW], copied on the
+    cores): by the register-blocked sums with one tap for large ones (numba_blocked), else straight
+    into y's planes by BLAS."""
     x_shape = x.shape
     if tuple(stride) != (1, 1):
         x = _subsampled(x, *stride)
@@ -577,8 +578,13 @@ def _pointwise_forward(x, w, b, stride):
     y3 = y.reshape(N, OC, H * W)
     chunk = _rows_chunk(N, C * H * W * x.dtype.itemsize)
 
+    blocked = numba_strategy.pointwise_by_blocked_sums(C, OC, H * W)
+
     def forward_chunk(i):
         part = slice(i * chunk, (i + 1) * chunk)
+        if blocked:
+            numba_blocked.pointwise_forward(x3[part], w_col, b, y3, i * chunk)
+            return
         np.matmul(w_col, x3[part], out=y3[part])
         if b is not None:
             _add_bias(y3[part], b)
@@ -635,17 +641,24 @@ def _pointwise_backward(dy, record, w, input_grad):
     strided = record.stride != (1, 1)
     chunk = _rows_chunk(N, C * HW * dy.dtype.itemsize)
     no_bias = np.zeros(OC, dtype=dy.dtype)                 # a pass over dy saved where there is no bias
+    blocked = numba_strategy.pointwise_by_blocked_sums(C, OC, HW)
 
     def backward_chunk(i):
         part = slice(i * chunk, (i + 1) * chunk)
-        dw = np.matmul(g3[part], x3[part].transpose(0, 2, 1)).sum(axis=0)
+        if blocked:
+            dw = numba_blocked.pointwise_weight_grad(g3[part], x3[part])
+        else:
+            dw = np.matmul(g3[part], x3[part].transpose(0, 2, 1)).sum(axis=0)
         db = g3[part].sum(axis=(0, 2)) if record.has_bias else no_bias
-        if input_grad and strided:                         # the read pixels' gradient, then spread
-            read = _scratch("pointwise dx", (len(g3[part]), C, HW), dy.dtype)
-            np.matmul(w_col.T, g3[part], out=read)
-            _spread_strided(read.reshape(read.shape[:2] + dy.shape[2:]), dx[part], *record.stride)
-        elif input_grad:
-            np.matmul(w_col.T, g3[part], out=dx.reshape(N, C, HW)[part])
+        if input_grad:                                     # at a stride: the read pixels' gradient, then spread
+            read = _scratch("pointwise dx", (len(g3[part]), C, HW), dy.dtype) if strided else \
+                dx.reshape(N, C, HW)[part]
+            if blocked:
+                numba_blocked.pointwise_input_grad(g3[part], w_col, read)
+            else:
+                np.matmul(w_col.T, g3[part], out=read)
+            if strided:
+                _spread_strided(read.reshape(read.shape[:2] + dy.shape[2:]), dx[part], *record.stride)
         return dw, db
 
     if N:

@@ -19,6 +19,7 @@ class Strategy:
     own_kernels: bool = True                # False: every convolution by im2col (the reference path, for comparison)
     strided_gemm: bool = True               # strides and dilations by the rows GEMM on the cores (im2col: one thread)
     pointwise_gemm: bool = True             # 1x1, no padding: x's planes (at a stride, its pixels') are the GEMM's rows
+    blocked_pointwise_min: int = 2**20      # and by the register-blocked sums from this many C*OC*pixels a sample (BLAS below)
     depthwise_kernels: bool = True          # one filter per channel summed directly: no tiny GEMM per channel
     direct_max_channels: int = 3            # direct sums both ways up to here: im2col is all overhead for so few
     direct_forward_max_channels: int = 12   # direct forward (widths 3 and 5) up to here, then GEMMs win
@@ -102,6 +103,14 @@ def conv_algorithms(C, w_shape, stride, padding, dilation, groups, fused):
     forward = "direct" if C <= s.direct_forward_max_channels and KW in (3, 5) else "gemm"
     backward = "sparse" if fused and s.sparse_min_kernel_width <= KW <= LANES else "gemm"
     return forward, backward
+
+
+def pointwise_by_blocked_sums(C, OC, pixels):
+    """Whether a 'pointwise' convolution (C -> OC channels, pixels output pixels a sample) runs on
+    the register-blocked sums with one tap rather than BLAS's GEMM per sample: from
+    blocked_pointwise_min multiply-adds a sample (below, the copies and the transposition of dy cost
+    more than the faster sums save)."""
+    return C * OC * pixels >= _current.blocked_pointwise_min
 
 
 def fuses(conv, relu, pool):
