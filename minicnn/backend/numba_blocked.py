@@ -660,14 +660,5 @@ def pointwise_weight_grad(g3, x3):
 
 
 def pointwise_input_grad(g3, w, dx3):
-    """dx3 (n, C, P) = w.T (C, OC) @ g3[i] (OC, P) for each sample."""
-    n, OC, P = g3.shape
-    C = w.shape[1]
-    PB = pixels_per_block(g3.dtype)
-    blocks = -(-P // PB)
-    Cp = -(-C // OB) * OB
-    planes = _scratch("pointwise dy planes", (n, OC, blocks * PB), g3.dtype)
-    _pad_planes(g3, planes)
-    out = _scratch("pointwise dx out", (n, Cp, blocks * PB), g3.dtype)
-    _block_conv(planes, _arranged(w.T.reshape(C, OC, 1), Cp, OC), out, np.zeros(1, dtype=np.int64), blocks, PB)
-    _crop_planes(out, np.zeros(C, dtype=g3.dtype), dx3, 0)
+    """dx3 (n, C, P) = w.T (C, OC) @ g3[i] (OC, P) for each sample: pointwise_forward by w.T."""
+    pointwise_forward(g3, np.ascontiguousarray(w.T), None, dx3, 0)
