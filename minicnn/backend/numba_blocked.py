@@ -99,18 +99,6 @@ class _Vectors:
         return self.builder.shuffle_vector(lane0, ir.Constant(self.vector, ir.Undefined),
                                            ir.Constant(ir.VectorType(i32, self.lanes), [0] * self.lanes))
 
-    def lane_sum(self, vector):
-        """The sum of the lanes, halving in a fixed order: (lanes 0..h-1) + (lanes h..2h-1), ..."""
-        i32 = ir.IntType(32)
-        width = self.lanes
-        while width > 1:
-            width //= 2
-            low = self.builder.shuffle_vector(vector, vector, ir.Constant(ir.VectorType(i32, width), list(range(width))))
-            high = self.builder.shuffle_vector(vector, vector,
-                                               ir.Constant(ir.VectorType(i32, width), list(range(width, 2 * width))))
-            vector = self.builder.fadd(low, high)
-        return self.builder.extract_element(vector, ir.Constant(i32, 0))
-
 
 def _int64(context, builder, values, value_types):
     return [context.cast(builder, v, t, types.int64) for v, t in zip(values, value_types)]
