@@ -6,7 +6,8 @@ that backward reads back:
                reference algorithm (im2col_conv) on Numba's primitives
     depthwise  one filter per channel (groups = in = out channels): numba_depthwise
     direct     few input channels: each output plane summed from shifted input planes
-    pointwise  1x1 kernels at stride 1 without padding: one GEMM per sample straight from x
+    pointwise  1x1 kernels without padding (at a stride, from the pixels they read): one GEMM per
+               sample from x's planes, by BLAS or, for large ones, by the blocked sums
     gemm       more channels, and other strides and dilations: the same sums as one GEMM of rows
                gathered from the padded planes ("wide" at stride 1, strided runs otherwise)
     blocked    3x3 kernels at stride 1 or 2 with 4-64 channels (fused too, at stride 1):
@@ -577,7 +578,6 @@ def _pointwise_forward(x, w, b, stride):
     y = np.empty((N, OC, H, W), dtype=x.dtype)
     y3 = y.reshape(N, OC, H * W)
     chunk = _rows_chunk(N, C * H * W * x.dtype.itemsize)
-
     blocked = numba_strategy.pointwise_by_blocked_sums(C, OC, H * W)
 
     def forward_chunk(i):
@@ -670,8 +670,8 @@ def _pointwise_backward(dy, record, w, input_grad):
 
 def _planes_forward(x, w, b, stride, padding, dilation, relu_pool, forward, backward):
     """A convolution from the padded input planes by the given forward algorithm ('direct', 'gemm',
-    'blocked' or 'winograd'; 'gemm' at any stride and dilation, 'blocked' at stride 1 or 2 unfused,
-    the others at stride 1 without dilation). x (N, C, H, W), w (OC, C, KH, KW), b (OC,) or None.
+    'blocked' or 'winograd'; 'gemm' at any stride and dilation, 'blocked' at stride 1 or 2 (fused
+    with relu_pool at 1), the others at stride 1 without dilation). x (N, C, H, W), w (OC, C, KH, KW), b (OC,) or None.
     Returns y (N, OC, OH, OW), or relu(maxpool(y)) (N, OC, OH//2, OW//2) with relu_pool, and a
     _PlanesRecord."""
     PH, PW = padding

@@ -76,8 +76,8 @@ def conv_algorithms(C, w_shape, stride, padding, dilation, groups, fused):
     (OC, C/groups, KH, KW), in this order: 'depthwise' for one filter per channel; 'im2col' for
     other groups; 'pointwise' for 1x1 filters without padding (any stride or dilation); 'blocked'
     (register-blocked sums) for 3x3 filters at stride 1 or 2 with more channels than the direct
-    sums take, up to blocked_max_channels (fused only with blocked_relu_pool); the rows 'gemm' for other strides and
-    dilations; 'winograd' for other 3x3 filters with more channels than the direct sums take;
+    sums take, up to blocked_max_channels (fused only with blocked_relu_pool); the rows 'gemm' for
+    other strides and dilations; 'winograd' for other 3x3 filters with more channels than the direct sums take;
     'direct' for few channels; and otherwise a 'direct' forward (widths 3 and 5, up to
     direct_forward_max_channels) or the wide 'gemm', with the 'gemm' backward, or when the
     convolution is fused with ReLU and pool, the 'sparse' one from the pool's winners."""
