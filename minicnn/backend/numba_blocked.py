@@ -577,30 +577,6 @@ def _aligned_scratch(role, shape, dtype):
 # repeating the last channel. Only real pixels are multiplied: the products are torch's.
 
 @njit(**FAST)
-def _pad_planes(x, planes):
-    """planes (n, C, R) = x (n, C, P), zero past P."""
-    n, C, P = x.shape
-    for s in range(n):
-        for c in range(C):
-            dst, src = planes[s, c], x[s, c]
-            for i in range(P):
-                dst[i] = src[i]
-            for i in range(P, dst.size):
-                dst[i] = 0
-
-
-@njit(**FAST)
-def _crop_planes(out, b, y, first):
-    """y[first + s, o] (P,) = out[s, o, :P] + b[o]."""
-    P = y.shape[2]
-    for s in range(out.shape[0]):
-        for o in range(y.shape[1]):
-            bias, src, dst = b[o], out[s, o], y[first + s, o]
-            for i in range(P):
-                dst[i] = src[i] + bias
-
-
-@njit(**FAST)
 def _channel_dots(D, x, dw, taps, lanes):
     """dw (max(C, 9), OCv) = the sums over this chunk's samples and pixels of D[:, p, o] * x[:, c, p],
     D (n, P, OCv) from _pixel_major, nine input channels a call (taps: offsets of channels 0..8)."""
@@ -627,10 +603,10 @@ def pointwise_forward(x3, w, b, y3, first):
     blocks = -(-P // PB)
     OCp = -(-OC // OB) * OB
     planes = _scratch("pointwise planes", (n, C, blocks * PB), x3.dtype)
-    _pad_planes(x3, planes)
+    _pad_wide(x3.reshape(n, C, 1, P), planes, 0, 0, P)                 # each plane one row, zeros after
     out = _scratch("pointwise out", (n, OCp, blocks * PB), x3.dtype)
     _block_conv(planes, _arranged(w.reshape(OC, C, 1), OCp, C), out, np.zeros(1, dtype=np.int64), blocks, PB)
-    _crop_planes(out, np.zeros(OC, dtype=x3.dtype) if b is None else b, y3, first)
+    _crop_wide(out, np.zeros(OC, dtype=x3.dtype) if b is None else b, y3.reshape(-1, OC, 1, P), P, first)
 
 
 def pointwise_weight_grad(g3, x3):
