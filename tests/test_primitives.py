@@ -201,6 +201,26 @@ def test_split_pairs_and_merge_pairs_move_exactly_a_row(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pixel_major_transposes_every_channel_and_pixel(dtype):
+    """numba_blocked._pixel_major (the blocked weight gradient's dy, a pixel's output channels side
+    by side) equals NumPy's transposition with zeros past the channels, whatever the channels and
+    pixels left over after whole vector-by-vector blocks (its shuffled blocks, its scalar edges);
+    NaN and inf move like any value, and nothing past a sample's rows is written."""
+    from minicnn.backend.numba_blocked import VECTOR_BYTES, _pixel_major
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    for n, OC, OH, OW in [(1, lanes, 4, 4), (2, 2 * lanes, 7, 7), (3, lanes + 3, 5, 3), (2, 3, 1, 1), (1, 4 * lanes, 14, 14)]:
+        dy = rng.standard_normal((n, OC, OH, OW)).astype(dtype)
+        dy[0, -1, 0, -1], dy[-1, 0, -1, 0] = np.nan, -np.inf
+        OCv = -(-OC // lanes) * lanes
+        D = np.full((n + 1, OH * OW, OCv), 7.0, dtype=dtype)          # one sample more: must stay untouched
+        _pixel_major(dy, D[:n], lanes)
+        expected = np.zeros((n, OH * OW, OCv), dtype=dtype)
+        expected[:, :, :OC] = dy.reshape(n, OC, OH * OW).transpose(0, 2, 1)
+        np.testing.assert_array_equal(D[:n], expected)
+        assert (D[n] == 7.0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sum_rows_adds_every_listed_row(dtype):
     """simd.sum_rows(acc, a, src, at, value, first, last, offset, width): acc[a:a+LANES] += the sum
     over m in [first, last) of value[m] * src[at[m] + offset:][:width], lanes past width untouched;

@@ -211,6 +211,51 @@ def _make_pixel_dots(n_vectors):
 _pixel_dots1, _pixel_dots2 = _make_pixel_dots(1), _make_pixel_dots(2)
 
 
+def _make_transpose():
+    """An intrinsic transpose(dst, dst_at, dst_stride, src, src_at, src_stride) of a square block of
+    one vector's lanes: dst[dst_at + j*dst_stride + i] = src[src_at + i*src_stride + j] for i, j <
+    lanes. The lanes rows are loaded as vectors and swapped in log2(lanes) rounds of two-vector
+    shuffles (round b: in each 2b x 2b block the off-diagonal b x b blocks trade places), then
+    stored as vectors: no scalar loads or stores."""
+
+    @intrinsic
+    def transpose(typingctx, dst, dst_at, dst_stride, src, src_at, src_stride):
+        if not _float_arrays(dst, src):
+            return None
+
+        def codegen(context, builder, signature, args):
+            vec = _Vectors(context, builder, signature.args[0].dtype)
+            idx = (1, 2, 4, 5)
+            dst_at, dst_stride, src_at, src_stride = _int64(context, builder, [args[i] for i in idx],
+                                                            [signature.args[i] for i in idx])
+            dst_data = _data(context, builder, signature.args[0], args[0])
+            src_data = _data(context, builder, signature.args[3], args[3])
+            n = vec.lanes
+            int64, i32 = ir.IntType(64), ir.IntType(32)
+            rows = [vec.load(src_data, builder.add(src_at, builder.mul(ir.Constant(int64, i), src_stride)))
+                    for i in range(n)]
+            b = 1
+            while b < n:
+                low = [lane if lane & b == 0 else n + lane - b for lane in range(n)]
+                high = [lane + b if lane & b == 0 else n + lane for lane in range(n)]
+                for i in range(n):
+                    if i & b == 0:
+                        a, c = rows[i], rows[i + b]
+                        rows[i] = builder.shuffle_vector(a, c, ir.Constant(ir.VectorType(i32, n), low))
+                        rows[i + b] = builder.shuffle_vector(a, c, ir.Constant(ir.VectorType(i32, n), high))
+                b *= 2
+            for j in range(n):
+                vec.store(rows[j], dst_data, builder.add(dst_at, builder.mul(ir.Constant(int64, j), dst_stride)))
+            return context.get_dummy_value()
+
+        return types.void(dst, dst_at, dst_stride, src, src_at, src_stride), codegen
+
+    return transpose
+
+
+_transpose = _make_transpose()
+
+
 def _slot(builder, value):
     """A stack slot holding value, in the function's entry block (LLVM keeps it in a register)."""
     return cgutils.alloca_once_value(builder, value)
@@ -361,14 +406,23 @@ def _widen_late(dy, G, Wq, S):
 
 
 @njit(**FAST)
-def _pixel_major(dy, D):
-    """D (n, OH*OW, OCv) = dy (n, OC, OH, OW) with a pixel's output channels side by side, zero past OC."""
+def _pixel_major(dy, D, lanes):
+    """D (n, OH*OW, OCv) = dy (n, OC, OH, OW) with a pixel's output channels side by side, zero past
+    OC: lanes x lanes blocks by vector shuffles (_transpose), the edges one value at a time."""
     n, OC, OH, OW = dy.shape
-    OCv = D.shape[2]
+    P, OCv = OH * OW, D.shape[2]
+    whole_o, whole_p = OC - OC % lanes, P - P % lanes
+    flat_dy, flat_D = dy.reshape(-1), D.reshape(-1)
     for s in range(n):
-        src, dst = dy[s].reshape(OC, OH * OW), D[s]
-        for p in range(OH * OW):
-            for o in range(OC):
+        src, dst = dy[s].reshape(OC, P), D[s]
+        for o in range(0, whole_o, lanes):
+            for p in range(0, whole_p, lanes):
+                _transpose(flat_D, (s * P + p) * OCv + o, OCv, flat_dy, (s * OC + o) * P + p, P)
+            for p in range(whole_p, P):
+                for j in range(lanes):
+                    dst[p, o + j] = src[o + j, p]
+        for p in range(P):
+            for o in range(whole_o, OC):
                 dst[p, o] = src[o, p]
             for o in range(OC, OCv):
                 dst[p, o] = 0
@@ -536,7 +590,7 @@ def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias, pooled=N
             dy_part = _scratch("blocked dy unpooled", (n, OC, g.OH, g.OW), dy.dtype)
             _unpool(dy[part], pooled[0][part], pooled[1][part], dy_part, g.OW, dy.dtype.type(0))
         D = _aligned_scratch("blocked dy pixels", (n, g.OH * g.OW, OCv), dy.dtype)
-        _pixel_major(dy_part, D)
+        _pixel_major(dy_part, D, g.lanes)
         dw = np.empty((C, 9, OCv), dtype=dy.dtype)
         _weight_grad(D, xq[part], dw, g.OH, g.OW, g.Wq, g.taps, g.lanes)
         db = dy_part.sum(axis=(0, 2, 3)) if has_bias else np.zeros(0, dtype=dy.dtype)
@@ -616,7 +670,7 @@ def pointwise_weight_grad(g3, x3):
     lanes = VECTOR_BYTES // g3.dtype.itemsize
     OCv = -(-OC // lanes) * lanes
     D = _aligned_scratch("pointwise dy pixels", (n, P, OCv), g3.dtype)
-    _pixel_major(g3.reshape(n, OC, 1, P), D)
+    _pixel_major(g3.reshape(n, OC, 1, P), D, lanes)
     dw = np.empty((max(C, 9), OCv), dtype=g3.dtype)
     taps = np.array([min(t, C - 1) * P for t in range(9)], dtype=np.int64)
     _channel_dots(D, np.ascontiguousarray(x3), dw, taps, lanes)
