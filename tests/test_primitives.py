@@ -201,6 +201,37 @@ def test_split_pairs_and_merge_pairs_move_exactly_a_row(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_copy_run_and_shifted_run_touch_exactly_their_run(dtype):
+    """simd.copy_run copies a run's bits (-0.0, NaN, inf too) and shifted_run adds a value to each
+    (the bias of a cropped row); every length from 0 to past three vector steps, runs ending at the
+    very end of both arrays, and the neighbours (NaN around the destination) keep their bits."""
+    from numba import njit
+    from minicnn.backend.simd import PAIRS, copy_run, shifted_run
+
+    @njit
+    def copy(dst, dst_at, src, src_at, count):
+        copy_run(dst, dst_at, src, src_at, count)
+
+    @njit
+    def shifted(dst, dst_at, src, src_at, count, value):
+        shifted_run(dst, dst_at, src, src_at, count, value)
+
+    for count in range(0, 6 * PAIRS + 3):
+        src = np.full(count + 5, np.nan, dtype=dtype)
+        src[5:] = rng.standard_normal(count)                   # the run ends at the array's end
+        src[5:][::7] = -0.0
+        src[5:][3::11] = np.inf
+        dst = np.full(count + 3, np.nan, dtype=dtype)
+        copy(dst, 3, src, 5, count)
+        assert np.isnan(dst[:3]).all()
+        assert dst[3:].tobytes() == src[5:].tobytes()
+        dst = np.full(count + 6, np.nan, dtype=dtype)
+        shifted(dst, 2, src, 5, count, dtype(0.25))
+        assert np.isnan(dst[:2]).all() and np.isnan(dst[2 + count:]).all()
+        np.testing.assert_array_equal(dst[2:2 + count], src[5:] + dtype(0.25))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pixel_major_transposes_every_channel_and_pixel(dtype):
     """numba_blocked._pixel_major (the blocked weight gradient's dy, a pixel's output channels side
     by side) equals NumPy's transposition with zeros past the channels, whatever the channels and

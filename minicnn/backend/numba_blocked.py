@@ -52,7 +52,7 @@ from numba.core.extending import intrinsic
 from . import cores
 from .numba_common import FAST, _pad_wide, _rows_chunk, _scratch, _sum_in_order
 from .numba_relu_pool import _relu_pool_plane, _unpool_plane
-from .simd import _float_arrays
+from .simd import _float_arrays, copy_run, shifted_run
 
 OB = 8                  # output channels of a block (the kernels are written for 8)
 VECTOR_BYTES = 64       # 512-bit vectors
@@ -345,11 +345,8 @@ def _crop_wide(out, b, y, Wq, first):
     OC, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     for s in range(out.shape[0]):
         for o in range(OC):
-            bias = b[o]
             for oh in range(OH):
-                src, dst = out[s, o, oh * Wq:oh * Wq + OW], y[first + s, o, oh]
-                for i in range(OW):
-                    dst[i] = src[i] + bias
+                shifted_run(y[first + s, o, oh], 0, out[s, o], oh * Wq, OW, b[o])
 
 
 @njit(**FAST)
@@ -400,9 +397,7 @@ def _widen_late(dy, G, Wq, S):
             for i in range(plane.size):
                 plane[i] = 0
             for oh in range(OH):
-                dst, src = plane[S + oh * Wq:S + oh * Wq + OW], dy[s, o, oh]
-                for i in range(OW):
-                    dst[i] = src[i]
+                copy_run(plane, S + oh * Wq, dy[s, o, oh], 0, OW)
 
 
 @njit(**FAST)
@@ -450,10 +445,7 @@ def _crop_input_grad(out, dx, D, Wp, first):
     for s in range(out.shape[0]):
         for c in range(C):
             for h in range(H):
-                start = D + h * Wp
-                src, dst = out[s, c, start:start + W], dx[first + s, c, h]
-                for i in range(W):
-                    dst[i] = src[i]
+                copy_run(dx[first + s, c, h], 0, out[s, c], D + h * Wp, W)
 
 
 # ---------------------------------------------------------------- forward and backward
