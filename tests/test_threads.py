@@ -223,6 +223,11 @@ def test_scratch_is_reused_per_thread_but_not_kept_when_huge():
     from minicnn.backend import numba_common
     a = numba_common._scratch("test", (8, 16), np.float32)
     assert np.shares_memory(a, numba_common._scratch("test", (4, 4), np.float64))
+    assert numba_common._scratch("test", (8, 16), np.float32).shape == (8, 16)
+    grown = numba_common._scratch("test", (64, 16), np.float32)           # the buffer grows: views follow it
+    again = numba_common._scratch("test", (8, 16), np.float32)
+    assert np.shares_memory(again, grown) and not np.shares_memory(again, a)
+    a = again
     other = []
     thread = threading.Thread(target=lambda: other.append(numba_common._scratch("test", (8, 16), np.float32)))
     thread.start()

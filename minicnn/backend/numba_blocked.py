@@ -41,6 +41,7 @@ prefers for its own vectorizer (256 on these Xeons), split into two 256-bit halv
 without AVX-512. Multiply-adds are fused; sums run in a fixed order, so the bits do not depend on
 the threads. Float64 runs the same code with half the lanes per vector (PB = 16).
 """
+import functools
 import math
 
 import numpy as np
@@ -49,8 +50,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
-from . import cores
-from .numba_common import FAST, _pad_wide, _rows_chunk, _scratch, _sum_in_order
+from . import cores, numba_strategy
+from .numba_common import FAST, _pad_wide, _rows_chunk, _scratch, _scratch_views, _sum_in_order
 from .numba_relu_pool import _relu_pool_plane, _unpool_plane
 from .simd import _float_arrays, copy_run, shifted_run
 
@@ -499,6 +500,12 @@ class Geometry:
             _split_phases(x, xq, self.PH, self.PW, self.Wq, self.Pq)
 
 
+@functools.lru_cache(maxsize=256)
+def _geometry(x_shape, padding, stride, dtype):
+    """The Geometry of these arguments, built once (a ResNet14 step asks for the same few ~24 times)."""
+    return Geometry(x_shape, padding, stride, dtype)
+
+
 def _arranged(w_taps, out_channels, in_channels):
     """Filters w_taps (O, I, T) as (out_channels/OB, in_channels, T, OB), zero past O and I."""
     O, I, T = w_taps.shape
@@ -519,7 +526,7 @@ def forward(x, w, b, stride, padding, normalize=None, relu_pool=False):
     N, C, H, W = x.shape
     OC = w.shape[0]
     x = np.ascontiguousarray(x)
-    g = Geometry(x.shape, padding, stride, x.dtype)
+    g = _geometry(tuple(x.shape), tuple(padding), stride, x.dtype)
     OCp = -(-OC // OB) * OB
     w8 = _arranged(w.reshape(OC, C, 9), OCp, C)
     bias = np.zeros(OC, dtype=x.dtype) if b is None else b
@@ -557,7 +564,7 @@ def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias, pooled=N
     spreads its samples' dy to the winners, _unpool)."""
     N, C, H, W = x_shape
     OC = w.shape[0]
-    g = Geometry(x_shape, padding, stride, dy.dtype)
+    g = _geometry(tuple(x_shape), tuple(padding), stride, dy.dtype)
     OCv, Cp = -(-OC // g.lanes) * g.lanes, -(-C // OB) * OB    # dw by vectors of output channels; dx by blocks
     if not input_grad:
         filters = []
@@ -610,7 +617,17 @@ def _aligned_scratch(role, shape, dtype):
     """_scratch starting on a vector boundary (the kernels' vector loads then never split a cache line)."""
     size, itemsize = math.prod(shape), np.dtype(dtype).itemsize
     flat = _scratch(role, (size + VECTOR_BYTES // itemsize,), dtype)
-    skip = (-flat.ctypes.data % VECTOR_BYTES) // itemsize
+    if flat.size * itemsize > numba_strategy.current().scratch_keep_bytes:     # a fresh array: not remembered
+        return _aligned_part(flat, size, shape)
+    views = _scratch_views(role)
+    key = ("aligned", shape, dtype)
+    if key not in views:
+        views[key] = _aligned_part(flat, size, shape)
+    return views[key]
+
+
+def _aligned_part(flat, size, shape):
+    skip = (-flat.ctypes.data % VECTOR_BYTES) // flat.itemsize
     return flat[skip:skip + size].reshape(shape)
 
 
