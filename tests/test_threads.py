@@ -72,11 +72,26 @@ def test_a_worker_reports_a_finished_job_without_the_gil():
     waits for the next job: it lands, and the spin returns whether the next job came."""
     from minicnn.backend import cores
     flags = np.zeros(3, dtype=np.int64)
-    assert not cores._store_then_spin_while_equal(flags, 2, 7, 0, 0, 1000)    # no new job
+    assert not cores._store_then_spin_while_equal(flags, 2, 7, 0, 0, 1000, 10**9)    # no new job: no settling
     assert flags.tolist() == [0, 0, 7]
     flags[0] = 5
-    assert cores._store_then_spin_while_equal(flags, 1, 4, 0, 4, 1000)        # job 5 is there
+    assert cores._store_then_spin_while_equal(flags, 1, 4, 0, 4, 1000, 1000)        # job 5 is there
     assert flags.tolist() == [5, 4, 7]
+
+
+def test_a_worker_settles_about_the_time_asked_before_taking_the_gil():
+    """The pause after a job came (SETTLE_SECONDS) is counted in reads calibrated on this CPU: it lasts
+    about what was asked (not zero, not milliseconds), and a crew's calibration is in that range."""
+    import time
+
+    from minicnn.backend import cores
+    flags = np.zeros(2, dtype=np.int64)
+    loads = cores._loads_in(flags, 200e-6)
+    started = time.perf_counter()
+    cores._settle(flags, 0, loads)
+    took = time.perf_counter() - started
+    assert 50e-6 < took < 5e-3, took
+    assert 0 < cores._crew_of(2).settle_loads < 100 * loads
 
 
 def test_run_raises_the_error_after_every_task_has_stopped():
