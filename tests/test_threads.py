@@ -243,6 +243,9 @@ def test_scratch_is_reused_per_thread_but_not_kept_when_huge():
     again = numba_common._scratch("test", (8, 16), np.float32)
     assert np.shares_memory(again, grown) and not np.shares_memory(again, a)
     a = again
+    aligned = numba_common._scratch("test aligned", (5, 7), np.float32, align=64)
+    assert aligned.ctypes.data % 64 == 0 and aligned.shape == (5, 7) and aligned.flags.c_contiguous
+    assert numba_common._scratch("test aligned", (5, 7), np.float32, align=64) is aligned
     other = []
     thread = threading.Thread(target=lambda: other.append(numba_common._scratch("test", (8, 16), np.float32)))
     thread.start()
@@ -252,6 +255,8 @@ def test_scratch_is_reused_per_thread_but_not_kept_when_huge():
     n = numba_strategy.current().scratch_keep_bytes // 4 + 1
     big = numba_common._scratch("test", (n,), np.float32)
     assert big.shape == (n,) and not np.shares_memory(big, numba_common._scratch("test", (n,), np.float32))
+    big = numba_common._scratch("test", (n,), np.float32, align=64)
+    assert big.shape == (n,) and big.ctypes.data % 64 == 0
 
 
 def test_contention_watch_keeps_to_one_thread_while_the_caller_is_preempted(monkeypatch):

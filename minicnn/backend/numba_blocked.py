@@ -42,7 +42,6 @@ without AVX-512. Multiply-adds are fused; sums run in a fixed order, so the bits
 the threads. Float64 runs the same code with half the lanes per vector (PB = 16).
 """
 import functools
-import math
 
 import numpy as np
 from llvmlite import ir
@@ -50,10 +49,10 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
-from . import cores, numba_strategy
-from .numba_common import FAST, _pad_wide, _rows_chunk, _scratch, _scratch_views
+from . import cores
+from .numba_common import FAST, _crop_padding, _pad_wide, _rows_chunk, _scratch
 from .numba_relu_pool import _relu_pool_plane, _unpool_plane
-from .simd import _float_arrays, copy_run, shifted_run
+from .simd import _float_arrays, shifted_run, splat
 
 OB = 8                  # output channels of a block (the kernels are written for 8)
 VECTOR_BYTES = 64       # 512-bit vectors
@@ -95,10 +94,7 @@ class _Vectors:
         return self.builder.call(self._fma, [a, b, c])
 
     def splat(self, scalar):
-        i32 = ir.IntType(32)
-        lane0 = self.builder.insert_element(ir.Constant(self.vector, ir.Undefined), scalar, ir.Constant(i32, 0))
-        return self.builder.shuffle_vector(lane0, ir.Constant(self.vector, ir.Undefined),
-                                           ir.Constant(ir.VectorType(i32, self.lanes), [0] * self.lanes))
+        return splat(self.builder, scalar, self.vector)
 
 
 def _int64(context, builder, values, value_types):
@@ -388,20 +384,6 @@ def _unpool(dy, y, idx, dense, OW, zero):
 
 
 @njit(**FAST)
-def _widen_late(dy, G, Wq, S):
-    """G (n, OC, Pg) = dy (n, OC, OH, OW) in the wide layout (row length Wq) S positions late, zero
-    elsewhere."""
-    n, OC, OH, OW = dy.shape
-    for s in range(n):
-        for o in range(OC):
-            plane = G[s, o]
-            for i in range(plane.size):
-                plane[i] = 0
-            for oh in range(OH):
-                copy_run(plane, S + oh * Wq, dy[s, o, oh], 0, OW)
-
-
-@njit(**FAST)
 def _pixel_major(dy, D, lanes):
     """D (n, OH*OW, OCv) = dy (n, OC, OH, OW) with a pixel's output channels side by side, zero past
     OC: lanes x lanes blocks by vector shuffles (_transpose), the edges one value at a time."""
@@ -458,16 +440,6 @@ def _weight_grad_total(dws, dw):
                     total[o] += share[o]
             for o in range(OC):
                 dw[o, c, t] = total[o]
-
-
-@njit(**FAST)
-def _crop_input_grad(out, dx, D, Wp, first):
-    """dx[first + s, c, h, :] = out[s, c, D + h*Wp:][:W]: the padded planes' interior."""
-    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
-    for s in range(out.shape[0]):
-        for c in range(C):
-            for h in range(H):
-                copy_run(dx[first + s, c, h], 0, out[s, c], D + h * Wp, W)
 
 
 # ---------------------------------------------------------------- forward and backward
@@ -531,7 +503,7 @@ def _arranged(w_taps, out_channels, in_channels):
     """Filters w_taps (O, I, T) (any strides: a flipped or transposed view) as (out_channels/OB,
     in_channels, T, OB), zero past O and I. (By NumPy's pad, reshape and transposition this took
     ~0.7 ms of a ResNet14 step: forward, dx's flipped filters and the stride-2 phases each step.)"""
-    arranged = np.empty((out_channels // OB, in_channels, w_taps.shape[2], OB), dtype=w_taps.dtype)
+    arranged = np.zeros((out_channels // OB, in_channels, w_taps.shape[2], OB), dtype=w_taps.dtype)
     _arrange(w_taps, arranged)
     return arranged
 
@@ -539,9 +511,6 @@ def _arranged(w_taps, out_channels, in_channels):
 @njit(**FAST)
 def _arrange(w_taps, arranged):
     O, I, T = w_taps.shape
-    flat = arranged.reshape(-1)
-    for k in range(flat.size):
-        flat[k] = 0
     for o in range(O):
         for i in range(I):
             for t in range(T):
@@ -623,17 +592,17 @@ def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias, pooled=N
         if pooled is not None:
             dy_part = _scratch("blocked dy unpooled", (n, OC, g.OH, g.OW), dy.dtype)
             _unpool(dy[part], pooled[0][part], pooled[1][part], dy_part, g.OW, dy.dtype.type(0))
-        D = _aligned_scratch("blocked dy pixels", (n, g.OH * g.OW, OCv), dy.dtype)
+        D = _scratch("blocked dy pixels", (n, g.OH * g.OW, OCv), dy.dtype, align=VECTOR_BYTES)
         _pixel_major(dy_part, D, g.lanes)
         _weight_grad(D, xq[part], dws[i], g.OH, g.OW, g.Wq, g.taps, g.lanes)
         db = dy_part.sum(axis=(0, 2, 3)) if has_bias else None
         if input_grad:
             G = _scratch("blocked dy", (n, OC, g.Pg), dy.dtype)
-            _widen_late(dy_part, G, g.Wq, g.S)
+            _pad_wide(dy_part, G, 0, g.S, g.Wq)                     # dy S positions late, zero elsewhere
         if input_grad and stride == 1:
             out = _scratch("blocked dx", (n, Cp, g.dx_blocks * g.PB), dy.dtype)
             _block_conv(G, filters[0], out, g.taps, g.dx_blocks, g.PB)
-            _crop_input_grad(out, dx, g.D, g.Wp, first)
+            _crop_padding(out, dx[part], 0, g.D, g.Wp)               # the padded planes' interior
         elif input_grad:
             outs = [_scratch(f"blocked dx {p}", (n, Cp, g.dx_blocks * g.PB), dy.dtype) for p in range(4)]
             for out, phase_filters, offsets in zip(outs, filters, g.phase_offsets):
@@ -652,24 +621,6 @@ def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias, pooled=N
         for part in db_parts[1:]:
             db = db + part
     return dx, dw.reshape(w.shape), db
-
-
-def _aligned_scratch(role, shape, dtype):
-    """_scratch starting on a vector boundary (the kernels' vector loads then never split a cache line)."""
-    size, itemsize = math.prod(shape), np.dtype(dtype).itemsize
-    flat = _scratch(role, (size + VECTOR_BYTES // itemsize,), dtype)
-    if flat.size * itemsize > numba_strategy.current().scratch_keep_bytes:     # a fresh array: not remembered
-        return _aligned_part(flat, size, shape)
-    views = _scratch_views(role)
-    key = ("aligned", shape, dtype)
-    if key not in views:
-        views[key] = _aligned_part(flat, size, shape)
-    return views[key]
-
-
-def _aligned_part(flat, size, shape):
-    skip = (-flat.ctypes.data % VECTOR_BYTES) // flat.itemsize
-    return flat[skip:skip + size].reshape(shape)
 
 
 # ---------------------------------------------------------------- 1x1 convolutions (one tap)
@@ -719,7 +670,7 @@ def pointwise_weight_grad(g3, x3):
     C = x3.shape[1]
     lanes = VECTOR_BYTES // g3.dtype.itemsize
     OCv = -(-OC // lanes) * lanes
-    D = _aligned_scratch("pointwise dy pixels", (n, P, OCv), g3.dtype)
+    D = _scratch("pointwise dy pixels", (n, P, OCv), g3.dtype, align=VECTOR_BYTES)
     _pixel_major(g3.reshape(n, OC, 1, P), D, lanes)
     dw = np.empty((max(C, 9), OCv), dtype=g3.dtype)
     taps = np.array([min(t, C - 1) * P for t in range(9)], dtype=np.int64)

@@ -90,32 +90,32 @@ def _rows_chunk(N, bytes_per_sample):
 _thread_scratch = threading.local()
 
 
-def _scratch(role, shape, dtype):
+def _scratch(role, shape, dtype, align=1):
     """A C-contiguous array of this shape, this thread's own, reused by every call: chunks of rows
     are megabytes, and a fresh array that size can cost its page faults every time. Valid until the
     thread asks for the same role again; the memory stays with the thread, up to the strategy's
     scratch_keep_bytes a role: larger arrays (a single sample of a huge image) are fresh each call,
-    so that one big step does not hold its memory for the rest of the process. The views handed out
-    are remembered with the role's buffer (a step asks ~280 times for the same few: building each
-    anew held the GIL ~1 ms a ResNet14 step), and forgotten when the buffer grows."""
+    so that one big step does not hold its memory for the rest of the process. align: the array
+    starts at a multiple of this many bytes (a vector kernel's loads then never split a cache line).
+    The views handed out are remembered with the role's buffer (a step asks ~280 times for the same
+    few: building each anew held the GIL ~1 ms a ResNet14 step), and forgotten when it grows."""
     entry = _thread_scratch.__dict__.get(role)
     if entry is not None:
-        view = entry[1].get((shape, dtype))
+        view = entry[1].get((shape, dtype, align))
         if view is not None:
             return view
     size = math.prod(shape) * np.dtype(dtype).itemsize           # math.prod: np.prod costs 5 us
-    if size > numba_strategy.current().scratch_keep_bytes:
-        return np.empty(shape, dtype=dtype)
-    if entry is None or entry[0].size < size:
-        entry = _thread_scratch.__dict__[role] = (np.empty(size, dtype=np.uint8), {})
-    view = entry[1][(shape, dtype)] = entry[0][:size].view(dtype).reshape(shape)
+    if size + align - 1 > numba_strategy.current().scratch_keep_bytes:
+        return _aligned_view(np.empty(size + align - 1, dtype=np.uint8), size, shape, dtype, align)
+    if entry is None or entry[0].size < size + align - 1:
+        entry = _thread_scratch.__dict__[role] = (np.empty(size + align - 1, dtype=np.uint8), {})
+    view = entry[1][(shape, dtype, align)] = _aligned_view(entry[0], size, shape, dtype, align)
     return view
 
 
-def _scratch_views(role):
-    """The views _scratch remembers for role on this thread (a kernel module may keep its own
-    derived views there: they go when the buffer grows)."""
-    return _thread_scratch.__dict__[role][1]
+def _aligned_view(buffer, size, shape, dtype, align):
+    skip = -buffer.ctypes.data % align
+    return buffer[skip:skip + size].view(dtype).reshape(shape)
 
 
 def _scratch_planes(role, shape, dtype):

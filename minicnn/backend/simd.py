@@ -133,9 +133,14 @@ class _Lanes:
         return self._broadcast(scalar, self.vector)
 
     def _broadcast(self, scalar, vector_type):
-        lane0 = self.builder.insert_element(ir.Constant(vector_type, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
-        return self.builder.shuffle_vector(lane0, ir.Constant(vector_type, ir.Undefined),
-                                           ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+        return splat(self.builder, scalar, vector_type)
+
+
+def splat(builder, scalar, vector_type):
+    """IR for a vector_type vector with scalar in every lane."""
+    lane0 = builder.insert_element(ir.Constant(vector_type, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(lane0, ir.Constant(vector_type, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), vector_type.count), [0] * vector_type.count))
 
 
 # ---------------------------------------------------------------- a row's pixels by column parity
@@ -243,11 +248,11 @@ def _run_codegen(context, builder, signature, args, shift):
     src_data = context.make_array(signature.args[2])(context, builder, args[2]).data
     lanes = 2 * PAIRS
     if shift:
-        splat = ops.splat(context.cast(builder, args[5], signature.args[5], dst_t.dtype), lanes)
+        shift_by = splat(builder, context.cast(builder, args[5], signature.args[5], dst_t.dtype), ops.vector(lanes))
     with ops.steps(count) as (q, values):
         first = builder.add(q, q)
         row = ops.load(builder.gep(src_data, [builder.add(src_at, first)]), values, lanes)
-        ops.store(builder.fadd(row, splat) if shift else row, builder.gep(dst_data, [builder.add(dst_at, first)]), values)
+        ops.store(builder.fadd(row, shift_by) if shift else row, builder.gep(dst_data, [builder.add(dst_at, first)]), values)
     return context.get_dummy_value()
 
 
@@ -267,10 +272,7 @@ class _Pairs:
     def _mask(self, count, lanes):
         b = self.builder
         int64s = ir.VectorType(self.int64, lanes)
-        counts = b.insert_element(ir.Constant(int64s, ir.Undefined), count, ir.Constant(ir.IntType(32), 0))
-        counts = b.shuffle_vector(counts, ir.Constant(int64s, ir.Undefined),
-                                  ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
-        return b.icmp_signed("<", ir.Constant(int64s, list(range(lanes))), counts)
+        return b.icmp_signed("<", ir.Constant(int64s, list(range(lanes))), splat(b, count, int64s))
 
     def _intrinsic(self, kind, lanes):
         vector, pointer = self.vector(lanes), self.scalar.as_pointer()
@@ -289,12 +291,6 @@ class _Pairs:
     def store(self, vector, at, count):
         lanes = vector.type.count
         self.builder.call(self._intrinsic("store", lanes), [vector, at, self.align, self._mask(count, lanes)])
-
-    def splat(self, scalar, lanes):
-        b, vector = self.builder, self.vector(lanes)
-        lane0 = b.insert_element(ir.Constant(vector, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
-        return b.shuffle_vector(lane0, ir.Constant(vector, ir.Undefined),
-                                ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
 
     def evens(self, pixels):                     # how many of `pixels` have an even index: ceil(pixels / 2)
         return self.builder.ashr(self.builder.add(pixels, ir.Constant(self.int64, 1)), ir.Constant(self.int64, 1))
