@@ -28,6 +28,14 @@ def test_speed_benchmark_names_what_it_accepts(flag, value):
     assert ("numpy,numba,numba1,torch" if flag == "--libraries" else "lenet,mnistcnn") in result.stderr
 
 
+def test_step_profile_tiny(tmp_path):
+    out = run("benchmarks/step_profile.py", "--models", "lenet", "--batches", "2", "--steps", "2",
+              "--out", str(tmp_path / "p.json"))
+    assert "lenet, batch 2" in out and "| conv2d_" in out and "(outside runs)" in out
+    profile = json.loads((tmp_path / "p.json").read_text())["profiles"][0]
+    assert profile["runs"] > 0 and profile["rows"][0]["thread_ms"] > 0
+
+
 def test_gradcheck_benchmark_layers():
     out = run("benchmarks/gradcheck.py", "--layers-only", "--entries", "3")
     assert "| Conv2d" in out and "FAIL" not in out

@@ -127,6 +127,35 @@ def test_nested_run_stays_on_its_thread():
         cores.set_threads(old)
 
 
+def test_recording_times_every_task_of_each_outer_run_and_names_its_op():
+    from minicnn.backend import cores
+    old = cores.threads()
+    try:
+        cores.set_threads(2)
+
+        def task(i):
+            time.sleep(0.002)                       # long enough that the worker takes some
+            return cores.run(lambda j: i * 10 + j, 2)      # a nested run: part of this task
+
+        def my_op():
+            return cores.run(task, 8)
+
+        assert cores.recording is not None and cores._recording is None
+        with cores.recording(ops={"my_op"}) as record:
+            results = my_op()
+            cores.run(lambda i: i, 3)               # called by no op: '?'
+        assert results == [[i * 10, i * 10 + 1] for i in range(8)]
+        assert cores._recording is None             # off again outside
+        (label, start, end, tasks), (other, *_rest, few) = record.runs
+        assert label == "my_op: test_threads.my_op" and other.startswith("?: ") and len(few) == 3
+        assert len(tasks) == 8 and {t[0] for t in tasks} == {0, 1}      # the caller is 0, the worker 1
+        assert all(start <= t_start <= t_end <= end for _, t_start, t_end in tasks)
+        assert sum(t_end - t_start for _, t_start, t_end in tasks) >= 8 * 0.002
+        assert cores.run(lambda i: -i, 2) == [0, -1] and len(record.runs) == 2     # nothing recorded after
+    finally:
+        cores.set_threads(old)
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
 def test_set_threads_rejects_bad_counts(bad):
     from minicnn.backend import cores

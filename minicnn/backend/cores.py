@@ -23,10 +23,13 @@ added in task order, whichever thread computed them.
     threads()            the number of threads (MINICNN_THREADS, default: the cores this process may use)
     set_threads(n)       change it
     run(task, n_tasks)   [task(i) for i in range(n_tasks)], shared out to the threads
+    recording()          within: every run and each of its tasks timed (benchmarks/step_profile.py)
 """
+import contextlib
 import itertools
 import math
 import os
+import sys
 import threading
 import time
 
@@ -88,6 +91,12 @@ def run(task, n_tasks):
     (the caller is one of them). The first error is raised once every thread has stopped, so no
     task is still writing when the caller sees it. Inside a task, run() stays on its thread."""
     nested = getattr(_inside, "active", False)
+    if _recording is not None and not nested:
+        return _recording.run(task, n_tasks, _share_out)
+    return _share_out(task, n_tasks, nested)
+
+
+def _share_out(task, n_tasks, nested=False):
     workers = 1 if nested else max(1, min(_threads, n_tasks))
     results = [None] * n_tasks
     next_task = itertools.count()                   # next() is atomic under the GIL
@@ -119,6 +128,67 @@ def run(task, n_tasks):
     finally:
         crew.busy.release()
     return results
+
+
+class Recording:
+    """What recording() saw: runs, a list of (label, start, end, tasks), times in seconds of
+    time.perf_counter(); tasks a list of (thread, start, end), thread 0 the caller and 1, 2, ...
+    the workers in the order they first took a task. label names the backend op that ran it and the
+    function that handed out the tasks, e.g. 'conv2d_backward: numba_blocked.backward' (the op is
+    the outermost caller whose name is in ops, a set of names; '?' when none is)."""
+
+    def __init__(self, ops=()):
+        self.runs, self.ops = [], frozenset(ops)
+        self._caller, self._workers = threading.get_ident(), {}
+
+    def run(self, task, n_tasks, share_out):
+        tasks = []
+
+        def timed(i):
+            started = time.perf_counter()
+            try:
+                return task(i)
+            finally:
+                tasks.append((self._thread(), started, time.perf_counter()))
+
+        label = self._label(sys._getframe(2))
+        started = time.perf_counter()
+        try:
+            return share_out(timed, n_tasks)
+        finally:
+            self.runs.append((label, started, time.perf_counter(), tasks))
+
+    def _thread(self):
+        ident = threading.get_ident()
+        return 0 if ident == self._caller else self._workers.setdefault(ident, len(self._workers) + 1)
+
+    def _label(self, frame):
+        code = frame.f_code
+        where = f"{frame.f_globals.get('__name__', '?').rsplit('.', 1)[-1]}.{code.co_name}"
+        op = "?"
+        for _ in range(12):                  # the op is a few calls up: op -> algorithm -> helper -> run
+            if frame is None:
+                break
+            if frame.f_code.co_name in self.ops:
+                op = frame.f_code.co_name
+            frame = frame.f_back
+        return f"{op}: {where}"
+
+
+_recording = None
+
+
+@contextlib.contextmanager
+def recording(ops=()):
+    """Within: every run() (not the nested ones inside a task) and each of its tasks is timed into
+    the Recording this yields. ops: the backend's op names, so that runs are labelled by the op
+    they belong to. Costs a few microseconds a task; results are the same."""
+    global _recording
+    previous, _recording = _recording, Recording(ops)
+    try:
+        yield _recording
+    finally:
+        _recording = previous
 
 
 class _ContentionWatch:

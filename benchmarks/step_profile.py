@@ -1,0 +1,160 @@
+"""Where a training step's time goes on the Numba backend's threads (backend/cores.py).
+
+    python benchmarks/step_profile.py                                  # ResNet14 at batch 64
+    python benchmarks/step_profile.py --models lenet,mobilenetmnist --batches 64,256 --steps 30
+    python benchmarks/step_profile.py --out results/step-profile.json  # the table as JSON too
+
+A step on the Numba backend is a row of runs: each layer's op cuts its work into tasks, the calling
+thread and the workers take them as they come free (cores.run), and between runs the caller alone
+runs Python and NumPy while the workers wait. This times every run and every task of --steps
+SGD-momentum training steps (cores.recording) and reports, per step:
+
+    runs, tasks            how many; per op and the function that handed the tasks out
+    wall ms                from the run's start to its end, summed
+    thread-ms              the tasks' own time summed over the threads
+    threads busy           thread-ms / wall ms: 2.0 on 2 threads is every thread busy all the run
+    worker lag us          the workers' first task started this long after the caller's (mean a run)
+    caller waits us        from the caller's last task's end to the run's end: waiting for a worker
+                           to finish its last task (mean a run)
+    outside runs           the step's time that is no run: Python, NumPy, the loss and optimizer glue
+
+The timing costs a few microseconds a task, so the recorded step is a little slower than the plain
+step reported beside it (medians of the same number of steps, the two kinds alternated). A
+measurement, not a test; the machine's noise shows in it as in any timing.
+"""
+import argparse
+import collections
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+import minicnn as mc
+from minicnn import backend
+from minicnn.backend import contract, cores
+
+
+def profile(model_cls, batch, steps):
+    """(plain step times, recorded step times, the Recording of the recorded steps) in seconds."""
+    mc.manual_seed(0)
+    model = model_cls()
+    opt = mc.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = mc.nn.CrossEntropyLoss()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch,) + model_cls.input_shape).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+
+    def step():
+        started = time.perf_counter()
+        loss_fn(model(x), y)
+        opt.zero_grad()
+        model.backward(loss_fn.backward(), input_grad=False)
+        opt.step()
+        return time.perf_counter() - started
+
+    for _ in range(5):
+        step()
+    plain, recorded = [], []
+    record = cores.Recording(contract.OPS)          # every recorded step's runs
+    for _ in range(steps):
+        plain.append(step())
+        with cores.recording(contract.OPS) as one:
+            recorded.append(step())
+        record.runs += one.runs
+    return plain, recorded, record
+
+
+def summarize(record, steps, recorded_step):
+    """Rows per label (per step) and the totals of the recorded steps."""
+    rows = collections.OrderedDict()
+    for label, start, end, tasks in record.runs:
+        row = rows.setdefault(label, dict(runs=0, tasks=0, wall=0.0, thread=0.0, lags=[], waits=[]))
+        row["runs"] += 1
+        row["tasks"] += len(tasks)
+        row["wall"] += end - start
+        row["thread"] += sum(t_end - t_start for _, t_start, t_end in tasks)
+        caller = [t for t in tasks if t[0] == 0]
+        workers = [t for t in tasks if t[0] != 0]
+        if caller:
+            row["waits"].append(end - max(t_end for _, _, t_end in caller))
+            if workers:
+                row["lags"].append(min(t[1] for t in workers) - min(t[1] for t in caller))
+    table = []
+    for label, row in sorted(rows.items(), key=lambda kv: -kv[1]["wall"]):
+        table.append({
+            "label": label, "runs": row["runs"] / steps, "tasks": row["tasks"] / steps,
+            "wall_ms": row["wall"] / steps * 1e3, "thread_ms": row["thread"] / steps * 1e3,
+            "threads_busy": row["thread"] / row["wall"] if row["wall"] else 0.0,
+            "worker_lag_us": statistics.mean(row["lags"]) * 1e6 if row["lags"] else None,
+            "caller_waits_us": statistics.mean(row["waits"]) * 1e6 if row["waits"] else None})
+    in_runs = sum(r["wall_ms"] for r in table)
+    totals = {"recorded_step_ms": recorded_step * 1e3, "in_runs_ms": in_runs,
+              "thread_ms": sum(r["thread_ms"] for r in table), "runs": sum(r["runs"] for r in table),
+              "outside_runs_ms": recorded_step * 1e3 - in_runs}
+    return table, totals
+
+
+def report(name, batch, plain, totals, table):
+    threads = cores.threads()
+    lines = [f"{name}, batch {batch}, {threads} threads: plain step {plain * 1e3:.2f} ms, recorded "
+             f"{totals['recorded_step_ms']:.2f} ms (means of the steps): {totals['in_runs_ms']:.2f} ms in "
+             f"{totals['runs']:.0f} runs ({totals['thread_ms']:.1f} thread-ms of tasks, "
+             f"{totals['thread_ms'] / max(totals['in_runs_ms'], 1e-9):.2f} threads busy), "
+             f"{totals['outside_runs_ms']:.2f} ms outside runs",
+             "| op: hands out the tasks | runs | tasks | wall ms | thread-ms | threads busy | worker lag us "
+             "| caller waits us |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def us(value):
+        return "-" if value is None else f"{value:.0f}"
+
+    for r in table:
+        lines.append(f"| {r['label']} | {r['runs']:.0f} | {r['tasks']:.0f} | {r['wall_ms']:.2f} | {r['thread_ms']:.2f} | "
+                     f"{r['threads_busy']:.2f} | {us(r['worker_lag_us'])} | {us(r['caller_waits_us'])} |")
+    lines.append(f"| (outside runs) | | | {totals['outside_runs_ms']:.2f} | | | | |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="resnet14")
+    parser.add_argument("--batches", default="64")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--out", help="also write the tables to this .json file")
+    args = parser.parse_args()
+    names = [name.strip().lower() for name in args.models.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(mc.models.MODELS))
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; choose from {', '.join(sorted(mc.models.MODELS))}")
+    if args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
+    try:
+        batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        parser.error(f"--batches: expected whole numbers separated by commas, got {args.batches!r}")
+    if min(batches) < 1:
+        parser.error(f"--batches must be at least 1, got {args.batches!r}")
+    backend.set_backend("numba")
+    results = []
+    for name in names:
+        for batch in batches:
+            plain, recorded, record = profile(mc.models.get_model_class(name), batch, args.steps)
+            table, totals = summarize(record, args.steps, statistics.mean(recorded))
+            print(report(name, batch, statistics.mean(plain), totals, table), "\n", flush=True)
+            results.append({"model": name, "batch": batch, "plain_step_ms": statistics.mean(plain) * 1e3,
+                            "plain_step_median_ms": statistics.median(plain) * 1e3, **totals, "rows": table})
+    if args.out:
+        doc = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": cores.threads(),
+                           "python": platform.python_version(), "numpy": np.__version__},
+               "steps": args.steps, "profiles": results}
+        temporary = args.out + ".tmp"
+        with open(temporary, "w") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(temporary, args.out)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
