@@ -152,6 +152,12 @@ def test_recording_times_every_task_of_each_outer_run_and_names_its_op():
         assert all(start <= t_start <= t_end <= end for _, t_start, t_end in tasks)
         assert sum(t_end - t_start for _, t_start, t_end in tasks) >= 8 * 0.002
         assert cores.run(lambda i: -i, 2) == [0, -1] and len(record.runs) == 2     # nothing recorded after
+        with cores.recording() as record:
+            other = threading.Thread(target=cores.run, args=(lambda i: i, 2))
+            other.start()
+            other.join()
+            cores.run(lambda i: i, 2)
+        assert len(record.runs) == 1 and record.runs[0][0].startswith("?: ")     # only this thread's run
     finally:
         cores.set_threads(old)
 

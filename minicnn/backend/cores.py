@@ -142,6 +142,8 @@ class Recording:
         self._caller, self._workers = threading.get_ident(), {}
 
     def run(self, task, n_tasks, share_out):
+        if threading.get_ident() != self._caller:      # another thread's runs are not this recording's
+            return share_out(task, n_tasks)
         tasks = []
 
         def timed(i):
@@ -180,8 +182,8 @@ _recording = None
 
 @contextlib.contextmanager
 def recording(ops=()):
-    """Within: every run() (not the nested ones inside a task) and each of its tasks is timed into
-    the Recording this yields. ops: the backend's op names, so that runs are labelled by the op
+    """Within: every run() this thread makes (not the nested ones inside a task) and each of its
+    tasks is timed into the Recording this yields. ops: the backend's op names, so that runs are labelled by the op
     they belong to. Costs a few microseconds a task; results are the same."""
     global _recording
     previous, _recording = _recording, Recording(ops)
