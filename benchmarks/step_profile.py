@@ -19,7 +19,7 @@ SGD-momentum training steps (cores.recording) and reports, per step:
     outside runs           the step's time that is no run: Python, NumPy, the loss and optimizer glue
 
 The timing costs a few microseconds a task, so the recorded step is a little slower than the plain
-step reported beside it (medians of the same number of steps, the two kinds alternated). A
+step reported beside it (means of the same number of steps, the two kinds alternated). A
 measurement, not a test; the machine's noise shows in it as in any timing.
 """
 import argparse
