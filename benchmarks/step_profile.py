@@ -16,7 +16,8 @@ SGD-momentum training steps (cores.recording) and reports, per step:
     worker lag us          the workers' first task started this long after the caller's (mean a run)
     caller waits us        from the caller's last task's end to the run's end: waiting for a worker
                            to finish its last task (mean a run)
-    outside runs           the step's time that is no run: Python, NumPy, the loss and optimizer glue
+    outside runs           the step's time that is no run: Python, NumPy, the loss and optimizer glue,
+                           and in a second table where it lies: between which two runs (per step)
 
 The timing costs a few microseconds a task, so the recorded step is a little slower than the plain
 step reported beside it (means of the same number of steps, the two kinds alternated). A
@@ -38,7 +39,7 @@ from minicnn.backend import contract, cores
 
 
 def profile(model_cls, batch, steps):
-    """(plain step times, recorded step times, the Recording of the recorded steps) in seconds."""
+    """(plain step times in seconds, the recorded steps as (start, end, runs of cores.Recording))."""
     mc.manual_seed(0)
     model = model_cls()
     opt = mc.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -53,35 +54,42 @@ def profile(model_cls, batch, steps):
         opt.zero_grad()
         model.backward(loss_fn.backward(), input_grad=False)
         opt.step()
-        return time.perf_counter() - started
+        return started, time.perf_counter()
 
     for _ in range(5):
         step()
     plain, recorded = [], []
-    record = cores.Recording(contract.OPS)          # every recorded step's runs
     for _ in range(steps):
-        plain.append(step())
-        with cores.recording(contract.OPS) as one:
-            recorded.append(step())
-        record.runs += one.runs
-    return plain, recorded, record
+        started, ended = step()
+        plain.append(ended - started)
+        with cores.recording(contract.OPS) as record:
+            started, ended = step()
+        recorded.append((started, ended, record.runs))
+    return plain, recorded
 
 
-def summarize(record, steps, recorded_step):
-    """Rows per label (per step) and the totals of the recorded steps."""
+def summarize(recorded):
+    """Rows per label and the gaps between runs (both per step), and the totals of the recorded steps."""
+    steps = len(recorded)
     rows = collections.OrderedDict()
-    for label, start, end, tasks in record.runs:
-        row = rows.setdefault(label, dict(runs=0, tasks=0, wall=0.0, thread=0.0, lags=[], waits=[]))
-        row["runs"] += 1
-        row["tasks"] += len(tasks)
-        row["wall"] += end - start
-        row["thread"] += sum(t_end - t_start for _, t_start, t_end in tasks)
-        caller = [t for t in tasks if t[0] == 0]
-        workers = [t for t in tasks if t[0] != 0]
-        if caller:
-            row["waits"].append(end - max(t_end for _, _, t_end in caller))
-            if workers:
-                row["lags"].append(min(t[1] for t in workers) - min(t[1] for t in caller))
+    gaps = collections.defaultdict(float)
+    for step_start, step_end, runs in recorded:
+        before, after = "(step start)", step_start
+        for label, start, end, tasks in runs:
+            gaps[f"{before} -> {label}"] += start - after
+            before, after = label, end
+            row = rows.setdefault(label, dict(runs=0, tasks=0, wall=0.0, thread=0.0, lags=[], waits=[]))
+            row["runs"] += 1
+            row["tasks"] += len(tasks)
+            row["wall"] += end - start
+            row["thread"] += sum(t_end - t_start for _, t_start, t_end in tasks)
+            caller = [t for t in tasks if t[0] == 0]
+            workers = [t for t in tasks if t[0] != 0]
+            if caller:
+                row["waits"].append(end - max(t_end for _, _, t_end in caller))
+                if workers:
+                    row["lags"].append(min(t[1] for t in workers) - min(t[1] for t in caller))
+        gaps[f"{before} -> (step end)"] += step_end - after
     table = []
     for label, row in sorted(rows.items(), key=lambda kv: -kv[1]["wall"]):
         table.append({
@@ -90,14 +98,16 @@ def summarize(record, steps, recorded_step):
             "threads_busy": row["thread"] / row["wall"] if row["wall"] else 0.0,
             "worker_lag_us": statistics.mean(row["lags"]) * 1e6 if row["lags"] else None,
             "caller_waits_us": statistics.mean(row["waits"]) * 1e6 if row["waits"] else None})
+    between = [{"between": key, "ms": total / steps * 1e3} for key, total in sorted(gaps.items(), key=lambda kv: -kv[1])]
+    step_ms = statistics.mean(end - start for start, end, _ in recorded) * 1e3
     in_runs = sum(r["wall_ms"] for r in table)
-    totals = {"recorded_step_ms": recorded_step * 1e3, "in_runs_ms": in_runs,
+    totals = {"recorded_step_ms": step_ms, "in_runs_ms": in_runs,
               "thread_ms": sum(r["thread_ms"] for r in table), "runs": sum(r["runs"] for r in table),
-              "outside_runs_ms": recorded_step * 1e3 - in_runs}
-    return table, totals
+              "outside_runs_ms": step_ms - in_runs}
+    return table, between, totals
 
 
-def report(name, batch, plain, totals, table):
+def report(name, batch, plain, totals, table, between, top=8):
     threads = cores.threads()
     lines = [f"{name}, batch {batch}, {threads} threads: plain step {plain * 1e3:.2f} ms, recorded "
              f"{totals['recorded_step_ms']:.2f} ms (means of the steps): {totals['in_runs_ms']:.2f} ms in "
@@ -114,6 +124,9 @@ def report(name, batch, plain, totals, table):
         lines.append(f"| {r['label']} | {r['runs']:.0f} | {r['tasks']:.0f} | {r['wall_ms']:.2f} | {r['thread_ms']:.2f} | "
                      f"{r['threads_busy']:.2f} | {us(r['worker_lag_us'])} | {us(r['caller_waits_us'])} |")
     lines.append(f"| (outside runs) | | | {totals['outside_runs_ms']:.2f} | | | | |")
+    lines += ["", f"Outside runs, the {min(top, len(between))} largest gaps of {len(between)} kinds:",
+              "| between the runs of | ms a step |", "| --- | --- |"]
+    lines += [f"| {gap['between']} | {gap['ms']:.2f} |" for gap in between[:top]]
     return "\n".join(lines)
 
 
@@ -140,11 +153,12 @@ def main():
     results = []
     for name in names:
         for batch in batches:
-            plain, recorded, record = profile(mc.models.get_model_class(name), batch, args.steps)
-            table, totals = summarize(record, args.steps, statistics.mean(recorded))
-            print(report(name, batch, statistics.mean(plain), totals, table), "\n", flush=True)
+            plain, recorded = profile(mc.models.get_model_class(name), batch, args.steps)
+            table, between, totals = summarize(recorded)
+            print(report(name, batch, statistics.mean(plain), totals, table, between), "\n", flush=True)
             results.append({"model": name, "batch": batch, "plain_step_ms": statistics.mean(plain) * 1e3,
-                            "plain_step_median_ms": statistics.median(plain) * 1e3, **totals, "rows": table})
+                            "plain_step_median_ms": statistics.median(plain) * 1e3, **totals, "rows": table,
+                            "gaps": between})
     if args.out:
         doc = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": cores.threads(),
                            "python": platform.python_version(), "numpy": np.__version__},

@@ -31,9 +31,11 @@ def test_speed_benchmark_names_what_it_accepts(flag, value):
 def test_step_profile_tiny(tmp_path):
     out = run("benchmarks/step_profile.py", "--models", "lenet", "--batches", "2", "--steps", "2",
               "--out", str(tmp_path / "p.json"))
-    assert "lenet, batch 2" in out and "| conv2d_" in out and "(outside runs)" in out
+    assert "lenet, batch 2" in out and "| conv2d_" in out and "(outside runs)" in out and "(step start) -> " in out
     profile = json.loads((tmp_path / "p.json").read_text())["profiles"][0]
     assert profile["runs"] > 0 and profile["rows"][0]["thread_ms"] > 0
+    gaps = sum(gap["ms"] for gap in profile["gaps"])       # the gaps add up to the time outside runs
+    assert abs(gaps - profile["outside_runs_ms"]) < 1e-6 * profile["recorded_step_ms"] + 1e-9
 
 
 def test_gradcheck_benchmark_layers():
