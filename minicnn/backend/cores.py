@@ -183,8 +183,8 @@ _recording = None
 @contextlib.contextmanager
 def recording(ops=()):
     """Within: every run() this thread makes (not the nested ones inside a task) and each of its
-    tasks is timed into the Recording this yields. ops: the backend's op names, so that runs are labelled by the op
-    they belong to. Costs a few microseconds a task; results are the same."""
+    tasks is timed into the Recording this yields. ops: the backend's op names, so that runs are
+    labelled by the op they belong to. Costs a few microseconds a task; results are the same."""
     global _recording
     previous, _recording = _recording, Recording(ops)
     try:

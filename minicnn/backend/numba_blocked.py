@@ -615,11 +615,7 @@ def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias, pooled=N
     db_parts = cores.run(backward_chunk, len(dws))
     dw = np.empty((OC, C, 9), dtype=dy.dtype)
     _weight_grad_total(dws, dw)
-    db = None
-    if has_bias:
-        db = db_parts[0]
-        for part in db_parts[1:]:
-            db = db + part
+    db = functools.reduce(np.add, db_parts) if has_bias else None      # ((first + second) + third) + ...
     return dx, dw.reshape(w.shape), db
 
 

@@ -104,7 +104,7 @@ class _Lanes:
         self.itemsize = dtype.bitwidth // 8
         self.zeros = ir.Constant(self.vector, [0.0] * LANES)
         int64s = ir.VectorType(ir.IntType(64), LANES)
-        widths = self._broadcast(context.cast(builder, width, width_type, types.int64), int64s)
+        widths = splat(builder, context.cast(builder, width, width_type, types.int64), int64s)
         self.mask = builder.icmp_unsigned("<", ir.Constant(int64s, list(range(LANES))), widths)
         name, i32 = f"v{LANES}f{dtype.bitwidth}", ir.IntType(32)
         pointer = ir.PointerType(context.get_data_type(dtype))
@@ -130,10 +130,7 @@ class _Lanes:
         return self.builder.call(self._fma, [a, b, c])
 
     def splat(self, scalar):
-        return self._broadcast(scalar, self.vector)
-
-    def _broadcast(self, scalar, vector_type):
-        return splat(self.builder, scalar, vector_type)
+        return splat(self.builder, scalar, self.vector)
 
 
 def splat(builder, scalar, vector_type):
