@@ -52,7 +52,7 @@ from numba.core.extending import intrinsic
 from . import cores
 from .numba_common import FAST, _crop_padding, _pad_wide, _rows_chunk, _scratch
 from .numba_relu_pool import _relu_pool_plane, _unpool_plane
-from .simd import _float_arrays, shifted_run, splat
+from .simd import _float_arrays, merge_pairs, shifted_run, splat, split_pairs
 
 OB = 8                  # output channels of a block (the kernels are written for 8)
 VECTOR_BYTES = 64       # 512-bit vectors
@@ -298,9 +298,12 @@ def _block_conv(xq, w8, out, taps, n_blocks, PB):
 @njit(**FAST)
 def _split_phases(x, xq, PH, PW, Wq, Pq):
     """xq[n, c, (2a + b)*Pq + r*Wq + q] = the padded x at row 2r + a, column 2q + b (zero in the padding
-    and the slack): each input row goes to one row of two phase planes, its even and odd padded
-    columns (the first input column of phase b is w_b = (b - PW) mod 2, landing at (w_b + PW)//2)."""
+    and the slack): each input row goes to one row of two phase planes, its even columns to phase
+    b = PW % 2 from column PW // 2 and its odd ones to the other from (PW + 1) // 2, by vector
+    shuffles (simd.split_pairs: pixel by pixel this took 4x as long as the stride-1 pad)."""
     N, C, H, W = x.shape
+    R = xq.shape[2]
+    even_phase, odd_phase = PW % 2, (PW + 1) % 2
     for n in range(N):
         for c in range(C):
             planes = xq[n, c]
@@ -308,32 +311,27 @@ def _split_phases(x, xq, PH, PW, Wq, Pq):
                 planes[i] = 0
             for h in range(H):
                 hp = h + PH
-                row = (2 * (hp % 2)) * Pq + (hp // 2) * Wq
-                for b in range(2):
-                    w_b = (b - PW) % 2
-                    count = (W - w_b + 1) // 2
-                    src = x[n, c, h, w_b:]
-                    start = row + b * Pq + (w_b + PW) // 2
-                    dst = planes[start:start + count]
-                    for q in range(count):
-                        dst[q] = src[2 * q]
+                row = (n * C + c) * R + 2 * (hp % 2) * Pq + (hp // 2) * Wq
+                split_pairs(xq, row + even_phase * Pq + PW // 2, row + odd_phase * Pq + (PW + 1) // 2,
+                            x, ((n * C + c) * H + h) * W, W)
 
 
 @njit(**FAST)
-def _merge_phases(out0, out1, out2, out3, dx, PH, PW, Wq, first):
+def _merge_phases(phases, dx, PH, PW, Wq, first):
     """dx[first + s, c, h, w] = the phase plane (a, b) = ((h + PH) % 2, (w + PW) % 2) of the padded
-    gradient at ((h + PH)//2, (w + PW)//2), outa_b = out{2a + b} (s, C', *)."""
+    gradient at ((h + PH)//2, (w + PW)//2), phases (4, n, C', *) the planes 2a + b: a row of dx
+    interleaves a row of its two phases (simd.merge_pairs, the adjoint of _split_phases' shuffles)."""
+    n, Cp, L = phases.shape[1], phases.shape[2], phases.shape[3]
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
-    for s in range(out0.shape[0]):
+    even_phase, odd_phase = PW % 2, (PW + 1) % 2
+    phase = n * Cp * L
+    for s in range(n):
         for c in range(C):
             for h in range(H):
                 hp = h + PH
-                a, r = hp % 2, (hp // 2) * Wq
-                even, odd = (out0, out1) if a == 0 else (out2, out3)
-                dst = dx[first + s, c, h]
-                for w in range(W):
-                    wp = w + PW
-                    dst[w] = even[s, c, r + wp // 2] if wp % 2 == 0 else odd[s, c, r + wp // 2]
+                row = 2 * (hp % 2) * phase + (s * Cp + c) * L + (hp // 2) * Wq
+                merge_pairs(dx, (((first + s) * C + c) * H + h) * W, phases,
+                            row + even_phase * phase + PW // 2, row + odd_phase * phase + (PW + 1) // 2, W)
 
 
 @njit(**FAST)
@@ -604,10 +602,10 @@ def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias, pooled=N
             _block_conv(G, filters[0], out, g.taps, g.dx_blocks, g.PB)
             _crop_padding(out, dx[part], 0, g.D, g.Wp)               # the padded planes' interior
         elif input_grad:
-            outs = [_scratch(f"blocked dx {p}", (n, Cp, g.dx_blocks * g.PB), dy.dtype) for p in range(4)]
-            for out, phase_filters, offsets in zip(outs, filters, g.phase_offsets):
-                _block_conv(G, phase_filters, out, offsets, g.dx_blocks, g.PB)
-            _merge_phases(*outs, dx, g.PH, g.PW, g.Wq, first)
+            phases = _scratch("blocked dx phases", (4, n, Cp, g.dx_blocks * g.PB), dy.dtype)
+            for phase, phase_filters, offsets in zip(phases, filters, g.phase_offsets):
+                _block_conv(G, phase_filters, phase, offsets, g.dx_blocks, g.PB)
+            _merge_phases(phases, dx, g.PH, g.PW, g.Wq, first)
         return db
 
     if not N:
