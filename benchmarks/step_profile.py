@@ -1,13 +1,16 @@
-"""Where a training step's time goes on the Numba backend's threads (backend/cores.py).
+"""Where a training step's (or an inference pass's) time goes on the Numba backend's threads
+(backend/cores.py).
 
     python benchmarks/step_profile.py                                  # ResNet14 at batch 64
     python benchmarks/step_profile.py --models lenet,mobilenetmnist --batches 64,256 --steps 30
+    python benchmarks/step_profile.py --inference --batches 1000       # eval mode under no_grad
     python benchmarks/step_profile.py --out results/step-profile.json  # the table as JSON too
 
 A step on the Numba backend is a row of runs: each layer's op cuts its work into tasks, the calling
 thread and the workers take them as they come free (cores.run), and between runs the caller alone
 runs Python and NumPy while the workers wait. This times every run and every task of --steps
-SGD-momentum training steps (cores.recording) and reports, per step:
+SGD-momentum training steps (with --inference: forward passes in eval mode under no_grad, which
+the backend's plan may run in chunks of samples) by cores.recording, and reports, per step:
 
     runs, tasks            how many; per op and the function that handed the tasks out
     wall ms                from the run's start to its end, summed
@@ -38,8 +41,9 @@ from minicnn import backend
 from minicnn.backend import contract, cores
 
 
-def profile(model_cls, batch, steps):
-    """(plain step times in seconds, the recorded steps as (start, end, runs of cores.Recording))."""
+def profile(model_cls, batch, steps, inference=False):
+    """(plain step times in seconds, the recorded steps as (start, end, runs of cores.Recording));
+    a step is a forward pass in eval mode under no_grad with inference."""
     mc.manual_seed(0)
     model = model_cls()
     opt = mc.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -48,13 +52,23 @@ def profile(model_cls, batch, steps):
     x = rng.standard_normal((batch,) + model_cls.input_shape).astype(np.float32)
     y = rng.integers(0, 10, batch)
 
-    def step():
+    def train_step():
         started = time.perf_counter()
         loss_fn(model(x), y)
         opt.zero_grad()
         model.backward(loss_fn.backward(), input_grad=False)
         opt.step()
         return started, time.perf_counter()
+
+    def inference_pass():
+        started = time.perf_counter()
+        with mc.no_grad():
+            model(x)
+        return started, time.perf_counter()
+
+    if inference:
+        model.eval()
+    step = inference_pass if inference else train_step
 
     for _ in range(5):
         step()
@@ -135,6 +149,8 @@ def main():
     parser.add_argument("--models", default="resnet14")
     parser.add_argument("--batches", default="64")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--inference", action="store_true",
+                        help="profile forward passes in eval mode under no_grad instead of training steps")
     parser.add_argument("--out", help="also write the tables to this .json file")
     args = parser.parse_args()
     names = [name.strip().lower() for name in args.models.split(",") if name.strip()]
@@ -153,10 +169,12 @@ def main():
     results = []
     for name in names:
         for batch in batches:
-            plain, recorded = profile(mc.models.get_model_class(name), batch, args.steps)
+            plain, recorded = profile(mc.models.get_model_class(name), batch, args.steps, args.inference)
             table, between, totals = summarize(recorded)
-            print(report(name, batch, statistics.mean(plain), totals, table, between), "\n", flush=True)
-            results.append({"model": name, "batch": batch, "plain_step_ms": statistics.mean(plain) * 1e3,
+            title = f"{name} inference" if args.inference else name
+            print(report(title, batch, statistics.mean(plain), totals, table, between), "\n", flush=True)
+            results.append({"model": name, "mode": "inference" if args.inference else "train", "batch": batch,
+                            "plain_step_ms": statistics.mean(plain) * 1e3,
                             "plain_step_median_ms": statistics.median(plain) * 1e3, **totals, "rows": table,
                             "gaps": between})
     if args.out:

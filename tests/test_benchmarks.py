@@ -38,6 +38,15 @@ def test_step_profile_tiny(tmp_path):
     assert abs(gaps - profile["outside_runs_ms"]) < 1e-6 * profile["recorded_step_ms"] + 1e-9
 
 
+def test_step_profile_inference_tiny(tmp_path):
+    """--inference profiles forward passes in eval mode: the inference ops show, no backward op does."""
+    out = run("benchmarks/step_profile.py", "--models", "resnet14", "--batches", "3", "--steps", "1", "--inference",
+              "--out", str(tmp_path / "p.json"))
+    assert "resnet14 inference, batch 3" in out and "conv2d_batchnorm_eval" in out and "backward" not in out
+    profile = json.loads((tmp_path / "p.json").read_text())["profiles"][0]
+    assert profile["mode"] == "inference" and profile["runs"] > 0
+
+
 def test_gradcheck_benchmark_layers():
     out = run("benchmarks/gradcheck.py", "--layers-only", "--entries", "3")
     assert "| Conv2d" in out and "FAIL" not in out
