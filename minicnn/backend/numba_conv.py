@@ -448,11 +448,12 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
         if not _finite(w):
             return _by_im2col(x, w, b, stride, padding, dilation, groups)
         return _planes_forward(x, w, b, stride, padding, dilation, False, forward, backward)
+    if forward == "depthwise":                    # its tasks check x (None: not finite)
+        done = numba_depthwise.forward(x, w, b, stride, padding, dilation) if _finite(w) else None
+        return _by_im2col(x, w, b, stride, padding, dilation, groups) if done is None else done
     exact_products = forward == "gemm" and tuple(stride) != (1, 1)
     if forward == "im2col" or not (exact_products or (_finite(x) and _finite(w))):
         return _by_im2col(x, w, b, stride, padding, dilation, groups)
-    if forward == "depthwise":
-        return numba_depthwise.forward(x, w, b, stride, padding, dilation)
     return _planes_forward(x, w, b, stride, padding, dilation, False, forward, backward)
 
 
