@@ -7,7 +7,7 @@ import threading
 import numpy as np
 from numba import njit
 
-from . import cores, numba_strategy
+from . import cores, kernel_cache, numba_strategy
 from .simd import copy_run
 
 # Compile flags: cached on disk, no fast-math unless named (results stay IEEE), the GIL released
@@ -155,6 +155,11 @@ def _all_finite(a):
     for i in range(a.size):
         total += a[i] * 0
     return total == 0
+
+
+# Every kernel module imports this one before it defines a kernel: the cache they share is cleared
+# here if it was compiled from other sources (Numba notices only changes to a kernel's own file).
+kernel_cache.refresh(_all_finite)
 
 
 # Per-sample (or per-channel) kernels run on chunks of samples (or channels), each its own task;
