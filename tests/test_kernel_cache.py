@@ -40,6 +40,15 @@ def test_stale_kernels_are_removed_once_and_the_rest_kept(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
+def test_a_new_cache_folder_is_stamped_before_anything_compiles_into_it(tmp_path):
+    folder = tmp_path / "__pycache__"
+    assert kernel_cache.clear_if_stale(str(folder), "digest one")
+    assert (folder / "minicnn-kernels.digest").read_text().strip() == "digest one"
+    _write(folder / "numba_common._all_finite-150.py311.nbi", "compiled after the stamp")
+    assert not kernel_cache.clear_if_stale(str(folder), "digest one")        # the next process keeps it
+    assert (folder / "numba_common._all_finite-150.py311.nbi").exists()
+
+
 def test_the_backend_cache_is_stamped_with_the_current_sources():
     from minicnn.backend import numba_common
     folder = numba_common._all_finite._cache._cache_path

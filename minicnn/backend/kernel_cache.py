@@ -37,14 +37,16 @@ def refresh(kernel, sources=None):
     nothing where Numba keeps no cache folder for it or the folder cannot be written (Numba then
     caches nothing there either)."""
     folder = getattr(getattr(kernel, "_cache", None), "_cache_path", None)
-    if not folder or not os.path.isdir(folder):
+    if not folder:
         return False
     return clear_if_stale(folder, sources_digest(sources or os.path.dirname(os.path.abspath(__file__))))
 
 
 def clear_if_stale(folder, digest):
     """Remove folder's *.nbi and *.nbc files unless its stamp says they were made from `digest`; then
-    write the stamp (atomically). Returns whether they were removed."""
+    write the stamp (atomically). A missing folder is made and stamped before anything compiles into
+    it (else the next process would find kernels without a stamp and compile them all again).
+    Returns whether the folder was cleared (or stamped anew)."""
     stamp = os.path.join(folder, _STAMP)
     try:
         with open(stamp) as f:
@@ -53,6 +55,7 @@ def clear_if_stale(folder, digest):
     except OSError:
         pass
     try:
+        os.makedirs(folder, exist_ok=True)
         for path in glob.glob(os.path.join(folder, "*.nbi")) + glob.glob(os.path.join(folder, "*.nbc")):
             try:
                 os.remove(path)
