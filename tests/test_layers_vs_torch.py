@@ -1189,7 +1189,10 @@ CONV_BN_CASES = [  # (c_in, c_out, kernel, stride, padding, groups, bias, affine
     (4, 8, 3, 1, 0, 1, False, False, True, 3, 6, 6),        # blocked, no padding, batch norm without affine
     (16, 16, 3, 1, 2, 1, True, True, True, 37, 14, 14),     # blocked, in several tasks
     (3, 8, 3, 1, 1, 1, False, True, True, 2, 8, 8),         # direct sums: the three ops one after the other
-    (8, 16, 1, 1, 0, 1, False, True, True, 2, 7, 7),        # pointwise
+    (8, 16, 1, 1, 0, 1, False, True, True, 2, 7, 7),        # pointwise: each task normalizes its samples
+    (8, 16, 1, 2, 0, 1, True, True, False, 37, 9, 8),       # pointwise at a stride, a bias, in several tasks
+    (64, 64, 1, 1, 0, 1, False, True, True, 5, 16, 16),     # pointwise by the blocked sums
+    (64, 64, 1, 2, 0, 1, False, True, True, 9, 32, 32),     # the same at a stride
     (8, 8, 3, 1, 1, 8, False, True, True, 2, 9, 9),         # depthwise
     (80, 8, 3, 1, 1, 1, False, True, False, 1, 6, 6),       # past blocked_max_channels: Winograd
 ]
@@ -1236,6 +1239,7 @@ def test_conv_batchnorm_inference_fused_equals_the_layers(monkeypatch, dtype, c_
         poisoned = x.copy()
         poisoned[0, 0, 1, :2] = [np.nan, np.inf]
         poisoned[-1, -1, -1, -1] = -np.inf
+        poisoned[0, -1, 2, 2] = np.nan                    # a pixel a 1x1 convolution at stride 2 reads too
         normalized.clear()
         with mc.no_grad():
             y = net(poisoned)

@@ -21,7 +21,7 @@ from numba import njit
 
 from . import cores, im2col_conv, numba_strategy, numpy_ops
 from . import numba_blocked, numba_depthwise, numba_norm, numba_sparse, numba_winograd
-from .numba_common import (DIRECT, DOT, FAST, _all_finite, _balanced_chunk, _by_samples, _copy, _crop_padding, _fill,
+from .numba_common import (DIRECT, DOT, FAST, _all_finite, _balanced_chunk, _copy, _crop_padding, _fill,
                            _input_grad, _pad_wide, _padded_wide, _rows_chunk, _scratch, _sum_in_order)
 from .numba_elementwise import relu_backward, relu_forward
 from .numba_im2col import col2im, conv_backward_gemms, im2col, matmul
@@ -457,17 +457,20 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     return _planes_forward(x, w, b, stride, padding, dilation, False, forward, backward)
 
 
-def blocked_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
-    """conv2d_batchnorm_eval when the convolution goes by the blocked sums (None otherwise, or when w
-    holds inf or NaN): they normalize (and rectify) each output row as they crop it, from planes that
-    stay each task's scratch: no pass over y, no array for the planes."""
+def fused_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
+    """conv2d_batchnorm_eval where the convolution's own tasks can normalize (and rectify) their
+    output while it is in the cache (None otherwise, or when w holds inf or NaN): the blocked sums
+    as they crop each row, from planes that stay each task's scratch; a 1x1 convolution on each task's
+    samples right after their product (and at a stride, the pixels it reads copied in the same task).
+    No pass over y of its own, no array for the planes."""
     forward, _ = numba_strategy.conv_algorithms(x.shape[1], w.shape, stride, padding, dilation, groups,
                                                 fused=False)
-    if forward != "blocked" or not _finite(w):
+    if forward not in ("blocked", "pointwise") or not _finite(w):
         return None
-    invstd = numba_norm.eval_invstd(var, eps)
-    return numba_blocked.forward(x, np.ascontiguousarray(w), b, stride[0], padding,
-                                 normalize=(mean, invstd, gamma, beta, bool(relu)))[0]
+    normalize = (mean, numba_norm.eval_invstd(var, eps), gamma, beta, bool(relu))
+    if forward == "pointwise":
+        return _pointwise_forward(x, w, b, stride, normalize)[0]
+    return numba_blocked.forward(x, np.ascontiguousarray(w), b, stride[0], padding, normalize=normalize)[0]
 
 
 def _by_im2col(x, w, b, stride, padding, dilation, groups):
@@ -564,17 +567,26 @@ def _direct_chunk(N):
     return _balanced_chunk(N, numba_strategy.current().direct_max_chunk)
 
 
-def _pointwise_forward(x, w, b, stride):
+def _pointwise_forward(x, w, b, stride, normalize=None):
     """A 1x1 convolution without padding: y[n] (OC, OH*OW) = w (OC, C) @ x[n] (C, OH*OW), from x's
-    planes (at a stride, from the planes of the pixels it reads, x[:, :, ::SH, ::SW], copied on the
-    cores): by the register-blocked sums with one tap for large ones (numba_blocked), else straight
-    into y's planes by BLAS."""
+    planes (at a stride, from the planes of the pixels it reads, x[:, :, ::SH, ::SW], which each task
+    copies for its samples first): by the register-blocked sums with one tap for large ones
+    (numba_blocked), else straight into y's planes by BLAS. normalize=(mean, invstd, gamma, beta,
+    relu), for inference: each task then normalizes (and rectifies) its samples' output in place, as
+    normalize_eval_in_place would, while it is in the cache (the copied pixels are scratch, not kept)."""
     x_shape = x.shape
-    if tuple(stride) != (1, 1):
-        x = _subsampled(x, *stride)
-    N, C, H, W = x.shape
+    x = np.ascontiguousarray(x)
+    N, C = x.shape[:2]
+    SH, SW = stride
+    H, W = -(-x.shape[2] // SH), -(-x.shape[3] // SW)
     OC = w.shape[0]
-    x3 = np.ascontiguousarray(x).reshape(N, C, H * W)
+    strided = (SH, SW) != (1, 1)
+    if not strided:
+        x3 = x.reshape(N, C, H * W)
+    elif normalize is None:
+        x3 = np.empty((N, C, H * W), dtype=x.dtype)            # the read pixels, kept for backward
+    else:
+        x3 = None                                              # inference: each task's are scratch
     w_col = np.ascontiguousarray(w).reshape(OC, C)
     y = np.empty((N, OC, H, W), dtype=x.dtype)
     y3 = y.reshape(N, OC, H * W)
@@ -583,24 +595,22 @@ def _pointwise_forward(x, w, b, stride):
 
     def forward_chunk(i):
         part = slice(i * chunk, (i + 1) * chunk)
+        read = x3[part] if x3 is not None else _scratch("pointwise read", (len(x[part]), C, H * W), x.dtype)
+        if strided:
+            _copy_strided(x[part], read.reshape(-1, C, H, W), SH, SW)
         if blocked:
-            numba_blocked.pointwise_forward(x3[part], w_col, b, y3, i * chunk)
-            return
-        np.matmul(w_col, x3[part], out=y3[part])
-        if b is not None:
-            _add_bias(y3[part], b)
+            numba_blocked.pointwise_forward(read, w_col, b, y3, i * chunk)
+        else:
+            np.matmul(w_col, read, out=y3[part])
+            if b is not None:
+                _add_bias(y3[part], b)
+        if normalize is not None:
+            mean, invstd, gamma, beta, relu = normalize
+            numba_norm.normalize_chunk_eval(y3[part], mean, invstd, gamma, beta, relu)
 
     if N:
         cores.run(forward_chunk, -(-N // chunk))
     return y, _PointwiseRecord(x3, b is not None, tuple(stride), x_shape)
-
-
-def _subsampled(x, SH, SW):
-    """x[:, :, ::SH, ::SW] as a new C-contiguous array, a chunk of samples per task."""
-    N, C, H, W = x.shape
-    sub = np.empty((N, C, -(-H // SH), -(-W // SW)), dtype=x.dtype)
-    _by_samples(x, lambda part: _copy_strided(x[part], sub[part], SH, SW))
-    return sub
 
 
 @njit(**FAST)

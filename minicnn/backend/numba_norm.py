@@ -195,6 +195,12 @@ def _bn_eval_in_place(x, mean, invstd, gamma, beta, relu, zero, c_first, c_stop)
                     row[i] = (row[i] - m) * r * g + b
 
 
+def normalize_chunk_eval(x3, mean, invstd, gamma, beta, relu):
+    """normalize_eval_in_place's pass over x3 (n, C, L), C-contiguous, on the calling thread (a task's
+    own samples: the caller shares the work out), with invstd = eval_invstd(var, eps) given."""
+    _bn_eval_in_place(x3, mean, invstd, gamma, beta, bool(relu), x3.dtype.type(0), 0, x3.shape[1])
+
+
 def normalize_eval_in_place(x3, mean, var, eps, gamma, beta, relu):
     """batchnorm_forward_eval (and relu_forward after it, with relu) over x3 (N, C, L), C-contiguous
     and the caller's own (a convolution's fresh output, for conv2d_batchnorm_eval): the same bits

@@ -23,7 +23,7 @@ from . import numba_strategy as _strategy
 from . import numpy_ops as _reference
 from .numba_conv import (conv2d_backward, conv2d_forward, conv2d_relu_maxpool2d_backward,  # noqa: F401
                          conv2d_relu_maxpool2d_forward)
-from .numba_conv import blocked_batchnorm_eval as _blocked_batchnorm_eval
+from .numba_conv import fused_batchnorm_eval as _fused_batchnorm_eval
 from .numba_elementwise import (add, add_relu_forward, relu_backward, relu_forward, sgd_update,  # noqa: F401
                                 softmax_cross_entropy_forward)
 from .numba_im2col import col2im, im2col, matmul  # noqa: F401
@@ -62,10 +62,10 @@ captured_step = _reference.captured_step
 
 
 def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
-    """As numpy_ops: in one pass where the convolution goes by the blocked sums (they normalize as
-    they crop), otherwise the convolution, then one pass that normalizes and rectifies its output
-    in place."""
-    y = _blocked_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu)
+    """As numpy_ops: in one run where the convolution goes by the blocked sums (they normalize as
+    they crop) or is 1x1 (each task normalizes its samples' output), otherwise the convolution, then
+    one pass that normalizes and rectifies its output in place."""
+    y = _fused_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu)
     if y is not None:
         return y
     y = _np.ascontiguousarray(conv2d_forward(x, w, b, stride, padding, dilation, groups)[0])
