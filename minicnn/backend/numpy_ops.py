@@ -467,7 +467,7 @@ def adam_update(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr, beta1
 
 # ---------------------------------------------------------------- running a chain of layers
 
-_INFERENCE_CHUNK = 128
+_INFERENCE_CHUNK = 256          # samples; 128 cost more in per-chunk Python than it saved in cache (history.md)
 
 
 _plans = {}                 # (kinds, inference chunk) -> ChainPlan
