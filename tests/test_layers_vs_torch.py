@@ -323,6 +323,64 @@ def test_residual_shapes_must_agree_and_skip_the_input_gradient(cpu_backend):
         np.testing.assert_array_equal(p.grad, grads[k], err_msg=k)
 
 
+RESIDUAL_SUM_CASES = [  # (c_in, c_out, stride, shortcut, activation, batch, H, W)
+    (16, 16, 1, "identity", "relu", 5, 10, 9), (8, 16, 2, "conv", "relu", 3, 11, 10), (16, 16, 1, "identity", None, 2, 7, 7),
+    (16, 24, 1, "conv", "relu", 37, 8, 8), (3, 4, 1, "identity-mismatch", "relu", 2, 5, 5), (8, 8, 1, "identity", "gelu", 2, 6, 6)]
+
+
+@pytest.mark.parametrize("c_in,c_out,stride,shortcut,activation,batch,H,W", RESIDUAL_SUM_CASES)
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+def test_residual_inference_sums_in_the_last_step_with_the_bits_of_the_layers(monkeypatch, cpu_backend, dtype, c_in,
+                                                                             c_out, stride, shortcut, activation,
+                                                                             batch, H, W):
+    """In inference a residual block whose body ends in a convolution and batch norm adds the skip
+    (and applies the ReLU) as that step writes its output (conv2d_batchnorm_eval's residual), with the
+    bits of the layers run one by one; a body of another kind, another activation, or a skip of
+    another shape goes the usual way (the last with the usual error); NaN and inf land as in torch."""
+    import minicnn as mc
+    from minicnn.backend import numba_ops, numpy_ops
+    from torch_compare import TorchResidual
+    mismatch = shortcut == "identity-mismatch"
+
+    def block(lib):
+        body = lib.Sequential(lib.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), lib.BatchNorm2d(c_out),
+                              lib.ReLU(), lib.Conv2d(c_out, c_out, 3, padding=1), lib.BatchNorm2d(c_out))
+        skip = lib.Sequential(lib.Conv2d(c_in, c_out, 1, stride=stride, bias=False), lib.BatchNorm2d(c_out)) \
+            if shortcut == "conv" else None
+        act = {"relu": lib.ReLU, "gelu": lib.GELU, None: lambda: None}[activation]()
+        return (lib.Residual if lib is nn else TorchResidual)(body, skip, act)
+    net = block(nn).to(dtype)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            _randomize_bn(m, dtype)
+    net.eval()
+    summed = []
+    ops = numba_ops if cpu_backend == "numba" else numpy_ops
+    op = ops.conv2d_batchnorm_eval
+    monkeypatch.setattr(ops, "conv2d_batchnorm_eval", lambda *a: summed.append(a[-1] is not None) or op(*a))
+    x = random_input((batch, c_in, H, W), dtype)
+    x[0, 0, 1, :2] = [np.nan, np.inf]
+    with mc.no_grad():
+        if mismatch:
+            with pytest.raises(ValueError, match="the body gives"):
+                net(x)
+            return
+        y = net(x)
+        with mc.nn.chain.as_written():
+            expected = net(x)
+    fused = activation in ("relu", None) and cpu_backend == "numba"   # numpy runs no conv2d_batchnorm step
+    assert (True in summed) == fused
+    np.testing.assert_array_equal(y, expected)
+    ref = block(torch.nn).to(torch.float64 if dtype == np.float64 else torch.float32)
+    ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in net.state_dict().items()})
+    with torch.no_grad():
+        theirs = ref.eval()(torch.from_numpy(x)).numpy()
+    for where in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(where(y), where(theirs))
+    finite = np.isfinite(theirs)
+    np.testing.assert_allclose(y[finite], theirs[finite], rtol=tolerance(dtype)["rtol"], atol=tolerance(dtype)["atol"] * 10)
+
+
 # ------------------------------------------------------------------ dropout
 
 def test_dropout_matches_torch_given_the_same_mask(dtype):

@@ -69,12 +69,13 @@ def conv2d_relu_maxpool2d_backward(dy, record, w, input_grad):
 
 # ---------------------------------------------------------------- pooling
 
-def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
+def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu, residual):
     """Inference through a convolution, the batch norm after it on its running statistics (mean,
-    var (OC,)) and, when relu, a ReLU: y (N, OC, OH, OW), the bits of conv2d_forward,
-    batchnorm_forward_eval and relu_forward one after the other; where x holds inf or NaN, NaN and
-    inf where those give them (and torch), the finite values up to rounding (a backend may sum
-    them in another order). No record: nothing backpropagates."""
+    var (OC,)), when residual is an array (of y's shape) its sum with it, and when relu a ReLU:
+    y (N, OC, OH, OW), the bits of conv2d_forward, batchnorm_forward_eval, add and relu_forward
+    one after the other (a residual block's last convolution, its sum and ReLU); where x holds inf
+    or NaN, NaN and inf where those give them (and torch), the finite values up to rounding (a
+    backend may sum them in another order). No record: nothing backpropagates."""
 
 
 def maxpool2d_forward(x, kernel_size, stride, padding):

@@ -150,10 +150,10 @@ def conv2d_relu_maxpool2d_backward(dy, record, w, input_grad):
 
 # ---------------------------------------------------------------- pooling
 
-def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
-    """The three ops one after the other (numpy_ops)."""
+def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu, residual):
+    """The ops one after the other (numpy_ops)."""
     return _reference._conv2d_batchnorm_eval_by(sys.modules[__name__], x, w, b, stride, padding, dilation, groups,
-                                                mean, var, eps, gamma, beta, relu)
+                                                mean, var, eps, gamma, beta, relu, residual)
 
 
 def maxpool2d_forward(x, kernel_size, stride, padding):

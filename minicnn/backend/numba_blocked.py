@@ -345,17 +345,18 @@ def _crop_wide(out, b, y, Wq, first):
 
 
 @njit(**FAST)
-def _crop_wide_normalized(out, b, y, Wq, first, mean, invstd, gamma, beta, relu):
+def _crop_wide_normalized(out, b, y, Wq, first, mean, invstd, gamma, beta, relu, residual, add):
     """_crop_wide, each value then normalized as batchnorm_forward_eval does ((v - mean) * invstd *
-    gamma + beta, the same operations in the same order) and, with relu, rectified as relu_forward:
-    a row at a time by simd.normalized_run (value by value, rows of 7-28 stayed scalar: 1.5-2.2x
-    slower in float32)."""
+    gamma + beta, the same operations in the same order), with add then summed with residual (N, OC,
+    OH, OW) as add does, and with relu rectified as relu_forward: a row at a time by
+    simd.normalized_run (value by value, rows of 7-28 stayed scalar: 1.5-2.2x slower in float32)."""
     OC, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     for s in range(out.shape[0]):
         for o in range(OC):
             bias, m, r, g, bb = b[o], mean[o], invstd[o], gamma[o], beta[o]
             for oh in range(OH):
-                normalized_run(y[first + s, o, oh], 0, out[s, o], oh * Wq, OW, bias, m, r, g, bb, relu)
+                normalized_run(y[first + s, o, oh], 0, out[s, o], oh * Wq, OW, bias, m, r, g, bb, relu,
+                               residual[first + s, o, oh], 0, add)
 
 
 @njit(**FAST)
@@ -515,9 +516,10 @@ def forward(x, w, b, stride, padding, normalize=None, relu_pool=False):
     backward reads. x may hold inf or NaN: each kept output sums exactly torch's products, and so do
     backward's (dw sums over real output pixels only, dx does not read x), so inf and NaN land where
     torch's do (w must be finite: dx's wide dy has zeros an inf weight would multiply).
-    normalize=(mean, invstd, gamma, beta, relu), for inference: y is normalized (and rectified) as
-    each task crops it (_crop_wide_normalized), and the planes are each task's scratch, not kept (xq
-    is None). relu_pool (stride 1): y is relu(maxpool2x2(y)) (N, OC, OH//2, OW//2), pooled as each
+    normalize=(mean, invstd, gamma, beta, relu, residual), for inference: y is normalized (summed with
+    residual, an array of y's shape and dtype, unless that is None, and rectified with relu) as each
+    task crops it (_crop_wide_normalized), and the planes are each task's scratch, not kept (xq is
+    None). relu_pool (stride 1): y is relu(maxpool2x2(y)) (N, OC, OH//2, OW//2), pooled as each
     task crops it; returns (y, xq, idx), idx (int8) each window's winner."""
     N, C, H, W = x.shape
     OC = w.shape[0]
@@ -532,6 +534,12 @@ def forward(x, w, b, stride, padding, normalize=None, relu_pool=False):
         idx = np.empty(y.shape, dtype=np.int8)
     else:
         y = np.empty((N, OC, g.OH, g.OW), dtype=x.dtype)
+    if normalize is not None:
+        *statistics, relu, residual = normalize
+        if residual is not None and (residual.shape != y.shape or residual.dtype != y.dtype):
+            raise ValueError(f"blocked convolution: the residual is {residual.dtype} {tuple(residual.shape)}, the "
+                             f"output {y.dtype} {tuple(y.shape)}")
+        epilogue = (*statistics, relu, y if residual is None else np.ascontiguousarray(residual), residual is not None)
     chunk = _rows_chunk(N, (C * g.R + OCp * g.blocks * g.PB) * x.dtype.itemsize)
 
     def forward_chunk(i):
@@ -547,7 +555,7 @@ def forward(x, w, b, stride, padding, normalize=None, relu_pool=False):
         elif normalize is None:
             _crop_wide(out, bias, y, g.Wq, first)
         else:
-            _crop_wide_normalized(out, bias, y, g.Wq, first, *normalize)
+            _crop_wide_normalized(out, bias, y, g.Wq, first, *epilogue)
 
     if N:
         cores.run(forward_chunk, -(-N // chunk))

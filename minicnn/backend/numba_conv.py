@@ -457,20 +457,24 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     return _planes_forward(x, w, b, stride, padding, dilation, False, forward, backward)
 
 
-def fused_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
+def fused_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu, residual):
     """conv2d_batchnorm_eval where the convolution's own tasks can normalize (and rectify) their
     output while it is in the cache (None otherwise, or when w holds inf or NaN): the blocked sums
     as they crop each row, from planes that stay each task's scratch; a 1x1 convolution on each task's
     samples right after their product (and at a stride, the pixels it reads copied in the same task).
+    A residual (an array of y's shape and dtype) is summed before the ReLU by the blocked sums only.
     No pass over y of its own, no array for the planes."""
     forward, _ = numba_strategy.conv_algorithms(x.shape[1], w.shape, stride, padding, dilation, groups,
                                                 fused=False)
     if forward not in ("blocked", "pointwise") or not _finite(w):
         return None
-    normalize = (mean, numba_norm.eval_invstd(var, eps), gamma, beta, bool(relu))
+    if residual is not None and (forward != "blocked" or residual.dtype != x.dtype):
+        return None
+    invstd = numba_norm.eval_invstd(var, eps)
     if forward == "pointwise":
-        return _pointwise_forward(x, w, b, stride, normalize)[0]
-    return numba_blocked.forward(x, np.ascontiguousarray(w), b, stride[0], padding, normalize=normalize)[0]
+        return _pointwise_forward(x, w, b, stride, (mean, invstd, gamma, beta, bool(relu)))[0]
+    return numba_blocked.forward(x, np.ascontiguousarray(w), b, stride[0], padding,
+                                 normalize=(mean, invstd, gamma, beta, bool(relu), residual))[0]
 
 
 def _by_im2col(x, w, b, stride, padding, dilation, groups):

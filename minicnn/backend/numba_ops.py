@@ -15,6 +15,8 @@ Every choice of algorithm and budget is in numba_strategy.
     numba_norm          batch normalization (and batch norm with the ReLU after it, fused)
     numba_elementwise   ReLU, sums, softmax cross-entropy, the SGD step
 """
+import sys as _sys
+
 import numpy as _np
 
 from . import cores as _cores
@@ -61,17 +63,19 @@ adam_update = _reference.adam_update
 captured_step = _reference.captured_step
 
 
-def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
-    """As numpy_ops: in one run where the convolution goes by the blocked sums (they normalize as
-    they crop) or is 1x1 (each task normalizes its samples' output), otherwise the convolution, then
-    one pass that normalizes and rectifies its output in place."""
-    y = _fused_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu)
+def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu, residual):
+    """As numpy_ops: in one run where the convolution goes by the blocked sums (they normalize, add
+    the residual and rectify as they crop) or is 1x1 without a residual (each task normalizes its
+    samples' output), otherwise the convolution, then one pass that normalizes and rectifies its
+    output in place (then the residual's sum and the ReLU as numpy_ops adds them)."""
+    y = _fused_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu,
+                              residual)
     if y is not None:
         return y
     y = _np.ascontiguousarray(conv2d_forward(x, w, b, stride, padding, dilation, groups)[0])
     N, OC, OH, OW = y.shape
-    _normalize_eval_in_place(y.reshape(N, OC, OH * OW), mean, var, eps, gamma, beta, relu)
-    return y
+    _normalize_eval_in_place(y.reshape(N, OC, OH * OW), mean, var, eps, gamma, beta, relu and residual is None)
+    return y if residual is None else _reference._sum_and_relu(_sys.modules[__name__], y, residual, relu)
 
 
 _fused_steps = {}           # (kinds, strategy) -> the steps of plan_chain

@@ -128,17 +128,28 @@ def conv2d_relu_maxpool2d_backward(dy, record, w, input_grad):
     return conv2d_backward(relu_backward(maxpool2d_backward(dy, pool), relu), conv, w, input_grad)
 
 
-def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
+def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu, residual):
     return _conv2d_batchnorm_eval_by(sys.modules[__name__], x, w, b, stride, padding, dilation, groups, mean, var,
-                                     eps, gamma, beta, relu)
+                                     eps, gamma, beta, relu, residual)
 
 
-def _conv2d_batchnorm_eval_by(ops, x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu):
-    """conv2d_batchnorm_eval as the three ops of the backend module ops, one after the other."""
+def _conv2d_batchnorm_eval_by(ops, x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu,
+                              residual):
+    """conv2d_batchnorm_eval as the ops of the backend module ops, one after the other."""
     y, _ = ops.conv2d_forward(x, w, b, stride, padding, dilation, groups)
     N, OC, OH, OW = y.shape
     y3, _ = ops.batchnorm_forward_eval(y.reshape(N, OC, OH * OW), mean, var, eps, gamma, beta, keep_record=False)
-    y = y3.reshape(y.shape)
+    return _sum_and_relu(ops, y3.reshape(y.shape), residual, relu)
+
+
+def _sum_and_relu(ops, y, residual, relu):
+    """y + residual (when residual is an array, of y's shape) and then its ReLU (when relu), by ops'
+    add and relu_forward: conv2d_batchnorm_eval's last steps."""
+    if residual is not None:
+        if tuple(residual.shape) != tuple(y.shape):
+            raise ValueError(f"conv2d_batchnorm_eval: the residual has shape {tuple(residual.shape)}, the "
+                             f"convolution's output {tuple(y.shape)}")
+        y = ops.add(y, residual)
     return ops.relu_forward(y)[0] if relu else y
 
 

@@ -230,23 +230,27 @@ def shifted_run(typingctx, dst, dst_at, src, src_at, count, value):
 
 
 @intrinsic
-def normalized_run(typingctx, dst, dst_at, src, src_at, count, bias, mean, invstd, gamma, beta, relu):
+def normalized_run(typingctx, dst, dst_at, src, src_at, count, bias, mean, invstd, gamma, beta, relu,
+                   residual, residual_at, add):
     """dst[dst_at + i] = ((src[src_at + i] + bias) - mean) * invstd * gamma + beta for i < count: these
     operations in this order, each rounded in the arrays' dtype (the scalars are cast to it), so the
-    bits of batchnorm_forward_eval after a bias; with relu then rectified as relu_forward (NaN kept).
-    A convolution's row cropped and normalized in one pass (numba_blocked's inference epilogue)."""
+    bits of batchnorm_forward_eval after a bias; with add, plus residual[residual_at + i] (the bits of
+    add after it; residual is not read without add); with relu then rectified as relu_forward (NaN
+    kept). A convolution's row cropped and normalized in one pass (numba_blocked's inference
+    epilogue), and in a residual block the sum and its ReLU with it."""
     scalars = (bias, mean, invstd, gamma, beta)
-    if not (_contiguous_float_arrays(dst, src) and all(isinstance(v, types.Float) for v in scalars)
-            and isinstance(relu, types.Boolean)):
+    if not (_contiguous_float_arrays(dst, src, residual) and all(isinstance(v, types.Float) for v in scalars)
+            and isinstance(relu, types.Boolean) and isinstance(add, types.Boolean)):
         return None
 
     def codegen(context, builder, signature, args):
-        dst_t, src_t = signature.args[0], signature.args[2]
+        dst_t, src_t, residual_t = signature.args[0], signature.args[2], signature.args[11]
         ops = _Pairs(context, builder, dst_t.dtype)
         as64 = lambda i: context.cast(builder, args[i], signature.args[i], types.int64)      # noqa: E731
-        dst_at, src_at, count = as64(1), as64(3), as64(4)
+        dst_at, src_at, count, residual_at = as64(1), as64(3), as64(4), as64(12)
         dst_data = context.make_array(dst_t)(context, builder, args[0]).data
         src_data = context.make_array(src_t)(context, builder, args[2]).data
+        residual_data = context.make_array(residual_t)(context, builder, args[11]).data
         lanes = 2 * PAIRS
         vector = ops.vector(lanes)
         add, sub_mean, times_invstd, times_gamma, add_beta = (
@@ -257,12 +261,16 @@ def normalized_run(typingctx, dst, dst_at, src, src_at, count, bias, mean, invst
             v = ops.load(builder.gep(src_data, [builder.add(src_at, first)]), values, lanes)
             v = builder.fadd(builder.fmul(builder.fmul(builder.fsub(builder.fadd(v, add), sub_mean), times_invstd),
                                           times_gamma), add_beta)
+            read = builder.select(args[13], values, ir.Constant(ops.int64, 0))     # nothing read without add
+            r = ops.load(builder.gep(residual_data, [builder.add(residual_at, first)]), read, lanes)
+            v = builder.select(args[13], builder.fadd(v, r), v)
             kept = builder.or_(builder.fcmp_ordered(">", v, zeros), builder.fcmp_unordered("uno", v, v))
             v = builder.select(args[10], builder.select(kept, v, zeros), v)
             ops.store(v, builder.gep(dst_data, [builder.add(dst_at, first)]), values)
         return context.get_dummy_value()
 
-    return types.void(dst, dst_at, src, src_at, count, bias, mean, invstd, gamma, beta, relu), codegen
+    return types.void(dst, dst_at, src, src_at, count, bias, mean, invstd, gamma, beta, relu, residual, residual_at,
+                      add), codegen
 
 
 def _contiguous_float_arrays(*arrays):

@@ -9,7 +9,7 @@ backend says so). Sequential runs its layers through a Chain; so can any contain
 import contextlib
 
 from .. import backend
-from .fused import FUSED_STEPS
+from .fused import FUSED_STEPS, ConvBatchNorm
 from .module import is_grad_enabled
 
 _as_written = False          # inside as_written(): every chain runs its layers one by one, in order
@@ -54,6 +54,21 @@ class Chain:
                 parts = [_run(steps, x[i:i + chunk]) for i in range(0, len(x), chunk)]
                 return ops.xp.concatenate(parts)
             return _run(steps, x)
+
+    def sum_forward(self, layers, x, residual, relu):
+        """(y, summed): with summed, y = relu(the layers' output + residual) (without relu, the sum),
+        the sum and ReLU done by the last step as it writes its output (in inference, a ConvBatchNorm
+        step that can take them); otherwise y is the layers' output alone, or None, nothing having
+        run, where the last step is of another kind."""
+        ops = backend.ops_for(x)
+        steps, _ = self._plan(ops, layers)
+        if not steps or not isinstance(steps[-1], ConvBatchNorm):
+            return None, False
+        self._steps = steps
+        with ops.pass_scope():
+            h = _run(steps[:-1], x)
+            y = steps[-1].sum_forward(h, residual, relu)
+            return (y, True) if y is not None else (steps[-1](h), False)
 
     def backward(self, layers, dy, input_grad=True):
         """The input gradient (None when not input_grad and the first step can skip it)."""

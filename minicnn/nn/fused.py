@@ -5,8 +5,10 @@
     batchnorm_relu          BatchNorm1d/2d -> ReLU (with batch statistics; in eval mode the two
                             layers run one after the other): shape unchanged
     conv2d_batchnorm        Conv2d -> BatchNorm2d (-> ReLU): in inference one op that normalizes the
-                            convolution's output as it writes it; otherwise the layers (the last two
-                            as batchnorm_relu): x (N, C, H, W) -> y (N, OC, OH, OW)
+                            convolution's output as it writes it (and, as a residual block's last
+                            step, adds the skip and applies the block's ReLU: sum_forward);
+                            otherwise the layers (the last two as batchnorm_relu):
+                            x (N, C, H, W) -> y (N, OC, OH, OW)
 
 A fused step holds the layers it stands for (not as children: they belong to the model, which
 keeps their parameters and state_dict names) and runs the backend's fused op with their
@@ -102,12 +104,27 @@ class ConvBatchNorm(Module):
         conv, norm = self.layers[:2]
         if is_grad_enabled() or not self._normalizes_as_one_op(norm, x):
             return self.after(conv(x))
+        return self._one_op(x, relu=len(self.layers) == 3, residual=None)
+
+    def sum_forward(self, x, residual, relu):
+        """In inference, relu(this step's output + residual) as the one op (a residual block's sum and
+        its ReLU, with relu), or None where this step cannot take them (gradients on, a ReLU of its
+        own, a batch norm that does not run as one op, a residual of another shape or dtype)."""
+        conv, norm = self.layers[:2]
+        if is_grad_enabled() or len(self.layers) == 3 or not self._normalizes_as_one_op(norm, x) \
+                or residual.dtype != x.dtype or tuple(residual.shape) != (len(x), conv.out_channels,
+                                                                          *conv.checked_output_size(x)):
+            return None
+        return self._one_op(x, relu=relu, residual=residual)
+
+    def _one_op(self, x, relu, residual):
+        conv, norm = self.layers[:2]
         conv.checked_output_size(x)
         ops = backend.ops_for(x)
         gamma, beta = norm._params(ops, x.dtype)
         return ops.conv2d_batchnorm_eval(x, conv.weight.data, conv.bias_data(), conv.stride, conv.padding,
                                          conv.dilation, conv.groups, norm.running_mean, norm.running_var, norm.eps,
-                                         gamma, beta, relu=len(self.layers) == 3)
+                                         gamma, beta, relu, residual)
 
     def _normalizes_as_one_op(self, norm, x):
         """A BatchNorm2d on running statistics that fits the convolution's output (else the layers
