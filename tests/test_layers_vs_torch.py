@@ -381,6 +381,18 @@ def test_residual_inference_sums_in_the_last_step_with_the_bits_of_the_layers(mo
     np.testing.assert_allclose(y[finite], theirs[finite], rtol=tolerance(dtype)["rtol"], atol=tolerance(dtype)["atol"] * 10)
 
 
+def test_conv_batchnorm_eval_refuses_a_residual_of_another_shape(cpu_backend):
+    """The op checks its residual before computing anything, on every backend, by the same words."""
+    from minicnn import backend
+    ops = backend.ops_for(np.zeros(1))
+    x, w = random_input((2, 16, 6, 6), np.float32), random_input((16, 16, 3, 3), np.float32)
+    c = np.ones(16, np.float32)
+    with pytest.raises(ValueError, match=r"the residual has shape \(2, 16, 6, 5\), the convolution's output "
+                                         r"\(2, 16, 6, 6\)"):
+        ops.conv2d_batchnorm_eval(x, w, None, (1, 1), (1, 1), (1, 1), 1, c * 0, c, 1e-5, c, c * 0, True,
+                                  np.zeros((2, 16, 6, 5), np.float32))
+
+
 # ------------------------------------------------------------------ dropout
 
 def test_dropout_matches_torch_given_the_same_mask(dtype):

@@ -11,6 +11,7 @@ in place) those cached kernels are removed, compiled again on first use, and the
 
     sources_digest(folder)        a SHA-256 over the names and contents of folder's *.py files
     refresh(kernel)               clear kernel's cache folder if it was made from other sources
+    clear_if_stale(folder, digest)   the same for a folder and a digest
 """
 import glob
 import hashlib
@@ -30,16 +31,16 @@ def sources_digest(folder):
     return digest.hexdigest()
 
 
-def refresh(kernel, sources=None):
+def refresh(kernel):
     """Make sure the cache folder of `kernel` (a Numba dispatcher compiled with cache=True) holds no
-    kernel compiled from other sources than those in `sources` (default: this file's folder).
+    kernel compiled from other sources than minicnn/backend's (this file's folder).
     Returns True when it removed the cached kernels (*.nbi, *.nbc) and recorded the new digest. Does
     nothing where Numba keeps no cache folder for it or the folder cannot be written (Numba then
     caches nothing there either)."""
     folder = getattr(getattr(kernel, "_cache", None), "_cache_path", None)
     if not folder:
         return False
-    return clear_if_stale(folder, sources_digest(sources or os.path.dirname(os.path.abspath(__file__))))
+    return clear_if_stale(folder, sources_digest(os.path.dirname(os.path.abspath(__file__))))
 
 
 def clear_if_stale(folder, digest):

@@ -68,6 +68,7 @@ def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var,
     the residual and rectify as they crop) or is 1x1 without a residual (each task normalizes its
     samples' output), otherwise the convolution, then one pass that normalizes and rectifies its
     output in place (then the residual's sum and the ReLU as numpy_ops adds them)."""
+    _reference._check_residual(residual, x, w, stride, padding, dilation)
     y = _fused_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu,
                               residual)
     if y is not None:

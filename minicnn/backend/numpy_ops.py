@@ -136,19 +136,30 @@ def conv2d_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var,
 def _conv2d_batchnorm_eval_by(ops, x, w, b, stride, padding, dilation, groups, mean, var, eps, gamma, beta, relu,
                               residual):
     """conv2d_batchnorm_eval as the ops of the backend module ops, one after the other."""
+    _check_residual(residual, x, w, stride, padding, dilation)
     y, _ = ops.conv2d_forward(x, w, b, stride, padding, dilation, groups)
     N, OC, OH, OW = y.shape
     y3, _ = ops.batchnorm_forward_eval(y.reshape(N, OC, OH * OW), mean, var, eps, gamma, beta, keep_record=False)
     return _sum_and_relu(ops, y3.reshape(y.shape), residual, relu)
 
 
+def _check_residual(residual, x, w, stride, padding, dilation):
+    """conv2d_batchnorm_eval's residual must be None or of the convolution's output shape (every
+    backend checks it here, before computing anything)."""
+    if residual is None:
+        return
+    (SH, SW), (PH, PW), (DH, DW) = stride, padding, dilation
+    shape = (x.shape[0], w.shape[0], im2col_conv.output_size(x.shape[2], w.shape[2], SH, PH, DH),
+             im2col_conv.output_size(x.shape[3], w.shape[3], SW, PW, DW))
+    if tuple(residual.shape) != shape:
+        raise ValueError(f"conv2d_batchnorm_eval: the residual has shape {tuple(residual.shape)}, the "
+                         f"convolution's output {shape}")
+
+
 def _sum_and_relu(ops, y, residual, relu):
     """y + residual (when residual is an array, of y's shape) and then its ReLU (when relu), by ops'
     add and relu_forward: conv2d_batchnorm_eval's last steps."""
     if residual is not None:
-        if tuple(residual.shape) != tuple(y.shape):
-            raise ValueError(f"conv2d_batchnorm_eval: the residual has shape {tuple(residual.shape)}, the "
-                             f"convolution's output {tuple(y.shape)}")
         y = ops.add(y, residual)
     return ops.relu_forward(y)[0] if relu else y
 

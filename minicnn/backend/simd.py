@@ -253,19 +253,20 @@ def normalized_run(typingctx, dst, dst_at, src, src_at, count, bias, mean, invst
         residual_data = context.make_array(residual_t)(context, builder, args[11]).data
         lanes = 2 * PAIRS
         vector = ops.vector(lanes)
-        add, sub_mean, times_invstd, times_gamma, add_beta = (
+        bias_v, mean_v, invstd_v, gamma_v, beta_v = (
             splat(builder, context.cast(builder, args[i], signature.args[i], dst_t.dtype), vector) for i in range(5, 10))
+        relu_flag, add_flag = args[10], args[13]
         zeros = ir.Constant(vector, [0.0] * lanes)
         with ops.steps(count) as (q, values):
             first = builder.add(q, q)
             v = ops.load(builder.gep(src_data, [builder.add(src_at, first)]), values, lanes)
-            v = builder.fadd(builder.fmul(builder.fmul(builder.fsub(builder.fadd(v, add), sub_mean), times_invstd),
-                                          times_gamma), add_beta)
-            read = builder.select(args[13], values, ir.Constant(ops.int64, 0))     # nothing read without add
+            v = builder.fadd(builder.fmul(builder.fmul(builder.fsub(builder.fadd(v, bias_v), mean_v), invstd_v),
+                                          gamma_v), beta_v)
+            read = builder.select(add_flag, values, ir.Constant(ops.int64, 0))     # nothing read without add
             r = ops.load(builder.gep(residual_data, [builder.add(residual_at, first)]), read, lanes)
-            v = builder.select(args[13], builder.fadd(v, r), v)
+            v = builder.select(add_flag, builder.fadd(v, r), v)
             kept = builder.or_(builder.fcmp_ordered(">", v, zeros), builder.fcmp_unordered("uno", v, v))
-            v = builder.select(args[10], builder.select(kept, v, zeros), v)
+            v = builder.select(relu_flag, builder.select(kept, v, zeros), v)
             ops.store(v, builder.gep(dst_data, [builder.add(dst_at, first)]), values)
         return context.get_dummy_value()
 

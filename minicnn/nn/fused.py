@@ -104,6 +104,7 @@ class ConvBatchNorm(Module):
         conv, norm = self.layers[:2]
         if is_grad_enabled() or not self._normalizes_as_one_op(norm, x):
             return self.after(conv(x))
+        conv.checked_output_size(x)
         return self._one_op(x, relu=len(self.layers) == 3, residual=None)
 
     def sum_forward(self, x, residual, relu):
@@ -119,7 +120,6 @@ class ConvBatchNorm(Module):
 
     def _one_op(self, x, relu, residual):
         conv, norm = self.layers[:2]
-        conv.checked_output_size(x)
         ops = backend.ops_for(x)
         gamma, beta = norm._params(ops, x.dtype)
         return ops.conv2d_batchnorm_eval(x, conv.weight.data, conv.bias_data(), conv.stride, conv.padding,
