@@ -1,5 +1,6 @@
 """Every layer against torch: forward, input gradient, parameter gradients and buffers, over
 grids of shapes, strides, paddings, channels, batch sizes (1 included), modes and both dtypes."""
+import contextlib
 import itertools
 
 import numpy as np
@@ -379,6 +380,61 @@ def test_residual_inference_sums_in_the_last_step_with_the_bits_of_the_layers(mo
         np.testing.assert_array_equal(where(y), where(theirs))
     finite = np.isfinite(theirs)
     np.testing.assert_allclose(y[finite], theirs[finite], rtol=tolerance(dtype)["rtol"], atol=tolerance(dtype)["atol"] * 10)
+
+
+@pytest.mark.parametrize("c_in,c_out,stride,shortcut,activation,batch,H,W", RESIDUAL_SUM_CASES)
+def test_residual_training_sums_in_the_last_batch_norm_with_the_bits_of_the_layers(monkeypatch, cpu_backend, dtype, c_in,
+                                                                                   c_out, stride, shortcut, activation,
+                                                                                   batch, H, W):
+    """In training a residual block whose body ends in a convolution and batch norm adds the skip
+    (and applies the ReLU) as the batch norm writes its output (batchnorm_add_relu_forward_train),
+    and backward takes the sum's gradient from the batch norm's backward: output, input gradient,
+    every parameter's gradient and the running statistics have the bits of the layers run one by
+    one, with input_grad=False too; another activation or a skip of another shape goes the usual
+    way (the latter with its error)."""
+    import minicnn as mc
+    from minicnn.backend import numba_ops, numpy_ops
+    net = nn.Residual(nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+                                    nn.BatchNorm2d(c_out), nn.ReLU(), nn.Conv2d(c_out, c_out, 3, padding=1),
+                                    nn.BatchNorm2d(c_out)),
+                      nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+                      if shortcut == "conv" else None,
+                      {"relu": nn.ReLU, "gelu": nn.GELU, None: lambda: None}[activation]()).to(dtype)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            _randomize_bn(m, dtype)
+    start = {k: np.array(v, copy=True) for k, v in net.state_dict().items()}
+    ops = numba_ops if cpu_backend == "numba" else numpy_ops
+    summed = []
+    op = ops.batchnorm_add_relu_forward_train
+    monkeypatch.setattr(ops, "batchnorm_add_relu_forward_train", lambda *a: summed.append(1) or op(*a))
+    x = random_input((batch, c_in, H, W), dtype)
+    if shortcut == "identity-mismatch":
+        with pytest.raises(ValueError, match="the body gives"):
+            net(x)
+        return
+
+    def train(input_grad, as_written):
+        net.load_state_dict(start)
+        net.zero_grad()
+        with mc.nn.chain.as_written() if as_written else contextlib.nullcontext():
+            y = net(x)
+            dx = net.backward(np.cos(y) + 0.5, input_grad=input_grad)
+        return y, dx, {k: p.grad.copy() for k, p in net.named_parameters()}, net.state_dict()
+
+    y, dx, grads, state = train(True, False)
+    assert bool(summed) == (activation in ("relu", None) and cpu_backend == "numba")   # numpy runs no conv2d_batchnorm step
+    y0, dx0, grads0, state0 = train(True, True)
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_array_equal(dx, dx0)
+    for k in grads0:
+        np.testing.assert_array_equal(grads[k], grads0[k], err_msg=k)
+    for k in state0:
+        np.testing.assert_array_equal(state[k], state0[k], err_msg=k)
+    _, none, grads1, _ = train(False, False)
+    assert none is None or shortcut == "identity"    # an identity skip's input gradient is the sum's anyway
+    for k in grads0:
+        np.testing.assert_array_equal(grads1[k], grads0[k], err_msg=k)
 
 
 def test_conv_batchnorm_eval_refuses_a_residual_of_another_shape(cpu_backend):

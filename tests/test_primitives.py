@@ -302,6 +302,45 @@ def test_batchnorm_relu_backward_masks_exactly_where_forward_rectified():
     np.testing.assert_array_equal(dbeta, positive.sum(axis=(0, 2)))   # ones passed where positive
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered")            # inf + -inf, inf - inf
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 1), (5, 16, 49), (3, 8, 784), (64, 4, 30)])
+def test_batchnorm_with_the_residual_sum_equals_its_ops_one_by_one(cpu_backend, dtype, shape, relu):
+    """batchnorm_add_relu_forward_train / _backward_train (a residual block's last batch norm, its
+    sum and ReLU in one step) give the bits of the backend's batchnorm_forward_train, add and
+    relu_forward, and backward those of relu_backward and batchnorm_backward_train, the sum's gradient
+    included: rows short and long (two loop orders), sums of exactly zero (the ReLU's kink: the mask
+    is recomputed, not read), NaN and infinities in the residual. A residual of another shape is
+    refused."""
+    ops = backend.ops_for(np.zeros(1))
+    x = rng.standard_normal(shape).astype(dtype)
+    C = shape[1]
+    gamma, beta = rng.uniform(0.5, 2, C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    y_bn, mean, var, record = ops.batchnorm_forward_train(x, gamma, beta, 1e-5)
+    residual = rng.standard_normal(shape).astype(dtype)
+    flat, normalized = residual.reshape(-1), y_bn.reshape(-1)
+    flat[::3] = -normalized[::3]                                       # sums of exactly zero
+    if flat.size > 20:
+        flat[[1, 4, 7]] = [np.nan, np.inf, -np.inf]
+    y, mean2, var2, record2 = ops.batchnorm_add_relu_forward_train(x, gamma, beta, 1e-5, residual, relu)
+    expected = ops.add(y_bn, residual)
+    if relu:
+        expected, rectified = ops.relu_forward(expected)
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(mean2, mean)
+    np.testing.assert_array_equal(var2, var)
+    assert (y == 0).sum() >= flat.size // 3 if relu else True
+    dy = rng.standard_normal(shape).astype(dtype)
+    dx, dgamma, dbeta, dsum = ops.batchnorm_add_relu_backward_train(dy, record2, gamma)
+    expected_dsum = ops.relu_backward(dy, rectified) if relu else dy
+    np.testing.assert_array_equal(dsum, expected_dsum)
+    for got, want in zip((dx, dgamma, dbeta), ops.batchnorm_backward_train(expected_dsum, record, gamma)):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match=r"the two arrays must have one shape and dtype"):
+        ops.batchnorm_add_relu_forward_train(x, gamma, beta, 1e-5, residual[:, :, :-1], relu)
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered in add:RuntimeWarning")     # inf + -inf
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(0, 3), (1, 1), (2, 5, 7, 3), (9, 17, 41, 43)])

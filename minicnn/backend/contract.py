@@ -130,6 +130,19 @@ def batchnorm_relu_backward_train(dy3, record, gamma):
     """Gradients of batchnorm_relu_forward_train: (dx3, dgamma, dbeta)."""
 
 
+def batchnorm_add_relu_forward_train(x3, gamma, beta, eps, residual3, relu):
+    """batchnorm_forward_train(x3, ...) + residual3 (N, C, L), then, when relu, a ReLU: a residual
+    block's last batch norm with the block's sum (and ReLU) as one step, the bits of
+    batchnorm_forward_train, add and relu_forward one after another. Returns (y3, mean, var,
+    record) as batchnorm_forward_train; a residual3 of another shape or dtype raises ValueError."""
+
+
+def batchnorm_add_relu_backward_train(dy3, record, gamma):
+    """Gradients of batchnorm_add_relu_forward_train: (dx3, dgamma, dbeta, dsum3), dsum3 (N, C, L)
+    the gradient of the sum (dy3 through the ReLU, dy3's values without one), which the block's
+    skip receives."""
+
+
 def batchnorm_forward_eval(x3, mean, var, eps, gamma, beta, keep_record):
     """Normalize x3 (N, C, L) by given statistics (the running ones): y = (x - mean) /
     sqrt(var + eps) * gamma + beta, computed as (x - mean) * invstd * gamma + beta. Returns (y3,

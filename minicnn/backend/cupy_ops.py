@@ -254,6 +254,16 @@ def batchnorm_relu_backward_train(dy3, record, gamma):
     return batchnorm_backward_train(relu_backward(dy3, relu), bn, gamma)
 
 
+def batchnorm_add_relu_forward_train(x3, gamma, beta, eps, residual3, relu):
+    """The ops one after another, as numpy_ops composes them."""
+    return _reference._batchnorm_add_relu_forward_train_by(sys.modules[__name__], x3, gamma, beta, eps, residual3,
+                                                           relu)
+
+
+def batchnorm_add_relu_backward_train(dy3, record, gamma):
+    return _reference._batchnorm_add_relu_backward_train_by(sys.modules[__name__], dy3, record, gamma)
+
+
 def batchnorm_forward_eval(x3, mean, var, eps, gamma, beta, keep_record):
     """numpy_ops' formula in CuPy's elementwise kernels; record: (xhat, invstd) or None."""
     invstd = 1 / cp.sqrt(var + eps)

@@ -11,7 +11,7 @@ temporaries of x's size.
 import numpy as np
 from numba import njit
 
-from . import numba_strategy
+from . import numba_strategy, numpy_ops
 from .numba_common import DIRECT, FAST, REDUCE, _by_channels
 
 
@@ -43,6 +43,13 @@ def _bn_affine(v, alpha, shift):
     return v * alpha + shift
 
 
+@njit(cache=True, nogil=True)
+def _plus(h, r):
+    """h + r in their dtype, no fast-math flag: a residual's sum, as add computes it, wherever it is
+    inlined (never reassociated with or contracted into the affine step before it)."""
+    return h + r
+
+
 @njit(cache=True, inline="always")
 def _bn_output(v, alpha, shift, relu, zero):
     """y = v * alpha + shift in v's dtype (torch's form), rectified with relu (NaN kept)."""
@@ -52,11 +59,23 @@ def _bn_output(v, alpha, shift, relu, zero):
     return y
 
 
+@njit(cache=True, inline="always")
+def _bn_sum_output(v, alpha, shift, r, relu, zero):
+    """_bn_output's value plus r before the ReLU: v * alpha + shift, then + r, each rounded to v's
+    dtype (batchnorm_forward_train, add and relu_forward one after another, to the bit)."""
+    y = _plus(_bn_affine(v, alpha, shift), r)
+    if relu and not ((y > zero) | (y != y)):
+        return zero
+    return y
+
+
 @njit(**DIRECT)
-def _bn_forward(x, gamma, beta, eps, y, mean, var, mean64, invstd64, alpha, shift, relu, c_first, c_stop, short_row):
+def _bn_forward(x, gamma, beta, eps, y, mean, var, mean64, invstd64, alpha, shift, residual, relu, c_first, c_stop,
+                short_row):
     """For channels [c_first, c_stop): the statistics, then y = x * alpha + shift with alpha =
     invstd * gamma and shift = beta - mean * alpha in x's dtype, as torch computes it (alpha and
-    shift kept for backward). Rows shorter than short_row go sample by sample through the channels
+    shift kept for backward), plus residual's value where residual is an array (else None: Numba
+    compiles that case without the branch). Rows shorter than short_row go sample by sample through the channels
     (see _bn_backward), longer ones channel by channel (a channel's second and third passes then
     read L2)."""
     N, L = x.shape[0], x.shape[2]
@@ -75,14 +94,22 @@ def _bn_forward(x, gamma, beta, eps, y, mean, var, mean64, invstd64, alpha, shif
         alpha[c], shift[c] = a, b
         if not short:
             for n in range(N):
-                for i in range(L):
-                    y[n, c, i] = _bn_output(x[n, c, i], a, b, relu, zero)
+                _bn_output_row(x, residual, y, n, c, a, b, relu, zero)
     if short:
         for n in range(N):
             for c in range(c_first, c_stop):
-                a, b = alpha[c], shift[c]
-                for i in range(L):
-                    y[n, c, i] = _bn_output(x[n, c, i], a, b, relu, zero)
+                _bn_output_row(x, residual, y, n, c, alpha[c], shift[c], relu, zero)
+
+
+@njit(cache=True, inline="always")
+def _bn_output_row(x, residual, y, n, c, a, b, relu, zero):
+    """Row (n, c) of the batch norm's output (plus residual's row, unless residual is None)."""
+    if residual is None:
+        for i in range(x.shape[2]):
+            y[n, c, i] = _bn_output(x[n, c, i], a, b, relu, zero)
+    else:
+        for i in range(x.shape[2]):
+            y[n, c, i] = _bn_sum_output(x[n, c, i], a, b, residual[n, c, i], relu, zero)
 
 
 @njit(**REDUCE)
@@ -112,8 +139,11 @@ def _bn_statistics_by_sample(x, mean, variance, c_first, c_stop):
         variance[c] /= M
 
 
-def _forward_train(x3, gamma, beta, eps, relu):
+def _forward_train(x3, gamma, beta, eps, relu, residual3=None):
     x3 = np.ascontiguousarray(x3)
+    if residual3 is not None:
+        numpy_ops._check_same_array(x3, residual3)
+        residual3 = np.ascontiguousarray(residual3)
     C, dtype = x3.shape[1], x3.dtype
     y = np.empty_like(x3)
     mean, var = np.empty(C, dtype=dtype), np.empty(C, dtype=dtype)
@@ -121,13 +151,14 @@ def _forward_train(x3, gamma, beta, eps, relu):
     alpha, shift = np.empty(C, dtype=dtype), np.empty(C, dtype=dtype)
     short_row = numba_strategy.current().batchnorm_short_row
     _by_channels(x3, lambda c_first, c_stop: _bn_forward(x3, gamma, beta, eps, y, mean, var, mean64, invstd64,
-                                                        alpha, shift, relu, c_first, c_stop, short_row))
-    return y, mean, var, (x3, mean64, invstd64, alpha, shift, relu)
+                                                        alpha, shift, residual3, relu, c_first, c_stop,
+                                                        short_row))
+    return y, mean, var, (x3, mean64, invstd64, alpha, shift, relu, residual3)
 
 
 def batchnorm_forward_train(x3, gamma, beta, eps):
     """As numpy_ops, in torch's form (statistics in float64, then x * alpha + shift in x's dtype);
-    record: (x3, mean, invstd, alpha, shift, relu): backward recomputes xhat from x instead of
+    record: (x3, mean, invstd, alpha, shift, relu, residual): backward recomputes xhat from x instead of
     keeping a copy of x's size (x is kept alive by the layer before anyway)."""
     return _forward_train(x3, gamma, beta, eps, False)
 
@@ -135,6 +166,13 @@ def batchnorm_forward_train(x3, gamma, beta, eps):
 def batchnorm_relu_forward_train(x3, gamma, beta, eps):
     """batchnorm_forward_train with the ReLU applied as each value is written (no second pass)."""
     return _forward_train(x3, gamma, beta, eps, True)
+
+
+def batchnorm_add_relu_forward_train(x3, gamma, beta, eps, residual3, relu):
+    """batchnorm_forward_train plus residual3 (and the ReLU, with relu) as each value is written: a
+    residual block's last batch norm, sum and ReLU in one pass; the same bits as the three ops.
+    The record keeps residual3, for backward to recompute the sum (and so the ReLU's mask)."""
+    return _forward_train(x3, gamma, beta, eps, bool(relu), residual3)
 
 
 @njit(**FAST)
@@ -258,8 +296,25 @@ def _bn_backward(dy, x, mean, invstd, alpha, shift, gamma, relu, dx, dgamma, dbe
                 dx[n, c, i] = (d - gm - (v - m) * kj) * sj
 
 
+@njit(**FAST)
+def _sum_gradient(dy, x, alpha, shift, residual, relu, dsum, c_first, c_stop):
+    """The gradient of batchnorm_add_relu_forward_train's sum for channels [c_first, c_stop): dy
+    where the sum x * alpha + shift + residual (recomputed to the bit) was rectified to 0 by relu
+    made 0, as relu_backward; dy's values without relu."""
+    N, L = dy.shape[0], dy.shape[2]
+    t = dy.dtype.type
+    zero = t(0)
+    floor = zero if relu else t(np.nan)
+    for n in range(N):
+        for c in range(c_first, c_stop):
+            a, b = alpha[c], shift[c]
+            for i in range(L):
+                s = _plus(_bn_affine(x[n, c, i], a, b), residual[n, c, i])
+                dsum[n, c, i] = zero if s <= floor else dy[n, c, i]
+
+
 def batchnorm_backward_train(dy3, record, gamma):
-    x3, mean, invstd, alpha, shift, relu = record
+    x3, mean, invstd, alpha, shift, relu, _ = record
     dy3 = np.ascontiguousarray(dy3)
     C = dy3.shape[1]
     dx = np.empty_like(dy3)
@@ -270,3 +325,23 @@ def batchnorm_backward_train(dy3, record, gamma):
 
 
 batchnorm_relu_backward_train = batchnorm_backward_train        # the record says whether to mask
+
+
+def batchnorm_add_relu_backward_train(dy3, record, gamma):
+    """As numpy_ops, in one run: each task writes its channels' sum gradient (the ReLU's mask
+    recomputed from x and the residual), then runs batchnorm_backward_train's kernel on it, as it
+    would run on relu_backward's output: the same bits (a mask inside that kernel's sums let LLVM
+    vectorize them its own way: float64 gradients differed in the last bit)."""
+    x3, mean, invstd, alpha, shift, relu, residual3 = record
+    dy3 = np.ascontiguousarray(dy3)
+    C = dy3.shape[1]
+    dx, dsum = np.empty_like(dy3), np.empty_like(dy3)
+    dgamma, dbeta = np.empty(C, dtype=dy3.dtype), np.empty(C, dtype=dy3.dtype)
+
+    def task(c_first, c_stop):
+        _sum_gradient(dy3, x3, alpha, shift, residual3, relu, dsum, c_first, c_stop)
+        _bn_backward(dsum, x3, mean, invstd, alpha, shift, gamma, False, dx, dgamma, dbeta, c_first, c_stop)
+
+    _by_channels(dy3, task)
+    return dx, dgamma, dbeta, dsum
+

@@ -29,7 +29,8 @@ from .numba_conv import fused_batchnorm_eval as _fused_batchnorm_eval
 from .numba_elementwise import (add, add_relu_forward, relu_backward, relu_forward, sgd_update,  # noqa: F401
                                 softmax_cross_entropy_forward)
 from .numba_im2col import col2im, im2col, matmul  # noqa: F401
-from .numba_norm import (batchnorm_backward_train, batchnorm_forward_eval, batchnorm_forward_train,  # noqa: F401
+from .numba_norm import (batchnorm_add_relu_backward_train, batchnorm_add_relu_forward_train,  # noqa: F401
+                         batchnorm_backward_train, batchnorm_forward_eval, batchnorm_forward_train,
                          batchnorm_relu_backward_train, batchnorm_relu_forward_train)
 from .numba_norm import normalize_eval_in_place as _normalize_eval_in_place
 from .numba_pool import (adaptive_avgpool2d_backward, adaptive_avgpool2d_forward, avgpool2d_backward,  # noqa: F401

@@ -288,6 +288,32 @@ def batchnorm_relu_backward_train(dy3, record, gamma):
     return batchnorm_backward_train(relu_backward(dy3, relu), bn, gamma)
 
 
+def batchnorm_add_relu_forward_train(x3, gamma, beta, eps, residual3, relu):
+    """The ops one after another; record: (batch norm's record, relu_forward's or None)."""
+    return _batchnorm_add_relu_forward_train_by(sys.modules[__name__], x3, gamma, beta, eps, residual3, relu)
+
+
+def batchnorm_add_relu_backward_train(dy3, record, gamma):
+    return _batchnorm_add_relu_backward_train_by(sys.modules[__name__], dy3, record, gamma)
+
+
+def _batchnorm_add_relu_forward_train_by(ops, x3, gamma, beta, eps, residual3, relu):
+    """batchnorm_add_relu_forward_train by ops' batchnorm_forward_train, add and relu_forward."""
+    _check_same_array(x3, residual3)
+    y3, mean, var, norm = ops.batchnorm_forward_train(x3, gamma, beta, eps)
+    y3, rectified = ops.add(y3, residual3), None
+    if relu:
+        y3, rectified = ops.relu_forward(y3)
+    return y3, mean, var, (norm, rectified)
+
+
+def _batchnorm_add_relu_backward_train_by(ops, dy3, record, gamma):
+    """Its gradients by ops' relu_backward and batchnorm_backward_train."""
+    norm, rectified = record
+    dsum3 = dy3 if rectified is None else ops.relu_backward(dy3, rectified)
+    return (*ops.batchnorm_backward_train(dsum3, norm, gamma), dsum3)
+
+
 def batchnorm_forward_eval(x3, mean, var, eps, gamma, beta, keep_record):
     """record: (xhat, invstd), or None."""
     invstd = 1 / np.sqrt(var + eps)

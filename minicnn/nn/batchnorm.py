@@ -64,9 +64,11 @@ class _BatchNorm(Module):
         s = self.saved(dy)
         return self.backpropagate(dy, s.record, s.batch_stats)
 
-    def normalize(self, x, relu=False):
+    def normalize(self, x, relu=False, residual=None):
         """(y, record): x normalized (and rectified, with relu: the backend's batchnorm_relu op, for
-        batch statistics only), the running statistics updated in training."""
+        batch statistics only), the running statistics updated in training. With residual (an array
+        of x's shape, batch statistics only) y = relu(normalized x + residual), or the sum without
+        relu: a residual block's last steps as one op (backpropagate with summed=True)."""
         check_input(self, x, self._shape_desc, self._ndims, self.num_features,
                     params_dtype=self.weight.dtype if self.affine else None)
         ops = backend.ops_for(x)
@@ -77,13 +79,17 @@ class _BatchNorm(Module):
             if M < 2:
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
                                  f"got input {tuple(x.shape)}")
-            op = ops.batchnorm_relu_forward_train if relu else ops.batchnorm_forward_train
-            y3, mean, var, record = op(x3, gamma, beta, self.eps)
+            if residual is not None:
+                r3 = residual.reshape(x3.shape) if tuple(residual.shape) == tuple(x.shape) else residual
+                y3, mean, var, record = ops.batchnorm_add_relu_forward_train(x3, gamma, beta, self.eps, r3, relu)
+            else:
+                op = ops.batchnorm_relu_forward_train if relu else ops.batchnorm_forward_train
+                y3, mean, var, record = op(x3, gamma, beta, self.eps)
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean, var * (M / (M - 1)))
         else:
-            if relu:
-                raise ValueError(f"{self!r}: the fused ReLU is for batch statistics only")
+            if relu or residual is not None:
+                raise ValueError(f"{self!r}: the fused ReLU and sum are for batch statistics only")
             y3, record = ops.batchnorm_forward_eval(x3, self.running_mean, self.running_var, self.eps, gamma, beta,
                                                     keep_record=is_grad_enabled())
         return y3.reshape(x.shape), record
@@ -96,12 +102,16 @@ class _BatchNorm(Module):
         self.running_var *= 1 - m
         self.running_var += m * unbiased_var
 
-    def backpropagate(self, dy, record, batch_stats, relu=False):
-        """dx for normalize's record, the parameters' gradients added into .grad."""
+    def backpropagate(self, dy, record, batch_stats, relu=False, summed=False):
+        """dx for normalize's record, the parameters' gradients added into .grad; with summed (the
+        record of a normalize with a residual), (dx, the sum's gradient: what the residual gets)."""
         ops = backend.ops_for(dy)
         dy3 = dy.reshape(dy.shape[0], self.num_features, math.prod(dy.shape[2:]))
         gamma, _ = self._params(ops, dy.dtype)
-        if relu:
+        dsum3 = None
+        if summed:
+            dx3, dgamma, dbeta, dsum3 = ops.batchnorm_add_relu_backward_train(dy3, record, gamma)
+        elif relu:
             dx3, dgamma, dbeta = ops.batchnorm_relu_backward_train(dy3, record, gamma)
         elif batch_stats:
             dx3, dgamma, dbeta = ops.batchnorm_backward_train(dy3, record, gamma)
@@ -110,6 +120,8 @@ class _BatchNorm(Module):
         if self.affine:
             self.weight.accumulate_grad(dgamma, owned=True)
             self.bias.accumulate_grad(dbeta, owned=True)
+        if summed:
+            return dx3.reshape(dy.shape), dsum3.reshape(dy.shape)
         return dx3.reshape(dy.shape)
 
     def extra_repr(self):

@@ -57,9 +57,9 @@ class Chain:
 
     def sum_forward(self, layers, x, residual, relu):
         """(y, summed): with summed, y = relu(the layers' output + residual) (without relu, the sum),
-        the sum and ReLU done by the last step as it writes its output (in inference, a ConvBatchNorm
-        step that can take them); otherwise y is the layers' output alone, or None, nothing having
-        run, where the last step is of another kind."""
+        the sum and ReLU done by the last step as it writes its output (a ConvBatchNorm step that can
+        take them; after one in training, sum_backward is the backward); otherwise y is the layers'
+        output alone, or None, nothing having run, where the last step is of another kind."""
         ops = backend.ops_for(x)
         steps, _ = self._plan(ops, layers)
         if not steps or not isinstance(steps[-1], ConvBatchNorm):
@@ -74,13 +74,18 @@ class Chain:
         """The input gradient (None when not input_grad and the first step can skip it)."""
         steps = self._steps or list(layers)
         with backend.ops_for(dy).pass_scope():
-            for step in reversed(steps[1:]):
-                dy = step.backward(dy)
-            first = steps[0]
-            if not input_grad and getattr(first, "can_skip_input_grad", False):
-                return first.backward(dy, input_grad=False)
-            dx = first.backward(dy)
-        return dx if input_grad else None
+            return _backward(steps, dy, input_grad)
+
+    def sum_backward(self, dy, input_grad=True):
+        """(the input gradient or None as backward's, the sum's gradient) after a sum_forward that
+        summed in training: its last step (a ConvBatchNorm) gives both."""
+        steps = self._steps
+        with backend.ops_for(dy).pass_scope():
+            if len(steps) == 1:
+                dx, dsum = steps[0].sum_backward(dy, input_grad)
+                return (dx if input_grad else None), dsum
+            dy, dsum = steps[-1].sum_backward(dy)
+            return _backward(steps[:-1], dy, input_grad), dsum
 
     @property
     def steps(self):
@@ -101,6 +106,16 @@ class Chain:
                      for fused, indices in plan.steps]
             planned = self._plans[key] = (steps, plan.inference_chunk)
         return planned
+
+
+def _backward(steps, dy, input_grad):
+    for step in reversed(steps[1:]):
+        dy = step.backward(dy)
+    first = steps[0]
+    if not input_grad and getattr(first, "can_skip_input_grad", False):
+        return first.backward(dy, input_grad=False)
+    dx = first.backward(dy)
+    return dx if input_grad else None
 
 
 def _run(steps, x):

@@ -62,9 +62,14 @@ class Sequential(Module):
         return self._chain.backward(list(self._modules.values()), dy, input_grad)
 
     def sum_forward(self, x, residual, relu):
-        """Inference: (y, summed) of Chain.sum_forward, relu(self(x) + residual) with the sum and ReLU
-        done as the last step writes its output where it can (Residual uses it)."""
+        """(y, summed) of Chain.sum_forward: relu(self(x) + residual) with the sum and ReLU done as the
+        last step writes its output where it can (Residual uses it; after a summed forward in
+        training, sum_backward is the backward)."""
         return self._chain.sum_forward(list(self._modules.values()), x, residual, relu)
+
+    def sum_backward(self, dy, input_grad=True):
+        """(input gradient or None, the sum's gradient) of Chain.sum_backward."""
+        return self._chain.sum_backward(dy, input_grad)
 
     @property
     def steps(self):
@@ -82,9 +87,10 @@ class Residual(Module):
     identity). Children are named 'body', 'shortcut' and 'activation' (state_dict keys such as
     'body.0.weight'), as the same module written in torch with those attributes names them.
 
-    In inference, a Sequential body whose last step is a convolution with its batch norm adds the
-    skip (and applies a ReLU activation) as that step writes its output (Sequential.sum_forward):
-    the same bits, one pass over memory fewer.
+    A Sequential body whose last step is a convolution with its batch norm adds the skip (and
+    applies a ReLU activation) as that step writes its output (Sequential.sum_forward), and in
+    training its backward gives the sum's gradient with the batch norm's (sum_backward): the same
+    bits, two passes over memory fewer each way.
 
     Args: body, shortcut (or None), activation (or None): Modules; body(x) and shortcut(x) must
         have the same shape.
@@ -104,11 +110,11 @@ class Residual(Module):
     def forward(self, x):
         relu = self.activation is not None and self.activation.kind == ("relu",)
         main = skip = None
-        if (relu or self.activation is None) and isinstance(self.body, Sequential) and fusing_allowed() \
-                and not is_grad_enabled():          # inference: the sum (and ReLU) as the body's last step writes
-            skip = x if self.shortcut is None else self.shortcut(x)
+        if (relu or self.activation is None) and isinstance(self.body, Sequential) and fusing_allowed():
+            skip = x if self.shortcut is None else self.shortcut(x)     # the sum (and ReLU) as the body's last step writes
             main, summed = self.body.sum_forward(x, skip, relu)
             if summed:
+                self.save_for_backward(main, relu_record=None, summed=True)
                 return main
         if main is None:
             main = self.body(x)
@@ -121,12 +127,12 @@ class Residual(Module):
         ops = backend.ops_for(main)
         if relu and fusing_allowed():
             y, record = ops.add_relu_forward(main, skip)        # the sum and its ReLU in one pass
-            self.save_for_backward(y, relu_record=record)
+            self.save_for_backward(y, relu_record=record, summed=False)
             return y
         y = ops.add(main, skip)
         if self.activation is not None:
             y = self.activation(y)
-        self.save_for_backward(y, relu_record=None)
+        self.save_for_backward(y, relu_record=None, summed=False)
         return y
 
     def backward(self, dy, input_grad=True):
@@ -134,15 +140,17 @@ class Residual(Module):
         paths can skip it)."""
         ops = backend.ops_for(dy)
         saved = self.saved(dy)
-        if saved.relu_record is not None:
-            dy = ops.relu_backward(dy, saved.relu_record)
-        elif self.activation is not None:
-            dy = self.activation.backward(dy)
         skip = self.shortcut is not None and not input_grad and getattr(self.shortcut, "can_skip_input_grad", False) \
             and getattr(self.body, "can_skip_input_grad", False)
+        if saved.summed:            # the body's last step gave the sum's gradient (dy through the ReLU) with its own
+            dx, dy = self.body.sum_backward(dy, input_grad=not skip)
+        else:
+            if saved.relu_record is not None:
+                dy = ops.relu_backward(dy, saved.relu_record)
+            elif self.activation is not None:
+                dy = self.activation.backward(dy)
+            dx = self.body.backward(dy, input_grad=False) if skip else self.body.backward(dy)
         if skip:
-            self.body.backward(dy, input_grad=False)
             self.shortcut.backward(dy, input_grad=False)
             return None
-        dx = self.body.backward(dy)
         return ops.add(dx, dy if self.shortcut is None else self.shortcut.backward(dy))

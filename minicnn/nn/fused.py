@@ -108,15 +108,31 @@ class ConvBatchNorm(Module):
         return self._one_op(x, relu=len(self.layers) == 3, residual=None)
 
     def sum_forward(self, x, residual, relu):
-        """In inference, relu(this step's output + residual) as the one op (a residual block's sum and
-        its ReLU, with relu), or None where this step cannot take them (gradients on, a ReLU of its
-        own, a batch norm that does not run as one op, a residual of another shape or dtype)."""
+        """relu(this step's output + residual) (without relu, the sum) with the sum and ReLU done as
+        the batch norm writes its output: in training (batch statistics) by the batch norm's op with
+        the sum (sum_backward then returns the sum's gradient too), in inference by the one op; None
+        where this step cannot take them (a ReLU of its own, a batch norm that does not run as one op
+        with it, a residual of another shape or dtype)."""
         conv, norm = self.layers[:2]
-        if is_grad_enabled() or len(self.layers) == 3 or not self._normalizes_as_one_op(norm, x) \
-                or residual.dtype != x.dtype or tuple(residual.shape) != (len(x), conv.out_channels,
-                                                                          *conv.checked_output_size(x)):
+        if len(self.layers) == 3 or residual.dtype != x.dtype \
+                or tuple(residual.shape) != (len(x), conv.out_channels, *conv.checked_output_size(x)):
+            return None
+        if type(norm) is BatchNorm2d and norm.uses_batch_statistics and norm.num_features == conv.out_channels:
+            if is_grad_enabled():                   # its own backward must not reuse stale state
+                object.__setattr__(norm, "_saved", None)
+            y, record = norm.normalize(conv(x), relu=relu, residual=residual)
+            self.save_for_backward(y, record=record)
+            return y
+        if is_grad_enabled() or not self._normalizes_as_one_op(norm, x):
             return None
         return self._one_op(x, relu=relu, residual=residual)
+
+    def sum_backward(self, dy, input_grad=True):
+        """(dx, the sum's gradient) for a training sum_forward: the batch norm's backward gives its
+        input's gradient and the sum's (dy through the ReLU), which the residual block's skip gets."""
+        conv, norm = self.layers[:2]
+        dh, dsum = norm.backpropagate(dy, self.saved(dy).record, batch_stats=True, summed=True)
+        return conv.backward(dh, input_grad), dsum
 
     def _one_op(self, x, relu, residual):
         conv, norm = self.layers[:2]
