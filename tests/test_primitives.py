@@ -310,9 +310,8 @@ def test_batchnorm_with_the_residual_sum_equals_its_ops_one_by_one(cpu_backend, 
     """batchnorm_add_relu_forward_train / _backward_train (a residual block's last batch norm, its
     sum and ReLU in one step) give the bits of the backend's batchnorm_forward_train, add and
     relu_forward, and backward those of relu_backward and batchnorm_backward_train, the sum's gradient
-    included: rows short and long (two loop orders), sums of exactly zero (the ReLU's kink: the mask
-    is recomputed, not read), NaN and infinities in the residual. A residual of another shape is
-    refused."""
+    included: rows short and long (two loop orders), sums of exactly zero (the ReLU's kink), NaN and
+    infinities in the residual. A residual of another shape is refused."""
     ops = backend.ops_for(np.zeros(1))
     x = rng.standard_normal(shape).astype(dtype)
     C = shape[1]

@@ -153,7 +153,7 @@ def _forward_train(x3, gamma, beta, eps, relu, residual3=None):
     _by_channels(x3, lambda c_first, c_stop: _bn_forward(x3, gamma, beta, eps, y, mean, var, mean64, invstd64,
                                                         alpha, shift, residual3, relu, c_first, c_stop,
                                                         short_row))
-    return y, mean, var, (x3, mean64, invstd64, alpha, shift, relu, residual3)
+    return y, mean, var, (x3, mean64, invstd64, alpha, shift, relu, y if residual3 is not None and relu else None)
 
 
 def batchnorm_forward_train(x3, gamma, beta, eps):
@@ -171,7 +171,7 @@ def batchnorm_relu_forward_train(x3, gamma, beta, eps):
 def batchnorm_add_relu_forward_train(x3, gamma, beta, eps, residual3, relu):
     """batchnorm_forward_train plus residual3 (and the ReLU, with relu) as each value is written: a
     residual block's last batch norm, sum and ReLU in one pass; the same bits as the three ops.
-    The record keeps residual3, for backward to recompute the sum (and so the ReLU's mask)."""
+    The record keeps the output, whose zeros are the ReLU's mask for backward (as relu_backward's)."""
     return _forward_train(x3, gamma, beta, eps, bool(relu), residual3)
 
 
@@ -297,24 +297,19 @@ def _bn_backward(dy, x, mean, invstd, alpha, shift, gamma, relu, dx, dgamma, dbe
 
 
 @njit(**FAST)
-def _sum_gradient(dy, x, alpha, shift, residual, relu, dsum, c_first, c_stop):
-    """The gradient of batchnorm_add_relu_forward_train's sum for channels [c_first, c_stop): dy
-    where the sum x * alpha + shift + residual (recomputed to the bit) was rectified to 0 by relu
-    made 0, as relu_backward; dy's values without relu."""
+def _sum_gradient(dy, y, dsum, c_first, c_stop):
+    """The gradient of batchnorm_add_relu_forward_train's sum for channels [c_first, c_stop): dy,
+    made 0 where the rectified output y is <= 0 (relu_backward's rule, on its record)."""
     N, L = dy.shape[0], dy.shape[2]
-    t = dy.dtype.type
-    zero = t(0)
-    floor = zero if relu else t(np.nan)
+    zero = dy.dtype.type(0)
     for n in range(N):
         for c in range(c_first, c_stop):
-            a, b = alpha[c], shift[c]
             for i in range(L):
-                s = _plus(_bn_affine(x[n, c, i], a, b), residual[n, c, i])
-                dsum[n, c, i] = zero if s <= floor else dy[n, c, i]
+                dsum[n, c, i] = zero if y[n, c, i] <= zero else dy[n, c, i]
 
 
 def batchnorm_backward_train(dy3, record, gamma):
-    x3, mean, invstd, alpha, shift, relu, _ = record
+    x3, mean, invstd, alpha, shift, relu, _ = record           # (the last: the summed output, if rectified)
     dy3 = np.ascontiguousarray(dy3)
     C = dy3.shape[1]
     dx = np.empty_like(dy3)
@@ -328,20 +323,21 @@ batchnorm_relu_backward_train = batchnorm_backward_train        # the record say
 
 
 def batchnorm_add_relu_backward_train(dy3, record, gamma):
-    """As numpy_ops, in one run: each task writes its channels' sum gradient (the ReLU's mask
-    recomputed from x and the residual), then runs batchnorm_backward_train's kernel on it, as it
-    would run on relu_backward's output: the same bits (a mask inside that kernel's sums let LLVM
-    vectorize them its own way: float64 gradients differed in the last bit)."""
-    x3, mean, invstd, alpha, shift, relu, residual3 = record
+    """As numpy_ops, in one run: with the ReLU, each task first writes its channels' sum gradient
+    (relu_backward's rule on the output), then runs batchnorm_backward_train's kernel on it as it runs
+    on relu_backward's output: the same bits (the mask inside that kernel's sums let LLVM vectorize
+    them its own way, and float64 gradients differed in the last bit). Without it, dsum3 is dy3."""
+    x3, mean, invstd, alpha, shift, relu, y = record
     dy3 = np.ascontiguousarray(dy3)
     C = dy3.shape[1]
-    dx, dsum = np.empty_like(dy3), np.empty_like(dy3)
+    dx = np.empty_like(dy3)
+    dsum = np.empty_like(dy3) if relu else dy3
     dgamma, dbeta = np.empty(C, dtype=dy3.dtype), np.empty(C, dtype=dy3.dtype)
 
     def task(c_first, c_stop):
-        _sum_gradient(dy3, x3, alpha, shift, residual3, relu, dsum, c_first, c_stop)
+        if relu:
+            _sum_gradient(dy3, y, dsum, c_first, c_stop)
         _bn_backward(dsum, x3, mean, invstd, alpha, shift, gamma, False, dx, dgamma, dbeta, c_first, c_stop)
 
     _by_channels(dy3, task)
     return dx, dgamma, dbeta, dsum
-
