@@ -1,5 +1,7 @@
 """Batch normalization on the Numba backend, channels in chunks on the cores; optionally with the
-ReLU that follows it fused in (batchnorm_relu_*).
+ReLU that follows it fused in (batchnorm_relu_*), or with a residual block's sum and ReLU
+(batchnorm_add_relu_*: the sum as each value is written, and in backward the sum's gradient written
+by each task just before it runs the plain kernel on it).
 
 Training: statistics summed in float64 (REDUCE lets LLVM keep several partial sums in vector
 registers: a fixed order still, so repeatable), then y = x * alpha + shift in x's dtype with alpha =

@@ -29,7 +29,8 @@ class Strategy:
     sparse_min_kernel_width: int = 5        # fused backward from the pool's winners for widths 5..LANES
     fuse_conv_relu_pool: bool = True        # conv + ReLU + 2x2 pool as one step: no full-size activation
     fuse_batchnorm_relu: bool = True        # batch norm + ReLU as one step: no pass, no array for the ReLU
-    fuse_conv_batchnorm: bool = True        # conv + batch norm (+ ReLU): inference normalizes as the blocked sums crop
+    fuse_conv_batchnorm: bool = True        # conv + batch norm (+ ReLU): inference normalizes as the blocked sums crop;
+                                            # as a residual block's last step, the batch norm adds the skip (training too)
     # ---- how work is cut (chunks depend on the shapes only, never on the thread count)
     min_tasks: int = 4                      # a layer in at least this many equal tasks: 2 threads end together
     direct_max_chunk: int = 32              # samples per task of the direct sums

@@ -5,10 +5,11 @@
     batchnorm_relu          BatchNorm1d/2d -> ReLU (with batch statistics; in eval mode the two
                             layers run one after the other): shape unchanged
     conv2d_batchnorm        Conv2d -> BatchNorm2d (-> ReLU): in inference one op that normalizes the
-                            convolution's output as it writes it (and, as a residual block's last
-                            step, adds the skip and applies the block's ReLU: sum_forward);
-                            otherwise the layers (the last two as batchnorm_relu):
-                            x (N, C, H, W) -> y (N, OC, OH, OW)
+                            convolution's output as it writes it; otherwise the layers (the last
+                            two as batchnorm_relu). As a residual block's last step (sum_forward)
+                            it adds the skip and applies the block's ReLU as the batch norm writes,
+                            in inference and in training (then sum_backward returns the sum's
+                            gradient with the batch norm's): x (N, C, H, W) -> y (N, OC, OH, OW)
 
 A fused step holds the layers it stands for (not as children: they belong to the model, which
 keeps their parameters and state_dict names) and runs the backend's fused op with their
