@@ -1314,7 +1314,8 @@ CONV_BN_CASES = [  # (c_in, c_out, kernel, stride, padding, groups, bias, affine
     (8, 16, 3, 2, 1, 1, True, True, False, 1, 11, 10),      # blocked at stride 2, no ReLU, a bias
     (4, 8, 3, 1, 0, 1, False, False, True, 3, 6, 6),        # blocked, no padding, batch norm without affine
     (16, 16, 3, 1, 2, 1, True, True, True, 37, 14, 14),     # blocked, in several tasks
-    (3, 8, 3, 1, 1, 1, False, True, True, 2, 8, 8),         # direct sums: the three ops one after the other
+    (3, 8, 3, 1, 1, 1, False, True, True, 2, 8, 8),         # direct sums: each task normalizes its samples
+    (1, 16, 3, 1, 1, 1, True, True, True, 37, 12, 12),      # the same in several tasks (a model's first layer)
     (8, 16, 1, 1, 0, 1, False, True, True, 2, 7, 7),        # pointwise: each task normalizes its samples
     (8, 16, 1, 2, 0, 1, True, True, False, 37, 9, 8),       # pointwise at a stride, a bias, in several tasks
     (64, 64, 1, 1, 0, 1, False, True, True, 5, 16, 16),     # pointwise by the blocked sums
@@ -1333,11 +1334,12 @@ def test_conv_batchnorm_inference_fused_equals_the_layers(monkeypatch, dtype, c_
     gradients on, or in training, the layers themselves (output,
     gradients and running statistics as one by one); and torch's output in eval mode."""
     import minicnn as mc
-    from minicnn.backend import numba_blocked
-    normalized = []
-    forward = numba_blocked.forward
+    from minicnn.backend import numba_blocked, numba_ops
+    normalized, passes = [], []
+    forward, in_place = numba_blocked.forward, numba_ops._normalize_eval_in_place
     monkeypatch.setattr(numba_blocked, "forward", lambda *a, normalize=None: normalized.append(normalize is not None)
                         or forward(*a, normalize=normalize))
+    monkeypatch.setattr(numba_ops, "_normalize_eval_in_place", lambda *a: passes.append(1) or in_place(*a))
 
     def layers(lib):
         found = [lib.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, groups=groups, bias=bias),
@@ -1351,11 +1353,13 @@ def test_conv_batchnorm_inference_fused_equals_the_layers(monkeypatch, dtype, c_
         with mc.no_grad(), mc.nn.chain.as_written():
             expected = net(x)
         normalized.clear()
+        passes.clear()
         with mc.no_grad():
             y = net(x)
         assert [type(step).__name__ for step in net.steps] == ["ConvBatchNorm"]
         blocked = kernel == 3 and groups == 1 and 3 < c_in <= 64
         assert normalized == ([True] if blocked else [])
+        assert bool(passes) == (groups > 1 or c_in > 64)     # depthwise, Winograd: a pass of its own after
         np.testing.assert_array_equal(y, expected)
         ref = torch.nn.Sequential(*layers(torch.nn)).to(torch.float64 if dtype == np.float64 else torch.float32)
         ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in net.state_dict().items()})

@@ -461,18 +461,24 @@ def fused_batchnorm_eval(x, w, b, stride, padding, dilation, groups, mean, var, 
     """conv2d_batchnorm_eval where the convolution's own tasks can normalize (and rectify) their
     output while it is in the cache (None otherwise, or when w holds inf or NaN): the blocked sums
     as they crop each row, from planes that stay each task's scratch; a 1x1 convolution on each task's
-    samples right after their product (and at a stride, the pixels it reads copied in the same task).
+    samples right after their product (and at a stride, the pixels it reads copied in the same task);
+    the direct sums (a model's first layers, x finite too) on each task's samples after their sums.
     A residual (an array of y's shape and dtype) is summed before the ReLU by the blocked sums only.
-    No pass over y of its own, no array for the planes."""
-    forward, _ = numba_strategy.conv_algorithms(x.shape[1], w.shape, stride, padding, dilation, groups,
-                                                fused=False)
-    if forward not in ("blocked", "pointwise") or not _finite(w):
+    No pass over y of its own (and by the blocked sums, no array for the planes)."""
+    forward, backward = numba_strategy.conv_algorithms(x.shape[1], w.shape, stride, padding, dilation, groups,
+                                                       fused=False)
+    if forward not in ("blocked", "pointwise", "direct") or not _finite(w):
         return None
     if residual is not None and (forward != "blocked" or residual.dtype != x.dtype):
+        return None
+    if forward == "direct" and not _finite(x):           # conv2d_forward's im2col, then the pass
         return None
     invstd = numba_norm.eval_invstd(var, eps)
     if forward == "pointwise":
         return _pointwise_forward(x, w, b, stride, (mean, invstd, gamma, beta, bool(relu)))[0]
+    if forward == "direct":
+        return _planes_forward(x, w, b, stride, padding, dilation, False, forward, backward,
+                               (mean, invstd, gamma, beta, bool(relu)))[0]
     return numba_blocked.forward(x, np.ascontiguousarray(w), b, stride[0], padding,
                                  normalize=(mean, invstd, gamma, beta, bool(relu), residual))[0]
 
@@ -683,12 +689,13 @@ def _pointwise_backward(dy, record, w, input_grad):
     return dx, dw.reshape(w.shape), db if record.has_bias else None
 
 
-def _planes_forward(x, w, b, stride, padding, dilation, relu_pool, forward, backward):
+def _planes_forward(x, w, b, stride, padding, dilation, relu_pool, forward, backward, normalize=None):
     """A convolution from the padded input planes by the given forward algorithm ('direct', 'gemm',
     'blocked' or 'winograd'; 'gemm' at any stride and dilation, 'blocked' at stride 1 or 2 (fused
     with relu_pool at 1), the others at stride 1 without dilation). x (N, C, H, W), w (OC, C, KH, KW), b (OC,) or None.
     Returns y (N, OC, OH, OW), or relu(maxpool(y)) (N, OC, OH//2, OW//2) with relu_pool, and a
-    _PlanesRecord."""
+    _PlanesRecord. normalize=(mean, invstd, gamma, beta, relu), for inference by the direct sums: each
+    task normalizes (and rectifies) its samples' output in place, as _pointwise_forward's do."""
     PH, PW = padding
     N, C, H, W = x.shape
     OC, _, KH, KW = w.shape
@@ -731,6 +738,9 @@ def _planes_forward(x, w, b, stride, padding, dilation, relu_pool, forward, back
             _direct_conv_relu_pool_forward(xp[part], w4, b4, y[part], idx[part], Wp, L, zero)
         elif direct:
             _direct_conv_forward(xp[part], w4, b4, y[part], Wp)
+            if normalize is not None:
+                mean, invstd, gamma, beta, relu = normalize
+                numba_norm.normalize_chunk_eval(y[part].reshape(-1, OC, OH * OW), mean, invstd, gamma, beta, relu)
         else:
             n = min(chunk, N - first)
             # one task keeps its rows for backward: a new array, not this thread's scratch
