@@ -8,7 +8,7 @@ from collections import OrderedDict
 from .. import backend
 from ._checks import describe
 from .chain import Chain, fusing_allowed, is_inference
-from .module import Module, is_grad_enabled
+from .module import Module
 
 
 class Sequential(Module):
