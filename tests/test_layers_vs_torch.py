@@ -437,6 +437,14 @@ def test_residual_training_sums_in_the_last_batch_norm_with_the_bits_of_the_laye
         np.testing.assert_array_equal(grads1[k], grads0[k], err_msg=k)
 
 
+def test_batchnorm_refuses_a_residual_of_another_shape(cpu_backend):
+    """The batch norm that adds a residual block's skip names itself and both shapes."""
+    norm = nn.BatchNorm2d(4)
+    with pytest.raises(ValueError, match=r"BatchNorm2d\(4.*the residual to add must have the input's shape "
+                                         r"\(2, 4, 3, 3\), got \(2, 4, 3, 2\)"):
+        norm.normalize(random_input((2, 4, 3, 3), np.float32), residual=random_input((2, 4, 3, 2), np.float32))
+
+
 def test_conv_batchnorm_eval_refuses_a_residual_of_another_shape(cpu_backend):
     """The op checks its residual before computing anything, on every backend, by the same words."""
     from minicnn import backend

@@ -15,6 +15,7 @@ from numba import njit
 
 from . import numba_strategy, numpy_ops
 from .numba_common import DIRECT, FAST, REDUCE, _by_channels
+from .numba_elementwise import _relu_backward
 
 
 @njit(**REDUCE)
@@ -53,19 +54,8 @@ def _plus(h, r):
 
 
 @njit(cache=True, inline="always")
-def _bn_output(v, alpha, shift, relu, zero):
-    """y = v * alpha + shift in v's dtype (torch's form), rectified with relu (NaN kept)."""
-    y = _bn_affine(v, alpha, shift)
-    if relu and not ((y > zero) | (y != y)):
-        return zero
-    return y
-
-
-@njit(cache=True, inline="always")
-def _bn_sum_output(v, alpha, shift, r, relu, zero):
-    """_bn_output's value plus r before the ReLU: v * alpha + shift, then + r, each rounded to v's
-    dtype (batchnorm_forward_train, add and relu_forward one after another, to the bit)."""
-    y = _plus(_bn_affine(v, alpha, shift), r)
+def _rectified(y, relu, zero):
+    """y, or 0 where relu and y <= 0 (NaN kept, as relu_forward)."""
     if relu and not ((y > zero) | (y != y)):
         return zero
     return y
@@ -105,13 +95,14 @@ def _bn_forward(x, gamma, beta, eps, y, mean, var, mean64, invstd64, alpha, shif
 
 @njit(cache=True, inline="always")
 def _bn_output_row(x, residual, y, n, c, a, b, relu, zero):
-    """Row (n, c) of the batch norm's output (plus residual's row, unless residual is None)."""
+    """Row (n, c) of the batch norm's output, x * alpha + shift in x's dtype (torch's form), plus
+    residual's row unless residual is None (then rounded again, as add), rectified with relu."""
     if residual is None:
         for i in range(x.shape[2]):
-            y[n, c, i] = _bn_output(x[n, c, i], a, b, relu, zero)
+            y[n, c, i] = _rectified(_bn_affine(x[n, c, i], a, b), relu, zero)
     else:
         for i in range(x.shape[2]):
-            y[n, c, i] = _bn_sum_output(x[n, c, i], a, b, residual[n, c, i], relu, zero)
+            y[n, c, i] = _rectified(_plus(_bn_affine(x[n, c, i], a, b), residual[n, c, i]), relu, zero)
 
 
 @njit(**REDUCE)
@@ -160,8 +151,9 @@ def _forward_train(x3, gamma, beta, eps, relu, residual3=None):
 
 def batchnorm_forward_train(x3, gamma, beta, eps):
     """As numpy_ops, in torch's form (statistics in float64, then x * alpha + shift in x's dtype);
-    record: (x3, mean, invstd, alpha, shift, relu, residual): backward recomputes xhat from x instead of
-    keeping a copy of x's size (x is kept alive by the layer before anyway)."""
+    record: (x3, mean, invstd, alpha, shift, relu, summed output): backward recomputes xhat from x
+    instead of keeping a copy of x's size (x is kept alive by the layer before anyway); the last is
+    batchnorm_add_relu_forward_train's rectified output (its backward's mask), else None."""
     return _forward_train(x3, gamma, beta, eps, False)
 
 
@@ -300,14 +292,14 @@ def _bn_backward(dy, x, mean, invstd, alpha, shift, gamma, relu, dx, dgamma, dbe
 
 @njit(**FAST)
 def _sum_gradient(dy, y, dsum, c_first, c_stop):
-    """The gradient of batchnorm_add_relu_forward_train's sum for channels [c_first, c_stop): dy,
-    made 0 where the rectified output y is <= 0 (relu_backward's rule, on its record)."""
-    N, L = dy.shape[0], dy.shape[2]
+    """The gradient of batchnorm_add_relu_forward_train's sum for channels [c_first, c_stop): relu_backward's
+    kernel on the rectified output y, over each sample's rows of these channels (side by side)."""
+    N, C, L = dy.shape
+    flat_dy, flat_y, flat_dsum = dy.reshape(-1), y.reshape(-1), dsum.reshape(-1)
     zero = dy.dtype.type(0)
     for n in range(N):
-        for c in range(c_first, c_stop):
-            for i in range(L):
-                dsum[n, c, i] = zero if y[n, c, i] <= zero else dy[n, c, i]
+        first, stop = (n * C + c_first) * L, (n * C + c_stop) * L
+        _relu_backward(flat_dy[first:stop], flat_y[first:stop], flat_dsum[first:stop], zero)
 
 
 def batchnorm_backward_train(dy3, record, gamma):

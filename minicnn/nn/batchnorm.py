@@ -80,8 +80,11 @@ class _BatchNorm(Module):
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
                                  f"got input {tuple(x.shape)}")
             if residual is not None:
-                r3 = residual.reshape(x3.shape) if tuple(residual.shape) == tuple(x.shape) else residual
-                y3, mean, var, record = ops.batchnorm_add_relu_forward_train(x3, gamma, beta, self.eps, r3, relu)
+                if tuple(residual.shape) != tuple(x.shape):
+                    raise ValueError(f"{self!r}: the residual to add must have the input's shape {tuple(x.shape)}, "
+                                     f"got {tuple(residual.shape)}")
+                y3, mean, var, record = ops.batchnorm_add_relu_forward_train(x3, gamma, beta, self.eps,
+                                                                            residual.reshape(x3.shape), relu)
             else:
                 op = ops.batchnorm_relu_forward_train if relu else ops.batchnorm_forward_train
                 y3, mean, var, record = op(x3, gamma, beta, self.eps)

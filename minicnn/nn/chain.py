@@ -82,8 +82,7 @@ class Chain:
         steps = self._steps
         with backend.ops_for(dy).pass_scope():
             if len(steps) == 1:
-                dx, dsum = steps[0].sum_backward(dy, input_grad)
-                return (dx if input_grad else None), dsum
+                return steps[0].sum_backward(dy, input_grad)
             dy, dsum = steps[-1].sum_backward(dy)
             return _backward(steps[:-1], dy, input_grad), dsum
 
