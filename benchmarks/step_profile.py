@@ -21,6 +21,10 @@ the backend's plan may run in chunks of samples) by cores.recording, and reports
                            to finish its last task (mean a run)
     outside runs           the step's time that is no run: Python, NumPy, the loss and optimizer glue,
                            and in a second table where it lies: between which two runs (per step)
+    deferred tasks         the blocked convolutions' weight-gradient sums, which a worker takes when it
+                           would otherwise wait (outside runs, or at a run's end) and the caller
+                           finishes when the optimizer reads .grad (cores.defer): how many,
+                           their thread-ms, and how much of it ran on workers
 
 The timing costs a few microseconds a task, so the recorded step is a little slower than the plain
 step reported beside it (means of the same number of steps, the two kinds alternated). A
@@ -42,7 +46,8 @@ from minicnn.backend import contract, cores
 
 
 def profile(model_cls, batch, steps, inference=False):
-    """(plain step times in seconds, the recorded steps as (start, end, runs of cores.Recording));
+    """(plain step times in seconds, the recorded steps as (start, end, runs, deferred tasks of
+    cores.Recording));
     a step is a forward pass in eval mode under no_grad with inference."""
     mc.manual_seed(0)
     model = model_cls()
@@ -78,7 +83,7 @@ def profile(model_cls, batch, steps, inference=False):
         plain.append(ended - started)
         with cores.recording(contract.OPS) as record:
             started, ended = step()
-        recorded.append((started, ended, record.runs))
+        recorded.append((started, ended, record.runs, record.deferred))
     return plain, recorded
 
 
@@ -87,7 +92,8 @@ def summarize(recorded):
     steps = len(recorded)
     rows = collections.OrderedDict()
     gaps = collections.defaultdict(float)
-    for step_start, step_end, runs in recorded:
+    deferred = [task for *_, tasks in recorded for task in tasks]
+    for step_start, step_end, runs, _ in recorded:
         before, after = "(step start)", step_start
         for label, start, end, tasks in runs:
             gaps[f"{before} -> {label}"] += start - after
@@ -113,11 +119,16 @@ def summarize(recorded):
             "worker_lag_us": statistics.mean(row["lags"]) * 1e6 if row["lags"] else None,
             "caller_waits_us": statistics.mean(row["waits"]) * 1e6 if row["waits"] else None})
     between = [{"between": key, "ms": total / steps * 1e3} for key, total in sorted(gaps.items(), key=lambda kv: -kv[1])]
-    step_ms = statistics.mean(end - start for start, end, _ in recorded) * 1e3
+    step_ms = statistics.mean(end - start for start, end, *_ in recorded) * 1e3
     in_runs = sum(r["wall_ms"] for r in table)
     totals = {"recorded_step_ms": step_ms, "in_runs_ms": in_runs,
               "thread_ms": sum(r["thread_ms"] for r in table), "runs": sum(r["runs"] for r in table),
-              "outside_runs_ms": step_ms - in_runs}
+              "outside_runs_ms": step_ms - in_runs,
+              # deferred tasks (weight gradients) run outside runs: by a worker that would otherwise
+              # wait, or by the caller when settling
+              "deferred_tasks": len(deferred) / steps,
+              "deferred_thread_ms": sum(end - start for _, start, end in deferred) / steps * 1e3,
+              "deferred_on_workers_ms": sum(end - start for thread, start, end in deferred if thread) / steps * 1e3}
     return table, between, totals
 
 
@@ -127,7 +138,8 @@ def report(name, batch, plain, totals, table, between, top=8):
              f"{totals['recorded_step_ms']:.2f} ms (means of the steps): {totals['in_runs_ms']:.2f} ms in "
              f"{totals['runs']:.0f} runs ({totals['thread_ms']:.1f} thread-ms of tasks, "
              f"{totals['thread_ms'] / max(totals['in_runs_ms'], 1e-9):.2f} threads busy), "
-             f"{totals['outside_runs_ms']:.2f} ms outside runs",
+             f"{totals['outside_runs_ms']:.2f} ms outside runs; {totals['deferred_tasks']:.0f} deferred tasks "
+             f"({totals['deferred_thread_ms']:.1f} thread-ms, {totals['deferred_on_workers_ms']:.1f} of them on workers)",
              "| op: hands out the tasks | runs | tasks | wall ms | thread-ms | threads busy | worker lag us "
              "| caller waits us |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
 

@@ -102,7 +102,8 @@ def test_run_raises_the_error_after_every_task_has_stopped():
         cores.set_threads(2)
 
         def task(i):
-            if i == 0:
+            if i == 0:                              # (after the worker has joined: it finishes the rest)
+                time.sleep(0.005)
                 raise RuntimeError("task 0 failed")
             time.sleep(0.01)
             finished.append(i)
@@ -160,6 +161,138 @@ def test_recording_times_every_task_of_each_outer_run_and_names_its_op():
         assert len(record.runs) == 1 and record.runs[0][0].startswith("?: ")     # only this thread's run
     finally:
         cores.set_threads(old)
+
+
+def test_deferred_tasks_run_on_the_idle_worker_and_settle_waits_for_their_finish():
+    from minicnn.backend import cores
+    old = cores.threads()
+    try:
+        cores.set_threads(2)
+        done, finished = [], []
+
+        def task(i):
+            time.sleep(0.003)
+            done.append((i, threading.get_ident()))
+
+        cores.defer(task, 6, lambda: finished.append(len(done)))
+        assert len(done) == 0                       # nothing ran yet: no job has woken the worker
+        cores.run(lambda i: i, 2)                   # the worker takes the deferred tasks after the job
+        time.sleep(0.01)
+        cores.settle()
+        assert sorted(i for i, _ in done) == list(range(6)) and finished == [6]     # finish once, last
+        assert len({thread for _, thread in done} - {threading.get_ident()}) == 1   # the worker took some
+        cores.settle()                              # nothing left: returns at once
+        assert finished == [6]
+    finally:
+        cores.set_threads(old)
+
+
+def test_a_job_does_not_wait_for_a_worker_busy_with_a_deferred_task():
+    """The caller runs a job's tasks itself when the worker is inside a deferred task, and returns
+    without waiting for it (the worker joins only an open job)."""
+    from minicnn.backend import cores
+    old = cores.threads()
+    started, release = threading.Event(), threading.Event()
+    try:
+        cores.set_threads(2)
+
+        def slow(i):
+            started.set()
+            release.wait(10)
+
+        cores.defer(slow, 1, lambda: None)
+        cores.run(lambda i: i, 2)                   # the worker takes the deferred task after this
+        assert started.wait(5)
+        threading.Timer(3, release.set).start()     # (a caller that waits would hang 3 s, not forever)
+        t0 = time.perf_counter()
+        callers = cores.run(lambda i: threading.get_ident(), 4)
+        took = time.perf_counter() - t0
+        assert callers == [threading.get_ident()] * 4 and took < 1.0, took
+        release.set()
+        cores.settle()
+    finally:
+        release.set()
+        cores.set_threads(old)
+
+
+def test_settle_raises_a_deferred_tasks_error_once_and_skips_its_finish():
+    from minicnn.backend import cores
+    old = cores.threads()
+    finished = []
+    try:
+        cores.set_threads(2)
+
+        def task(i):
+            if i == 1:
+                raise ValueError("deferred task 1 failed")
+
+        cores.defer(task, 3, lambda: finished.append(True))
+        cores.run(lambda i: i, 2)
+        with pytest.raises(ValueError, match="deferred task 1 failed"):
+            cores.settle()
+        cores.settle()                              # raised once
+        assert finished == []
+    finally:
+        cores.set_threads(old)
+
+
+@pytest.mark.parametrize("how", ["one thread", "deferring off", "inside a task"])
+def test_defer_runs_its_tasks_at_once_when_nothing_could_take_them_later(how):
+    from minicnn.backend import cores
+    old_threads, old_deferring = cores.threads(), cores.set_deferring(how != "deferring off")
+    done = []
+    try:
+        cores.set_threads(1 if how == "one thread" else 2)
+        if how == "inside a task":
+            cores.run(lambda i: cores.defer(lambda j: done.append((i, j)), 2, lambda: done.append("finish")), 1)
+        else:
+            cores.defer(lambda j: done.append((0, j)), 2, lambda: done.append("finish"))
+        assert done == [(0, 0), (0, 1), "finish"]
+    finally:
+        cores.set_threads(old_threads)
+        cores.set_deferring(old_deferring)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_deferred_weight_gradients_have_the_bits_of_the_undeferred(dtype):
+    """ResNet14's blocked convolutions sum their weight gradients in deferred tasks (seen in the
+    recording), read through .grad after settling: every gradient and the updated parameters equal
+    those of the same steps with deferring off, bit for bit, with accumulation over two backwards."""
+    import minicnn as mc
+    from minicnn import backend
+    from minicnn.backend import contract, cores
+    old_threads = cores.threads()
+    results = {}
+    try:
+        cores.set_threads(2)
+        for deferring in (False, True):
+            previous = cores.set_deferring(deferring)
+            try:
+                with backend.use_backend("numba"):
+                    mc.manual_seed(0)
+                    model = mc.models.get_model("resnet14").to(dtype)
+                    opt = mc.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+                    loss_fn = mc.nn.CrossEntropyLoss()
+                    rng = np.random.default_rng(0)
+                    x = rng.standard_normal((24, 1, 28, 28)).astype(dtype)
+                    y = rng.integers(0, 10, 24)
+                    with cores.recording(contract.OPS) as record:
+                        for _ in range(2):
+                            opt.zero_grad()
+                            for _ in range(2):              # the second backward adds into .grad
+                                loss_fn(model(x), y)
+                                model.backward(loss_fn.backward(), input_grad=False)
+                            opt.step()
+                    results[deferring] = [p.grad.copy() for p in model.parameters()] + \
+                        [p.data.copy() for p in model.parameters()]
+                    assert bool(record.deferred) == deferring
+            finally:
+                cores.set_deferring(previous)
+    finally:
+        cores.set_threads(old_threads)
+    assert len(results[True]) == len(results[False]) > 40
+    for i, (a, b) in enumerate(zip(results[False], results[True])):
+        np.testing.assert_array_equal(a, b, err_msg=str(i))
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])

@@ -152,6 +152,13 @@ def ops_for(x):
     return _load(get_backend())
 
 
+def settle():
+    """Wait until every array any loaded backend's ops have returned is final (the ops' settle)."""
+    for module in list(_loaded.values()):
+        if not isinstance(module, str):
+            module.settle()
+
+
 def on_device_of(a, ref):
     """a on the device of the array ref: unchanged when both are there, else moved (optimizer state
     following its parameter after model.to)."""

@@ -16,6 +16,9 @@ Conventions, for every op:
   written to. Gradients come back as fresh arrays the caller may keep.
 - How a backend computes (which algorithm, how many threads, which kernels) is its own business:
   the choice is made inside the op, in one place per backend.
+- A backend may finish a parameter gradient (conv2d_backward's dw) in the background, on threads
+  that would otherwise wait: it is final once settle() has returned (every read of a Parameter's
+  .grad settles first). Until then the op's inputs and record must stay unchanged.
 
 The stubs below document the ops; their bodies are never run.
 """
@@ -243,6 +246,11 @@ def softmax_cross_entropy_forward(logits, labels, label_smoothing):
 def softmax_cross_entropy_backward(record, scale):
     """dL/dlogits (N, K) = scale * (softmax - target); scale a number (1/N for a mean, 1 for a sum)
     or an (N, 1) array of per-sample factors."""
+
+
+def settle():
+    """Wait until every array an op has returned is final (see the conventions above), then raise
+    the first error the background work met, if any. Cheap when nothing is pending."""
 
 
 def raise_pending_errors():

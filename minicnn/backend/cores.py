@@ -23,8 +23,11 @@ added in task order, whichever thread computed them.
     threads()            the number of threads (MINICNN_THREADS, default: the cores this process may use)
     set_threads(n)       change it
     run(task, n_tasks)   [task(i) for i in range(n_tasks)], shared out to the threads
+    defer(task, n_tasks, finish)   the same, then finish(), on threads that would otherwise wait
+    settle()             wait until everything deferred has finished
     recording()          within: every run and each of its tasks timed (benchmarks/step_profile.py)
 """
+import collections
 import contextlib
 import itertools
 import math
@@ -80,6 +83,7 @@ def set_threads(n):
     global _threads, _crew
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"threads must be a positive integer, got {n!r}")
+    settle()
     if _crew is not None:
         _crew.stop()
         _crew = None
@@ -130,15 +134,115 @@ def _share_out(task, n_tasks, nested=False):
     return results
 
 
+# ---------------------------------------------------------------- work deferred to idle threads
+# A weight gradient is needed only by the optimizer's step, while the layers before it wait for
+# their input gradient. So a layer's backward may hand its weight-gradient tasks to defer(): a
+# worker takes them whenever it has nothing else to do (while the caller runs Python between
+# layers, or finishes the last task of a run), and settle() (which every read of a Parameter's
+# .grad calls) runs what is left on the caller and waits for the rest. A worker takes a deferred
+# task only between jobs and checks for a new job before each one; the caller never waits for a
+# worker that is inside a deferred task (a job's end waits only for the workers that joined it).
+# Each task writes its own part and finish() adds them up in task order: the bits do not depend
+# on which thread ran what, or when.
+
+class _Deferred:
+    """task(0), ..., task(n_tasks - 1), then finish(), from one defer() call."""
+    __slots__ = ("task", "finish", "left", "error")
+
+    def __init__(self, task, n_tasks, finish):
+        self.task, self.finish, self.left, self.error = task, finish, n_tasks, None
+
+
+_deferring = os.environ.get("MINICNN_DEFER", "1") != "0"
+_queue = collections.deque()       # (group, i): the tasks no thread has taken yet
+_unfinished = 0                    # groups whose finish() has not yet run
+_failed = []                       # errors of finished groups, raised by settle()
+_deferred_lock = threading.Lock()
+
+
+def set_deferring(on):
+    """Whether defer() may leave its work for later (True, the default; MINICNN_DEFER=0 at start-up
+    turns it off). Returns the previous setting. Results are the same either way."""
+    global _deferring
+    settle()
+    previous, _deferring = _deferring, bool(on)
+    return previous
+
+
+def defer(task, n_tasks, finish):
+    """task(0), ..., task(n_tasks - 1) and then finish(), later: the worker threads take the tasks
+    when they would otherwise wait, and settle() finishes what is left. Runs them now instead with
+    one thread, inside a task, while the machine is crowded (see _ContentionWatch) or when deferring
+    is off. The tasks must only run kernels (no run() inside), and what they read must stay unchanged
+    until settle(); what no settle() asks for is done by the workers after the next job ends."""
+    global _unfinished
+    if not _deferring or _threads == 1 or n_tasks == 0 or getattr(_inside, "active", False) or _watch.solo():
+        for i in range(n_tasks):
+            task(i)
+        finish()
+        return
+    _crew_of(_threads)
+    group = _Deferred(task, n_tasks, finish)
+    with _deferred_lock:
+        _unfinished += 1
+    _queue.extend((group, i) for i in range(n_tasks))
+
+
+def _run_deferred():
+    """Take one deferred task and run it (and its group's finish() when it was the group's last);
+    False when there was none."""
+    global _unfinished
+    try:
+        group, i = _queue.popleft()                 # atomic: each task is taken once
+    except IndexError:
+        return False
+    started = time.perf_counter()
+    try:
+        group.task(i)
+    except BaseException as error:
+        group.error = group.error or error
+    if _recording is not None:
+        _recording.deferred.append((_recording._thread(), started, time.perf_counter()))
+    with _deferred_lock:
+        group.left -= 1
+        last = group.left == 0
+    if last:
+        if group.error is None:
+            try:
+                group.finish()
+            except BaseException as error:
+                group.error = error
+        if group.error is not None:
+            _failed.append(group.error)
+        with _deferred_lock:
+            _unfinished -= 1
+    return True
+
+
+def settle():
+    """Wait until every deferred task and finish() has run (running what no thread has taken yet on
+    this one); then raise the first error one of them raised, if any."""
+    if _unfinished:
+        while _run_deferred():
+            pass
+        while _unfinished:                          # a worker is finishing one: a few hundred us
+            time.sleep(0)
+    if _failed:
+        error = _failed[0]
+        _failed.clear()
+        raise error
+
+
 class Recording:
     """What recording() saw: runs, a list of (label, start, end, tasks), times in seconds of
     time.perf_counter(); tasks a list of (thread, start, end), thread 0 the caller and 1, 2, ...
-    the workers in the order they first took a task. label names the backend op that ran it and the
+    the workers in the order they first took a task; deferred a list of (thread, start, end), one
+    for each deferred task run while recording. label names the backend op that ran it and the
     function that handed out the tasks, e.g. 'conv2d_backward: numba_blocked.backward' (the op is
     the outermost caller whose name is in ops, a set of names; '?' when none is)."""
 
     def __init__(self, ops=()):
-        self.runs, self.ops = [], frozenset(ops)
+        self.runs, self.ops, self.deferred = [], frozenset(ops), []
         self._caller, self._workers = threading.get_ident(), {}
 
     def run(self, task, n_tasks, share_out):
@@ -261,8 +365,10 @@ def _crew_of(n):
 
 def _forget_crew():
     """A forked child has only the thread that forked: it starts a crew of its own when it needs one."""
-    global _crew
+    global _crew, _unfinished
     _crew = None
+    _queue.clear()                                  # the threads that were running them are gone
+    _unfinished = 0
 
 
 if hasattr(os, "register_at_fork"):
@@ -355,12 +461,16 @@ def _store_then_spin_while_equal(flags, store_at, stored, i, value, max_loads, s
 
 class _Crew:
     """n - 1 daemon threads. start(work, workers) has threads 1 .. workers-1 run work(thread);
-    wait() returns once they all have, with the errors they raised. flags[0] counts the jobs
-    started, flags[w] the jobs thread w has finished."""
+    wait() returns once those that joined the job have finished it, with the errors they raised.
+    flags[0] counts the jobs started, flags[w] the last job thread w has finished. A worker joins a
+    job only while it is open (close() ends that): one busy with a deferred task when the job
+    started and still busy when the caller has done every task is not waited for."""
 
     def __init__(self, n):
         self.flags = np.zeros(n, dtype=np.int64)
         self.job, self.errors, self.stopping, self.sleeping = None, [], False, 0
+        self.open_job, self.joined = 0, []          # the job workers may join (0: none), who did
+        self.door = threading.Lock()                # joining against closing
         self.wakeup = threading.Condition()
         self.busy = threading.Lock()                # held by the thread whose job is running
         _spin_while_equal(self.flags, 0, 0, 0)      # compiled (or loaded) here, not by the first job
@@ -370,15 +480,19 @@ class _Crew:
             threading.Thread(target=self._loop, args=(worker,), daemon=True, name=f"minicnn-{worker}").start()
 
     def start(self, work, workers):
-        self.job, self.workers, self.errors = work, workers, []
-        self.flags[0] += 1
+        with self.door:
+            self.job, self.workers, self.errors, self.joined = work, workers, [], []
+            self.open_job = int(self.flags[0]) + 1
+            self.flags[0] += 1
         if self.sleeping:
             with self.wakeup:
                 self.wakeup.notify_all()
 
     def wait(self):
-        job = self.flags[0]
-        for worker in range(1, len(self.flags)):
+        with self.door:
+            job, self.open_job = self.flags[0], 0
+            joined = self.joined
+        for worker in joined:
             if not _spin_while_equal(self.flags, worker, job - 1, SPIN_LOADS):
                 while self.flags[worker] != job:
                     time.sleep(0.0001)
@@ -387,6 +501,15 @@ class _Crew:
     def stop(self):
         self.stopping = True
         self.start(None, 0)
+
+    def _join(self, worker, job):
+        """The work of job for this worker, or None when it is closed or not for this worker."""
+        with self.door:
+            if self.open_job != job or worker >= self.workers:
+                return None
+            self.joined.append(worker)
+            self.flags[worker] = job - 1            # it may have missed jobs: wait() spins on this
+            return self.job
 
     def _loop(self, worker):
         seen = 0
@@ -398,14 +521,19 @@ class _Crew:
                     while self.flags[0] == seen:
                         self.wakeup.wait()
                     self.sleeping -= 1
-            seen = self.flags[0]
+            seen = int(self.flags[0])
             if self.stopping:
                 return
-            if worker < self.workers:
+            work = self._join(worker, seen)
+            if work is not None:
                 try:
-                    self.job(worker)
+                    work(worker)
                 except BaseException as error:      # handed to the caller by wait()
                     self.errors.append(error)
+            if _queue:                              # job done; deferred tasks until the next job
+                _store_then_spin_while_equal(self.flags, worker, seen, 0, seen, 0, 0)
+                while self.flags[0] == seen and _run_deferred():
+                    pass
             job_came = _store_then_spin_while_equal(self.flags, worker, seen, 0, seen, SPIN_LOADS,
                                                     self.settle_loads)       # job done
 

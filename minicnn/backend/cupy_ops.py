@@ -418,6 +418,7 @@ def softmax_cross_entropy_backward(record, scale):
 
 
 raise_pending_errors = cupy_labels.raise_pending_errors
+settle = _reference.settle                  # the stream orders the work; a host read waits for it
 
 
 # ---------------------------------------------------------------- optimizer steps

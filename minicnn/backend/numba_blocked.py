@@ -562,7 +562,8 @@ def forward(x, w, b, stride, padding, normalize=None, relu_pool=False):
 def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias, pooled=None):
     """(dx or None, dw, db or None) of forward, from dy (N, OC, OH, OW) and forward's planes xq; or
     after relu_pool from the pooled gradient dy and pooled = (y, idx) of forward (each task first
-    spreads its samples' dy to the winners, _unpool)."""
+    spreads its samples' dy to the winners, _unpool). With dx, dw's sums are deferred (cores.defer:
+    the worker adds them up while it would otherwise wait) and dw is final after cores.settle()."""
     N, C, H, W = x_shape
     OC = w.shape[0]
     g = _geometry(tuple(x_shape), tuple(padding), stride, dy.dtype)
@@ -577,10 +578,19 @@ def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias, pooled=N
     dy = np.ascontiguousarray(dy)
     dx = np.empty(x_shape, dtype=dy.dtype) if input_grad else None
     # the chunks (and so dw's order of additions) depend on the shapes alone: with or without dx,
-    # pooled or not, dw has the same bits
+    # pooled or not, deferred or not, dw has the same bits
     per_sample = OCv * g.OH * g.OW + C * g.R + OC * g.Pg + (1 if stride == 1 else 4) * Cp * g.dx_blocks * g.PB
     chunk = _rows_chunk(N, per_sample * dy.dtype.itemsize)
     dws = np.empty((-(-N // chunk), C, 9, OCv), dtype=dy.dtype)           # each chunk's share of dw
+    dw = np.empty((OC, C, 9), dtype=dy.dtype)
+    deferred = input_grad and pooled is None
+
+    def weight_chunk(i, dy_part=None):
+        part = slice(i * chunk, (i + 1) * chunk)
+        dy_part = dy[part] if dy_part is None else dy_part
+        D = _scratch("blocked dy pixels", (dy_part.shape[0], g.OH * g.OW, OCv), dy.dtype, align=VECTOR_BYTES)
+        _pixel_major(dy_part, D, g.lanes)
+        _weight_grad(D, xq[part], dws[i], g.OH, g.OW, g.Wq, g.taps, g.lanes)
 
     def backward_chunk(i):
         first = i * chunk
@@ -590,9 +600,8 @@ def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias, pooled=N
         if pooled is not None:
             dy_part = _scratch("blocked dy unpooled", (n, OC, g.OH, g.OW), dy.dtype)
             _unpool(dy[part], pooled[0][part], pooled[1][part], dy_part, g.OW, dy.dtype.type(0))
-        D = _scratch("blocked dy pixels", (n, g.OH * g.OW, OCv), dy.dtype, align=VECTOR_BYTES)
-        _pixel_major(dy_part, D, g.lanes)
-        _weight_grad(D, xq[part], dws[i], g.OH, g.OW, g.Wq, g.taps, g.lanes)
+        if not deferred:
+            weight_chunk(i, dy_part)
         db = dy_part.sum(axis=(0, 2, 3)) if has_bias else None
         if input_grad:
             G = _scratch("blocked dy", (n, OC, g.Pg), dy.dtype)
@@ -610,9 +619,11 @@ def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias, pooled=N
 
     if not N:
         return dx, np.zeros(w.shape, dtype=dy.dtype), np.zeros(OC, dtype=dy.dtype) if has_bias else None
+    if deferred:                          # handed out first: a worker done with dx takes them at once
+        cores.defer(weight_chunk, len(dws), lambda: _weight_grad_total(dws, dw))
     db_parts = cores.run(backward_chunk, len(dws))
-    dw = np.empty((OC, C, 9), dtype=dy.dtype)
-    _weight_grad_total(dws, dw)
+    if not deferred:
+        _weight_grad_total(dws, dw)
     db = functools.reduce(np.add, db_parts) if has_bias else None      # ((first + second) + third) + ...
     return dx, dw.reshape(w.shape), db
 

@@ -60,6 +60,7 @@ dropout_backward = _reference.dropout_backward
 log_softmax = _reference.log_softmax
 softmax_cross_entropy_backward = _reference.softmax_cross_entropy_backward
 raise_pending_errors = _reference.raise_pending_errors
+settle = _cores.settle
 adam_update = _reference.adam_update
 captured_step = _reference.captured_step
 

@@ -42,16 +42,28 @@ def is_grad_enabled():
 
 
 class Parameter:
-    """A trainable array. ``data`` holds the values, ``grad`` the accumulated gradient (or None)."""
+    """A trainable array. ``data`` holds the values, ``grad`` the accumulated gradient (or None).
+    Reading ``grad`` first waits for any gradient the backend is still finishing in the background
+    (backend.settle(): the Numba backend sums convolutions' weight gradients on otherwise idle threads)."""
 
-    __slots__ = ("data", "grad", "grad_hook")
+    __slots__ = ("data", "_grad", "grad_hook")
 
     def __init__(self, data):
         if not backend.is_array(data) or data.dtype.kind != "f":
             raise TypeError(f"Parameter: expected a floating numpy or cupy array, got {describe(data)}")
         self.data = data
-        self.grad = None
+        self._grad = None
         self.grad_hook = None   # called with the parameter after each accumulate_grad (distributed training's)
+
+    @property
+    def grad(self):
+        if self._grad is not None:
+            backend.settle()
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        self._grad = value
 
     @property
     def shape(self):
@@ -68,9 +80,11 @@ class Parameter:
     def accumulate_grad(self, g, owned=False):
         """Add ``g`` into ``.grad`` (which starts as None, like torch's). ``owned``: g is a fresh
         array nobody else holds, so a first gradient can be kept as it is instead of copied."""
-        if self.grad is None:
+        if self._grad is None:              # (g is kept or copied: a copy reads it, so settle first)
             keep = owned and g.dtype == self.data.dtype and g.shape == self.data.shape
-            self.grad = g if keep else g.astype(self.data.dtype, copy=True)
+            if not keep:
+                backend.settle()
+            self._grad = g if keep else g.astype(self.data.dtype, copy=True)
         else:
             self.grad += g
         if self.grad_hook is not None:
