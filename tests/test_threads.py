@@ -253,11 +253,13 @@ def test_defer_runs_its_tasks_at_once_when_nothing_could_take_them_later(how):
         cores.set_deferring(old_deferring)
 
 
+@pytest.mark.parametrize("model_name", ["resnet14", "mobilenetmnist"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_deferred_weight_gradients_have_the_bits_of_the_undeferred(dtype):
-    """ResNet14's blocked convolutions sum their weight gradients in deferred tasks (seen in the
-    recording), read through .grad after settling: every gradient and the updated parameters equal
-    those of the same steps with deferring off, bit for bit, with accumulation over two backwards."""
+def test_deferred_weight_gradients_have_the_bits_of_the_undeferred(dtype, model_name):
+    """ResNet14's blocked 3x3 convolutions and MobileNetMNIST's blocked 1x1 ones sum their weight
+    gradients in deferred tasks (seen in the recording), read through .grad after settling: every
+    gradient and the updated parameters equal those of the same steps with deferring off, bit for
+    bit, with accumulation over two backwards."""
     import minicnn as mc
     from minicnn import backend
     from minicnn.backend import contract, cores
@@ -270,7 +272,7 @@ def test_deferred_weight_gradients_have_the_bits_of_the_undeferred(dtype):
             try:
                 with backend.use_backend("numba"):
                     mc.manual_seed(0)
-                    model = mc.models.get_model("resnet14").to(dtype)
+                    model = mc.models.get_model(model_name).to(dtype)
                     opt = mc.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
                     loss_fn = mc.nn.CrossEntropyLoss()
                     rng = np.random.default_rng(0)
@@ -293,6 +295,43 @@ def test_deferred_weight_gradients_have_the_bits_of_the_undeferred(dtype):
     assert len(results[True]) == len(results[False]) > 40
     for i, (a, b) in enumerate(zip(results[False], results[True])):
         np.testing.assert_array_equal(a, b, err_msg=str(i))
+
+
+@pytest.mark.parametrize("shape, stride", [((9, 16, 12, 12), 1), ((9, 16, 13, 13), 2)])
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_a_deferred_weight_gradient_is_final_after_settle(shape, stride, kernel):
+    """The op itself (blocked 3x3 and blocked 1x1, stride 1 and 2): dw comes back before its sums are
+    done (deferred tasks recorded) and after settle() equals the reference backend's to rounding
+    and the undeferred op's to the bit."""
+    from minicnn.backend import contract, cores, numba_ops, numba_strategy, numpy_ops
+    old_threads = cores.threads()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((40, shape[1], kernel, kernel))
+    padding = (kernel // 2, kernel // 2)
+    try:
+        cores.set_threads(2)
+        with numba_strategy.use(blocked_pointwise_min=0):              # 1x1 by the blocked sums
+            y, record = numba_ops.conv2d_forward(x, w, None, (stride, stride), padding, (1, 1), 1)
+        assert kernel == 1 or record.algorithm == "blocked"
+        dy = rng.standard_normal(y.shape)
+        dws = {}
+        for deferring in (False, True):
+            previous = cores.set_deferring(deferring)
+            try:
+                with numba_strategy.use(blocked_pointwise_min=0), cores.recording(contract.OPS) as recorded:
+                    dx, dw, _ = numba_ops.conv2d_backward(dy, record, w, True)
+                    numba_ops.settle()
+                assert bool(recorded.deferred) == deferring
+                dws[deferring] = dw.copy()
+            finally:
+                cores.set_deferring(previous)
+    finally:
+        cores.set_threads(old_threads)
+    _, reference_record = numpy_ops.conv2d_forward(x, w, None, (stride, stride), padding, (1, 1), 1)
+    _, expected, _ = numpy_ops.conv2d_backward(dy, reference_record, w, True)
+    np.testing.assert_allclose(dws[True], expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(dws[True], dws[False])
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])

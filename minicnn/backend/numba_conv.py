@@ -16,6 +16,8 @@ that backward reads back:
     sparse     backward of a fused conv + ReLU + pool from the pool's winners alone (numba_sparse)
 Each stride-1 forward may fuse the ReLU and 2x2 max pool that follow (numba_relu_pool).
 """
+import functools
+
 import numpy as np
 from numba import njit
 
@@ -652,7 +654,8 @@ def _spread_strided(sub, dx, SH, SW):
 
 def _pointwise_backward(dy, record, w, input_grad):
     """Gradients of _pointwise_forward: dw = the sum over samples of dy[n] @ x[n].T (per chunk, then
-    chunks in order), dx[n] = w.T @ dy[n], db = dy's sums."""
+    chunks in order), dx[n] = w.T @ dy[n], db = dy's sums. By the blocked sums with dx, dw's tasks
+    are deferred (cores.defer, as numba_blocked.backward's) and dw is final after cores.settle()."""
     x3 = record.x
     N, C, HW = x3.shape
     OC = w.shape[0]
@@ -661,15 +664,23 @@ def _pointwise_backward(dy, record, w, input_grad):
     dx = np.empty(record.x_shape, dtype=dy.dtype) if input_grad else None
     strided = record.stride != (1, 1)
     chunk = _rows_chunk(N, C * HW * dy.dtype.itemsize)
+    n_tasks = -(-N // chunk)
     no_bias = np.zeros(OC, dtype=dy.dtype)                 # a pass over dy saved where there is no bias
     blocked = numba_strategy.pointwise_by_blocked_sums(C, OC, HW)
+    deferred = blocked and input_grad and N > 0
+    dw_parts = [None] * n_tasks
+
+    def weight_chunk(i):
+        part = slice(i * chunk, (i + 1) * chunk)
+        if blocked:
+            dw_parts[i] = numba_blocked.pointwise_weight_grad(g3[part], x3[part])
+        else:
+            dw_parts[i] = np.matmul(g3[part], x3[part].transpose(0, 2, 1)).sum(axis=0)
 
     def backward_chunk(i):
         part = slice(i * chunk, (i + 1) * chunk)
-        if blocked:
-            dw = numba_blocked.pointwise_weight_grad(g3[part], x3[part])
-        else:
-            dw = np.matmul(g3[part], x3[part].transpose(0, 2, 1)).sum(axis=0)
+        if not deferred:
+            weight_chunk(i)
         db = g3[part].sum(axis=(0, 2)) if record.has_bias else no_bias
         if input_grad:                                     # at a stride: the read pixels' gradient, then spread
             read = _scratch("pointwise dx", (len(g3[part]), C, HW), dy.dtype) if strided else \
@@ -680,12 +691,20 @@ def _pointwise_backward(dy, record, w, input_grad):
                 np.matmul(w_col.T, g3[part], out=read)
             if strided:
                 _spread_strided(read.reshape(read.shape[:2] + dy.shape[2:]), dx[part], *record.stride)
-        return dw, db
+        return db
 
-    if N:
-        dw, db = _sum_in_order(cores.run(backward_chunk, -(-N // chunk)))
-    else:
-        dw, db = np.zeros((OC, C), dtype=dy.dtype), np.zeros(OC, dtype=dy.dtype)
+    if not N:
+        return dx, np.zeros(w.shape, dtype=dy.dtype), np.zeros(OC, dtype=dy.dtype) if record.has_bias else None
+    dw = np.empty((OC, C), dtype=dy.dtype)
+
+    def total():                                           # chunks in order, whichever thread summed them
+        dw[...] = functools.reduce(np.add, dw_parts)
+
+    if deferred:
+        cores.defer(weight_chunk, n_tasks, total)
+    db = functools.reduce(np.add, cores.run(backward_chunk, n_tasks))
+    if not deferred:
+        total()
     return dx, dw.reshape(w.shape), db if record.has_bias else None
 
 
