@@ -463,7 +463,7 @@ class _Crew:
     """n - 1 daemon threads. start(work, workers) has threads 1 .. workers-1 run work(thread);
     wait() returns once those that joined the job have finished it, with the errors they raised.
     flags[0] counts the jobs started, flags[w] the last job thread w has finished. A worker joins a
-    job only while it is open (close() ends that): one busy with a deferred task when the job
+    job only while it is open (wait() closes it): one busy with a deferred task when the job
     started and still busy when the caller has done every task is not waited for."""
 
     def __init__(self, n):

@@ -562,8 +562,8 @@ def forward(x, w, b, stride, padding, normalize=None, relu_pool=False):
 def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias, pooled=None):
     """(dx or None, dw, db or None) of forward, from dy (N, OC, OH, OW) and forward's planes xq; or
     after relu_pool from the pooled gradient dy and pooled = (y, idx) of forward (each task first
-    spreads its samples' dy to the winners, _unpool). With dx, dw's sums are deferred (cores.defer:
-    the worker adds them up while it would otherwise wait) and dw is final after cores.settle()."""
+    spreads its samples' dy to the winners, _unpool). With dx and not pooled, dw's sums are deferred
+    (cores.defer: a worker sums them while it would otherwise wait) and dw is final after cores.settle()."""
     N, C, H, W = x_shape
     OC = w.shape[0]
     g = _geometry(tuple(x_shape), tuple(padding), stride, dy.dtype)

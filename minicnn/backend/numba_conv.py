@@ -667,7 +667,7 @@ def _pointwise_backward(dy, record, w, input_grad):
     n_tasks = -(-N // chunk)
     no_bias = np.zeros(OC, dtype=dy.dtype)                 # a pass over dy saved where there is no bias
     blocked = numba_strategy.pointwise_by_blocked_sums(C, OC, HW)
-    deferred = blocked and input_grad and N > 0
+    deferred = blocked and input_grad
     dw_parts = [None] * n_tasks
 
     def weight_chunk(i):
