@@ -32,6 +32,19 @@ np.savez(sys.argv[1], **out)
 """
 
 
+@pytest.fixture
+def two_threads(monkeypatch):
+    """cores on 2 threads with deferring on for the test, the contention watch off (on a crowded
+    machine it would keep to one thread, and defer() would run its tasks at once); restored after."""
+    from minicnn.backend import cores
+    monkeypatch.setattr(cores._watch, "enabled", False)
+    threads, deferring = cores.threads(), cores.set_deferring(True)
+    cores.set_threads(2)
+    yield cores
+    cores.set_threads(threads)                      # (settles what a test left deferred)
+    cores.set_deferring(deferring)
+
+
 def run_step(threads, path):
     env = dict(os.environ, MINICNN_THREADS=str(threads), MINICNN_BACKEND="numba")
     subprocess.run([sys.executable, "-c", STEP, str(path)], check=True, env=env, timeout=600)
@@ -47,24 +60,19 @@ def test_thread_counts_agree_bit_for_bit(tmp_path, threads):
         np.testing.assert_array_equal(one[key], many[key], err_msg=key)
 
 
-def test_run_returns_results_in_task_order_and_uses_every_thread():
+def test_run_returns_results_in_task_order_and_uses_every_thread(two_threads):
     from minicnn.backend import cores
-    old = cores.threads()
-    try:
-        cores.set_threads(2)
-        seen = set()
+    seen = set()
 
-        def task(i):
-            seen.add(threading.get_ident())
-            time.sleep(0.002)                       # long enough that the worker takes some
-            return i * i
-        assert cores.run(task, 20) == [i * i for i in range(20)]
-        assert len(seen) == 2 and threading.get_ident() in seen
-        cores.set_threads(1)
-        seen.clear()
-        assert cores.run(task, 3) == [0, 1, 4] and seen == {threading.get_ident()}
-    finally:
-        cores.set_threads(old)
+    def task(i):
+        seen.add(threading.get_ident())
+        time.sleep(0.002)                       # long enough that the worker takes some
+        return i * i
+    assert cores.run(task, 20) == [i * i for i in range(20)]
+    assert len(seen) == 2 and threading.get_ident() in seen
+    cores.set_threads(1)
+    seen.clear()
+    assert cores.run(task, 3) == [0, 1, 4] and seen == {threading.get_ident()}
 
 
 def test_a_worker_reports_a_finished_job_without_the_gil():
@@ -94,108 +102,85 @@ def test_a_worker_settles_about_the_time_asked_before_taking_the_gil():
     assert 0 < cores._crew_of(2).settle_loads < 100 * loads
 
 
-def test_run_raises_the_error_after_every_task_has_stopped():
+def test_run_raises_the_error_after_every_task_has_stopped(two_threads):
     from minicnn.backend import cores
-    old = cores.threads()
     finished = []
-    try:
-        cores.set_threads(2)
 
-        def task(i):
-            if i == 0:                              # (after the worker has joined: it finishes the rest)
-                time.sleep(0.005)
-                raise RuntimeError("task 0 failed")
-            time.sleep(0.01)
-            finished.append(i)
-        with pytest.raises(RuntimeError, match="task 0 failed"):
-            cores.run(task, 4)
-        count = len(finished)
-        time.sleep(0.05)
-        assert len(finished) == count == 3           # nothing still running after the raise
-    finally:
-        cores.set_threads(old)
-
-
-def test_nested_run_stays_on_its_thread():
-    from minicnn.backend import cores
-    old = cores.threads()
-    try:
-        cores.set_threads(2)
-        inner = cores.run(lambda i: cores.run(lambda j: (i, j, threading.get_ident()), 3), 4)
-        for i, results in enumerate(inner):                 # each inner run on one thread, in order
-            assert [r[:2] for r in results] == [(i, 0), (i, 1), (i, 2)] and len({r[2] for r in results}) == 1
-    finally:
-        cores.set_threads(old)
-
-
-def test_recording_times_every_task_of_each_outer_run_and_names_its_op():
-    from minicnn.backend import cores
-    old = cores.threads()
-    try:
-        cores.set_threads(2)
-
-        def task(i):
-            time.sleep(0.002)                       # long enough that the worker takes some
-            return cores.run(lambda j: i * 10 + j, 2)      # a nested run: part of this task
-
-        def my_op():
-            return cores.run(task, 8)
-
-        assert cores.recording is not None and cores._recording is None
-        with cores.recording(ops={"my_op"}) as record:
-            results = my_op()
-            cores.run(lambda i: i, 3)               # called by no op: '?'
-        assert results == [[i * 10, i * 10 + 1] for i in range(8)]
-        assert cores._recording is None             # off again outside
-        (label, start, end, tasks), (other, *_rest, few) = record.runs
-        assert label == "my_op: test_threads.my_op" and other.startswith("?: ") and len(few) == 3
-        assert len(tasks) == 8 and {t[0] for t in tasks} == {0, 1}      # the caller is 0, the worker 1
-        assert all(start <= t_start <= t_end <= end for _, t_start, t_end in tasks)
-        assert sum(t_end - t_start for _, t_start, t_end in tasks) >= 8 * 0.002
-        assert cores.run(lambda i: -i, 2) == [0, -1] and len(record.runs) == 2     # nothing recorded after
-        with cores.recording() as record:
-            other = threading.Thread(target=cores.run, args=(lambda i: i, 2))
-            other.start()
-            other.join()
-            cores.run(lambda i: i, 2)
-        assert len(record.runs) == 1 and record.runs[0][0].startswith("?: ")     # only this thread's run
-    finally:
-        cores.set_threads(old)
-
-
-def test_deferred_tasks_run_on_the_idle_worker_and_settle_waits_for_their_finish():
-    from minicnn.backend import cores
-    old = cores.threads()
-    try:
-        cores.set_threads(2)
-        done, finished = [], []
-
-        def task(i):
-            time.sleep(0.003)
-            done.append((i, threading.get_ident()))
-
-        cores.defer(task, 6, lambda: finished.append(len(done)))
-        assert len(done) == 0                       # nothing ran yet: no job has woken the worker
-        cores.run(lambda i: i, 2)                   # the worker takes the deferred tasks after the job
+    def task(i):
+        if i == 0:                              # (after the worker has joined: it finishes the rest)
+            time.sleep(0.005)
+            raise RuntimeError("task 0 failed")
         time.sleep(0.01)
-        cores.settle()
-        assert sorted(i for i, _ in done) == list(range(6)) and finished == [6]     # finish once, last
-        assert len({thread for _, thread in done} - {threading.get_ident()}) == 1   # the worker took some
-        cores.settle()                              # nothing left: returns at once
-        assert finished == [6]
-    finally:
-        cores.set_threads(old)
+        finished.append(i)
+    with pytest.raises(RuntimeError, match="task 0 failed"):
+        cores.run(task, 4)
+    count = len(finished)
+    time.sleep(0.05)
+    assert len(finished) == count == 3           # nothing still running after the raise
 
 
-def test_a_job_does_not_wait_for_a_worker_busy_with_a_deferred_task():
+def test_nested_run_stays_on_its_thread(two_threads):
+    from minicnn.backend import cores
+    inner = cores.run(lambda i: cores.run(lambda j: (i, j, threading.get_ident()), 3), 4)
+    for i, results in enumerate(inner):                 # each inner run on one thread, in order
+        assert [r[:2] for r in results] == [(i, 0), (i, 1), (i, 2)] and len({r[2] for r in results}) == 1
+
+
+def test_recording_times_every_task_of_each_outer_run_and_names_its_op(two_threads):
+    from minicnn.backend import cores
+
+    def task(i):
+        time.sleep(0.002)                       # long enough that the worker takes some
+        return cores.run(lambda j: i * 10 + j, 2)      # a nested run: part of this task
+
+    def my_op():
+        return cores.run(task, 8)
+
+    assert cores.recording is not None and cores._recording is None
+    with cores.recording(ops={"my_op"}) as record:
+        results = my_op()
+        cores.run(lambda i: i, 3)               # called by no op: '?'
+    assert results == [[i * 10, i * 10 + 1] for i in range(8)]
+    assert cores._recording is None             # off again outside
+    (label, start, end, tasks), (other, *_rest, few) = record.runs
+    assert label == "my_op: test_threads.my_op" and other.startswith("?: ") and len(few) == 3
+    assert len(tasks) == 8 and {t[0] for t in tasks} == {0, 1}      # the caller is 0, the worker 1
+    assert all(start <= t_start <= t_end <= end for _, t_start, t_end in tasks)
+    assert sum(t_end - t_start for _, t_start, t_end in tasks) >= 8 * 0.002
+    assert cores.run(lambda i: -i, 2) == [0, -1] and len(record.runs) == 2     # nothing recorded after
+    with cores.recording() as record:
+        other = threading.Thread(target=cores.run, args=(lambda i: i, 2))
+        other.start()
+        other.join()
+        cores.run(lambda i: i, 2)
+    assert len(record.runs) == 1 and record.runs[0][0].startswith("?: ")     # only this thread's run
+
+
+def test_deferred_tasks_run_on_the_idle_worker_and_settle_waits_for_their_finish(two_threads):
+    from minicnn.backend import cores
+    done, finished = [], []
+
+    def task(i):
+        time.sleep(0.003)
+        done.append((i, threading.get_ident()))
+
+    cores.defer(task, 6, lambda: finished.append(len(done)))
+    assert len(done) == 0                       # nothing ran yet: no job has woken the worker
+    cores.run(lambda i: i, 2)                   # the worker takes the deferred tasks after the job
+    time.sleep(0.01)
+    cores.settle()
+    assert sorted(i for i, _ in done) == list(range(6)) and finished == [6]     # finish once, last
+    assert len({thread for _, thread in done} - {threading.get_ident()}) == 1   # the worker took some
+    cores.settle()                              # nothing left: returns at once
+    assert finished == [6]
+
+
+def test_a_job_does_not_wait_for_a_worker_busy_with_a_deferred_task(two_threads):
     """The caller runs a job's tasks itself when the worker is inside a deferred task, and returns
     without waiting for it (the worker joins only an open job)."""
     from minicnn.backend import cores
-    old = cores.threads()
     started, release = threading.Event(), threading.Event()
     try:
-        cores.set_threads(2)
-
         def slow(i):
             started.set()
             release.wait(10)
@@ -212,50 +197,40 @@ def test_a_job_does_not_wait_for_a_worker_busy_with_a_deferred_task():
         cores.settle()
     finally:
         release.set()
-        cores.set_threads(old)
 
 
-def test_settle_raises_a_deferred_tasks_error_once_and_skips_its_finish():
+def test_settle_raises_a_deferred_tasks_error_once_and_skips_its_finish(two_threads):
     from minicnn.backend import cores
-    old = cores.threads()
     finished = []
-    try:
-        cores.set_threads(2)
 
-        def task(i):
-            if i == 1:
-                raise ValueError("deferred task 1 failed")
+    def task(i):
+        if i == 1:
+            raise ValueError("deferred task 1 failed")
 
-        cores.defer(task, 3, lambda: finished.append(True))
-        cores.run(lambda i: i, 2)
-        with pytest.raises(ValueError, match="deferred task 1 failed"):
-            cores.settle()
-        cores.settle()                              # raised once
-        assert finished == []
-    finally:
-        cores.set_threads(old)
+    cores.defer(task, 3, lambda: finished.append(True))
+    cores.run(lambda i: i, 2)
+    with pytest.raises(ValueError, match="deferred task 1 failed"):
+        cores.settle()
+    cores.settle()                              # raised once
+    assert finished == []
 
 
 @pytest.mark.parametrize("how", ["one thread", "deferring off", "inside a task"])
-def test_defer_runs_its_tasks_at_once_when_nothing_could_take_them_later(how):
+def test_defer_runs_its_tasks_at_once_when_nothing_could_take_them_later(how, two_threads):
     from minicnn.backend import cores
-    old_threads, old_deferring = cores.threads(), cores.set_deferring(how != "deferring off")
     done = []
-    try:
-        cores.set_threads(1 if how == "one thread" else 2)
-        if how == "inside a task":
-            cores.run(lambda i: cores.defer(lambda j: done.append((i, j)), 2, lambda: done.append("finish")), 1)
-        else:
-            cores.defer(lambda j: done.append((0, j)), 2, lambda: done.append("finish"))
-        assert done == [(0, 0), (0, 1), "finish"]
-    finally:
-        cores.set_threads(old_threads)
-        cores.set_deferring(old_deferring)
+    cores.set_deferring(how != "deferring off")
+    cores.set_threads(1 if how == "one thread" else 2)
+    if how == "inside a task":
+        cores.run(lambda i: cores.defer(lambda j: done.append((i, j)), 2, lambda: done.append("finish")), 1)
+    else:
+        cores.defer(lambda j: done.append((0, j)), 2, lambda: done.append("finish"))
+    assert done == [(0, 0), (0, 1), "finish"]
 
 
 @pytest.mark.parametrize("model_name", ["resnet14", "mobilenetmnist"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_deferred_weight_gradients_have_the_bits_of_the_undeferred(dtype, model_name):
+def test_deferred_weight_gradients_have_the_bits_of_the_undeferred(dtype, model_name, two_threads):
     """ResNet14's blocked 3x3 convolutions and MobileNetMNIST's blocked 1x1 ones sum their weight
     gradients in deferred tasks (seen in the recording), read through .grad after settling: every
     gradient and the updated parameters equal those of the same steps with deferring off, bit for
@@ -263,35 +238,27 @@ def test_deferred_weight_gradients_have_the_bits_of_the_undeferred(dtype, model_
     import minicnn as mc
     from minicnn import backend
     from minicnn.backend import contract, cores
-    old_threads = cores.threads()
     results = {}
-    try:
-        cores.set_threads(2)
-        for deferring in (False, True):
-            previous = cores.set_deferring(deferring)
-            try:
-                with backend.use_backend("numba"):
-                    mc.manual_seed(0)
-                    model = mc.models.get_model(model_name).to(dtype)
-                    opt = mc.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-                    loss_fn = mc.nn.CrossEntropyLoss()
-                    rng = np.random.default_rng(0)
-                    x = rng.standard_normal((24, 1, 28, 28)).astype(dtype)
-                    y = rng.integers(0, 10, 24)
-                    with cores.recording(contract.OPS) as record:
-                        for _ in range(2):
-                            opt.zero_grad()
-                            for _ in range(2):              # the second backward adds into .grad
-                                loss_fn(model(x), y)
-                                model.backward(loss_fn.backward(), input_grad=False)
-                            opt.step()
-                    results[deferring] = [p.grad.copy() for p in model.parameters()] + \
-                        [p.data.copy() for p in model.parameters()]
-                    assert bool(record.deferred) == deferring
-            finally:
-                cores.set_deferring(previous)
-    finally:
-        cores.set_threads(old_threads)
+    for deferring in (False, True):
+        cores.set_deferring(deferring)
+        with backend.use_backend("numba"):
+            mc.manual_seed(0)
+            model = mc.models.get_model(model_name).to(dtype)
+            opt = mc.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            loss_fn = mc.nn.CrossEntropyLoss()
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((24, 1, 28, 28)).astype(dtype)
+            y = rng.integers(0, 10, 24)
+            with cores.recording(contract.OPS) as record:
+                for _ in range(2):
+                    opt.zero_grad()
+                    for _ in range(2):              # the second backward adds into .grad
+                        loss_fn(model(x), y)
+                        model.backward(loss_fn.backward(), input_grad=False)
+                    opt.step()
+            results[deferring] = [p.grad.copy() for p in model.parameters()] + \
+                [p.data.copy() for p in model.parameters()]
+            assert bool(record.deferred) == deferring
     assert len(results[True]) == len(results[False]) > 40
     for i, (a, b) in enumerate(zip(results[False], results[True])):
         np.testing.assert_array_equal(a, b, err_msg=str(i))
@@ -299,35 +266,27 @@ def test_deferred_weight_gradients_have_the_bits_of_the_undeferred(dtype, model_
 
 @pytest.mark.parametrize("shape, stride", [((9, 16, 12, 12), 1), ((9, 16, 13, 13), 2)])
 @pytest.mark.parametrize("kernel", [1, 3])
-def test_a_deferred_weight_gradient_is_final_after_settle(shape, stride, kernel):
+def test_a_deferred_weight_gradient_is_final_after_settle(shape, stride, kernel, two_threads):
     """The op itself (blocked 3x3 and blocked 1x1, stride 1 and 2): dw comes back before its sums are
     done (deferred tasks recorded) and after settle() equals the reference backend's to rounding
     and the undeferred op's to the bit."""
     from minicnn.backend import contract, cores, numba_ops, numba_strategy, numpy_ops
-    old_threads = cores.threads()
     rng = np.random.default_rng(3)
     x = rng.standard_normal(shape)
     w = rng.standard_normal((40, shape[1], kernel, kernel))
     padding = (kernel // 2, kernel // 2)
-    try:
-        cores.set_threads(2)
-        with numba_strategy.use(blocked_pointwise_min=0):              # 1x1 by the blocked sums
-            y, record = numba_ops.conv2d_forward(x, w, None, (stride, stride), padding, (1, 1), 1)
-        assert kernel == 1 or record.algorithm == "blocked"
-        dy = rng.standard_normal(y.shape)
-        dws = {}
-        for deferring in (False, True):
-            previous = cores.set_deferring(deferring)
-            try:
-                with numba_strategy.use(blocked_pointwise_min=0), cores.recording(contract.OPS) as recorded:
-                    dx, dw, _ = numba_ops.conv2d_backward(dy, record, w, True)
-                    numba_ops.settle()
-                assert bool(recorded.deferred) == deferring
-                dws[deferring] = dw.copy()
-            finally:
-                cores.set_deferring(previous)
-    finally:
-        cores.set_threads(old_threads)
+    with numba_strategy.use(blocked_pointwise_min=0):              # 1x1 by the blocked sums
+        y, record = numba_ops.conv2d_forward(x, w, None, (stride, stride), padding, (1, 1), 1)
+    assert kernel == 1 or record.algorithm == "blocked"
+    dy = rng.standard_normal(y.shape)
+    dws = {}
+    for deferring in (False, True):
+        cores.set_deferring(deferring)
+        with numba_strategy.use(blocked_pointwise_min=0), cores.recording(contract.OPS) as recorded:
+            dx, dw, _ = numba_ops.conv2d_backward(dy, record, w, True)
+            numba_ops.settle()
+        assert bool(recorded.deferred) == deferring
+        dws[deferring] = dw.copy()
     _, reference_record = numpy_ops.conv2d_forward(x, w, None, (stride, stride), padding, (1, 1), 1)
     _, expected, _ = numpy_ops.conv2d_backward(dy, reference_record, w, True)
     np.testing.assert_allclose(dws[True], expected, rtol=1e-10, atol=1e-10)
