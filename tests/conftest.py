@@ -106,6 +106,7 @@ def dtype(request):
 def _seed():
     minicnn.manual_seed(1234)
     yield
+    mc_backend.settle()         # no test's deferred weight gradients run during the next one
 
 
 def tolerance(dtype):

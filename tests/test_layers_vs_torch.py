@@ -700,15 +700,16 @@ def test_pointwise_convolution(strategy, dtype, monkeypatch, blocked, c_in, c_ou
         y = layer(x)
         assert layer._saved.record.algorithm == "pointwise"
         dx = layer.backward(dy)
+        weight_grad = layer.weight.grad                 # (read: the deferred weight-gradient tasks have run)
         assert set(calls) == ({"pointwise_forward", "pointwise_weight_grad", "pointwise_input_grad"} if blocked
                               else set())
         for ours, theirs, what in [(y, yt, "output"), (dx, xt.grad, "input gradient"),
-                                   (layer.weight.grad, ref.weight.grad, "weight gradient"),
+                                   (weight_grad, ref.weight.grad, "weight gradient"),
                                    (layer.bias.grad, ref.bias.grad, "bias gradient")]:
             theirs = theirs.detach().numpy()
             np.testing.assert_allclose(ours, theirs, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, np.abs(theirs).max()),
                                        err_msg=what)
-        with_dx = layer.weight.grad.copy()
+        with_dx = weight_grad.copy()
         layer.zero_grad()
         layer(x)
         assert layer.backward(dy, input_grad=False) is None
