@@ -40,7 +40,7 @@ def two_threads(monkeypatch):
     monkeypatch.setattr(cores._watch, "enabled", False)
     threads, deferring = cores.threads(), cores.set_deferring(True)
     cores.set_threads(2)
-    yield cores
+    yield
     cores.set_threads(threads)                      # (settles what a test left deferred)
     cores.set_deferring(deferring)
 

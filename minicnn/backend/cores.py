@@ -530,12 +530,12 @@ class _Crew:
                     work(worker)
                 except BaseException as error:      # handed to the caller by wait()
                     self.errors.append(error)
-            if _queue:                              # job done; deferred tasks until the next job
-                _store_then_spin_while_equal(self.flags, worker, seen, 0, seen, 0, 0)
+            if _queue:                              # deferred tasks until the next job comes, the
+                _store_then_spin_while_equal(self.flags, worker, seen, 0, seen, 0, 0)   # job reported done first
                 while self.flags[0] == seen and _run_deferred():
                     pass
             job_came = _store_then_spin_while_equal(self.flags, worker, seen, 0, seen, SPIN_LOADS,
-                                                    self.settle_loads)       # job done
+                                                    self.settle_loads)       # job done (stored again if so)
 
 
 class _OneBlasThread:

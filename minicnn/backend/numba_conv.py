@@ -697,8 +697,10 @@ def _pointwise_backward(dy, record, w, input_grad):
         return dx, np.zeros(w.shape, dtype=dy.dtype), np.zeros(OC, dtype=dy.dtype) if record.has_bias else None
     dw = np.empty((OC, C), dtype=dy.dtype)
 
-    def total():                                           # chunks in order, whichever thread summed them
-        dw[...] = functools.reduce(np.add, dw_parts)
+    def total():                # ((first + second) + third) + ...: chunks in order, whichever thread summed them
+        np.copyto(dw, dw_parts[0])
+        for part in dw_parts[1:]:
+            np.add(dw, part, out=dw)
 
     if deferred:
         cores.defer(weight_chunk, n_tasks, total)
