@@ -217,15 +217,25 @@ def test_settle_raises_a_deferred_tasks_error_once_and_skips_its_finish(two_thre
 
 @pytest.mark.parametrize("how", ["one thread", "deferring off", "inside a task"])
 def test_defer_runs_its_tasks_at_once_when_nothing_could_take_them_later(how, two_threads):
+    """... on the threads there are: with deferring off, as a run on both (not one after another on
+    the caller, which made every blocked backward slower with deferring off)."""
     from minicnn.backend import cores
     done = []
+
+    def task(i):
+        time.sleep(0.005)
+        done.append((i, threading.get_ident()))
+
     cores.set_deferring(how != "deferring off")
     cores.set_threads(1 if how == "one thread" else 2)
     if how == "inside a task":
-        cores.run(lambda i: cores.defer(lambda j: done.append((i, j)), 2, lambda: done.append("finish")), 1)
+        inside = cores.run(lambda _: (cores.deferrable(), cores.defer(task, 4, lambda: done.append("finish"))), 1)
+        assert inside[0][0] is False
     else:
-        cores.defer(lambda j: done.append((0, j)), 2, lambda: done.append("finish"))
-    assert done == [(0, 0), (0, 1), "finish"]
+        assert cores.deferrable() is False
+        cores.defer(task, 4, lambda: done.append("finish"))
+    assert sorted(i for i, _ in done[:-1]) == [0, 1, 2, 3] and done[-1] == "finish"
+    assert len({thread for _, thread in done[:-1]}) == (2 if how == "deferring off" else 1)
 
 
 @pytest.mark.parametrize("model_name", ["resnet14", "mobilenetmnist"])
@@ -269,7 +279,8 @@ def test_deferred_weight_gradients_have_the_bits_of_the_undeferred(dtype, model_
 def test_a_deferred_weight_gradient_is_final_after_settle(shape, stride, kernel, two_threads):
     """The op itself (blocked 3x3 and blocked 1x1, stride 1 and 2): dw comes back before its sums are
     done (deferred tasks recorded) and after settle() equals the reference backend's to rounding
-    and the undeferred op's to the bit."""
+    and the undeferred op's to the bit (deferring off, or the layer's data over the strategy's
+    defer_weight_grad_max_bytes: dw's tasks then run with dx's)."""
     from minicnn.backend import contract, cores, numba_ops, numba_strategy, numpy_ops
     rng = np.random.default_rng(3)
     x = rng.standard_normal(shape)
@@ -280,17 +291,19 @@ def test_a_deferred_weight_gradient_is_final_after_settle(shape, stride, kernel,
     assert kernel == 1 or record.algorithm == "blocked"
     dy = rng.standard_normal(y.shape)
     dws = {}
-    for deferring in (False, True):
+    for how, deferring, budget in (("off", False, 2**40), ("over budget", True, 0), ("deferred", True, 2**40)):
         cores.set_deferring(deferring)
-        with numba_strategy.use(blocked_pointwise_min=0), cores.recording(contract.OPS) as recorded:
+        with numba_strategy.use(blocked_pointwise_min=0, defer_weight_grad_max_bytes=budget), \
+                cores.recording(contract.OPS) as recorded:
             dx, dw, _ = numba_ops.conv2d_backward(dy, record, w, True)
             numba_ops.settle()
-        assert bool(recorded.deferred) == deferring
-        dws[deferring] = dw.copy()
+        assert bool(recorded.deferred) == (how == "deferred"), how
+        dws[how] = dw.copy()
     _, reference_record = numpy_ops.conv2d_forward(x, w, None, (stride, stride), padding, (1, 1), 1)
     _, expected, _ = numpy_ops.conv2d_backward(dy, reference_record, w, True)
-    np.testing.assert_allclose(dws[True], expected, rtol=1e-10, atol=1e-10)
-    np.testing.assert_array_equal(dws[True], dws[False])
+    np.testing.assert_allclose(dws["deferred"], expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(dws["deferred"], dws["off"])
+    np.testing.assert_array_equal(dws["deferred"], dws["over budget"])
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])

@@ -169,16 +169,22 @@ def set_deferring(on):
     return previous
 
 
+def deferrable():
+    """Whether defer() would leave its tasks for later now: not with one thread, inside a task,
+    while the machine is crowded (see _ContentionWatch) or with deferring off. A kernel that can
+    also do the same work inside its own run asks first, and keeps the work in its run when not."""
+    return _deferring and _threads > 1 and not getattr(_inside, "active", False) and not _watch.solo()
+
+
 def defer(task, n_tasks, finish):
     """task(0), ..., task(n_tasks - 1) and then finish(), later: the worker threads take the tasks
-    when they would otherwise wait, and settle() finishes what is left. Runs them now instead with
-    one thread, inside a task, while the machine is crowded (see _ContentionWatch) or when deferring
-    is off. The tasks must only run kernels (no run() inside), and what they read must stay unchanged
-    until settle(); what no settle() asks for is done by the workers after the next job ends."""
+    when they would otherwise wait, and settle() finishes what is left. When not deferrable(), runs
+    them now instead (by run(): on the threads there are) and then finish(). The tasks must only run
+    kernels (no run() inside), and what they read must stay unchanged until settle(); what no
+    settle() asks for is done by the workers after the next job ends."""
     global _unfinished
-    if not _deferring or _threads == 1 or n_tasks == 0 or getattr(_inside, "active", False) or _watch.solo():
-        for i in range(n_tasks):
-            task(i)
+    if n_tasks == 0 or not deferrable():
+        run(task, n_tasks)
         finish()
         return
     _crew_of(_threads)

@@ -655,7 +655,7 @@ def _spread_strided(sub, dx, SH, SW):
 def _pointwise_backward(dy, record, w, input_grad):
     """Gradients of _pointwise_forward: dw = the sum over samples of dy[n] @ x[n].T (per chunk, then
     chunks in order), dx[n] = w.T @ dy[n], db = dy's sums. By the blocked sums with dx, dw's tasks
-    are deferred (cores.defer, as numba_blocked.backward's) and dw is final after cores.settle()."""
+    may be deferred (cores.defer, as numba_blocked.backward's) and dw is final after cores.settle()."""
     x3 = record.x
     N, C, HW = x3.shape
     OC = w.shape[0]
@@ -667,7 +667,8 @@ def _pointwise_backward(dy, record, w, input_grad):
     n_tasks = -(-N // chunk)
     no_bias = np.zeros(OC, dtype=dy.dtype)                 # a pass over dy saved where there is no bias
     blocked = numba_strategy.pointwise_by_blocked_sums(C, OC, HW)
-    deferred = blocked and input_grad
+    deferred = blocked and input_grad and cores.deferrable() and \
+        numba_strategy.defers_weight_grad(N * (C + OC) * HW * dy.dtype.itemsize)  # else dw's tasks go with dx's
     dw_parts = [None] * n_tasks
 
     def weight_chunk(i):

@@ -31,6 +31,8 @@ class Strategy:
     fuse_batchnorm_relu: bool = True        # batch norm + ReLU as one step: no pass, no array for the ReLU
     fuse_conv_batchnorm: bool = True        # conv + batch norm (+ ReLU): inference normalizes as the blocked sums crop;
                                             # as a residual block's last step, the batch norm adds the skip (training too)
+    defer_weight_grad_max_bytes: int = 2**24  # blocked dw left to idle threads (cores.defer) up to this much of a
+                                            # layer's backward data: past it, re-read from memory, they cost more
     # ---- how work is cut (chunks depend on the shapes only, never on the thread count)
     min_tasks: int = 4                      # a layer in at least this many equal tasks: 2 threads end together
     direct_max_chunk: int = 32              # samples per task of the direct sums
@@ -112,6 +114,13 @@ def pointwise_by_blocked_sums(C, OC, pixels):
     blocked_pointwise_min multiply-adds a sample (below, the copies and the transposition of dy cost
     more than the faster sums save)."""
     return C * OC * pixels >= _current.blocked_pointwise_min
+
+
+def defers_weight_grad(data_bytes):
+    """Whether a convolution's weight-gradient tasks go to cores.defer (to be summed when a thread
+    would otherwise wait) rather than into the run that computes dx beside them, for a backward
+    whose dy, planes and scratch come to data_bytes (all samples)."""
+    return data_bytes <= _current.defer_weight_grad_max_bytes
 
 
 def fuses(conv, relu, pool):
