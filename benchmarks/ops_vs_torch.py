@@ -88,6 +88,24 @@ def torch_pass(module, x, dy):
     return forward, both
 
 
+def _same_results(module, twin, x, y, dy):
+    """The largest difference between minicnn's and torch's output and input gradient (y is
+    module(x)); raises if they differ past float32's rounding: a ratio of two different
+    computations would mean nothing."""
+    import torch
+    dx = module.backward(dy)
+    tx = torch.from_numpy(x).requires_grad_(True)
+    ty = twin(tx)
+    ty.backward(torch.from_numpy(dy))
+    largest = 0.0
+    for what, ours, theirs in (("output", y, ty.detach().numpy()), ("input gradient", dx, tx.grad.numpy())):
+        if not np.allclose(ours, theirs, rtol=1e-3, atol=1e-3):
+            raise AssertionError(f"{type(module).__name__}: minicnn's {what} differs from torch's "
+                                 f"(largest difference {np.abs(ours - theirs).max():.3g})")
+        largest = max(largest, float(np.abs(ours - theirs).max()))
+    return largest
+
+
 def timed(fn, iters):
     started = time.perf_counter()
     for _ in range(iters):
@@ -104,6 +122,7 @@ def compare(name, factory, shape, batch, repeats, iters):
     x = rng.standard_normal((batch,) + shape).astype(np.float32)
     y = module(x)
     dy = rng.standard_normal(y.shape).astype(np.float32)
+    agreement = _same_results(module, twin, x, y, dy)
     passes = {"minicnn": minicnn_pass(module, x, dy), "torch": torch_pass(twin, x, dy)}
     for forward, both in passes.values():           # warm-up: compiled kernels, scratch, torch's caches
         forward()
@@ -121,7 +140,7 @@ def compare(name, factory, shape, batch, repeats, iters):
             times[lib]["backward"].append(b)
         for i, part in enumerate(("forward", "backward")):
             ratios[part].append(now["torch"][i] / now["minicnn"][i])
-    row = {"op": name, "batch": batch}
+    row = {"op": name, "batch": batch, "largest difference": agreement}
     for part in ("forward", "backward"):
         row[f"minicnn {part} ms"] = statistics.median(times["minicnn"][part]) * 1e3
         row[f"torch {part} ms"] = statistics.median(times["torch"][part]) * 1e3

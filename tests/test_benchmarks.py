@@ -47,6 +47,18 @@ def test_step_profile_inference_tiny(tmp_path):
     assert profile["mode"] == "inference" and profile["runs"] > 0
 
 
+def test_ops_vs_torch_tiny(tmp_path):
+    """Each op of the table runs against its torch twin (the same weights: the forwards agree) and
+    lands in the JSON with both libraries' times and the ratios."""
+    out = run("benchmarks/ops_vs_torch.py", "--batch", "2", "--repeats", "1", "--iters", "1",
+              "--ops", "conv 3x3 32->64,batchnorm+relu 64,basic block 32", "--out", str(tmp_path / "o.json"))
+    assert "conv 3x3 32->64 /2, 14x14" in out and "basic block 32 /2" in out and "16->16" not in out
+    rows = json.loads((tmp_path / "o.json").read_text())["rows"]
+    assert [row["op"] for row in rows] == ["conv 3x3 32->64 /2, 14x14", "batchnorm+relu 64, 7x7", "basic block 32 /2, 28x28"]
+    assert all(row["minicnn forward ms"] > 0 and row["torch forward ms"] > 0 and row["largest difference"] < 1e-3
+               for row in rows)      # (backward = both - forward: at this size it can come out negative)
+
+
 def test_gradcheck_benchmark_layers():
     out = run("benchmarks/gradcheck.py", "--layers-only", "--entries", "3")
     assert "| Conv2d" in out and "FAIL" not in out
