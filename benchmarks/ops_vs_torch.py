@@ -166,16 +166,17 @@ def main():
     rows = []
     print(f"batch {args.batch}, {args.threads} threads, float32, median of {args.repeats} "
           f"(ratio = torch's time / minicnn's: above 1 minicnn is faster)")
-    print(f"{'op':30s} {'minicnn fwd':>11s} {'torch fwd':>9s} {'ratio':>6s}   {'minicnn bwd':>11s} {'torch bwd':>9s} {'ratio':>6s}")
+    print("\n| op | minicnn fwd ms | torch fwd ms | fwd ratio | minicnn bwd ms | torch bwd ms | bwd ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     with backend.use_backend("numba"):
         for name, factory, shape in resnet14_ops():
             if wanted and not any(w in name for w in wanted):
                 continue
             row = compare(name, factory, shape, args.batch, args.repeats, args.iters)
             rows.append(row)
-            print(f"{name:30s} {row['minicnn forward ms']:9.2f}ms {row['torch forward ms']:7.2f}ms "
-                  f"{row['forward ratio']:5.2f}x   {row['minicnn backward ms']:9.2f}ms "
-                  f"{row['torch backward ms']:7.2f}ms {row['backward ratio']:5.2f}x", flush=True)
+            print(f"| {name} | {row['minicnn forward ms']:.2f} | {row['torch forward ms']:.2f} | "
+                  f"{row['forward ratio']:.2f}x | {row['minicnn backward ms']:.2f} | "
+                  f"{row['torch backward ms']:.2f} | {row['backward ratio']:.2f}x |", flush=True)
     if args.out:
         machine = {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                    "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__}
