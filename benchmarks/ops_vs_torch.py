@@ -16,7 +16,6 @@ minicnn is faster) is the median of the repeats' own ratios. A measurement, not 
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -178,12 +177,11 @@ def main():
                   f"{row['forward ratio']:.2f}x | {row['minicnn backward ms']:.2f} | "
                   f"{row['torch backward ms']:.2f} | {row['backward ratio']:.2f}x |", flush=True)
     if args.out:
-        machine = {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                   "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__}
+        from speed import machine                  # the same description as speed.py's results
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         tmp = args.out + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"machine": machine, "threads": args.threads, "rows": rows}, f, indent=1)
+            json.dump({"machine": machine(), "threads": args.threads, "rows": rows}, f, indent=1)
         os.replace(tmp, args.out)
 
 
