@@ -280,7 +280,8 @@ def test_a_deferred_weight_gradient_is_final_after_settle(shape, stride, kernel,
     """The op itself (blocked 3x3 and blocked 1x1, stride 1 and 2): dw comes back before its sums are
     done (deferred tasks recorded) and after settle() equals the reference backend's to rounding
     and the undeferred op's to the bit (deferring off, or the layer's data over the strategy's
-    defer_weight_grad_max_bytes: dw's tasks then run with dx's)."""
+    defer_weight_grad_max_bytes: dw's tasks then run with dx's). Without dw_may_wait (a direct
+    caller that did not allow waiting) nothing is deferred: dw is final when the op returns."""
     from minicnn.backend import contract, cores, numba_ops, numba_strategy, numpy_ops
     rng = np.random.default_rng(3)
     x = rng.standard_normal(shape)
@@ -295,15 +296,20 @@ def test_a_deferred_weight_gradient_is_final_after_settle(shape, stride, kernel,
         cores.set_deferring(deferring)
         with numba_strategy.use(blocked_pointwise_min=0, defer_weight_grad_max_bytes=budget), \
                 cores.recording(contract.OPS) as recorded:
-            dx, dw, _ = numba_ops.conv2d_backward(dy, record, w, True)
+            dx, dw, _ = numba_ops.conv2d_backward(dy, record, w, True, True)
             numba_ops.settle()
         assert bool(recorded.deferred) == (how == "deferred"), how
         dws[how] = dw.copy()
+    with numba_strategy.use(blocked_pointwise_min=0), cores.recording(contract.OPS) as recorded:
+        _, dw, _ = numba_ops.conv2d_backward(dy, record, w, True, False)    # the caller did not allow waiting
+        dws["final at once"] = dw.copy()                               # (read before any settle)
+    assert not recorded.deferred
     _, reference_record = numpy_ops.conv2d_forward(x, w, None, (stride, stride), padding, (1, 1), 1)
-    _, expected, _ = numpy_ops.conv2d_backward(dy, reference_record, w, True)
+    _, expected, _ = numpy_ops.conv2d_backward(dy, reference_record, w, True, False)
     np.testing.assert_allclose(dws["deferred"], expected, rtol=1e-10, atol=1e-10)
     np.testing.assert_array_equal(dws["deferred"], dws["off"])
     np.testing.assert_array_equal(dws["deferred"], dws["over budget"])
+    np.testing.assert_array_equal(dws["deferred"], dws["final at once"])
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])

@@ -16,9 +16,11 @@ Conventions, for every op:
   written to. Gradients come back as fresh arrays the caller may keep.
 - How a backend computes (which algorithm, how many threads, which kernels) is its own business:
   the choice is made inside the op, in one place per backend.
-- A backend may finish a parameter gradient (conv2d_backward's dw) in the background, on threads
-  that would otherwise wait: it is final once settle() has returned (every read of a Parameter's
-  .grad settles first). Until then the op's inputs and record must stay unchanged.
+- A backend may finish a parameter gradient in the background, on threads that would otherwise
+  wait, where the caller allows it (conv2d_backward's dw_may_wait=True: Conv2d hands dw straight to
+  Parameter.accumulate_grad, which does not read it): it is final once settle() has returned (every
+  read of a Parameter's .grad settles first), and until then the op's inputs and record must stay
+  unchanged. Without the caller's leave every gradient comes back final.
 
 The stubs below document the ops; their bodies are never run.
 """
@@ -55,9 +57,10 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     [g*C/G, (g+1)*C/G) only (depthwise when G = C). Returns (y, record)."""
 
 
-def conv2d_backward(dy, record, w, input_grad):
+def conv2d_backward(dy, record, w, input_grad, dw_may_wait):
     """Gradients of conv2d_forward for dy (N, OC, OH, OW) and the same w: (dx (N, C, H, W) or None
-    when not input_grad, dw (OC, C, KH, KW), db (OC,) or None when forward had no bias)."""
+    when not input_grad, dw (OC, C, KH, KW), db (OC,) or None when forward had no bias). With
+    dw_may_wait, dw may still be being summed when the op returns: final after settle()."""
 
 
 def conv2d_relu_maxpool2d_forward(x, w, b, padding):

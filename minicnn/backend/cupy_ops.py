@@ -131,8 +131,8 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     return im2col_conv.forward(_PRIMITIVES, x, w, b, stride, padding, dilation, groups, _MAX_COL_BYTES)
 
 
-def conv2d_backward(dy, record, w, input_grad):
-    return im2col_conv.backward(_PRIMITIVES, dy, record, w, input_grad)
+def conv2d_backward(dy, record, w, input_grad, dw_may_wait):
+    return im2col_conv.backward(_PRIMITIVES, dy, record, w, input_grad)          # dw final: nothing waits
 
 
 def conv2d_relu_maxpool2d_forward(x, w, b, padding):
@@ -145,7 +145,7 @@ def conv2d_relu_maxpool2d_forward(x, w, b, padding):
 
 def conv2d_relu_maxpool2d_backward(dy, record, w, input_grad):
     conv, relu, pool = record
-    return conv2d_backward(relu_backward(maxpool2d_backward(dy, pool), relu), conv, w, input_grad)
+    return conv2d_backward(relu_backward(maxpool2d_backward(dy, pool), relu), conv, w, input_grad, False)
 
 
 # ---------------------------------------------------------------- pooling

@@ -559,12 +559,13 @@ def forward(x, w, b, stride, padding, normalize=None, relu_pool=False):
     return (y, xq, idx) if relu_pool else (y, xq)
 
 
-def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias, pooled=None):
+def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias, pooled=None, dw_may_wait=False):
     """(dx or None, dw, db or None) of forward, from dy (N, OC, OH, OW) and forward's planes xq; or
     after relu_pool from the pooled gradient dy and pooled = (y, idx) of forward (each task first
-    spreads its samples' dy to the winners, _unpool). With dx and not pooled, dw's sums may be deferred
-    (cores.defer: a worker sums them while it would otherwise wait; where cores.deferrable() and
-    numba_strategy.defers_weight_grad say so), and dw is final after cores.settle()."""
+    spreads its samples' dy to the winners, _unpool). With dx, dw_may_wait and not pooled, dw's sums
+    may be deferred (cores.defer: a worker sums them while it would otherwise wait; where
+    cores.deferrable() and numba_strategy.defers_weight_grad say so), and dw is final after
+    cores.settle()."""
     N, C, H, W = x_shape
     OC = w.shape[0]
     g = _geometry(tuple(x_shape), tuple(padding), stride, dy.dtype)
@@ -584,7 +585,7 @@ def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias, pooled=N
     chunk = _rows_chunk(N, per_sample * dy.dtype.itemsize)
     dws = np.empty((-(-N // chunk), C, 9, OCv), dtype=dy.dtype)           # each chunk's share of dw
     dw = np.empty((OC, C, 9), dtype=dy.dtype)
-    deferred = input_grad and pooled is None and cores.deferrable() and \
+    deferred = input_grad and dw_may_wait and pooled is None and cores.deferrable() and \
         numba_strategy.defers_weight_grad(N * per_sample * dy.dtype.itemsize)    # else dw's tasks go with dx's
 
     def weight_chunk(i, dy_part=None):

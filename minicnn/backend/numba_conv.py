@@ -496,7 +496,7 @@ def _finite(a):
     return _all_finite(np.ascontiguousarray(a).reshape(-1))
 
 
-def conv2d_backward(dy, record, w, input_grad):
+def conv2d_backward(dy, record, w, input_grad, dw_may_wait):
     if record.algorithm == "composed":
         return _composed_backward(dy, record, w, input_grad)
     if record.algorithm == "im2col":
@@ -504,8 +504,8 @@ def conv2d_backward(dy, record, w, input_grad):
     if record.algorithm == "depthwise":
         return numba_depthwise.backward(dy, record, w, input_grad)
     if record.algorithm == "pointwise":
-        return _pointwise_backward(dy, record, w, input_grad)
-    return _planes_backward(dy, record, w, input_grad)
+        return _pointwise_backward(dy, record, w, input_grad, dw_may_wait)
+    return _planes_backward(dy, record, w, input_grad, dw_may_wait)
 
 
 def conv2d_relu_maxpool2d_forward(x, w, b, padding):
@@ -652,10 +652,11 @@ def _spread_strided(sub, dx, SH, SW):
                     dst[j * SW] = src[j]
 
 
-def _pointwise_backward(dy, record, w, input_grad):
+def _pointwise_backward(dy, record, w, input_grad, dw_may_wait=False):
     """Gradients of _pointwise_forward: dw = the sum over samples of dy[n] @ x[n].T (per chunk, then
-    chunks in order), dx[n] = w.T @ dy[n], db = dy's sums. By the blocked sums with dx, dw's tasks
-    may be deferred (cores.defer, as numba_blocked.backward's) and dw is final after cores.settle()."""
+    chunks in order), dx[n] = w.T @ dy[n], db = dy's sums. By the blocked sums with dx and
+    dw_may_wait, dw's tasks may be deferred (cores.defer, as numba_blocked.backward's) and dw is
+    final after cores.settle()."""
     x3 = record.x
     N, C, HW = x3.shape
     OC = w.shape[0]
@@ -667,7 +668,7 @@ def _pointwise_backward(dy, record, w, input_grad):
     n_tasks = -(-N // chunk)
     no_bias = np.zeros(OC, dtype=dy.dtype)                 # a pass over dy saved where there is no bias
     blocked = numba_strategy.pointwise_by_blocked_sums(C, OC, HW)
-    deferred = blocked and input_grad and cores.deferrable() and \
+    deferred = blocked and input_grad and dw_may_wait and cores.deferrable() and \
         numba_strategy.defers_weight_grad(N * (C + OC) * HW * dy.dtype.itemsize)  # else dw's tasks go with dx's
     dw_parts = [None] * n_tasks
 
@@ -781,7 +782,7 @@ def _planes_forward(x, w, b, stride, padding, dilation, relu_pool, forward, back
     return y, _PlanesRecord(backward, xp, kept, pooled, x.shape, padding, geometry, b is not None)
 
 
-def _planes_backward(dy, record, w, input_grad):
+def _planes_backward(dy, record, w, input_grad, dw_may_wait=False):
     """Gradients through _planes_forward by the record's backward algorithm: (dx or None, dw, db or
     None). dy has the shape of forward's y (pooled after relu_pool: the gradient then goes straight
     into the wide layout). The same chunks of samples as forward are the tasks; each returns its
@@ -793,7 +794,7 @@ def _planes_backward(dy, record, w, input_grad):
     OC, _, KH, KW = w.shape
     if method == "blocked":
         return numba_blocked.backward(dy, xp, np.ascontiguousarray(w), x_shape, geometry.SH, r.padding, input_grad,
-                                      r.has_bias, None if pooled is None else pooled[:2])
+                                      r.has_bias, None if pooled is None else pooled[:2], dw_may_wait)
     if method == "winograd":
         tiles = numba_winograd.Tiles(x_shape, PH, PW, pooled=pooled is not None)
         dx, dw, db = numba_winograd.backward(np.ascontiguousarray(dy), xp, pooled, np.ascontiguousarray(w), x_shape,

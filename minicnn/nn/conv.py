@@ -101,7 +101,8 @@ class Conv2d(Module):
     def backward(self, dy, input_grad=True):
         """Adds dW and db into the parameters' .grad; returns dx (None when not input_grad)."""
         record = self.saved(dy).record
-        dx, dw, db = backend.ops_for(dy).conv2d_backward(dy, record, self.weight.data, input_grad)
+        # dw goes straight to accumulate_grad, which keeps it unread: the backend may finish it later
+        dx, dw, db = backend.ops_for(dy).conv2d_backward(dy, record, self.weight.data, input_grad, True)
         self.add_grads(dw, db)
         return dx
 
