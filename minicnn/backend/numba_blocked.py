@@ -49,8 +49,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
-from . import cores, numba_strategy
-from .numba_common import FAST, _crop_padding, _pad_wide, _rows_chunk, _scratch
+from . import cores
+from .numba_common import FAST, _add_in_order, _crop_padding, _defers_weight_grad, _pad_wide, _rows_chunk, _scratch
 from .numba_relu_pool import _relu_pool_plane, _unpool_plane
 from .simd import _float_arrays, merge_pairs, normalized_run, shifted_run, splat, split_pairs
 
@@ -564,8 +564,7 @@ def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias, pooled=N
     after relu_pool from the pooled gradient dy and pooled = (y, idx) of forward (each task first
     spreads its samples' dy to the winners, _unpool). With dx, dw_may_wait and not pooled, dw's sums
     may be deferred (cores.defer: a worker sums them while it would otherwise wait; where
-    cores.deferrable() and numba_strategy.defers_weight_grad say so), and dw is final after
-    cores.settle()."""
+    numba_common._defers_weight_grad says so), and dw is final after cores.settle()."""
     N, C, H, W = x_shape
     OC = w.shape[0]
     g = _geometry(tuple(x_shape), tuple(padding), stride, dy.dtype)
@@ -585,8 +584,7 @@ def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias, pooled=N
     chunk = _rows_chunk(N, per_sample * dy.dtype.itemsize)
     dws = np.empty((-(-N // chunk), C, 9, OCv), dtype=dy.dtype)           # each chunk's share of dw
     dw = np.empty((OC, C, 9), dtype=dy.dtype)
-    deferred = input_grad and dw_may_wait and pooled is None and cores.deferrable() and \
-        numba_strategy.defers_weight_grad(N * per_sample * dy.dtype.itemsize)    # else dw's tasks go with dx's
+    deferred = input_grad and pooled is None and _defers_weight_grad(dw_may_wait, N * per_sample * dy.dtype.itemsize)
 
     def weight_chunk(i, dy_part=None):
         part = slice(i * chunk, (i + 1) * chunk)
@@ -627,7 +625,7 @@ def backward(dy, xq, w, x_shape, stride, padding, input_grad, has_bias, pooled=N
     db_parts = cores.run(backward_chunk, len(dws))
     if not deferred:
         _weight_grad_total(dws, dw)
-    db = functools.reduce(np.add, db_parts) if has_bias else None      # ((first + second) + third) + ...
+    db = _add_in_order(db_parts) if has_bias else None
     return dx, dw.reshape(w.shape), db
 
 

@@ -130,13 +130,30 @@ def _scratch_planes(role, shape, dtype):
     return planes, planes[:, :plane].reshape(shape)
 
 
+def _add_in_order(parts, out=None):
+    """((parts[0] + parts[1]) + parts[2]) + ...: the chunks' shares of a gradient added in chunk
+    order, whichever thread computed them, so the bits do not depend on the threads; into out
+    when given (no temporaries), else into a fresh array."""
+    if out is None:
+        out = np.array(parts[0], copy=True)
+    else:
+        np.copyto(out, parts[0])
+    for part in parts[1:]:
+        np.add(out, part, out=out)
+    return out
+
+
 def _sum_in_order(parts):
-    """The chunks' (weight gradient, bias gradient) shares added in chunk order, whichever thread
-    computed them: the order of additions, and so the bits, do not depend on the threads."""
-    dw, db = parts[0]
-    for dw_part, db_part in parts[1:]:
-        dw, db = dw + dw_part, db + db_part
-    return dw, db
+    """The chunks' (weight gradient, bias gradient) shares, each added in chunk order (_add_in_order)."""
+    return _add_in_order([dw for dw, _ in parts]), _add_in_order([db for _, db in parts])
+
+
+def _defers_weight_grad(dw_may_wait, data_bytes):
+    """Whether a convolution's backward hands its weight-gradient tasks to cores.defer: its caller
+    lets dw come back unfinished, cores could leave tasks for later now (cores.deferrable), and the
+    layer's backward data (data_bytes, all samples) fit the strategy's budget. Otherwise the tasks
+    run in the backward's own run, beside dx's."""
+    return dw_may_wait and cores.deferrable() and numba_strategy.defers_weight_grad(data_bytes)
 
 
 def _input_grad(dxp, dx, x_shape):

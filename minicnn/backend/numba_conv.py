@@ -16,15 +16,14 @@ that backward reads back:
     sparse     backward of a fused conv + ReLU + pool from the pool's winners alone (numba_sparse)
 Each stride-1 forward may fuse the ReLU and 2x2 max pool that follow (numba_relu_pool).
 """
-import functools
-
 import numpy as np
 from numba import njit
 
 from . import cores, im2col_conv, numba_strategy, numpy_ops
 from . import numba_blocked, numba_depthwise, numba_norm, numba_sparse, numba_winograd
-from .numba_common import (DIRECT, DOT, FAST, _all_finite, _balanced_chunk, _copy, _crop_padding, _fill,
-                           _input_grad, _pad_wide, _padded_wide, _rows_chunk, _scratch, _sum_in_order)
+from .numba_common import (DIRECT, DOT, FAST, _add_in_order, _all_finite, _balanced_chunk, _copy, _crop_padding,
+                           _defers_weight_grad, _fill, _input_grad, _pad_wide, _padded_wide, _rows_chunk, _scratch,
+                           _sum_in_order)
 from .numba_elementwise import relu_backward, relu_forward
 from .numba_im2col import col2im, conv_backward_gemms, im2col, matmul
 from .numba_pool import maxpool2d_backward, maxpool2d_forward
@@ -668,8 +667,7 @@ def _pointwise_backward(dy, record, w, input_grad, dw_may_wait=False):
     n_tasks = -(-N // chunk)
     no_bias = np.zeros(OC, dtype=dy.dtype)                 # a pass over dy saved where there is no bias
     blocked = numba_strategy.pointwise_by_blocked_sums(C, OC, HW)
-    deferred = blocked and input_grad and dw_may_wait and cores.deferrable() and \
-        numba_strategy.defers_weight_grad(N * (C + OC) * HW * dy.dtype.itemsize)  # else dw's tasks go with dx's
+    deferred = blocked and input_grad and _defers_weight_grad(dw_may_wait, N * (C + OC) * HW * dy.dtype.itemsize)
     dw_parts = [None] * n_tasks
 
     def weight_chunk(i):
@@ -699,14 +697,12 @@ def _pointwise_backward(dy, record, w, input_grad, dw_may_wait=False):
         return dx, np.zeros(w.shape, dtype=dy.dtype), np.zeros(OC, dtype=dy.dtype) if record.has_bias else None
     dw = np.empty((OC, C), dtype=dy.dtype)
 
-    def total():                # ((first + second) + third) + ...: chunks in order, whichever thread summed them
-        np.copyto(dw, dw_parts[0])
-        for part in dw_parts[1:]:
-            np.add(dw, part, out=dw)
+    def total():
+        _add_in_order(dw_parts, out=dw)
 
     if deferred:
         cores.defer(weight_chunk, n_tasks, total)
-    db = functools.reduce(np.add, cores.run(backward_chunk, n_tasks))
+    db = _add_in_order(cores.run(backward_chunk, n_tasks))
     if not deferred:
         total()
     return dx, dw.reshape(w.shape), db if record.has_bias else None
