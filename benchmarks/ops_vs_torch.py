@@ -162,15 +162,20 @@ def main():
     torch.set_num_threads(args.threads)
     backend.set_cpu_threads(args.threads)
     wanted = [w for w in args.ops.split(",") if w]
+    ops = [op for op in resnet14_ops() if not wanted or any(w in op[0] for w in wanted)]
+    unmatched = [w for w in wanted if not any(w in name for name, *_ in ops)]
+    if unmatched:
+        parser.error(f"--ops: no op's name contains {', '.join(map(repr, unmatched))}; the ops are: "
+                     + "; ".join(name for name, *_ in resnet14_ops()))
+    if min(args.batch, args.repeats, args.iters) < 1:
+        parser.error(f"--batch, --repeats and --iters must be at least 1, got {args.batch}, {args.repeats}, {args.iters}")
     rows = []
     print(f"batch {args.batch}, {args.threads} threads, float32, median of {args.repeats} "
           f"(ratio = torch's time / minicnn's: above 1 minicnn is faster)")
     print("\n| op | minicnn fwd ms | torch fwd ms | fwd ratio | minicnn bwd ms | torch bwd ms | bwd ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     with backend.use_backend("numba"):
-        for name, factory, shape in resnet14_ops():
-            if wanted and not any(w in name for w in wanted):
-                continue
+        for name, factory, shape in ops:
             row = compare(name, factory, shape, args.batch, args.repeats, args.iters)
             rows.append(row)
             print(f"| {name} | {row['minicnn forward ms']:.2f} | {row['torch forward ms']:.2f} | "

@@ -59,6 +59,13 @@ def test_ops_vs_torch_tiny(tmp_path):
                for row in rows)      # (backward = both - forward: at this size it can come out negative)
 
 
+def test_ops_vs_torch_names_the_ops_when_none_matches():
+    result = subprocess.run([sys.executable, "benchmarks/ops_vs_torch.py", "--ops", "conv 5x5"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "no op's name contains 'conv 5x5'" in result.stderr, result.stderr
+    assert "conv 3x3 64->64, 7x7" in result.stderr
+
+
 def test_gradcheck_benchmark_layers():
     out = run("benchmarks/gradcheck.py", "--layers-only", "--entries", "3")
     assert "| Conv2d" in out and "FAIL" not in out
