@@ -5,6 +5,7 @@
     python benchmarks/step_profile.py --models lenet,mobilenetmnist --batches 64,256 --steps 30
     python benchmarks/step_profile.py --inference --batches 1000       # eval mode under no_grad
     python benchmarks/step_profile.py --out results/step-profile.json  # the table as JSON too
+    python benchmarks/step_profile.py --torch                          # and torch's step, and the ceiling
 
 A step on the Numba backend is a row of runs: each layer's op cuts its work into tasks, the calling
 thread and the workers take them as they come free (cores.run), and between runs the caller alone
@@ -26,6 +27,13 @@ the backend's plan may run in chunks of samples) by cores.recording, and reports
                            finishes when the optimizer reads .grad (cores.defer): how many,
                            their thread-ms, and how much of it ran on workers
 
+With --torch (training only), torch's step on the same network (the same weights, torch's
+threads set to minicnn's) is timed in the same process, taking turns with minicnn's plain steps,
+and the report adds the ratio and a ceiling: the convolutions' own tasks (their runs' and the
+deferred tasks' thread-ms) spread evenly over the threads, the step if every other op, copy and
+line of Python took no time at all; torch's step / that is the best ratio this step's
+convolutions allow.
+
 The timing costs a few microseconds a task, so the recorded step is a little slower than the plain
 step reported beside it (means of the same number of steps, the two kinds alternated). A
 measurement, not a test; the machine's noise shows in it as in any timing.
@@ -45,9 +53,9 @@ from minicnn import backend
 from minicnn.backend import contract, cores
 
 
-def profile(model_cls, batch, steps, inference=False):
+def profile(model_cls, batch, steps, inference=False, with_torch=False):
     """(plain step times in seconds, the recorded steps as (start, end, runs, deferred tasks of
-    cores.Recording));
+    cores.Recording), torch's step times in seconds or None);
     a step is a forward pass in eval mode under no_grad with inference."""
     mc.manual_seed(0)
     model = model_cls()
@@ -75,16 +83,42 @@ def profile(model_cls, batch, steps, inference=False):
         model.eval()
     step = inference_pass if inference else train_step
 
+    torch_step = torch_training_step(model, x, y) if with_torch else None
     for _ in range(5):
         step()
-    plain, recorded = [], []
+        if torch_step:
+            torch_step()
+    plain, recorded, torch_times = [], [], []
     for _ in range(steps):
         started, ended = step()
         plain.append(ended - started)
+        if torch_step:
+            torch_times.append(torch_step())
         with cores.recording(contract.OPS) as record:
             started, ended = step()
         recorded.append((started, ended, record.runs, record.deferred))
-    return plain, recorded
+    return plain, recorded, (torch_times if torch_step else None)
+
+
+def torch_training_step(model, x, y):
+    """A function timing one SGD-momentum training step of model's torch twin (its weights now) on
+    x, y: seconds."""
+    import torch
+    from minicnn.interop import to_torch
+    torch.set_num_threads(cores.threads())
+    twin = to_torch(model).train()
+    opt = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        started = time.perf_counter()
+        loss = loss_fn(twin(xt), yt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - started
+    return step
 
 
 def summarize(recorded):
@@ -129,10 +163,13 @@ def summarize(recorded):
               "deferred_tasks": len(deferred) / steps,
               "deferred_thread_ms": sum(end - start for _, start, end in deferred) / steps * 1e3,
               "deferred_on_workers_ms": sum(end - start for thread, start, end in deferred if thread) / steps * 1e3}
+    # the convolutions' own work: their runs' tasks and the deferred ones (their weight gradients)
+    totals["convolution_thread_ms"] = totals["deferred_thread_ms"] + sum(
+        r["thread_ms"] for r in table if r["label"].startswith("conv2d_"))
     return table, between, totals
 
 
-def report(name, batch, plain, totals, table, between, top=8):
+def report(name, batch, plain, totals, table, between, top=8, torch_ms=None):
     threads = cores.threads()
     lines = [f"{name}, batch {batch}, {threads} threads: plain step {plain * 1e3:.2f} ms, recorded "
              f"{totals['recorded_step_ms']:.2f} ms (means of the steps): {totals['in_runs_ms']:.2f} ms in "
@@ -153,6 +190,13 @@ def report(name, batch, plain, totals, table, between, top=8):
     lines += ["", f"Outside runs, the {min(top, len(between))} largest gaps of {len(between)} kinds:",
               "| between the runs of | ms a step |", "| --- | --- |"]
     lines += [f"| {gap['between']} | {gap['ms']:.2f} |" for gap in between[:top]]
+    if torch_ms is not None:
+        floor = totals["convolution_thread_ms"] / threads
+        lines += ["", f"torch's step {torch_ms:.2f} ms (median, same process, {threads} threads): "
+                  f"{torch_ms / (plain * 1e3):.2f}x minicnn's plain step. The convolutions' own tasks, "
+                  f"{totals['convolution_thread_ms']:.1f} thread-ms a step, spread evenly over {threads} threads: "
+                  f"{floor:.2f} ms, so with every other op and all Python free the ratio could be at most "
+                  f"{torch_ms / floor:.2f}x."]
     return "\n".join(lines)
 
 
@@ -163,12 +207,17 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--inference", action="store_true",
                         help="profile forward passes in eval mode under no_grad instead of training steps")
+    parser.add_argument("--torch", action="store_true",
+                        help="also time torch's training step in the same process, and report the ratio "
+                             "and the convolutions' ceiling")
     parser.add_argument("--out", help="also write the tables to this .json file")
     args = parser.parse_args()
     names = [name.strip().lower() for name in args.models.split(",") if name.strip()]
     unknown = sorted(set(names) - set(mc.models.MODELS))
     if unknown:
         parser.error(f"--models: unknown {unknown}; choose from {', '.join(sorted(mc.models.MODELS))}")
+    if args.torch and args.inference:
+        parser.error("--torch times training steps; it cannot be combined with --inference")
     if args.steps < 1:
         parser.error(f"--steps must be at least 1, got {args.steps}")
     try:
@@ -181,14 +230,17 @@ def main():
     results = []
     for name in names:
         for batch in batches:
-            plain, recorded = profile(mc.models.get_model_class(name), batch, args.steps, args.inference)
+            plain, recorded, torch_times = profile(mc.models.get_model_class(name), batch, args.steps,
+                                                   args.inference, args.torch)
             table, between, totals = summarize(recorded)
             title = f"{name} inference" if args.inference else name
-            print(report(title, batch, statistics.mean(plain), totals, table, between), "\n", flush=True)
+            torch_ms = statistics.median(torch_times) * 1e3 if torch_times else None
+            print(report(title, batch, statistics.mean(plain), totals, table, between, torch_ms=torch_ms), "\n",
+                  flush=True)
             results.append({"model": name, "mode": "inference" if args.inference else "train", "batch": batch,
                             "plain_step_ms": statistics.mean(plain) * 1e3,
                             "plain_step_median_ms": statistics.median(plain) * 1e3, **totals, "rows": table,
-                            "gaps": between})
+                            "gaps": between, "torch_step_median_ms": torch_ms})
     if args.out:
         doc = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": cores.threads(),
                            "python": platform.python_version(), "numpy": np.__version__},

@@ -38,6 +38,21 @@ def test_step_profile_tiny(tmp_path):
     assert abs(gaps - profile["outside_runs_ms"]) < 1e-6 * profile["recorded_step_ms"] + 1e-9
 
 
+def test_step_profile_with_torch_tiny(tmp_path):
+    """--torch times torch's step beside minicnn's and reports the ratio and the convolutions' ceiling,
+    whose floor cannot be above the recorded step (the convolutions' tasks run inside it)."""
+    out = run("benchmarks/step_profile.py", "--models", "lenet", "--batches", "4", "--steps", "2", "--torch",
+              "--out", str(tmp_path / "p.json"))
+    assert "torch's step" in out and "could be at most" in out
+    profile = json.loads((tmp_path / "p.json").read_text())["profiles"][0]
+    assert profile["torch_step_median_ms"] > 0 and profile["convolution_thread_ms"] > profile["deferred_thread_ms"]
+    assert profile["convolution_thread_ms"] / json.loads((tmp_path / "p.json").read_text())["machine"]["threads"] \
+        <= profile["recorded_step_ms"]
+    result = subprocess.run([sys.executable, "benchmarks/step_profile.py", "--torch", "--inference"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "--torch" in result.stderr
+
+
 def test_step_profile_inference_tiny(tmp_path):
     """--inference profiles forward passes in eval mode: the inference ops show, no backward op does."""
     out = run("benchmarks/step_profile.py", "--models", "resnet14", "--batches", "3", "--steps", "1", "--inference",
