@@ -269,7 +269,8 @@ def _safetensors_bytes(obj, path):
     if not isinstance(obj, dict) or not all(isinstance(k, str) and backend.is_array(v) for k, v in obj.items()):
         raise TypeError(f"minicnn.save: {path} (.safetensors) holds a flat {{name: array}} mapping such as "
                         "model.state_dict(); save whole checkpoints (optimizer, history) as .npz")
-    arrays = {k: np.ascontiguousarray(backend.to_numpy(v)) for k, v in obj.items()}
+    # np.array, not np.ascontiguousarray: that returns a 0-d array (num_batches_tracked) as shape (1,)
+    arrays = {k: np.array(backend.to_numpy(v), order="C") for k, v in obj.items()}
     return _safetensors().save(arrays, metadata={"format": "pt", "producer": "minicnn"})
 
 

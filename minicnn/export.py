@@ -20,12 +20,15 @@ meeting at an Add become a Residual (a Relu right after the Add its activation),
 becomes SiLU. An operator outside this set, or a graph of another shape, is refused with a
 ValueError naming the node; nothing is built from a file that does not check.
 """
+import json
+
 import numpy as np
 
 from . import __version__, nn
 from .checkpoint import atomic_write_bytes
 
 OPSET = 20           # the first with Gelu
+TRACKED_KEY = "minicnn.num_batches_tracked"    # metadata: {batch norm's path prefix: its count}
 
 
 def _onnx():
@@ -60,6 +63,8 @@ def to_onnx(model, path, input_shape, dtype=np.float32, opset=OPSET):
                               opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="minicnn", producer_version=__version__)
     proto.ir_version = min(proto.ir_version, 10)          # readable by onnxruntime releases of 2025 and later
+    if graph.batches_tracked:         # metadata, not an initializer no node reads (onnxruntime warns of those)
+        helper.set_model_props(proto, {TRACKED_KEY: json.dumps(graph.batches_tracked)})
     onnx.checker.check_model(proto, full_check=True)
     atomic_write_bytes(path, proto.SerializeToString())
     return proto
@@ -104,6 +109,7 @@ class _Graph:
     def __init__(self, helper, numpy_helper, dtype):
         self.helper, self.numpy_helper, self.dtype = helper, numpy_helper, dtype
         self.nodes, self.initializers, self._names = [], [], set()
+        self.batches_tracked = {}          # batch norm's path -> num_batches_tracked, kept as metadata
 
     def tensor(self, name, array, dtype=None):
         array = np.asarray(array, dtype=dtype or self.dtype)
@@ -164,7 +170,7 @@ class _Graph:
                       self.tensor(p + "running_mean", host["running_mean"]),
                       self.tensor(p + "running_var", host["running_var"])]
             momentum = 0.9 if m.momentum is None else 1 - m.momentum
-            self.tensor(p + "num_batches_tracked", host["num_batches_tracked"], dtype=np.int64)   # read back by from_onnx
+            self.batches_tracked[p] = int(host["num_batches_tracked"])     # read back by from_onnx
             return self.node("BatchNormalization", inputs, path, epsilon=m.eps, momentum=momentum)
         if kind is nn.MaxPool2d:
             (PH, PW) = m.padding
@@ -237,10 +243,24 @@ def from_onnx(path):
     return _Importer(proto, numpy_helper).model()
 
 
+def _batches_tracked(proto):
+    """to_onnx's metadata {batch norm's path prefix: num_batches_tracked}; {} when absent or unreadable
+    (a file from elsewhere: the counts start at 0, as they would in a fresh model)."""
+    text = next((p.value for p in proto.metadata_props if p.key == TRACKED_KEY), None)
+    try:
+        tracked = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    if not isinstance(tracked, dict):
+        return {}
+    return {k: v for k, v in tracked.items() if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)}
+
+
 class _Importer:
     def __init__(self, proto, numpy_helper):
         graph = proto.graph
         self.inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.batches_tracked = _batches_tracked(proto)
         for node in graph.node:                               # Constant nodes: initializers by another name
             if node.op_type == "Constant":
                 value = next(a for a in node.attribute if a.name == "value")
@@ -415,8 +435,9 @@ class _Importer:
             m = self._set(m, weight=scale, bias=shift) if affine else self._set(m)
             m.running_mean[...] = mean
             m.running_var[...] = var
-            tracked = self.inits.get(node.input[3].rsplit(".", 1)[0] + ".num_batches_tracked")
-            if tracked is not None and tracked.shape == ():                 # written by to_onnx beside the mean
+            prefix = node.input[3][:-len("running_mean")]                 # to_onnx's names: prefix + running_mean
+            tracked = self.batches_tracked.get(prefix, self.inits.get(prefix + "num_batches_tracked"))
+            if tracked is not None and np.shape(tracked) == ():            # (an initializer in files before 2026-12)
                 m.num_batches_tracked[...] = tracked
             return m, out
         if op == "MaxPool":

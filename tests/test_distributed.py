@@ -149,3 +149,20 @@ def test_sampler_shards_one_permutation_and_batches_add_up():
     assert uneven == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
     with pytest.raises(ValueError, match="rank 3"):
         DistributedSampler(10, 3, 3)
+
+
+@needs_mpi
+def test_collectives_keep_a_scalars_shape():
+    """World.sum and broadcast_ of a 0-d array (batch norm's num_batches_tracked is one) give a 0-d
+    array back, not shape (1,): one rank in this process (MPI.COMM_SELF)."""
+    from mpi4py import MPI
+
+    from minicnn.distributed import World
+    world = World(MPI.COMM_SELF, timeout=30)
+    total = world.sum(np.array(3, dtype=np.int64))
+    assert total.shape == () and total.dtype == np.int64 and int(total) == 3
+    assert world.sum(np.array(2.5, dtype=np.float32)).shape == ()
+    count = np.array(7, dtype=np.int64)
+    world.broadcast_(count)
+    assert count.shape == () and int(count) == 7
+

@@ -55,6 +55,8 @@ def test_every_model_exports_runs_in_onnxruntime_and_comes_back_bit_for_bit(name
     proto = to_onnx(model, path, model.input_shape)
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"        # a dynamic batch
+    read = {name for node in proto.graph.node for name in node.input}
+    assert [t.name for t in proto.graph.initializer if t.name not in read] == []   # onnxruntime warns of each
     for batch in (1, 5):
         x = rng.standard_normal((batch,) + model.input_shape).astype(np.float32)
         np.testing.assert_allclose(run_onnx(path, x), ours(model, x), rtol=1e-5, atol=1e-5)
@@ -70,6 +72,27 @@ def test_every_model_exports_runs_in_onnxruntime_and_comes_back_bit_for_bit(name
     loss_fn(back(x), np.arange(3))
     back.backward(loss_fn.backward())
     assert all(p.grad is not None for p in back.parameters())
+
+
+def test_batch_norm_counts_come_back_from_metadata_and_from_older_files_initializers(tmp_path):
+    """num_batches_tracked travels as metadata (no node reads it); files written before that held it
+    as an initializer beside the running mean, and still import with their counts."""
+    model = mc.models.TinyBNNet()
+    for _ in range(2):                                          # two training-mode batches: counts of 2
+        with mc.no_grad():
+            model(rng.standard_normal((8,) + model.input_shape).astype(np.float32))
+    counts = {k: int(v) for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")}
+    assert set(counts.values()) == {2}
+    proto = to_onnx(model, tmp_path / "new.onnx", model.input_shape)
+    assert {k: int(v) for k, v in from_onnx(tmp_path / "new.onnx").state_dict().items() if k in counts} == counts
+    del proto.metadata_props[:]                                # as an older file: the counts as initializers
+    for key, count in counts.items():
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array(count, np.int64), key))
+    (tmp_path / "old.onnx").write_bytes(proto.SerializeToString())
+    assert {k: int(v) for k, v in from_onnx(tmp_path / "old.onnx").state_dict().items() if k in counts} == counts
+    del proto.graph.initializer[-len(counts):]                  # a file from elsewhere: counts start at 0
+    (tmp_path / "none.onnx").write_bytes(proto.SerializeToString())
+    assert {int(v) for k, v in from_onnx(tmp_path / "none.onnx").state_dict().items() if k in counts} == {0}
 
 
 # ------------------------------------------------------------------ ONNX export, every layer configuration of the grids
@@ -221,6 +244,27 @@ def test_safetensors_move_weights_to_torch_and_back(name, tmp_path):
     back = mc.models.get_model(name)
     back.load_state_dict(mc.load(tmp_path / "theirs.safetensors"))
     np.testing.assert_allclose(ours(back, x), twin(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_safetensors_round_trip_in_minicnn_keeps_scalar_buffers(tmp_path):
+    """A model with batch norm saved and loaded back by minicnn alone: every entry the same shape and
+    value (num_batches_tracked stays a 0-d array, as torch's is). A file that held it as shape (1,)
+    (minicnn's before December 2026) loads as torch loads it; any other shape is refused."""
+    model = trained_state(mc.models.ResNet14())
+    mc.save(model.state_dict(), tmp_path / "m.safetensors")
+    state = mc.load(tmp_path / "m.safetensors")
+    assert safetensors_torch.load_file(str(tmp_path / "m.safetensors"))["1.num_batches_tracked"].shape == ()
+    back = mc.models.ResNet14()
+    back.load_state_dict(state)
+    for (k, a), b in zip(model.state_dict().items(), back.state_dict().values()):
+        assert a.shape == b.shape and a.dtype == b.dtype, k
+        np.testing.assert_array_equal(a, b, err_msg=k)
+    old = {k: v.reshape(1) if v.ndim == 0 else v for k, v in state.items()}
+    back = mc.models.ResNet14()
+    back.load_state_dict(old)
+    assert back.state_dict()["1.num_batches_tracked"].shape == () and int(back.state_dict()["1.num_batches_tracked"]) == 1
+    with pytest.raises(ValueError, match=r"wrong shape: 1.num_batches_tracked: checkpoint \(2,\), model \(\)"):
+        back.load_state_dict({**state, "1.num_batches_tracked": np.array([1, 1])})
 
 
 def test_safetensors_refuse_what_they_cannot_hold_and_files_that_lie(tmp_path):

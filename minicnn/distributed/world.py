@@ -92,8 +92,8 @@ class World:
 
     def sum(self, array, what="an all-reduce"):
         """A new array: the sum of ``array`` over the ranks, on array's device (CuPy via the host)."""
-        host = np.ascontiguousarray(backend.to_numpy(array), dtype=np.float64 if array.dtype.kind != "f"
-                                    else array.dtype).copy()
+        host = np.array(backend.to_numpy(array), dtype=np.float64 if array.dtype.kind != "f" else array.dtype,
+                        order="C")                          # a copy; a 0-d array stays 0-d
         self.allreduce_sum_(host, what)
         return backend.on_device_of(host.astype(array.dtype, copy=False), array)
 
@@ -103,7 +103,7 @@ class World:
 
     def broadcast_(self, array, root=0):
         """Overwrite ``array`` (NumPy or CuPy) with root's, in place."""
-        host = np.ascontiguousarray(backend.to_numpy(array)).copy()
+        host = np.array(backend.to_numpy(array), order="C")
         request = self.comm.Ibcast(host, root=root)
         self.wait([request], "a broadcast")
         array[...] = backend.on_device_of(host, array)

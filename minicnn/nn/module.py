@@ -192,7 +192,9 @@ class Module:
         A whole checkpoint is accepted too (minicnn train's model.npz, fit's checkpoints/last.npz:
         its 'model' entry is the state). Raises ValueError listing every missing, unexpected (when
         strict) and mis-shaped entry, and naming any value that is not a real number array (complex
-        values are refused, not silently cut to their real part). Returns (missing_keys, unexpected_keys).
+        values are refused, not silently cut to their real part). A one-element array of shape (1,)
+        is taken for a scalar (0-d) buffer, as torch takes it (minicnn's own .safetensors files held
+        batch norm's num_batches_tracked so until December 2026). Returns (missing_keys, unexpected_keys).
         """
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"load_state_dict into {type(self).__name__}: expected a mapping of names to arrays, "
@@ -204,7 +206,7 @@ class Module:
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         mismatched = [f"{k}: checkpoint {tuple(np.shape(state_dict[k]))}, model {tuple(a.shape)}"
-                      for k, a in own.items() if k in state_dict and tuple(np.shape(state_dict[k])) != tuple(a.shape)]
+                      for k, a in own.items() if k in state_dict and not _shape_fits(np.shape(state_dict[k]), a.shape)]
         not_real = [f"{k}: {describe(state_dict[k])}" for k in own if k in state_dict
                     and not (backend.is_array(state_dict[k]) or isinstance(state_dict[k], (int, float, np.generic)))
                     or k in state_dict and np.asarray(backend.to_numpy(state_dict[k])).dtype.kind not in "biuf"]
@@ -222,7 +224,8 @@ class Module:
                              + "\n  ".join(problems))
         for key, target in own.items():
             if key in state_dict:          # in place, so every reference to the array sees the new values
-                target[...] = backend.xp_for(target).asarray(state_dict[key]).astype(target.dtype, copy=False)
+                value = backend.xp_for(target).asarray(state_dict[key]).astype(target.dtype, copy=False)
+                target[...] = value.reshape(target.shape)
         return missing, unexpected
 
     def _state_arrays(self):
@@ -335,6 +338,12 @@ class Module:
         if not lines:
             return head + ")"
         return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+def _shape_fits(given, own):
+    """Whether a state entry of shape ``given`` loads into an array of shape ``own``: the same
+    shape, or one value for a scalar."""
+    return tuple(given) == tuple(own) or (tuple(own) == () and tuple(given) == (1,))
 
 
 def place_on(module, device):
