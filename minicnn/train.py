@@ -247,7 +247,8 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
             validation accuracy) holding everything resume needs.
         resume: a checkpoint written by fit; training continues after its epoch and ends where
             an uninterrupted run would (the same bits). Everything in it is checked first: a
-            checkpoint of another model or optimizer raises ValueError and changes nothing.
+            checkpoint of another model, optimizer or scheduler (or written with a scheduler this
+            run lacks) raises ValueError and changes nothing.
         progress: None shows a tqdm bar on terminals only; False never; True always.
         log: called with one summary line per epoch (None: silent).
         cuda_graph: on the GPU, replay each training step as one captured CUDA graph
@@ -440,6 +441,7 @@ def _capture(model, optimizer, scheduler, loader, epoch, history, meta, early_st
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "optimizer_class": type(optimizer).__name__,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scheduler_class": type(scheduler).__name__ if scheduler is not None else None,
             "epoch": epoch, "history": history.rows, "rng": random.get_state(),
             "generators": {name: g.bit_generator.state for name, g in _generators(model, loader)},
             "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
@@ -462,6 +464,7 @@ def _restore(state, model, optimizer, scheduler, loader, where="the checkpoint",
     if saved_class is not None and saved_class != type(optimizer).__name__:
         raise ValueError(f"fit(resume=...): {where} was written with {saved_class}, this run uses "
                          f"{type(optimizer).__name__}; resume with the same optimizer")
+    _check_same_scheduler(state, scheduler, where)
     ranks = state.get("ranks")
     if distributed is not None or ranks is not None:
         size = distributed.size if distributed is not None else 1
@@ -491,6 +494,23 @@ def _restore(state, model, optimizer, scheduler, loader, where="the checkpoint",
     except (ValueError, KeyError, TypeError) as err:
         _rollback(before, model, optimizer, scheduler, loader, generators)
         raise ValueError(f"fit(resume=...): {where} does not fit this run (nothing was changed): {err}") from None
+
+
+def _check_same_scheduler(state, scheduler, where):
+    """Resuming continues the checkpoint's schedule, so a run must bring the scheduler it was
+    written with: without one the rate would silently stay where the schedule left it, and another
+    kind would take the old one's state. (A scheduler for a run written without one starts from its
+    beginning at the resumed epoch.)"""
+    saved = state.get("scheduler_class") or ("a scheduler" if state.get("scheduler") is not None else None)
+    if saved is None:
+        return
+    if scheduler is None:
+        raise ValueError(f"fit(resume=...): {where} was written with {saved} and this run has no scheduler; "
+                         "resume with the same scheduler (minicnn train: the same --scheduler), or start a new "
+                         "run from its weights (minicnn train --init-from PATH)")
+    if state.get("scheduler_class") not in (None, type(scheduler).__name__):
+        raise ValueError(f"fit(resume=...): {where} was written with {saved}, this run uses "
+                         f"{type(scheduler).__name__}; resume with the same scheduler")
 
 
 def _snapshot(model, optimizer, scheduler, loader, generators):

@@ -78,6 +78,32 @@ def test_resume_rejects_foreign_checkpoints(tmp_path):
         train.fit(model, mc.nn.CrossEntropyLoss(), opt, loader, 2, resume=tmp_path / "weights.npz", log=None)
 
 
+def test_resume_refuses_a_run_without_the_checkpoints_scheduler(tmp_path):
+    """A checkpoint written with StepLR resumed with no scheduler (the rate would stay where the
+    schedule left it) or with another kind (which would take StepLR's state) is refused, and nothing
+    changes; a scheduler for a checkpoint written without one starts at its beginning."""
+    model, opt, sched, loader, val = make_run()
+    train.fit(model, mc.nn.CrossEntropyLoss(), opt, loader, 1, scheduler=sched, checkpoint_dir=tmp_path / "a",
+              log=None, progress=False)
+    model2, opt2, _, loader2, _ = make_run(seed=3)
+    before = model2.state_dict()
+    with pytest.raises(ValueError, match="written with StepLR and this run has no scheduler"):
+        train.fit(model2, mc.nn.CrossEntropyLoss(), opt2, loader2, 2, resume=tmp_path / "a" / "last.npz",
+                  log=None, progress=False)
+    cosine = mc.optim.CosineAnnealingLR(opt2, 4)
+    with pytest.raises(ValueError, match="written with StepLR, this run uses CosineAnnealingLR"):
+        train.fit(model2, mc.nn.CrossEntropyLoss(), opt2, loader2, 2, scheduler=cosine,
+                  resume=tmp_path / "a" / "last.npz", log=None, progress=False)
+    assert all(np.array_equal(a, b) for a, b in zip(before.values(), model2.state_dict().values()))
+    assert cosine.last_epoch == 0 and opt2.param_groups[0]["lr"] == 0.05
+    train.fit(model, mc.nn.CrossEntropyLoss(), opt, loader, 1, checkpoint_dir=tmp_path / "b", log=None, progress=False)
+    model3, opt3, _, loader3, _ = make_run()
+    fresh = mc.optim.StepLR(opt3, 1, 0.5)
+    history = train.fit(model3, mc.nn.CrossEntropyLoss(), opt3, loader3, 3, scheduler=fresh,
+                        resume=tmp_path / "b" / "last.npz", log=None, progress=False)
+    assert history.lr[1:] == [0.05, 0.025]                   # epochs 2 and 3: StepLR from its start
+
+
 def test_evaluate_predict_confusion():
     model, _, _, loader, _ = make_run(dtype=np.float32)
     result = train.evaluate(model, loader, mc.nn.CrossEntropyLoss())
