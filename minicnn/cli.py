@@ -108,7 +108,9 @@ def build_parser():
     t.add_argument("--test-limit", type=positive_int, default=None, help="use only the first N test images")
     t.add_argument("--seed", type=int, default=0, help="seeds the weights, the shuffling and the augmentation")
     t.add_argument("--every", type=positive_int, default=1, help="checkpoint every N epochs")
-    t.add_argument("--resume", default=None, help="continue an earlier run: its folder, or its checkpoints/last.npz or best.npz")
+    t.add_argument("--resume", default=None, help="continue an earlier run: its folder, or its checkpoints/last.npz or "
+                   "best.npz; the run's settings (model, dataset, optimizer, schedule, batch size, ...) are taken from "
+                   "it unless given again, and --epochs is the new total")
     t.add_argument("--init-from", default=None, help="start from the weights of a model file or checkpoint (a new run)")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--cuda-graph", action="store_true", help="on cuda: replay each training step as one CUDA graph")
@@ -158,10 +160,19 @@ def build_parser():
 
 # ------------------------------------------------------------------ train
 
+# The options a run is made of: `train --resume` takes each from the run's checkpoint unless given again.
+RUN_SETTINGS = ("model", "dataset", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "label_smoothing",
+                "scheduler", "augment", "val_split", "early_stopping", "clip_grad_norm", "train_limit", "test_limit",
+                "seed")
+
+
 def cmd_train(args):
     import minicnn as mc
     from minicnn import data, train
 
+    resume = _resume_checkpoint(args.resume) if args.resume else None
+    if resume:
+        _take_the_runs_settings(args, resume)
     model_name, dataset_name = args.model.lower(), args.dataset.lower().replace("_", "-")
     model_cls, dataset_cls = _model_and_dataset(model_name, dataset_name, args.optimizer)
     if args.scheduler.lower() not in SCHEDULERS:
@@ -174,7 +185,6 @@ def cmd_train(args):
     world = _mpi_world(args)
     mc.manual_seed(args.seed)
     model = model_cls()                                     # built after seeding: reproducible weights
-    resume = _resume_checkpoint(args.resume) if args.resume else None
     out = _run_folder(args, model_name, dataset_name, resume) if world is None or world.is_main else None
     if world is not None:
         out = world.gather_objects(out)[0]                  # rank 0 made it
@@ -212,7 +222,8 @@ def cmd_train(args):
           + f"test: {len(test_set):,} images, scored once at the end (loss without smoothing)")
     started = time.perf_counter()
     meta = {"model": model_name, "dataset": dataset_name, "normalize": [mean, std],
-            "classes": list(train_set.classes), "epochs": args.epochs}
+            "classes": list(train_set.classes), "epochs": args.epochs,
+            "settings": {name: getattr(args, name) for name in RUN_SETTINGS}}
     history = train.fit(model, mc.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), opt, loader, args.epochs,
                         val_loader=val_loader, scheduler=scheduler, checkpoint_dir=os.path.join(out, "checkpoints"),
                         every=args.every, resume=resume, cuda_graph=args.cuda_graph, meta=meta, early_stopping=early,
@@ -382,6 +393,44 @@ def _load_run(path):
     model = mc.models.get_model(meta["model"])
     model.load_state_dict(state["model"])
     return model, meta
+
+
+def _take_the_runs_settings(args, checkpoint):
+    """For `train --resume`: every run setting not given on this command line from the checkpoint's
+    meta (its model, dataset, optimizer, schedule...), so that the run continues as it was started;
+    a --model or --dataset other than the run's is refused (its weights could not continue)."""
+    import minicnn as mc
+    state = mc.load(checkpoint)
+    meta = state.get("meta") if isinstance(state, dict) else None
+    if not isinstance(meta, dict) or "model" not in meta:
+        return                                            # not minicnn train's: fit says what does not fit
+    saved = dict(meta.get("settings") or {})
+    saved.setdefault("model", meta["model"])                # checkpoints from before settings were kept
+    saved.setdefault("dataset", meta.get("dataset"))
+    saved.setdefault("epochs", meta.get("epochs"))
+    given = _options_given(getattr(args, "argv", None) or [])
+    for name in ("model", "dataset"):
+        if name in given and saved.get(name) is not None and \
+                getattr(args, name).lower().replace("_", "-") != str(saved[name]).lower():
+            raise ValueError(f"{args.resume} is a run of {saved['model']} on {saved['dataset']}: --{name} "
+                             f"{getattr(args, name)} cannot continue it (start a new run, or --init-from its weights)")
+    for name in RUN_SETTINGS:
+        if name not in given and saved.get(name) is not None:
+            setattr(args, name, saved[name])
+    done = state.get("epoch")
+    if isinstance(done, (int, np.integer)) and done >= args.epochs:
+        raise ValueError(f"{args.resume} has finished {done} epochs, and this run asks for {args.epochs} in all: "
+                         f"give --epochs N with N > {done} to train on")
+
+
+def _options_given(argv):
+    """The run settings' names (argparse dests) spelled out in argv (no abbreviations are accepted)."""
+    given = set()
+    for name in RUN_SETTINGS:
+        flag = "--" + name.replace("_", "-")
+        if any(a == flag or a.startswith(flag + "=") for a in argv):
+            given.add(name)
+    return given
 
 
 def _resume_checkpoint(path):
@@ -616,7 +665,9 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 
 def main(argv=None):
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
         args = build_parser().parse_args(argv)
+        args.argv = argv                                  # which options were given (train --resume)
         # Overflow and NaN are the run's business (fit stops a diverging run with one line, as
         # torch computes on without warnings), not NumPy warnings printed on the way.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):

@@ -356,6 +356,33 @@ def test_resume_from_a_model_file_says_to_use_init_from(run_folder, capsys, tmp_
                 "--init-from", str(out / "model.npz"), "--out", str(tmp_path / "fresh")]) == 0
 
 
+def test_train_resume_continues_the_run_as_it_was_started(run_folder, capsys, tmp_path):
+    """`minicnn train --resume RUN` alone (the line an interrupted run prints) takes the run's model,
+    dataset, optimizer, schedule and batch size from its checkpoint; --epochs is the new total. A
+    --model other than the run's, or a total already reached, is refused with the fix; a checkpoint
+    from before the settings were kept still gives its model and dataset."""
+    root, _ = run_folder
+    out = tmp_path / "bn"
+    assert cli(["train", "--data", str(root / "mnist"), "--model", "tinybnnet", "--optimizer", "adam", "--scheduler",
+                "step", "--epochs", "1", "--batch-size", "8", "--val-split", "0.25", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli(["train", "--data", str(root / "mnist"), "--resume", str(out), "--epochs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "training TinyBNNet" in printed and "adam lr 0.001, step schedule, batch 8, 2 epochs" in printed
+    assert "epoch   2/2" in printed
+    assert cli(["train", "--data", str(root / "mnist"), "--resume", str(out), "--model", "lenet", "--epochs", "3"]) == 2
+    assert "is a run of tinybnnet on mnist: --model lenet cannot continue it" in capsys.readouterr().err
+    assert cli(["train", "--data", str(root / "mnist"), "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "has finished 2 epochs" in err and "--epochs N with N > 2" in err
+    state = mc.load(out / "checkpoints" / "last.npz")
+    del state["meta"]["settings"]                           # as written before the settings were kept
+    mc.save(state, out / "checkpoints" / "last.npz")
+    assert cli(["train", "--data", str(root / "mnist"), "--resume", str(out), "--epochs", "3", "--optimizer", "adam",
+                "--scheduler", "step", "--batch-size", "8", "--val-split", "0.25"]) == 0
+    assert "training TinyBNNet" in capsys.readouterr().out
+
+
 def test_resume_with_another_optimizer_changes_nothing(run_folder):
     root, out = run_folder
     model = mc.models.LeNet()
