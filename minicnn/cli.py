@@ -102,7 +102,8 @@ def build_parser():
     t.add_argument("--val-split", type=fraction, default=0.1, help="fraction of the training images held out for "
                    "validation (choosing best.npz, early stopping); 0: no validation, the test set is never used for it")
     t.add_argument("--early-stopping", type=positive_int, default=None, metavar="PATIENCE",
-                   help="stop when the validation loss has not improved for PATIENCE epochs; keep the best weights")
+                   help="stop at the first epoch after PATIENCE epochs without a better validation loss (patience counted "
+                   "as torch's ReduceLROnPlateau counts it: 2 stops after 3 such epochs); keep the best weights")
     t.add_argument("--clip-grad-norm", type=positive_float, default=None, help="clip the gradients' total norm to this")
     t.add_argument("--train-limit", type=positive_int, default=None, help="use only the first N training images")
     t.add_argument("--test-limit", type=positive_int, default=None, help="use only the first N test images")

@@ -16,7 +16,9 @@ MONITORS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")
 class EarlyStopping:
     """Args:
         monitor: a History column: 'val_loss' (default), 'val_accuracy', 'train_loss', 'train_accuracy'.
-        patience: how many epochs without improvement to wait before stopping.
+        patience: how many epochs without improvement to wait through: training stops at the next
+            one (patience=2 stops after the third epoch without improvement), as torch's
+            ReduceLROnPlateau counts its patience (Keras's EarlyStopping stops one epoch sooner).
         min_delta: an improvement smaller than this does not count.
         mode: 'min' or 'max'; default: 'max' for accuracies, 'min' for losses.
         restore_best_weights: when stopping (and when training ends without stopping), load the
