@@ -260,3 +260,53 @@ def test_replacing_a_child_keeps_its_place_as_in_torch():
     setattr(net, "1", nn.SiLU())
     assert [type(m).__name__ for m in net] == ["Conv2d", "SiLU", "Flatten"]
     assert list(net.state_dict()) == ["0.weight", "0.bias"]
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet14"])
+def test_frozen_parameters_train_as_in_torch(name):
+    """Fine-tuning: p.requires_grad = False on one parameter and module.requires_grad_(False) on a
+    layer freeze them as in torch (no gradient, so AdamW's step and weight decay pass them by); the
+    others train to torch's values; float64, three steps, the numba backend's fused paths included."""
+    from minicnn.interop import to_torch
+    mc.manual_seed(0)
+    net = mc.models.get_model(name).double()
+    twin = to_torch(net).double().train()
+    frozen = ["0.weight"] + [k for k, _ in net.named_parameters() if k.startswith("3.")]
+    dict(net.named_parameters())["0.weight"].requires_grad = False
+    assert net[3].requires_grad_(False) is net[3]
+    torch_params = dict(twin.named_parameters())
+    for k in frozen:
+        torch_params[k].requires_grad = False
+    opt = mc.optim.AdamW(net.parameters(), lr=0.01, weight_decay=0.1)
+    topt = torch.optim.AdamW(twin.parameters(), lr=0.01, weight_decay=0.1)
+    before = net.state_dict()
+    loss_fn, tloss = nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
+    for step in range(3):
+        x, y = _batch(4, seed=step)
+        x = x.astype(np.float64)
+        loss_fn(net(x), y)
+        opt.zero_grad()
+        net.backward(loss_fn.backward())
+        assert all(p.grad is None for k, p in net.named_parameters() if k in frozen)
+        opt.step()
+        topt.zero_grad()
+        tloss(twin(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+        topt.step()
+    after = net.state_dict()
+    for k, p in twin.named_parameters():
+        if k in frozen:
+            np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+        else:
+            assert not np.array_equal(after[k], before[k]), k
+        np.testing.assert_allclose(after[k], p.detach().numpy(), rtol=1e-9, atol=1e-11, err_msg=k)
+    frozen_count = sum(p.size for k, p in net.named_parameters() if k in frozen)
+    assert net.num_parameters(trainable_only=True) == net.num_parameters() - frozen_count
+    assert f"Trainable parameters: {net.num_parameters() - frozen_count:,}" in mc.summary(net, net.input_shape)
+    first = dict(net.named_parameters())[frozen[1]]
+    assert "requires_grad=False" in repr(first) and first.numel() == torch_params[frozen[1]].numel()
+    with pytest.raises(TypeError, match="requires_grad must be True or False"):
+        first.requires_grad = "no"
+    net.requires_grad_()                                     # unfrozen: gradients again
+    loss_fn(net(x), y)
+    net.backward(loss_fn.backward())
+    assert all(p.grad is not None for p in net.parameters())

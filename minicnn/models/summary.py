@@ -41,6 +41,9 @@ def summary(model, input_shape, dtype=np.float32):
     rule = "-" * len(fmt(rows[0]))
     lines = [f"{type(model).__name__}, input {tuple(input_shape)}", rule, fmt(rows[0]), rule]
     lines += [fmt(r) for r in rows[1:]] + [rule, f"Total parameters: {total:,}"]
+    trainable = model.num_parameters(trainable_only=True)
+    if trainable != total:                                  # some frozen (requires_grad False)
+        lines.append(f"Trainable parameters: {trainable:,} (frozen: {total - trainable:,})")
     return "\n".join(lines)
 
 

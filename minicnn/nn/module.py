@@ -44,16 +44,33 @@ def is_grad_enabled():
 class Parameter:
     """A trainable array. ``data`` holds the values, ``grad`` the accumulated gradient (or None).
     Reading ``grad`` first waits for any gradient the backend is still finishing in the background
-    (backend.settle(): the Numba backend sums convolutions' weight gradients on otherwise idle threads)."""
+    (backend.settle(): the Numba backend sums convolutions' weight gradients on otherwise idle threads).
+    ``requires_grad = False`` freezes it as in torch: backward leaves its ``grad`` None, so the
+    optimizers, gradient clipping and distributed averaging pass it by."""
 
-    __slots__ = ("data", "_grad", "grad_hook")
+    __slots__ = ("data", "_grad", "grad_hook", "_requires_grad")
 
-    def __init__(self, data):
+    def __init__(self, data, requires_grad=True):
         if not backend.is_array(data) or data.dtype.kind != "f":
             raise TypeError(f"Parameter: expected a floating numpy or cupy array, got {describe(data)}")
         self.data = data
         self._grad = None
         self.grad_hook = None   # called with the parameter after each accumulate_grad (distributed training's)
+        self.requires_grad = requires_grad
+
+    @property
+    def requires_grad(self):
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"Parameter.requires_grad must be True or False, got {describe(value)}")
+        self._requires_grad = bool(value)
+
+    def numel(self):
+        """The number of values (torch's name; ``size`` is NumPy's)."""
+        return self.data.size
 
     @property
     def grad(self):
@@ -79,7 +96,10 @@ class Parameter:
 
     def accumulate_grad(self, g, owned=False):
         """Add ``g`` into ``.grad`` (which starts as None, like torch's). ``owned``: g is a fresh
-        array nobody else holds, so a first gradient can be kept as it is instead of copied."""
+        array nobody else holds, so a first gradient can be kept as it is instead of copied. A
+        frozen parameter (requires_grad False) drops g: its grad stays as it was (None after zero_grad)."""
+        if not self._requires_grad:
+            return
         if self._grad is None:              # (g is kept or copied: a copy reads it, so settle first)
             keep = owned and g.dtype == self.data.dtype and g.shape == self.data.shape
             if not keep:
@@ -91,7 +111,8 @@ class Parameter:
             self.grad_hook(self)
 
     def __repr__(self):
-        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+        frozen = "" if self._requires_grad else ", requires_grad=False"
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype}{frozen})"
 
 
 class Module:
@@ -163,8 +184,9 @@ class Module:
             for name, b in module._buffers.items():
                 yield (f"{module_name}.{name}" if module_name else name), b
 
-    def num_parameters(self):
-        return sum(p.size for p in self.parameters())
+    def num_parameters(self, trainable_only=False):
+        """How many values the parameters hold (with trainable_only, only those not frozen)."""
+        return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
 
     # ------------------------------------------------------------ modes and gradients
 
@@ -179,6 +201,13 @@ class Module:
     def zero_grad(self):
         for p in self.parameters():
             p.grad = None
+
+    def requires_grad_(self, requires_grad=True):
+        """Freeze (False) or unfreeze (True) every parameter, as torch's: a frozen one gets no
+        gradient, so an optimizer leaves it as it is. Returns self."""
+        for p in self.parameters():
+            p.requires_grad = requires_grad
+        return self
 
     # ------------------------------------------------------------ state
 
