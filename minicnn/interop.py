@@ -54,7 +54,7 @@ def torch_residual_class():
 
 def to_torch(model):
     """A torch.nn.Module computing what ``model`` computes, with a copy of its weights and buffers
-    (same state_dict keys), in the model's dtype and mode, on the CPU."""
+    (same state_dict keys), in the model's dtype and mode, frozen parameters frozen, on the CPU."""
     torch = _torch()
     twin = _to_torch_module(model, "model", torch)
     state = {k: torch.from_numpy(np.array(_host(v))) for k, v in model.state_dict().items()}
@@ -63,6 +63,8 @@ def to_torch(model):
     twin.load_state_dict(state, strict=True)
     for (_, ours), (_, theirs) in zip(model.named_modules(), twin.named_modules()):
         theirs.training = ours.training
+    for (_, ours), (_, theirs) in zip(model.named_parameters(), twin.named_parameters()):
+        theirs.requires_grad = ours.requires_grad             # frozen stays frozen
     return twin
 
 
@@ -114,7 +116,7 @@ def _to_torch_module(m, where, torch):
 
 def from_torch(module):
     """A minicnn model computing what the torch ``module`` computes, with a copy of its weights and
-    buffers, in its dtype and mode. A layer minicnn lacks (or an argument it does not support, such as
+    buffers, in its dtype and mode, frozen parameters (requires_grad False) frozen. A layer minicnn lacks (or an argument it does not support, such as
     ceil_mode) raises ValueError naming it and its place, before anything is copied."""
     torch = _torch()
     if not isinstance(module, torch.nn.Module):
@@ -131,6 +133,8 @@ def from_torch(module):
     ours.load_state_dict({k: v.detach().cpu().numpy() for k, v in state.items()})
     for (_, theirs), (_, mine) in zip(module.named_modules(), ours.named_modules()):
         object.__setattr__(mine, "training", theirs.training)
+    for (_, theirs), (_, mine) in zip(module.named_parameters(), ours.named_parameters()):
+        mine.requires_grad = theirs.requires_grad
     return ours
 
 

@@ -267,16 +267,16 @@ def test_frozen_parameters_train_as_in_torch(name):
     """Fine-tuning: p.requires_grad = False on one parameter and module.requires_grad_(False) on a
     layer freeze them as in torch (no gradient, so AdamW's step and weight decay pass them by); the
     others train to torch's values; float64, three steps, the numba backend's fused paths included."""
-    from minicnn.interop import to_torch
+    from minicnn.interop import from_torch, to_torch
     mc.manual_seed(0)
     net = mc.models.get_model(name).double()
-    twin = to_torch(net).double().train()
     frozen = ["0.weight"] + [k for k, _ in net.named_parameters() if k.startswith("3.")]
     dict(net.named_parameters())["0.weight"].requires_grad = False
     assert net[3].requires_grad_(False) is net[3]
+    twin = to_torch(net).double().train()                       # frozen there too
     torch_params = dict(twin.named_parameters())
-    for k in frozen:
-        torch_params[k].requires_grad = False
+    assert [k for k, p in torch_params.items() if not p.requires_grad] == frozen
+    assert [k for k, p in from_torch(twin).named_parameters() if not p.requires_grad] == frozen
     opt = mc.optim.AdamW(net.parameters(), lr=0.01, weight_decay=0.1)
     topt = torch.optim.AdamW(twin.parameters(), lr=0.01, weight_decay=0.1)
     before = net.state_dict()
