@@ -1,5 +1,6 @@
 """The first day of a PyTorch user: each habit that would silently go wrong here either works as in
 torch or stops with a message that says what to do instead. One test per trap."""
+import math
 import warnings
 
 import numpy as np
@@ -310,3 +311,75 @@ def test_frozen_parameters_train_as_in_torch(name):
     loss_fn(net(x), y)
     net.backward(loss_fn.backward())
     assert all(p.grad is not None for p in net.parameters())
+
+
+INITS = [("kaiming_normal_", dict(mode="fan_out", nonlinearity="relu")), ("kaiming_normal_", dict()),
+         ("kaiming_uniform_", dict(a=math.sqrt(5))), ("kaiming_uniform_", dict(mode="fan_out", nonlinearity="tanh")),
+         ("xavier_uniform_", dict(gain=2.0)), ("xavier_normal_", dict()), ("uniform_", dict(a=-0.3, b=0.7)),
+         ("normal_", dict(mean=0.5, std=0.2)), ("trunc_normal_", dict(std=1.0, a=-1.0, b=0.5))]
+
+
+@pytest.mark.parametrize("fn,kwargs", INITS, ids=[f"{f}{sorted(k.items())}" for f, k in INITS])
+@pytest.mark.parametrize("shape", [(96, 64, 3, 3), (120, 400), (64, 1, 5, 5)])
+def test_init_functions_draw_torchs_distributions(fn, kwargs, shape):
+    """mc.nn.init's functions against torch.nn.init's on the same shape: the same mean, spread and
+    range (the numbers differ: another generator), in place, in the tensor's dtype."""
+    mc.manual_seed(0)
+    torch.manual_seed(0)                                        # both draws fixed: the test is deterministic
+    ours = mc.nn.Parameter(np.zeros(shape, np.float32))
+    assert getattr(mc.nn.init, fn)(ours, **kwargs) is ours
+    theirs = getattr(torch.nn.init, fn)(torch.empty(shape, dtype=torch.float64), **kwargs).numpy()
+    values = ours.data
+    assert values.dtype == np.float32 and values.shape == shape
+    n = values.size
+    assert abs(values.mean() - theirs.mean()) < 6 * theirs.std() / math.sqrt(n) + 1e-12
+    assert abs(values.std() / theirs.std() - 1) < 4.5 / math.sqrt(n) + 0.002    # a wrong fan or gain is >= 10 % off
+    if "uniform" in fn or "trunc" in fn:                    # bounded: the same bounds
+        assert abs(values.max() - theirs.max()) < 0.02 * theirs.std()
+        assert abs(values.min() - theirs.min()) < 0.02 * theirs.std()
+
+
+def test_init_helpers_and_model_apply_as_in_torch():
+    from minicnn.interop import to_torch
+    init = mc.nn.init
+    for name, param in [("linear", None), ("conv2d", None), ("sigmoid", None), ("tanh", None), ("relu", None),
+                        ("leaky_relu", None), ("leaky_relu", 0.2), ("selu", None)]:
+        assert init.calculate_gain(name, param) == torch.nn.init.calculate_gain(name, param)
+    with pytest.raises(ValueError, match="unsupported nonlinearity"):
+        init.calculate_gain("swish")
+    with pytest.raises(ValueError, match="at least 2"):
+        init.kaiming_normal_(np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="fan_in' or 'fan_out"):
+        init.kaiming_uniform_(np.zeros((3, 3), np.float32), mode="fan")
+    a = np.zeros((2, 3))
+    np.testing.assert_array_equal(init.constant_(a, 0.25), np.full((2, 3), 0.25))
+    assert init.ones_(a).sum() == 6 and init.zeros_(a).sum() == 0
+    mc.manual_seed(3)
+    first = init.normal_(np.zeros(4)).copy()
+    mc.manual_seed(3)
+    np.testing.assert_array_equal(init.normal_(np.zeros(4)), first)      # minicnn's seed decides
+
+    net = mc.models.ResNet14()
+    seen, seen_torch = [], []
+    assert net.apply(lambda m: seen.append(type(m).__name__)) is net
+    to_torch(net).apply(lambda m: seen_torch.append(type(m).__name__))
+    assert len(seen) == len(seen_torch) and seen[-1] == "ResNet14" and seen[0] == "Conv2d"
+    assert [n for n, _ in net.named_children()] == [n for n, _ in to_torch(net).named_children()]
+
+    def init_weights(m):                                      # a tutorial's scheme
+        if isinstance(m, nn.Conv2d):
+            init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            init.ones_(m.weight)
+            init.zeros_(m.bias)
+    net.apply(init_weights)
+    conv = net.get_submodule("3.body.0")
+    assert isinstance(conv, nn.Conv2d) and abs(conv.weight.data.std() / math.sqrt(2 / (16 * 9)) - 1) < 0.15
+    assert (net.get_submodule("3.body.1").weight.data == 1).all()
+    with pytest.raises(AttributeError, match="no submodule 'nine'"):
+        net.get_submodule("3.nine")
+    head = mc.nn.Sequential()
+    head.add_module("fc", nn.Linear(4, 2))
+    assert list(head.state_dict()) == ["fc.weight", "fc.bias"] and head.cpu() is head
+    with pytest.raises(KeyError, match="without '.'"):
+        head.add_module("a.b", nn.ReLU())

@@ -171,6 +171,35 @@ class Module:
     def children(self):
         return iter(self._modules.values())
 
+    def named_children(self):
+        return iter(self._modules.items())
+
+    def apply(self, fn):
+        """fn(module) for every submodule, children first, then this one (torch's order: a custom
+        weight initialization, model.apply(init_weights)). Returns self."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
+    def add_module(self, name, module):
+        """Register ``module`` (a Module, or None) as the child ``name``, as setattr does."""
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"add_module: a child's name must be a non-empty string without '.', got {name!r}")
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"add_module: {name!r} must be a Module or None, got {describe(module)}")
+        setattr(self, name, module)
+
+    def get_submodule(self, target):
+        """The submodule at a dotted path ('3.body.0'); '' is this module."""
+        module = self
+        for name in target.split(".") if target else []:
+            child = module._modules.get(name)
+            if child is None:
+                raise AttributeError(f"{type(module).__name__} has no submodule {name!r} (in {target!r})")
+            module = child
+        return module
+
     def named_parameters(self, prefix=""):
         for module_name, module in self.named_modules(prefix):
             for name, p in module._parameters.items():
@@ -286,6 +315,16 @@ class Module:
             for name, b in m._buffers.items():
                 m._buffers[name] = convert(b)
         return self
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self, device=None):
+        """Move to the GPU (torch's model.cuda()); minicnn uses one GPU per process: device None or 0."""
+        if device not in (None, 0, "cuda", "cuda:0"):
+            raise ValueError(f"{type(self).__name__}.cuda: minicnn runs on the process's current GPU (device None "
+                             f"or 0), got {device!r}; pick the GPU with CUDA_VISIBLE_DEVICES")
+        return self.to("cuda")
 
     def float(self):
         return self.to(np.float32)
