@@ -80,6 +80,21 @@ def test_torch_constructor_arguments_are_accepted_or_refused_clearly():
     nn.CrossEntropyLoss(ignore_index=-100)
 
 
+def test_dataloader_takes_a_tutorials_arguments_or_says_what_to_use():
+    x, y = _batch(8)
+    ds = data.ArrayDataset((x * 0 + 1).astype(np.float32), y)
+    loader = data.DataLoader(ds, batch_size=4, shuffle=True, num_workers=2, pin_memory=True, persistent_workers=True,
+                             timeout=0, prefetch_factor=2, seed=0)
+    plain = data.DataLoader(ds, batch_size=4, shuffle=True, seed=0)
+    for (a, la), (b, lb) in zip(loader, plain):               # the no-op arguments change nothing
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(la, lb)
+    for name, message in [("collate_fn", "give a transform"), ("worker_init_fn", "nothing to seed"),
+                          ("generator", "give seed=")]:
+        with pytest.raises(ValueError, match=f"{name} is not supported: .*{message}"):
+            data.DataLoader(ds, batch_size=4, **{name: lambda *a: None})
+
+
 def test_layer_made_with_inplace_gives_the_same_result_and_keeps_the_input():
     x = np.linspace(-2, 2, 24, dtype=np.float32).reshape(2, 3, 2, 2)
     before = x.copy()

@@ -31,14 +31,24 @@ class DataLoader:
         num_workers: threads preparing batches ahead of training (0: prepared when asked for);
             the batches are the same for any number.
         prefetch_factor: batches each worker prepares ahead (torch's name; default 2).
-        pin_memory: accepted for torch's code; no effect (host arrays go to the GPU as they are).
+        pin_memory, persistent_workers, timeout: accepted for torch's code; no effect (host arrays go
+            to the GPU as they are; the workers are threads, started each epoch; a worker's error
+            is raised at once). collate_fn, worker_init_fn and generator would change what the
+            batches hold or how they are drawn here: refused with what to use instead.
         sampler: which items each epoch, in order, instead of shuffle (an object with next_epoch(),
             len(), state_dict(), load_state_dict(): minicnn.distributed.DistributedSampler gives
             each rank its shard).
     """
 
     def __init__(self, dataset, batch_size=64, shuffle=False, drop_last=False, seed=None, transform=None,
-                 dtype=np.float32, device="cpu", num_workers=0, prefetch_factor=2, pin_memory=False, sampler=None):
+                 dtype=np.float32, device="cpu", num_workers=0, prefetch_factor=2, pin_memory=False, sampler=None,
+                 persistent_workers=False, timeout=0, collate_fn=None, worker_init_fn=None, generator=None):
+        refused = {"collate_fn": "batches are stacked arrays; give a transform (applied to each batch) instead",
+                   "worker_init_fn": "workers are threads drawing from each batch's own generator; nothing to seed",
+                   "generator": "give seed= (an int) for reproducible shuffling"}
+        for name, value in (("collate_fn", collate_fn), ("worker_init_fn", worker_init_fn), ("generator", generator)):
+            if value is not None:
+                raise ValueError(f"DataLoader: {name} is not supported: {refused[name]}")
         if int(batch_size) < 1:
             raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
         if isinstance(num_workers, bool) or int(num_workers) != num_workers or num_workers < 0:
