@@ -398,3 +398,39 @@ def test_init_helpers_and_model_apply_as_in_torch():
     assert list(head.state_dict()) == ["fc.weight", "fc.bias"] and head.cpu() is head
     with pytest.raises(KeyError, match="without '.'"):
         head.add_module("a.b", nn.ReLU())
+
+
+def test_a_frozen_start_is_not_backpropagated_and_training_equals_torch():
+    """With the stem and the first residual block frozen, fit's backward (input_grad=False) stops
+    where the first learning layer starts, as torch's autograd does: the frozen block's backward never
+    runs, the next training forward does not warn, and three SGD steps equal torch's (float64)."""
+    from minicnn.interop import to_torch
+    mc.manual_seed(1)
+    net = mc.models.ResNet14().double()
+    for i in (0, 1, 3):
+        net[i].requires_grad_(False)
+    twin = to_torch(net).double().train()
+    calls = []
+    original = net[3].backward
+    net[3].backward = lambda *a, **k: calls.append(1) or original(*a, **k)      # noqa: E731
+    opt = mc.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    topt = torch.optim.SGD([p for p in twin.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    loss_fn, tloss = nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                      # no StateReuseWarning: the skipped state counts as used
+        for step in range(3):
+            x, y = _batch(4, seed=step)
+            x = x.astype(np.float64)
+            loss_fn(net(x), y)
+            opt.zero_grad()
+            assert net.backward(loss_fn.backward(), input_grad=False) is None
+            opt.step()
+            topt.zero_grad()
+            tloss(twin(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+            topt.step()
+    assert calls == []
+    for k, p in twin.named_parameters():
+        np.testing.assert_allclose(net.state_dict()[k], p.detach().numpy(), rtol=1e-9, atol=1e-11, err_msg=k)
+    loss_fn(net(x), y)
+    assert net.backward(loss_fn.backward()).shape == x.shape    # the input gradient asked for: all the way
+    assert calls == [1]

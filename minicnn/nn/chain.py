@@ -108,11 +108,19 @@ class Chain:
 
 
 def _backward(steps, dy, input_grad):
+    if not input_grad:              # a frozen start (no parameter that learns, no input gradient wanted):
+        start = next((i for i, step in enumerate(steps) if step.learns()), len(steps))
+        for step in steps[:start]:  # nothing there needs a backward, as torch skips it
+            step.skip_backward()
+        steps = steps[start:]
+        if not steps:
+            return None
     for step in reversed(steps[1:]):
         dy = step.backward(dy)
     first = steps[0]
     if not input_grad and getattr(first, "can_skip_input_grad", False):
-        return first.backward(dy, input_grad=False)
+        first.backward(dy, input_grad=False)
+        return None
     dx = first.backward(dy)
     return dx if input_grad else None
 

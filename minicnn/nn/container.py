@@ -136,12 +136,12 @@ class Residual(Module):
         return y
 
     def backward(self, dy, input_grad=True):
-        """The input gradient: the body's plus the shortcut's (None when not input_grad and both
-        paths can skip it)."""
+        """The input gradient: the body's plus the shortcut's (None when not input_grad; then the
+        paths that can skip computing theirs do)."""
         ops = backend.ops_for(dy)
         saved = self.saved(dy)
-        skip = self.shortcut is not None and not input_grad and getattr(self.shortcut, "can_skip_input_grad", False) \
-            and getattr(self.body, "can_skip_input_grad", False)
+        skip = not input_grad and getattr(self.body, "can_skip_input_grad", False) \
+            and (self.shortcut is None or getattr(self.shortcut, "can_skip_input_grad", False))
         if saved.summed:            # the body's last step gave the sum's gradient (dy through the ReLU) with its own
             dx, dy = self.body.sum_backward(dy, input_grad=not skip)
         else:
@@ -151,6 +151,8 @@ class Residual(Module):
                 dy = self.activation.backward(dy)
             dx = self.body.backward(dy, input_grad=False) if skip else self.body.backward(dy)
         if skip:
-            self.shortcut.backward(dy, input_grad=False)
+            if self.shortcut is not None:
+                self.shortcut.backward(dy, input_grad=False)
             return None
-        return ops.add(dx, dy if self.shortcut is None else self.shortcut.backward(dy))
+        dx = ops.add(dx, dy if self.shortcut is None else self.shortcut.backward(dy))
+        return dx if input_grad else None

@@ -22,7 +22,20 @@ from .batchnorm import BatchNorm2d
 from .module import Module, is_grad_enabled
 
 
-class ConvReLUPool(Module):
+class _FusedStep(Module):
+    """A step standing for layers it holds but does not own (self.layers; ConvBatchNorm's `after`)."""
+
+    def learns(self):
+        return any(layer.learns() for layer in self.layers)
+
+    def skip_backward(self):
+        super().skip_backward()
+        for layer in (*self.layers, getattr(self, "after", None)):
+            if layer is not None:
+                layer.skip_backward()
+
+
+class ConvReLUPool(_FusedStep):
     """The conv2d_relu_maxpool2d step. Args: the three layers, in any order (they are told apart by
     kind). Shape: (N, C, H, W) -> (N, OC, OH//2, OW//2)."""
     can_skip_input_grad = True
@@ -56,7 +69,7 @@ class ConvReLUPool(Module):
         return "ConvReLUPool(" + ", ".join(repr(layer) for layer in self.layers) + ")"
 
 
-class BatchNormReLU(Module):
+class BatchNormReLU(_FusedStep):
     """The batchnorm_relu step. Args: a BatchNorm1d/2d and a ReLU. Shape: unchanged."""
 
     def __init__(self, *layers):
@@ -87,7 +100,7 @@ class BatchNormReLU(Module):
         return "BatchNormReLU(" + ", ".join(repr(layer) for layer in self.layers) + ")"
 
 
-class ConvBatchNorm(Module):
+class ConvBatchNorm(_FusedStep):
     """The conv2d_batchnorm step. Args: a Conv2d, the batch norm after it and, when the plan adds it,
     the ReLU after that. Inference (no_grad, the batch norm on its running statistics) is one op,
     conv2d_batchnorm_eval; otherwise the convolution runs, then the batch norm (with the ReLU as a

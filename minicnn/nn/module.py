@@ -358,6 +358,18 @@ class Module:
         saved.used = True
         return saved
 
+    def learns(self):
+        """Whether any parameter in this module learns (requires_grad)."""
+        return any(p.requires_grad for p in self.parameters())
+
+    def skip_backward(self):
+        """The last forward's backward will not run (nothing before it learns): its state counts as
+        used, as after a backward, in this module and all it holds."""
+        for module in self.modules():
+            saved = module.__dict__.get("_saved")
+            if saved is not None:
+                saved.used = True
+
     def awaits_backward(self):
         """The modules inside this one holding a forward's state that no backward has used yet."""
         return [m for m in self.modules() if getattr(m.__dict__.get("_saved"), "used", True) is False]
