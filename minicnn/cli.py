@@ -418,6 +418,11 @@ def _take_the_runs_settings(args, checkpoint):
     for name in RUN_SETTINGS:
         if name not in given and saved.get(name) is not None:
             setattr(args, name, saved[name])
+    stopped = (state.get("early_stopping") or {}).get("stopped_epoch")
+    if stopped is not None:
+        raise ValueError(f"{args.resume} stopped early at epoch {stopped} (its validation loss had stopped improving): "
+                         "the run is over; to train on, start a new run from its weights: minicnn train --init-from "
+                         f"{args.resume}")
     done = state.get("epoch")
     if isinstance(done, (int, np.integer)) and done >= args.epochs:
         raise ValueError(f"{args.resume} has finished {done} epochs, and this run asks for {args.epochs} in all: "

@@ -284,6 +284,11 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
         state = load(resume)
         _restore(state, model, optimizer, scheduler, train_loader, resume, early_stopping, distributed)
         history, start_epoch = History(state["history"]), int(state["epoch"])
+        if early_stopping is not None and early_stopping.stopped_epoch is not None:
+            if log is not None:                   # an uninterrupted run ended there: so does this one
+                log(f"the run stopped early at epoch {early_stopping.stopped_epoch} ({early_stopping.monitor} had not "
+                    f"improved since epoch {early_stopping.best_epoch}); nothing left to resume")
+            start_epoch = epochs
     graph_step = None
     if cuda_graph:
         first = next(iter(model.parameters()), None)

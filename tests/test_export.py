@@ -376,6 +376,9 @@ def test_train_resume_continues_the_run_as_it_was_started(run_folder, capsys, tm
     err = capsys.readouterr().err
     assert "has finished 2 epochs" in err and "--epochs N with N > 2" in err
     state = mc.load(out / "checkpoints" / "last.npz")
+    mc.save({**state, "early_stopping": {"stopped_epoch": 2}}, tmp_path / "stopped.npz")
+    assert cli(["train", "--data", str(root / "mnist"), "--resume", str(tmp_path / "stopped.npz"), "--epochs", "4"]) == 2
+    assert "stopped early at epoch 2" in capsys.readouterr().err           # over: --init-from is the way on
     del state["meta"]["settings"]                           # as written before the settings were kept
     mc.save(state, out / "checkpoints" / "last.npz")
     assert cli(["train", "--data", str(root / "mnist"), "--resume", str(out), "--epochs", "3", "--optimizer", "adam",

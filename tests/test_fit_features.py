@@ -72,6 +72,15 @@ def test_resume_with_early_stopping_ends_where_an_uninterrupted_run_ends(tmp_pat
     assert len(full) == len(resumed) == 7 and stopper.best_epoch == 4
     for k in reference:
         np.testing.assert_array_equal(model.state_dict()[k], reference[k], err_msg=k)
+    # resuming the run that stopped: it is over, as the uninterrupted one is (no epoch, the best weights)
+    model, opt, sched, loader, val = make_run(seed=6)
+    lines = []
+    again = train.fit(model, mc.nn.CrossEntropyLoss(), opt, loader, 8, val_loader=val, scheduler=sched,
+                      early_stopping=_Scripted(values, patience=2), resume=tmp_path / "a" / "last.npz", log=lines.append,
+                      progress=False)
+    assert len(again) == 7 and any("stopped early at epoch 7" in line for line in lines)
+    for k in reference:
+        np.testing.assert_array_equal(model.state_dict()[k], reference[k], err_msg=k)
 
 
 def test_one_cycle_steps_per_batch_in_fit_as_in_a_torch_loop():
