@@ -83,7 +83,7 @@ def profile(model_cls, batch, steps, inference=False, with_torch=False):
         model.eval()
     step = inference_pass if inference else train_step
 
-    torch_step = torch_training_step(model, x, y) if with_torch else None
+    torch_step = torch_training_step(model_cls, x, y) if with_torch else None
     for _ in range(5):
         step()
         if torch_step:
@@ -100,23 +100,17 @@ def profile(model_cls, batch, steps, inference=False, with_torch=False):
     return plain, recorded, (torch_times if torch_step else None)
 
 
-def torch_training_step(model, x, y):
-    """A function timing one SGD-momentum training step of model's torch twin (its weights now) on
-    x, y: seconds."""
+def torch_training_step(model_cls, x, y):
+    """A function timing one SGD-momentum training step of torch's twin of model_cls (speed.py's
+    torch_runner: the weights minicnn's model starts from) on x, y, on minicnn's threads: seconds."""
     import torch
-    from minicnn.interop import to_torch
+    from speed import torch_runner                        # benchmarks/speed.py, beside this file
     torch.set_num_threads(cores.threads())
-    twin = to_torch(model).train()
-    opt = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    run = torch_runner(model_cls, x, y, len(x), train=True)
 
     def step():
         started = time.perf_counter()
-        loss = loss_fn(twin(xt), yt)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        run(1)
         return time.perf_counter() - started
     return step
 

@@ -49,14 +49,17 @@ def save(obj, path):
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load(path):
+def load(path, keys=None):
     """Load what :func:`save` wrote. Raises FileNotFoundError for a missing file, ValueError for a
-    truncated, corrupt, oversized or foreign one (a PyTorch file gets a hint how to convert it)."""
+    truncated, corrupt, oversized or foreign one (a PyTorch file gets a hint how to convert it).
+    keys: of a saved dict, only these entries (the others' arrays are not read from the file; of
+    anything else, an empty dict)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if path.endswith(".safetensors"):
-        return _load_safetensors(path)
+        state = _load_safetensors(path)
+        return state if keys is None else {k: v for k, v in state.items() if k in keys}
     _refuse_torch_files(path)
     try:
         with zipfile.ZipFile(path) as archive:
@@ -68,7 +71,10 @@ def load(path):
             if not isinstance(structure, dict) or structure.get("format") != FORMAT:
                 found = structure.get("format") if isinstance(structure, dict) else type(structure).__name__
                 raise ValueError(f"unknown format {found!r}, expected {FORMAT!r}")
-            return _decode(structure.get("tree"), archive, 0)
+            tree = structure.get("tree")
+            if keys is not None:
+                tree = _entries(tree, keys)
+            return _decode(tree, archive, 0)
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, json.JSONDecodeError, UnicodeDecodeError,
             ValueError, zipfile.LargeZipFile, RecursionError, TypeError, AttributeError) as err:
         raise ValueError(f"checkpoint {path!r} is truncated or corrupt: {err}") from None
@@ -190,6 +196,13 @@ def _decode(node, archive, depth):
     raise ValueError(f"unknown node of type {type(node).__name__}")
 
 
+def _entries(tree, keys):
+    """A saved dict's node with only the entries named in keys (none when what was saved is no dict)."""
+    pairs = tree.get("dict") if isinstance(tree, dict) and len(tree) == 1 else None
+    return {"dict": [item for item in pairs if isinstance(item, list) and len(item) == 2 and item[0] in keys]
+                     if isinstance(pairs, list) else []}
+
+
 def _check_sizes(archive, file_size):
     """Refuse members that declare more bytes than the file could honestly hold (a zip bomb)."""
     budget = MAX_INFLATION * file_size + SLACK_BYTES
@@ -269,8 +282,8 @@ def _safetensors_bytes(obj, path):
     if not isinstance(obj, dict) or not all(isinstance(k, str) and backend.is_array(v) for k, v in obj.items()):
         raise TypeError(f"minicnn.save: {path} (.safetensors) holds a flat {{name: array}} mapping such as "
                         "model.state_dict(); save whole checkpoints (optimizer, history) as .npz")
-    # np.array, not np.ascontiguousarray: that returns a 0-d array (num_batches_tracked) as shape (1,)
-    arrays = {k: np.array(backend.to_numpy(v), order="C") for k, v in obj.items()}
+    # np.asarray, not np.ascontiguousarray: that returns a 0-d array (num_batches_tracked) as shape (1,)
+    arrays = {k: np.asarray(backend.to_numpy(v), order="C") for k, v in obj.items()}
     return _safetensors().save(arrays, metadata={"format": "pt", "producer": "minicnn"})
 
 

@@ -401,8 +401,8 @@ def _take_the_runs_settings(args, checkpoint):
     meta (its model, dataset, optimizer, schedule...), so that the run continues as it was started;
     a --model or --dataset other than the run's is refused (its weights could not continue)."""
     import minicnn as mc
-    state = mc.load(checkpoint)
-    meta = state.get("meta") if isinstance(state, dict) else None
+    state = mc.load(checkpoint, keys=("meta", "epoch", "early_stopping"))     # fit reads the rest
+    meta = state.get("meta")
     if not isinstance(meta, dict) or "model" not in meta:
         return                                            # not minicnn train's: fit says what does not fit
     saved = dict(meta.get("settings") or {})

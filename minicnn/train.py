@@ -465,10 +465,7 @@ def _restore(state, model, optimizer, scheduler, loader, where="the checkpoint",
     for key in ("model", "optimizer", "epoch", "history", "rng"):
         if key not in state:
             raise ValueError(f"fit(resume=...): {where} has no {key!r}; it was not written by fit")
-    saved_class = state.get("optimizer_class")
-    if saved_class is not None and saved_class != type(optimizer).__name__:
-        raise ValueError(f"fit(resume=...): {where} was written with {saved_class}, this run uses "
-                         f"{type(optimizer).__name__}; resume with the same optimizer")
+    _check_same_kind(state, "optimizer", optimizer, where)
     _check_same_scheduler(state, scheduler, where)
     ranks = state.get("ranks")
     if distributed is not None or ranks is not None:
@@ -513,9 +510,16 @@ def _check_same_scheduler(state, scheduler, where):
         raise ValueError(f"fit(resume=...): {where} was written with {saved} and this run has no scheduler; "
                          "resume with the same scheduler (minicnn train: the same --scheduler), or start a new "
                          "run from its weights (minicnn train --init-from PATH)")
-    if state.get("scheduler_class") not in (None, type(scheduler).__name__):
+    _check_same_kind(state, "scheduler", scheduler, where)
+
+
+def _check_same_kind(state, what, given, where):
+    """Refuse a run whose optimizer or scheduler (what) is of another class than the checkpoint's
+    (recorded as state[what + '_class'] by _capture; older checkpoints without it pass)."""
+    saved = state.get(f"{what}_class")
+    if saved is not None and saved != type(given).__name__:
         raise ValueError(f"fit(resume=...): {where} was written with {saved}, this run uses "
-                         f"{type(scheduler).__name__}; resume with the same scheduler")
+                         f"{type(given).__name__}; resume with the same {what}")
 
 
 def _snapshot(model, optimizer, scheduler, loader, generators):

@@ -32,6 +32,18 @@ def test_nested_values_round_trip(tmp_path):
     assert back[7]["inner"].dtype == np.float32
 
 
+def test_load_of_some_entries_reads_only_their_arrays(tmp_path, monkeypatch):
+    from minicnn import checkpoint
+    mc.save({"meta": {"model": "lenet"}, "epoch": 2, "model": {"w": np.ones((3, 3))}}, tmp_path / "c.npz")
+    read = []
+    original = checkpoint._read_member
+    monkeypatch.setattr(checkpoint, "_read_member", lambda archive, name: read.append(name) or original(archive, name))
+    assert mc.load(tmp_path / "c.npz", keys=("meta", "epoch")) == {"meta": {"model": "lenet"}, "epoch": 2}
+    assert read == ["__structure__"]                          # the model's array was not read
+    mc.save([1, 2], tmp_path / "list.npz")
+    assert mc.load(tmp_path / "list.npz", keys=("meta",)) == {}
+
+
 def test_refuses_objects_it_cannot_store_without_pickle(tmp_path):
     with pytest.raises(TypeError, match="cannot store"):
         mc.save({"f": lambda: 0}, tmp_path / "x.npz")
