@@ -11,6 +11,7 @@ the weights as initializers named by their state_dict keys, opset 20, checked by
     MaxPool2d MaxPool    AvgPool2d AveragePool      AdaptiveAvgPool2d(1) GlobalAveragePool, other
     BatchNorm1d/2d BatchNormalization (eval form)      sizes dividing the input AveragePool
     ReLU Relu   LeakyReLU LeakyRelu   Sigmoid       Tanh   GELU Gelu   SiLU Sigmoid + Mul
+    Hardtanh, ReLU6 Clip   Hardsigmoid HardSigmoid (alpha 1/6, beta 1/2)   Hardswish HardSwish
     Flatten Flatten   Dropout Dropout (identity in inference)   Identity Identity
     Residual: both paths from one tensor, Add, then the activation; Sequential: in order
 
@@ -202,6 +203,13 @@ class _Graph:
         if kind is nn.SiLU:
             s = self.node("Sigmoid", [x], path + ".sigmoid")
             return self.node("Mul", [x, s], path)
+        if kind in (nn.Hardtanh, nn.ReLU6):
+            bounds = [self.tensor(p + "min", m.min_val), self.tensor(p + "max", m.max_val)]
+            return self.node("Clip", [x, *bounds], path)
+        if kind is nn.Hardsigmoid:
+            return self.node("HardSigmoid", [x], path, alpha=1 / 6, beta=0.5)
+        if kind is nn.Hardswish:
+            return self.node("HardSwish", [x], path)
         if kind is nn.Flatten:
             return self.node("Flatten", [x], path, axis=1)
         if kind is nn.Dropout:
@@ -223,7 +231,8 @@ def _host_state(m):
 # ------------------------------------------------------------------ import
 
 SUPPORTED = ("Conv", "Gemm", "MatMul", "Add", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
-             "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Gelu", "Mul", "Flatten", "Dropout", "Identity")
+             "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Gelu", "Mul", "Flatten", "Dropout", "Identity", "Clip",
+             "HardSigmoid", "HardSwish")
 
 
 def from_onnx(path):
@@ -468,6 +477,19 @@ class _Importer:
             return (None if op == "Identity" else simple[op]()), out
         if op == "LeakyRelu":
             return nn.LeakyReLU(a.get("alpha", 0.01)), out
+        if op == "Clip":
+            bounds = [init.get(name) for name in node.input[1:3] if name]
+            need(len(bounds) == 2 and all(b is not None and np.size(b) == 1 for b in bounds),
+                 "clips by bounds that are not both constants (minicnn's Hardtanh and ReLU6 take both)")
+            low, high = (float(b) for b in bounds)
+            return (nn.ReLU6() if (low, high) == (0.0, 6.0) else nn.Hardtanh(low, high)), out
+        if op == "HardSigmoid":
+            alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
+            need(abs(alpha - 1 / 6) < 1e-6 and beta == 0.5,
+                 f"has alpha={alpha}, beta={beta}; minicnn's Hardsigmoid is torch's (alpha=1/6, beta=0.5)")
+            return nn.Hardsigmoid(), out
+        if op == "HardSwish":
+            return nn.Hardswish(), out
         raise ValueError(f"{where} cannot be read as a layer here")
 
     def _set(self, module, **arrays):

@@ -132,6 +132,10 @@ def layer_cases():
         ("SiLU", nn.SiLU, (3, 7)),
         ("GELU", nn.GELU, (3, 7)),
         ("GELU(approximate='tanh')", lambda: nn.GELU(approximate="tanh"), (3, 7)),
+        ("Hardtanh(-0.5, 0.8)", lambda: nn.Hardtanh(-0.5, 0.8), (3, 7)),
+        ("ReLU6", nn.ReLU6, (3, 7)),
+        ("Hardsigmoid", nn.Hardsigmoid, (3, 7)),
+        ("Hardswish", nn.Hardswish, (3, 7)),
         ("Identity", nn.Identity, (3, 7)),
         ("Residual (basic block, 1x1 shortcut)", lambda: _basic_block(2, 4, 2), (3, 2, 6, 7)),
     ]

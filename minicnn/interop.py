@@ -104,7 +104,9 @@ def _to_torch_module(m, where, torch):
         return t.GELU(approximate=m.approximate)
     if kind is nn.Dropout:
         return t.Dropout(m.p)
-    plain = {nn.ReLU: t.ReLU, nn.Sigmoid: t.Sigmoid, nn.Tanh: t.Tanh, nn.SiLU: t.SiLU, nn.Identity: t.Identity,
+    if kind is nn.Hardtanh:
+        return t.Hardtanh(m.min_val, m.max_val)
+    plain = {nn.ReLU: t.ReLU, nn.ReLU6: t.ReLU6, nn.Hardsigmoid: t.Hardsigmoid, nn.Hardswish: t.Hardswish, nn.Sigmoid: t.Sigmoid, nn.Tanh: t.Tanh, nn.SiLU: t.SiLU, nn.Identity: t.Identity,
              nn.Flatten: t.Flatten}
     if kind in plain:
         return plain[kind]()
@@ -185,7 +187,9 @@ def _from_torch_module(m, where, torch):
         return nn.GELU(approximate=m.approximate)
     if kind is t.Dropout:
         return nn.Dropout(m.p)
-    plain = {t.ReLU: nn.ReLU, t.Sigmoid: nn.Sigmoid, t.Tanh: nn.Tanh, t.SiLU: nn.SiLU, t.Identity: nn.Identity}
+    if kind is t.Hardtanh:
+        return nn.Hardtanh(m.min_val, m.max_val)
+    plain = {t.ReLU: nn.ReLU, t.ReLU6: nn.ReLU6, t.Hardsigmoid: nn.Hardsigmoid, t.Hardswish: nn.Hardswish, t.Sigmoid: nn.Sigmoid, t.Tanh: nn.Tanh, t.SiLU: nn.SiLU, t.Identity: nn.Identity}
     if kind in plain:
         return plain[kind]()
     refuse("has no minicnn counterpart (minicnn converts torch.nn.Sequential, "

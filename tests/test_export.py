@@ -119,7 +119,9 @@ def layer_cases():
     yield "batchnorm2d no affine", lambda: nn.BatchNorm2d(4, affine=False), (4, 3, 3)
     for name, make in [("relu", nn.ReLU), ("leakyrelu", lambda: nn.LeakyReLU(0.2)), ("sigmoid", nn.Sigmoid),
                        ("tanh", nn.Tanh), ("silu", nn.SiLU), ("gelu", nn.GELU), ("gelu tanh", lambda: nn.GELU("tanh")),
-                       ("identity", nn.Identity), ("dropout", lambda: nn.Dropout(0.3))]:
+                       ("identity", nn.Identity), ("dropout", lambda: nn.Dropout(0.3)),
+                       ("hardtanh", lambda: nn.Hardtanh(-0.5, 0.8)), ("relu6", nn.ReLU6), ("hardsigmoid", nn.Hardsigmoid),
+                       ("hardswish", nn.Hardswish)]:
         yield name, make, (3, 4, 5)
     for in_f, out_f, bias in [(1, 1, True), (5, 3, True), (16, 7, False), (400, 120, True)]:
         yield f"linear{in_f}-{out_f}", lambda i=in_f, o=out_f, b=bias: nn.Linear(i, o, bias=b), (in_f,)
@@ -168,6 +170,44 @@ def test_models_exported_by_torch_import_and_equal_torch(name, tmp_path):
     model = from_onnx(path)
     x = rng.standard_normal((4,) + shape).astype(np.float32)
     np.testing.assert_allclose(ours(model, x), twin(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def mobile_activations_in_torch():
+    t = torch.nn
+    return t.Sequential(t.Conv2d(2, 4, 3, padding=1), t.Hardswish(), t.Conv2d(4, 4, 1), t.ReLU6(),
+                        t.Conv2d(4, 4, 3, padding=1, groups=4), t.Hardtanh(-0.5, 2.0), t.AdaptiveAvgPool2d(1),
+                        t.Flatten(), t.Linear(4, 3), t.Hardsigmoid())
+
+
+def test_torchs_export_of_mobilenet_activations_imports_and_equals_torch(tmp_path):
+    torch.manual_seed(0)
+    twin = mobile_activations_in_torch().eval()
+    path = tmp_path / "mobile.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(twin, (torch.randn(2, 2, 6, 6),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["output"], dynamic_axes={"input": {0: "N"}})
+    model = from_onnx(path)
+    assert [type(m).__name__ for m in model][:6] == ["Conv2d", "Hardswish", "Conv2d", "ReLU6", "Conv2d", "Hardtanh"]
+    assert type(model[-1]) is nn.Hardsigmoid
+    x = rng.standard_normal((3, 2, 6, 6)).astype(np.float32) * 3
+    np.testing.assert_allclose(ours(model, x), twin(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+    back = from_torch(twin)                       # and the same net straight from torch
+    np.testing.assert_array_equal(ours(back, x), ours(model, x))
+    assert type(to_torch(back)[3]) is torch.nn.ReLU6 and to_torch(back)[5].min_val == -0.5
+
+
+def test_a_clip_without_both_bounds_is_refused(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4])
+    low = numpy_helper.from_array(np.array(0, np.float32), "low")
+    node = helper.make_node("Clip", ["input", "low"], ["output"], name="clip")
+    path = tmp_path / "clip.onnx"
+    path.write_bytes(helper.make_model(helper.make_graph([node], "g", [x], [y], [low]),
+                                       opset_imports=[helper.make_opsetid("", 20)]).SerializeToString())
+    with pytest.raises(ValueError, match=r"node 'clip' \(Clip\) clips by bounds that are not both constants"):
+        from_onnx(path)
 
 
 # ------------------------------------------------------------------ ONNX refusals

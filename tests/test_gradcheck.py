@@ -46,6 +46,10 @@ LAYERS = [
     ("silu", nn.SiLU, (3, 7)),
     ("gelu", nn.GELU, (3, 7)),
     ("gelu tanh", lambda: nn.GELU(approximate="tanh"), (3, 7)),
+    ("hardtanh", lambda: nn.Hardtanh(-0.5, 0.8), (3, 7)),
+    ("relu6", nn.ReLU6, (3, 7)),
+    ("hardsigmoid", nn.Hardsigmoid, (3, 7)),
+    ("hardswish", nn.Hardswish, (3, 7)),
     ("identity", nn.Identity, (3, 7)),
     ("residual identity skip", lambda: nn.Residual(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Tanh()),
                                                    activation=nn.ReLU()), (2, 3, 5, 5)),
@@ -81,6 +85,17 @@ def test_layer_gradients_match_central_differences(name, make, shape):
     errors = mc.gradcheck(make(), x, eps=EPS.get(name, 1e-6), max_entries=60)
     assert set(errors) >= {"input"}
     assert max(errors.values()) < THRESHOLDS.get(name, 1e-6), errors
+
+
+@pytest.mark.parametrize("make", [nn.ReLU6, nn.Hardsigmoid, nn.Hardswish, lambda: nn.Hardtanh(-2.5, 4.0)],
+                         ids=["relu6", "hardsigmoid", "hardswish", "hardtanh"])
+def test_piecewise_activations_match_central_differences_on_every_piece(make):
+    """Inputs over [-8, 8] (the layer list's [-2, 2] never reaches +-3 or 6), none within 1e-3 of a corner."""
+    x = tie_free_input((4, 10), np.random.default_rng(5)) * 4
+    assert min(np.abs(x - corner).min() for corner in (-3, -2.5, 0, 3, 4, 6)) > 1e-3
+    assert x.min() < -3 and x.max() > 6
+    errors = mc.gradcheck(make(), x, eps=1e-6)
+    assert errors["input"] < 1e-6, errors
 
 
 def test_gradcheck_detects_a_wrong_backward():

@@ -236,6 +236,8 @@ def _randomize_bn(layer, dtype):
 ACTIVATIONS = [(nn.ReLU, torch.nn.ReLU, {}), (nn.LeakyReLU, torch.nn.LeakyReLU, {"negative_slope": 0.2}),
                (nn.Sigmoid, torch.nn.Sigmoid, {}), (nn.Tanh, torch.nn.Tanh, {}), (nn.SiLU, torch.nn.SiLU, {}),
                (nn.GELU, torch.nn.GELU, {}), (nn.GELU, torch.nn.GELU, {"approximate": "tanh"}),
+               (nn.Hardtanh, torch.nn.Hardtanh, {"min_val": -2.0, "max_val": 1.5}), (nn.ReLU6, torch.nn.ReLU6, {}),
+               (nn.Hardsigmoid, torch.nn.Hardsigmoid, {}), (nn.Hardswish, torch.nn.Hardswish, {}),
                (nn.Identity, torch.nn.Identity, {})]
 
 
@@ -246,6 +248,35 @@ ACTIVATIONS = [(nn.ReLU, torch.nn.ReLU, {}), (nn.LeakyReLU, torch.nn.LeakyReLU, 
 def test_activation(any_backend, dtype, ours, theirs, kwargs, shape):
     x = random_input(shape, dtype) * 4
     assert_matches_torch(ours(**kwargs), theirs(**kwargs), x, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("ours,theirs", [(nn.ReLU6, torch.nn.ReLU6), (lambda: nn.Hardtanh(-2, 1.5),
+                                                                      lambda: torch.nn.Hardtanh(-2, 1.5)),
+                                         (nn.Hardsigmoid, torch.nn.Hardsigmoid), (nn.Hardswish, torch.nn.Hardswish)],
+                         ids=["ReLU6", "Hardtanh", "Hardsigmoid", "Hardswish"])
+def test_piecewise_activations_equal_torch_bit_for_bit_at_their_corners(any_backend, dtype, ours, theirs):
+    """At the corners (+-3, 0, 6, the Hardtanh's ends) each side's rule decides; torch's, to the bit.
+    NaN is checked forward only: torch's gradient there differs between its vector and scalar loops."""
+    corners = np.array([-6, -3, -2, -1.5, -1, 0, 1, 1.5, 2, 3, 6], dtype)
+    x = np.concatenate([corners, np.nextafter(corners, 10), np.nextafter(corners, -10), [np.inf, -np.inf],
+                        np.random.default_rng(3).standard_normal(500) * 4]).astype(dtype)[None]
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(to_numpy(ours()(on_device(np.array([np.nan], dtype))))).all()
+    dy = np.random.default_rng(4).standard_normal(x.shape).astype(dtype)
+    layer, ref = ours(), theirs()
+    xt = torch.from_numpy(x.copy()).requires_grad_()
+    yt = ref(xt)
+    yt.backward(torch.from_numpy(dy))
+    with np.errstate(invalid="ignore"):               # -inf * 0 in Hardswish: NaN, as torch's
+        y = to_numpy(layer(on_device(x)))
+        dx = to_numpy(layer.backward(on_device(dy)))
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    np.testing.assert_array_equal(dx, xt.grad.numpy())
+
+
+def test_hardtanh_refuses_empty_bounds():
+    with pytest.raises(ValueError, match="max_val must be greater than min_val, got min_val=1, max_val=1"):
+        nn.Hardtanh(1, 1)
 
 
 def test_sigmoid_extreme_inputs_do_not_overflow(dtype):

@@ -220,6 +220,34 @@ def gelu_backward(dy, record):
     """dy * d/dx (x * Phi(x)), by torch's formula for the forward's approximation; shape of x."""
 
 
+def hardtanh_forward(x, min_val, max_val):
+    """x clamped to [min_val, max_val] elementwise (torch.nn.Hardtanh; ReLU6 is (0, 6)), NaN kept.
+    Returns (y, record)."""
+
+
+def hardtanh_backward(dy, record):
+    """dy where min_val < x < max_val, else 0: torch's rule (0 at both ends; at NaN, 0 here, torch's
+    vector and scalar loops differ)."""
+
+
+def hardsigmoid_forward(x):
+    """min(max(x + 3, 0), 6) / 6 elementwise (torch.nn.Hardsigmoid). Returns (y, record)."""
+
+
+def hardsigmoid_backward(dy, record):
+    """dy * (1/6) where -3 < x < 3, else 0 (torch's rule: 0 at both ends; its 1/6 rounded to float32 in
+    float64 too); shape of x."""
+
+
+def hardswish_forward(x):
+    """x * min(max(x + 3, 0), 6) / 6 elementwise (torch.nn.Hardswish). Returns (y, record)."""
+
+
+def hardswish_backward(dy, record):
+    """0 where x <= -3, dy where x >= 3, else dy * (x / 3 + 1/2): torch's rule at the ends (at NaN, NaN
+    here; torch's vector and scalar loops differ)."""
+
+
 # ---------------------------------------------------------------- dropout
 
 def dropout_forward(x, p, rng, cache):

@@ -359,6 +359,37 @@ def gelu_backward(dy, record):
     return dy * (saved + x * pdf)
 
 
+def hardtanh_forward(x, min_val, max_val):
+    t = x.dtype.type
+    return cp.minimum(cp.maximum(x, t(min_val)), t(max_val)), (x, min_val, max_val)
+
+
+def hardtanh_backward(dy, record):
+    x, min_val, max_val = record
+    return cp.where((x > min_val) & (x < max_val), dy, dy.dtype.type(0))
+
+
+def hardsigmoid_forward(x):
+    t = x.dtype.type
+    return cp.minimum(cp.maximum(x + t(3), t(0)), t(6)) / t(6), x
+
+
+def hardsigmoid_backward(dy, record):
+    x = record
+    return cp.where((x > -3) & (x < 3), dy * dy.dtype.type(_reference._ONE_SIXTH), dy.dtype.type(0))
+
+
+def hardswish_forward(x):
+    t = x.dtype.type
+    return x * cp.minimum(cp.maximum(x + t(3), t(0)), t(6)) / t(6), x
+
+
+def hardswish_backward(dy, record):
+    x = record
+    t = dy.dtype.type
+    return cp.where(x <= -3, t(0), cp.where(x >= 3, dy, dy * (x / t(3) + t(0.5))))
+
+
 # ---------------------------------------------------------------- dropout
 
 def dropout_forward(x, p, rng, cache):

@@ -430,6 +430,48 @@ def gelu_backward(dy, record):
     return dy * (saved + x * pdf)
 
 
+def hardtanh_forward(x, min_val, max_val):
+    """record: (x, min_val, max_val)."""
+    t = x.dtype.type
+    return np.minimum(np.maximum(x, t(min_val)), t(max_val)), (x, min_val, max_val)
+
+
+def hardtanh_backward(dy, record):
+    x, min_val, max_val = record
+    return np.where((x > min_val) & (x < max_val), dy, 0).astype(dy.dtype, copy=False)
+
+
+def _relu6_of_x_plus_3(x):
+    """min(max(x + 3, 0), 6), torch's order of operations, in x's dtype."""
+    t = x.dtype.type
+    return np.minimum(np.maximum(x + t(3), t(0)), t(6))
+
+
+_ONE_SIXTH = float(np.float32(1 / 6))     # torch's constant: 1/6 rounded to float32, in float64 too
+
+
+def hardsigmoid_forward(x):
+    """record: x."""
+    return _relu6_of_x_plus_3(x) / x.dtype.type(6), x
+
+
+def hardsigmoid_backward(dy, record):
+    x = record
+    return np.where((x > -3) & (x < 3), dy * dy.dtype.type(_ONE_SIXTH), 0).astype(dy.dtype, copy=False)
+
+
+def hardswish_forward(x):
+    """record: x."""
+    return x * _relu6_of_x_plus_3(x) / x.dtype.type(6), x
+
+
+def hardswish_backward(dy, record):
+    x = record
+    t = dy.dtype.type
+    inside = dy * (x / t(3) + t(0.5))
+    return np.where(x <= -3, t(0), np.where(x >= 3, dy, inside)).astype(dy.dtype, copy=False)
+
+
 # ---------------------------------------------------------------- dropout
 
 def dropout_forward(x, p, rng, cache):

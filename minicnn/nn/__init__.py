@@ -1,5 +1,6 @@
 """Layers with hand-written forward and backward passes, named and shaped as in torch.nn."""
-from .activation import GELU, Identity, LeakyReLU, ReLU, SiLU, Sigmoid, Tanh
+from .activation import (GELU, Hardsigmoid, Hardswish, Hardtanh, Identity, LeakyReLU, ReLU, ReLU6, SiLU, Sigmoid,
+                         Tanh)
 from .batchnorm import BatchNorm1d, BatchNorm2d
 from .container import Residual, Sequential
 from .conv import Conv2d
@@ -12,5 +13,6 @@ from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 __all__ = [
     "Module", "Parameter", "Sequential", "Residual", "no_grad", "is_grad_enabled", "StateReuseWarning",
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout",
-    "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "GELU", "Identity", "Linear", "Flatten", "CrossEntropyLoss",
+    "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "GELU", "Hardtanh", "ReLU6", "Hardsigmoid", "Hardswish",
+    "Identity", "Linear", "Flatten", "CrossEntropyLoss",
 ]

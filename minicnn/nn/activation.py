@@ -119,6 +119,76 @@ class GELU(Module):
         return f"approximate={self.approximate!r}"
 
 
+class Hardtanh(Module):
+    """x clamped to [min_val, max_val]; derivative 1 strictly inside, 0 at the ends and outside (torch's
+    rule). inplace is accepted and changes nothing."""
+
+    def __init__(self, min_val=-1.0, max_val=1.0, inplace=False):
+        super().__init__()
+        self.min_val, self.max_val, self.inplace = float(min_val), float(max_val), bool(inplace)
+        if not self.max_val > self.min_val:
+            raise ValueError(f"{type(self).__name__}: max_val must be greater than min_val, got min_val={min_val}, "
+                             f"max_val={max_val}")
+
+    def forward(self, x):
+        check_float_array(self, x)
+        y, record = backend.ops_for(x).hardtanh_forward(x, self.min_val, self.max_val)
+        self.save_for_backward(y, record=record)
+        return y
+
+    def backward(self, dy):
+        return backend.ops_for(dy).hardtanh_backward(dy, self.saved(dy).record)
+
+    def extra_repr(self):
+        return f"min_val={self.min_val}, max_val={self.max_val}"
+
+
+class ReLU6(Hardtanh):
+    """min(max(x, 0), 6), MobileNetV2's activation: Hardtanh(0, 6), as torch defines it."""
+
+    def __init__(self, inplace=False):
+        super().__init__(0.0, 6.0, inplace)
+
+    def extra_repr(self):
+        return ""
+
+
+class Hardsigmoid(Module):
+    """relu6(x + 3) / 6, a piecewise-linear sigmoid (MobileNetV3's gate); derivative 1/6 strictly
+    inside (-3, 3), else 0. inplace is accepted and changes nothing."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = bool(inplace)
+
+    def forward(self, x):
+        check_float_array(self, x)
+        y, record = backend.ops_for(x).hardsigmoid_forward(x)
+        self.save_for_backward(y, record=record)
+        return y
+
+    def backward(self, dy):
+        return backend.ops_for(dy).hardsigmoid_backward(dy, self.saved(dy).record)
+
+
+class Hardswish(Module):
+    """x * relu6(x + 3) / 6, MobileNetV3's activation; derivative 0 up to -3, x / 3 + 1/2 between, 1 from
+    3 on (torch's rule at the ends). inplace is accepted and changes nothing."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = bool(inplace)
+
+    def forward(self, x):
+        check_float_array(self, x)
+        y, record = backend.ops_for(x).hardswish_forward(x)
+        self.save_for_backward(y, record=record)
+        return y
+
+    def backward(self, dy):
+        return backend.ops_for(dy).hardswish_backward(dy, self.saved(dy).record)
+
+
 class Identity(Module):
     """Returns its input (a placeholder, as torch.nn.Identity); backward returns dy. Arguments are
     accepted and ignored, as torch does."""
