@@ -14,12 +14,14 @@ the weights as initializers named by their state_dict keys, opset 20, checked by
     Hardtanh, ReLU6 Clip   Hardsigmoid HardSigmoid (alpha 1/6, beta 1/2)   Hardswish HardSwish
     Flatten Flatten   Dropout Dropout (identity in inference)   Identity Identity
     Residual: both paths from one tensor, Add, then the activation; Sequential: in order
+    SqueezeExcitation: its gate (GlobalAveragePool, Conv, activation, Conv, activation), then Mul
 
 Import reads the same operators back (and what torch.onnx.export writes for such networks, batch
 norms folded into convolutions included): a chain becomes a Sequential, two paths from one tensor
 meeting at an Add become a Residual (a Relu right after the Add its activation), x * Sigmoid(x)
-becomes SiLU. An operator outside this set, or a graph of another shape, is refused with a
-ValueError naming the node; nothing is built from a file that does not check.
+becomes SiLU, x times such a gate a SqueezeExcitation. An operator outside this set, or a graph
+of another shape, is refused with a ValueError naming the node; nothing is built from a file that
+does not check.
 """
 import json
 
@@ -142,6 +144,11 @@ class _Graph:
             skip = x if m.shortcut is None else self.emit(m.shortcut, p + "shortcut", x, shapes)
             y = self.node("Add", [main, skip], p + "add")
             return y if m.activation is None else self.emit(m.activation, p + "activation", y, shapes)
+        if isinstance(m, nn.SqueezeExcitation):
+            gate = x
+            for name in ("avgpool", "fc1", "activation", "fc2", "scale_activation"):
+                gate = self.emit(getattr(m, name), p + name, gate, shapes)
+            return self.node("Mul", [x, gate], path)
         kind = type(m)
         if kind is nn.Conv2d:
             inputs = [x, self.tensor(p + "weight", host["weight"])]
@@ -323,7 +330,8 @@ class _Importer:
             layers.append(module)
 
     def branches(self, tensor, users):
-        """SiLU (x * Sigmoid(x)) or a residual block (two paths meeting at one Add)."""
+        """SiLU (x * Sigmoid(x)), squeeze and excitation (x * a gate from GlobalAveragePool) or a residual
+        block (two paths meeting at one Add)."""
         ops = sorted(n.op_type for n in users)
         if len(users) == 2 and ops == ["Mul", "Sigmoid"]:
             sigmoid = next(n for n in users if n.op_type == "Sigmoid")
@@ -331,6 +339,8 @@ class _Importer:
             if set(mul.input) == {tensor, sigmoid.output[0]}:
                 self.rank[mul.output[0]] = self.rank[tensor]
                 return nn.SiLU(), mul.output[0]
+        if len(users) == 2 and ops == ["GlobalAveragePool", "Mul"]:
+            return self.squeeze_excitation(tensor, users)
         if len(users) != 2:
             raise ValueError(f"from_onnx: tensor {tensor!r} feeds {len(users)} nodes "
                              f"({', '.join(n.name or n.op_type for n in users)}); only residual pairs import")
@@ -357,6 +367,26 @@ class _Importer:
             activation, out = nn.ReLU(), after[0].output[0]
         self.rank[out] = self.rank[tensor]
         return nn.Residual(nn.Sequential(*body), None if not skip else nn.Sequential(*skip), activation), out
+
+    def squeeze_excitation(self, tensor, users):
+        """(SqueezeExcitation, output tensor) for x * gate(x), the gate GlobalAveragePool, 1x1 Conv,
+        activation, 1x1 Conv, activation (torchvision's SqueezeExcitation as torch exports it)."""
+        mul = next(n for n in users if n.op_type == "Mul")
+        self.consumers[tensor] = [n for n in users if n is not mul]         # walk the gate alone
+        gate, end = self.chain(tensor, stop=mul)
+        self.consumers[tensor] = users
+        pointwise = [m for m in gate[1:4:2] if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)
+                     and m.stride == (1, 1) and m.padding == (0, 0) and m.groups == 1 and m.bias is not None]
+        if set(mul.input) != {tensor, end} or len(gate) != 5 or len(pointwise) != 2:
+            raise ValueError(f"from_onnx: node {mul.name or mul.output[0]!r} multiplies {tensor!r} by a gate that is not "
+                             "squeeze and excitation's (GlobalAveragePool, 1x1 Conv with bias, activation, 1x1 Conv "
+                             f"with bias, activation); got {', '.join(type(m).__name__ for m in gate)}")
+        fc1, fc2 = pointwise
+        se = nn.SqueezeExcitation(fc1.in_channels, fc1.out_channels, lambda: gate[2], lambda: gate[4]).to(self.dtype)
+        se.load_state_dict({f"{name}.{key}": value for name, fc in (("fc1", fc1), ("fc2", fc2))
+                            for key, value in fc.state_dict().items()})
+        self.rank[mul.output[0]] = self.rank[tensor]
+        return se, mul.output[0]
 
     def _meeting_add(self, tensor, users):
         """The Add node that both paths from tensor reach first (breadth-first along single consumers)."""

@@ -6,10 +6,12 @@
 torch is imported only when one of these is called. Every layer minicnn has maps to its torch.nn
 namesake with the same arguments; Sequential to torch.nn.Sequential with the same child names;
 Residual to minicnn.interop.torch_residual_class() (a torch module with body, shortcut and
-activation, the same formula). Dtypes (float32, float64) and train/eval modes are kept. A module
-either side has no counterpart for is refused with its name and place in the model, before
-anything is built.
+activation, the same formula); SqueezeExcitation to torch_squeeze_excitation_class() (torchvision's
+SqueezeExcitation written again; torchvision's own converts back too). Dtypes (float32, float64)
+and train/eval modes are kept. A module either side has no counterpart for is refused with its
+name and place in the model, before anything is built.
 """
+import functools
 from collections import OrderedDict
 
 import numpy as np
@@ -25,29 +27,55 @@ def _torch():
     return torch
 
 
-_residual_class = None
-
-
+@functools.cache
 def torch_residual_class():
     """The torch twin of minicnn.nn.Residual: forward(x) = activation(body(x) + shortcut(x)), the
     shortcut the identity when None (made on first use, so that torch is imported only then)."""
-    global _residual_class
-    if _residual_class is None:
-        torch = _torch()
+    torch = _torch()
 
-        class Residual(torch.nn.Module):
-            """activation(body(x) + shortcut(x)); shortcut None is the identity (minicnn.nn.Residual)."""
+    class Residual(torch.nn.Module):
+        """activation(body(x) + shortcut(x)); shortcut None is the identity (minicnn.nn.Residual)."""
 
-            def __init__(self, body, shortcut=None, activation=None):
-                super().__init__()
-                self.body, self.shortcut, self.activation = body, shortcut, activation
+        def __init__(self, body, shortcut=None, activation=None):
+            super().__init__()
+            self.body, self.shortcut, self.activation = body, shortcut, activation
 
-            def forward(self, x):
-                y = self.body(x) + (x if self.shortcut is None else self.shortcut(x))
-                return y if self.activation is None else self.activation(y)
+        def forward(self, x):
+            y = self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+            return y if self.activation is None else self.activation(y)
 
-        _residual_class = Residual
-    return _residual_class
+    return Residual
+
+
+@functools.cache
+def torch_squeeze_excitation_class():
+    """The torch twin of minicnn.nn.SqueezeExcitation, written as torchvision.ops.SqueezeExcitation
+    (the same children and formula; torchvision's own converts too, from_torch takes either)."""
+    torch = _torch()
+
+    class SqueezeExcitation(torch.nn.Module):
+        """x * scale_activation(fc2(activation(fc1(avgpool(x)))))."""
+
+        def __init__(self, input_channels, squeeze_channels, activation=torch.nn.ReLU,
+                     scale_activation=torch.nn.Sigmoid):
+            super().__init__()
+            self.avgpool = torch.nn.AdaptiveAvgPool2d(1)
+            self.fc1 = torch.nn.Conv2d(input_channels, squeeze_channels, 1)
+            self.fc2 = torch.nn.Conv2d(squeeze_channels, input_channels, 1)
+            self.activation = activation()
+            self.scale_activation = scale_activation()
+
+        def forward(self, x):
+            return x * self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+
+    return SqueezeExcitation
+
+
+def _is_squeeze_excitation(m):
+    """Our twin, or torchvision.ops.SqueezeExcitation (not imported here: torchvision is optional)."""
+    kind = type(m)
+    return kind is torch_squeeze_excitation_class() or (
+        kind.__name__ == "SqueezeExcitation" and kind.__module__.startswith("torchvision."))
 
 
 # ------------------------------------------------------------------ minicnn -> torch
@@ -82,6 +110,11 @@ def _to_torch_module(m, where, torch):
         child = lambda c, name: None if c is None else _to_torch_module(c, f"{where}.{name}", torch)  # noqa: E731
         return torch_residual_class()(child(m.body, "body"), child(m.shortcut, "shortcut"),
                                       child(m.activation, "activation"))
+    if isinstance(m, nn.SqueezeExcitation):
+        twin = torch_squeeze_excitation_class()(m.fc1.in_channels, m.fc1.out_channels)
+        twin.activation = _to_torch_module(m.activation, f"{where}.activation", torch)
+        twin.scale_activation = _to_torch_module(m.scale_activation, f"{where}.scale_activation", torch)
+        return twin
     kind = type(m)
     if kind is nn.Conv2d:
         return t.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
@@ -148,6 +181,10 @@ def _from_torch_module(m, where, torch):
     if isinstance(m, torch_residual_class()):
         child = lambda c, name: None if c is None else _from_torch_module(c, f"{where}.{name}", torch)  # noqa: E731
         return nn.Residual(child(m.body, "body"), child(m.shortcut, "shortcut"), child(m.activation, "activation"))
+    if _is_squeeze_excitation(m):
+        activation = _from_torch_module(m.activation, f"{where}.activation", torch)
+        scale_activation = _from_torch_module(m.scale_activation, f"{where}.scale_activation", torch)
+        return nn.SqueezeExcitation(m.fc1.in_channels, m.fc1.out_channels, lambda: activation, lambda: scale_activation)
 
     def refuse(what):
         raise ValueError(f"from_torch: {where} ({type(m).__name__}) {what}")
@@ -193,7 +230,7 @@ def _from_torch_module(m, where, torch):
     if kind in plain:
         return plain[kind]()
     refuse("has no minicnn counterpart (minicnn converts torch.nn.Sequential, "
-           "minicnn.interop.torch_residual_class() and the layers minicnn has)")
+           "minicnn.interop.torch_residual_class(), torchvision's SqueezeExcitation and the layers minicnn has)")
 
 
 def _pair(v):

@@ -18,7 +18,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 from minicnn.export import from_onnx, to_onnx  # noqa: E402
-from minicnn.interop import from_torch, to_torch, torch_residual_class  # noqa: E402
+from minicnn.interop import from_torch, to_torch, torch_residual_class, torch_squeeze_excitation_class  # noqa: E402
 
 rng = np.random.default_rng(7)
 MODELS = ["lenet", "convnet", "mnistcnn", "tinybnnet", "fashioncnn", "resnet14", "mobilenetmnist"]
@@ -130,6 +130,8 @@ def layer_cases():
     yield "residual identity", lambda: nn.Residual(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)),
                                                    activation=nn.ReLU()), (3, 6, 5)
     yield "residual conv", lambda: mc.models.basic_block(2, 4, stride=2), (2, 9, 8)
+    yield "squeeze excitation", lambda: nn.SqueezeExcitation(6, 3), (6, 5, 4)
+    yield "squeeze excitation hard", lambda: nn.SqueezeExcitation(4, 8, nn.Hardswish, nn.Hardsigmoid), (4, 3, 3)
     yield "residual no activation", lambda: nn.Residual(nn.Sequential(nn.Conv2d(4, 4, 1)), nn.Conv2d(4, 4, 3, padding=1)), \
         (4, 5, 5)
 
@@ -174,8 +176,9 @@ def test_models_exported_by_torch_import_and_equal_torch(name, tmp_path):
 
 def mobile_activations_in_torch():
     t = torch.nn
+    se = torch_squeeze_excitation_class()(4, 2, scale_activation=t.Hardsigmoid)
     return t.Sequential(t.Conv2d(2, 4, 3, padding=1), t.Hardswish(), t.Conv2d(4, 4, 1), t.ReLU6(),
-                        t.Conv2d(4, 4, 3, padding=1, groups=4), t.Hardtanh(-0.5, 2.0), t.AdaptiveAvgPool2d(1),
+                        t.Conv2d(4, 4, 3, padding=1, groups=4), t.Hardtanh(-0.5, 2.0), se, t.AdaptiveAvgPool2d(1),
                         t.Flatten(), t.Linear(4, 3), t.Hardsigmoid())
 
 
@@ -188,13 +191,46 @@ def test_torchs_export_of_mobilenet_activations_imports_and_equals_torch(tmp_pat
         torch.onnx.export(twin, (torch.randn(2, 2, 6, 6),), str(path), dynamo=False, opset_version=17,
                           input_names=["input"], output_names=["output"], dynamic_axes={"input": {0: "N"}})
     model = from_onnx(path)
-    assert [type(m).__name__ for m in model][:6] == ["Conv2d", "Hardswish", "Conv2d", "ReLU6", "Conv2d", "Hardtanh"]
-    assert type(model[-1]) is nn.Hardsigmoid
+    assert [type(m).__name__ for m in model][:7] == ["Conv2d", "Hardswish", "Conv2d", "ReLU6", "Conv2d", "Hardtanh",
+                                                     "SqueezeExcitation"]
+    assert type(model[6].scale_activation) is nn.Hardsigmoid and type(model[-1]) is nn.Hardsigmoid
     x = rng.standard_normal((3, 2, 6, 6)).astype(np.float32) * 3
     np.testing.assert_allclose(ours(model, x), twin(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
     back = from_torch(twin)                       # and the same net straight from torch
     np.testing.assert_array_equal(ours(back, x), ours(model, x))
     assert type(to_torch(back)[3]) is torch.nn.ReLU6 and to_torch(back)[5].min_val == -0.5
+    assert type(to_torch(back)[6]) is torch_squeeze_excitation_class()
+
+
+def test_squeeze_excitation_goes_to_torch_and_back_in_train_mode():
+    mc.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.SqueezeExcitation(8, 2, nn.SiLU, nn.Hardsigmoid)).double()
+    twin = to_torch(model)
+    assert list(twin.state_dict()) == list(model.state_dict()) and twin.training
+    x = rng.standard_normal((2, 3, 6, 6))
+    y = model(x)
+    dx = model.backward(np.ones_like(y))
+    xt = torch.from_numpy(x).requires_grad_()
+    twin(xt).sum().backward()
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    back = from_torch(twin)
+    assert type(back[1].activation) is nn.SiLU and type(back[1].scale_activation) is nn.Hardsigmoid
+    np.testing.assert_array_equal(back(x), model(x))
+
+
+def test_a_gate_that_is_not_squeeze_excitation_is_refused(tmp_path):
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 2, 3, 3])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 2, 3, 3])
+    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["g"], name="pool"),
+             helper.make_node("Sigmoid", ["g"], ["s"], name="sigmoid"),
+             helper.make_node("Mul", ["input", "s"], ["output"], name="scale")]
+    path = tmp_path / "gate.onnx"
+    path.write_bytes(helper.make_model(helper.make_graph(nodes, "g", [x], [y]),
+                                       opset_imports=[helper.make_opsetid("", 20)]).SerializeToString())
+    with pytest.raises(ValueError, match=r"node 'scale' multiplies 'input' by a gate that is not squeeze and "
+                                         r"excitation's .*got AdaptiveAvgPool2d, Sigmoid"):
+        from_onnx(path)
 
 
 def test_a_clip_without_both_bounds_is_refused(tmp_path):

@@ -51,6 +51,8 @@ LAYERS = [
     ("hardsigmoid", nn.Hardsigmoid, (3, 7)),
     ("hardswish", nn.Hardswish, (3, 7)),
     ("identity", nn.Identity, (3, 7)),
+    ("squeeze excitation", lambda: nn.SqueezeExcitation(4, 2), (2, 4, 3, 5)),
+    ("squeeze excitation hard", lambda: nn.SqueezeExcitation(3, 5, nn.Hardswish, nn.Hardsigmoid), (2, 3, 4, 4)),
     ("residual identity skip", lambda: nn.Residual(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Tanh()),
                                                    activation=nn.ReLU()), (2, 3, 5, 5)),
     ("residual conv skip", lambda: mc.models.basic_block(2, 4, stride=2), (3, 2, 6, 7)),

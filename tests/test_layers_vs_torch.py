@@ -488,6 +488,38 @@ def test_conv_batchnorm_eval_refuses_a_residual_of_another_shape(cpu_backend):
                                   np.zeros((2, 16, 6, 5), np.float32))
 
 
+# ------------------------------------------------------------------ squeeze and excitation
+
+SE_CASES = [  # (channels, squeezed, activation, scale activation, batch, H, W)
+    (4, 2, "relu", "sigmoid", 1, 5, 6), (8, 2, "relu", "hardsigmoid", 3, 7, 7), (6, 6, "silu", "sigmoid", 2, 1, 1),
+    (16, 4, "hardswish", "hardsigmoid", 2, 9, 4), (3, 8, "relu", "sigmoid", 4, 3, 3)]
+
+
+@pytest.mark.parametrize("channels,squeezed,activation,scale_activation,batch,H,W", SE_CASES)
+def test_squeeze_excitation_matches_torch(any_backend, dtype, channels, squeezed, activation, scale_activation,
+                                          batch, H, W):
+    """x * gate(x): the input gradient adds the direct path's and the gate's; torchvision's keys."""
+    from torch_compare import TorchSqueezeExcitation
+
+    def make(lib, module):
+        return lambda: getattr(lib, {"relu": "ReLU", "silu": "SiLU", "hardswish": "Hardswish", "sigmoid": "Sigmoid",
+                                     "hardsigmoid": "Hardsigmoid"}[module])()
+    layer = nn.SqueezeExcitation(channels, squeezed, make(nn, activation), make(nn, scale_activation)).to(dtype)
+    ref = TorchSqueezeExcitation(channels, squeezed, make(torch.nn, activation), make(torch.nn, scale_activation))
+    assert list(layer.state_dict()) == list(ref.state_dict()) == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    tol = dict(tolerance(dtype))
+    tol["atol"] *= max(1.0, (batch * H * W) ** 0.5 / 2)      # the gate's gradient sums H*W products
+    assert_matches_torch(layer, ref, random_input((batch, channels, H, W), dtype) * 3, **tol)
+
+
+def test_squeeze_excitation_refuses_other_channels_and_dtypes(cpu_backend):
+    layer = nn.SqueezeExcitation(4, 2)
+    with pytest.raises(ValueError, match=r"expected input \(N, 4, H, W\), got \(2, 3, 5, 5\)"):
+        layer(np.zeros((2, 3, 5, 5), np.float32))
+    with pytest.raises(TypeError, match="input dtype float64 does not match the layer's float32"):
+        layer(np.zeros((2, 4, 5, 5)))
+
+
 # ------------------------------------------------------------------ dropout
 
 def test_dropout_matches_torch_given_the_same_mask(dtype):

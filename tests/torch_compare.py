@@ -28,6 +28,21 @@ class TorchResidual(torch.nn.Module):
         return y if self.activation is None else self.activation(y)
 
 
+class TorchSqueezeExcitation(torch.nn.Module):
+    """torchvision.ops.SqueezeExcitation (torchvision is not a test dependency): the same children."""
+
+    def __init__(self, input_channels, squeeze_channels, activation=torch.nn.ReLU, scale_activation=torch.nn.Sigmoid):
+        super().__init__()
+        self.avgpool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc1 = torch.nn.Conv2d(input_channels, squeeze_channels, 1)
+        self.fc2 = torch.nn.Conv2d(squeeze_channels, input_channels, 1)
+        self.activation, self.scale_activation = activation(), scale_activation()
+
+    def forward(self, x):
+        scale = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+        return scale * x
+
+
 def torch_basic_block(in_channels, out_channels, stride=1):
     """minicnn.models.basic_block in torch."""
     tnn = torch.nn

@@ -114,6 +114,16 @@ def adaptive_avgpool2d_backward(dy, record):
     """dy (N, C, OH, OW) -> dx (N, C, H, W): each gradient shared out evenly over its window."""
 
 
+def scale_channels(x, scale):
+    """x (N, C, H, W) times scale (N, C, 1, 1): each plane multiplied by its own factor (the gate of a
+    squeeze-and-excitation block). Returns y, a fresh array of x's shape."""
+
+
+def scale_channels_backward(dy, x, scale):
+    """Gradients of scale_channels: (dx = dy * scale, dscale = the sum over each plane of dy * x,
+    shape (N, C, 1, 1))."""
+
+
 # ---------------------------------------------------------------- batch normalization
 
 def batchnorm_forward_train(x3, gamma, beta, eps):

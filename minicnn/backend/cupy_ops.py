@@ -390,6 +390,12 @@ def hardswish_backward(dy, record):
     return cp.where(x <= -3, t(0), cp.where(x >= 3, dy, dy * (x / t(3) + t(0.5))))
 
 
+# ---------------------------------------------------------------- squeeze and excitation
+
+scale_channels = _reference.scale_channels                       # operators only: CuPy's kernels
+scale_channels_backward = _reference.scale_channels_backward
+
+
 # ---------------------------------------------------------------- dropout
 
 def dropout_forward(x, p, rng, cache):

@@ -472,6 +472,16 @@ def hardswish_backward(dy, record):
     return np.where(x <= -3, t(0), np.where(x >= 3, dy, inside)).astype(dy.dtype, copy=False)
 
 
+# ---------------------------------------------------------------- squeeze and excitation
+
+def scale_channels(x, scale):
+    return x * scale
+
+
+def scale_channels_backward(dy, x, scale):
+    return dy * scale, (dy * x).sum(axis=(2, 3), keepdims=True)
+
+
 # ---------------------------------------------------------------- dropout
 
 def dropout_forward(x, p, rng, cache):

@@ -5,6 +5,7 @@ from .batchnorm import BatchNorm1d, BatchNorm2d
 from .container import Residual, Sequential
 from .conv import Conv2d
 from .dropout import Dropout
+from .excitation import SqueezeExcitation
 from .linear import Flatten, Linear
 from .loss import CrossEntropyLoss
 from .module import Module, Parameter, StateReuseWarning, is_grad_enabled, no_grad
@@ -12,7 +13,7 @@ from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
 __all__ = [
     "Module", "Parameter", "Sequential", "Residual", "no_grad", "is_grad_enabled", "StateReuseWarning",
-    "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout",
+    "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout", "SqueezeExcitation",
     "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "GELU", "Hardtanh", "ReLU6", "Hardsigmoid", "Hardswish",
     "Identity", "Linear", "Flatten", "CrossEntropyLoss",
 ]
