@@ -389,7 +389,8 @@ class _Importer:
         return se, mul.output[0]
 
     def _meeting_add(self, tensor, users):
-        """The Add node that both paths from tensor reach first (breadth-first along single consumers)."""
+        """The Add node that both paths from tensor reach first (breadth-first along single consumers,
+        and over x * gate(x), SiLU's and squeeze and excitation's, to its Mul)."""
         reach = []
         for user in users:
             seen, node = [], user
@@ -397,7 +398,10 @@ class _Importer:
                 seen.append(node)
                 if node.op_type == "Add" and not self._adds_a_constant(node):
                     break
-                nxt = self.consumers.get(node.output[0], [])
+                out = node.output[0]
+                nxt = self.consumers.get(out, [])
+                if len(nxt) > 1:
+                    nxt = [n for n in nxt if n.op_type == "Mul" and out in n.input]
                 node = nxt[0] if len(nxt) == 1 else None
             reach.append(seen)
         common = [n for n in reach[0] if n.op_type == "Add" and any(n is m for m in reach[1])]

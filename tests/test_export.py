@@ -21,7 +21,7 @@ from minicnn.export import from_onnx, to_onnx  # noqa: E402
 from minicnn.interop import from_torch, to_torch, torch_residual_class, torch_squeeze_excitation_class  # noqa: E402
 
 rng = np.random.default_rng(7)
-MODELS = ["lenet", "convnet", "mnistcnn", "tinybnnet", "fashioncnn", "resnet14", "mobilenetmnist"]
+MODELS = ["lenet", "convnet", "mnistcnn", "tinybnnet", "fashioncnn", "resnet14", "mobilenetmnist", "mobilenetv3mnist"]
 
 
 def trained_state(model):

@@ -58,6 +58,7 @@ LAYERS = [
     ("residual conv skip", lambda: mc.models.basic_block(2, 4, stride=2), (3, 2, 6, 7)),
     ("resnet14", mc.models.ResNet14, (2, 1, 28, 28)),
     ("mobilenetmnist", mc.models.MobileNetMNIST, (2, 1, 28, 28)),
+    ("mobilenetv3mnist", mc.models.MobileNetV3MNIST, (2, 1, 28, 28)),
 ]
 
 

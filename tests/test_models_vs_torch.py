@@ -82,6 +82,29 @@ def torch_mobilenet_mnist():
                           tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Dropout(0.2), tnn.Linear(256, 10))
 
 
+def torch_inverted_residual(c_in, expanded, c_out, kernel, stride, squeeze, activation):
+    from torch_compare import TorchResidual, TorchSqueezeExcitation
+    layers = []
+    if expanded != c_in:
+        layers += [tnn.Conv2d(c_in, expanded, 1, bias=False), tnn.BatchNorm2d(expanded), activation()]
+    layers += [tnn.Conv2d(expanded, expanded, kernel, stride, kernel // 2, groups=expanded, bias=False),
+               tnn.BatchNorm2d(expanded), activation()]
+    if squeeze:
+        layers.append(TorchSqueezeExcitation(expanded, squeeze, scale_activation=tnn.Hardsigmoid))
+    layers += [tnn.Conv2d(expanded, c_out, 1, bias=False), tnn.BatchNorm2d(c_out)]
+    return [TorchResidual(tnn.Sequential(*layers))] if stride == 1 and c_in == c_out else layers
+
+
+def torch_mobilenet_v3_mnist():
+    block = torch_inverted_residual
+    return tnn.Sequential(tnn.Conv2d(1, 16, 3, padding=1, bias=False), tnn.BatchNorm2d(16), tnn.Hardswish(),
+                          *block(16, 16, 16, 3, 2, 8, tnn.ReLU), *block(16, 64, 24, 3, 1, 0, tnn.ReLU),
+                          *block(24, 72, 24, 3, 1, 0, tnn.ReLU), *block(24, 96, 40, 5, 2, 24, tnn.Hardswish),
+                          *block(40, 160, 40, 5, 1, 40, tnn.Hardswish), *block(40, 120, 48, 5, 1, 32, tnn.Hardswish),
+                          tnn.Conv2d(48, 288, 1, bias=False), tnn.BatchNorm2d(288), tnn.Hardswish(),
+                          tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Dropout(0.2), tnn.Linear(288, 10))
+
+
 MODELS = [
     (mc.models.LeNet, torch_lenet, 61_706, 4),
     (mc.models.ConvNet, torch_convnet, 36_830, 4),
@@ -92,6 +115,7 @@ MODELS = [
     (mc.models.AnimalNet, torch_animalnet, 2_230_170, 2),
     (mc.models.ResNet14, torch_resnet14, 174_970, 4),
     (mc.models.MobileNetMNIST, torch_mobilenet_mnist, 67_338, 4),
+    (mc.models.MobileNetV3MNIST, torch_mobilenet_v3_mnist, 92_314, 4),
 ]
 IDS = [m[0].__name__ for m in MODELS]
 

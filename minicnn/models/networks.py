@@ -1,8 +1,8 @@
 """Model definitions. Each class is a Sequential, so its parameters are named '0.weight', '3.bias',
 ... exactly as torch.nn.Sequential names the same layers (a residual block's are '4.body.0.weight',
 ..., as a torch module with attributes body and shortcut names them)."""
-from ..nn import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Residual,
-                  Sequential)
+from ..nn import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Hardsigmoid, Hardswish, Linear, MaxPool2d,
+                  ReLU, Residual, Sequential, SqueezeExcitation)
 
 
 class LeNet(Sequential):
@@ -163,8 +163,49 @@ class MobileNetMNIST(Sequential):
             AdaptiveAvgPool2d(1), Flatten(), Dropout(0.2), Linear(256, num_classes))
 
 
+def inverted_residual(in_channels, expanded, out_channels, kernel_size=3, stride=1, squeeze_excite=False,
+                      activation=ReLU):
+    """MobileNetV2/V3's inverted residual block as a list of layers (as separable_block): a 1x1
+    convolution widening to `expanded` channels (left out when expanded == in_channels), a k x k
+    depthwise convolution at the stride, squeeze and excitation if asked (to expanded // 4 channels
+    rounded to a multiple of 8, torchvision's rule; Hardsigmoid gate), then a 1x1 convolution back to
+    out_channels with batch norm and no activation (the linear bottleneck). When stride 1 keeps the
+    shape the list is one Residual holding them (the input added back, no activation after the sum).
+    Shape: (N, in_channels, H, W) -> (N, out_channels, ceil(H / stride), ceil(W / stride))."""
+    layers = []
+    if expanded != in_channels:
+        layers += [Conv2d(in_channels, expanded, 1, bias=False), BatchNorm2d(expanded), activation()]
+    layers += [Conv2d(expanded, expanded, kernel_size, stride, (kernel_size - 1) // 2, groups=expanded, bias=False),
+               BatchNorm2d(expanded), activation()]
+    if squeeze_excite:
+        layers.append(SqueezeExcitation(expanded, max(8, (expanded // 4 + 4) // 8 * 8), scale_activation=Hardsigmoid))
+    layers += [Conv2d(expanded, out_channels, 1, bias=False), BatchNorm2d(out_channels)]
+    return [Residual(Sequential(*layers))] if stride == 1 and in_channels == out_channels else layers
+
+
+class MobileNetV3MNIST(Sequential):
+    """A small MobileNetV3-style network for 1x28x28 images (92,314 parameters): a 3x3 stem of 16
+    channels with Hardswish, six inverted residual blocks (MobileNetV3-Small's first six, widths 16,
+    24, 24, 40, 40, 48; 3x3 depthwise with ReLU, then 5x5 with Hardswish; squeeze and excitation in
+    four; 28x28 -> 14x14 -> 7x7), a 1x1 convolution to 288 channels, global average pooling, dropout
+    and one Linear. Shape: (N, 1, 28, 28) -> (N, num_classes)."""
+    input_shape = (1, 28, 28)
+
+    def __init__(self, num_classes=10):
+        super().__init__(
+            Conv2d(1, 16, 3, padding=1, bias=False), BatchNorm2d(16), Hardswish(),       # 16x28x28
+            *inverted_residual(16, 16, 16, 3, 2, True, ReLU),                            # 16x14x14
+            *inverted_residual(16, 64, 24, 3, 1, False, ReLU),                           # 24x14x14
+            *inverted_residual(24, 72, 24, 3, 1, False, ReLU),
+            *inverted_residual(24, 96, 40, 5, 2, True, Hardswish),                       # 40x7x7
+            *inverted_residual(40, 160, 40, 5, 1, True, Hardswish),
+            *inverted_residual(40, 120, 48, 5, 1, True, Hardswish),                      # 48x7x7
+            Conv2d(48, 288, 1, bias=False), BatchNorm2d(288), Hardswish(),
+            AdaptiveAvgPool2d(1), Flatten(), Dropout(0.2), Linear(288, num_classes))
+
+
 MODELS = {cls.__name__.lower(): cls for cls in (LeNet, ConvNet, MnistCNN, TinyBNNet, FashionCNN, AlexNetMNIST, AnimalNet,
-                                                ResNet14, MobileNetMNIST)}
+                                                ResNet14, MobileNetMNIST, MobileNetV3MNIST)}
 
 
 def get_model_class(name):
