@@ -10,6 +10,7 @@ the weights as initializers named by their state_dict keys, opset 20, checked by
     Conv2d Conv (pads, strides, dilations, group)   Linear Gemm (transB=1; MatMul + Add past 2-D)
     MaxPool2d MaxPool    AvgPool2d AveragePool      AdaptiveAvgPool2d(1) GlobalAveragePool, other
     BatchNorm1d/2d BatchNormalization (eval form)      sizes dividing the input AveragePool
+    AdaptiveMaxPool2d: likewise GlobalMaxPool, MaxPool
     ReLU Relu   LeakyReLU LeakyRelu   Sigmoid       Tanh   GELU Gelu   SiLU Sigmoid + Mul
     Hardtanh, ReLU6 Clip   Hardsigmoid HardSigmoid (alpha 1/6, beta 1/2)   Hardswish HardSwish
     Flatten Flatten   Dropout Dropout (identity in inference)   Identity Identity
@@ -188,15 +189,17 @@ class _Graph:
             (PH, PW) = m.padding
             return self.node("AveragePool", [x], path, kernel_shape=list(m.kernel_size), strides=list(m.stride),
                              pads=[PH, PW, PH, PW], count_include_pad=int(m.count_include_pad))
-        if kind is nn.AdaptiveAvgPool2d:
+        if kind in (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d):
             H, W = shapes[path][2:]
             OH, OW = (H if s is None else s for s, H in zip(m.output_size, (H, W)))
+            average = kind is nn.AdaptiveAvgPool2d
             if (OH, OW) == (1, 1):
-                return self.node("GlobalAveragePool", [x], path)
+                return self.node("GlobalAveragePool" if average else "GlobalMaxPool", [x], path)
             if H % OH or W % OW:
-                raise ValueError(f"to_onnx: {path} (AdaptiveAvgPool2d{(OH, OW)}) on a {H}x{W} input has windows of "
+                raise ValueError(f"to_onnx: {path} ({kind.__name__}{(OH, OW)}) on a {H}x{W} input has windows of "
                                  "unequal sizes, which no ONNX pooling operator expresses")
-            return self.node("AveragePool", [x], path, kernel_shape=[H // OH, W // OW], strides=[H // OH, W // OW])
+            return self.node("AveragePool" if average else "MaxPool", [x], path, kernel_shape=[H // OH, W // OW],
+                             strides=[H // OH, W // OW])
         if kind is nn.ReLU:
             return self.node("Relu", [x], path)
         if kind is nn.LeakyReLU:
@@ -238,7 +241,7 @@ def _host_state(m):
 # ------------------------------------------------------------------ import
 
 SUPPORTED = ("Conv", "Gemm", "MatMul", "Add", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
-             "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Gelu", "Mul", "Flatten", "Dropout", "Identity", "Clip",
+             "GlobalMaxPool", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Gelu", "Mul", "Flatten", "Dropout", "Identity", "Clip",
              "HardSigmoid", "HardSwish")
 
 
@@ -495,6 +498,8 @@ class _Importer:
                                 count_include_pad=bool(a.get("count_include_pad", 0))), out
         if op == "GlobalAveragePool":
             return nn.AdaptiveAvgPool2d(1), out
+        if op == "GlobalMaxPool":
+            return nn.AdaptiveMaxPool2d(1), out
         if op == "Flatten":
             need(a.get("axis", 1) == 1, f"flattens from axis {a.get('axis')}; minicnn's Flatten joins every axis after the first")
             self.rank[out] = 2

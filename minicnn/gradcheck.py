@@ -129,6 +129,7 @@ def layer_cases():
         ("Conv2d depthwise(4, k3, s2, p1)", lambda: nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4), (2, 4, 7, 8)),
         ("AdaptiveAvgPool2d((3, 2))", lambda: nn.AdaptiveAvgPool2d((3, 2)), (2, 3, 7, 5)),
         ("AdaptiveAvgPool2d(1)", lambda: nn.AdaptiveAvgPool2d(1), (2, 3, 5, 4)),
+        ("AdaptiveMaxPool2d((3, 2))", lambda: nn.AdaptiveMaxPool2d((3, 2)), (2, 3, 7, 5)),
         ("SiLU", nn.SiLU, (3, 7)),
         ("GELU", nn.GELU, (3, 7)),
         ("GELU(approximate='tanh')", lambda: nn.GELU(approximate="tanh"), (3, 7)),

@@ -131,6 +131,8 @@ def _to_torch_module(m, where, torch):
         return t.AvgPool2d(m.kernel_size, m.stride, m.padding, count_include_pad=m.count_include_pad)
     if kind is nn.AdaptiveAvgPool2d:
         return t.AdaptiveAvgPool2d(m.output_size)
+    if kind is nn.AdaptiveMaxPool2d:
+        return t.AdaptiveMaxPool2d(m.output_size)
     if kind is nn.LeakyReLU:
         return t.LeakyReLU(m.negative_slope)
     if kind is nn.GELU:
@@ -214,6 +216,10 @@ def _from_torch_module(m, where, torch):
         return nn.AvgPool2d(m.kernel_size, m.stride, m.padding, count_include_pad=m.count_include_pad)
     if kind is t.AdaptiveAvgPool2d:
         return nn.AdaptiveAvgPool2d(m.output_size)
+    if kind is t.AdaptiveMaxPool2d:
+        if m.return_indices:
+            refuse("returns indices, which minicnn's AdaptiveMaxPool2d does not")
+        return nn.AdaptiveMaxPool2d(m.output_size)
     if kind is t.Flatten:
         if (m.start_dim, m.end_dim) != (1, -1):
             refuse(f"flattens dims {m.start_dim}..{m.end_dim}; minicnn's Flatten joins every axis after the first")

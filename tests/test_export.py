@@ -113,6 +113,8 @@ def layer_cases():
             nn.AvgPool2d(k, s, p, count_include_pad=inc), (channels, H, W)
     yield "adaptive global", lambda: nn.AdaptiveAvgPool2d(1), (3, 7, 5)
     yield "adaptive even", lambda: nn.AdaptiveAvgPool2d((2, 3)), (3, 6, 9)
+    yield "adaptive max global", lambda: nn.AdaptiveMaxPool2d(1), (3, 7, 5)
+    yield "adaptive max even", lambda: nn.AdaptiveMaxPool2d((2, 3)), (3, 6, 9)
     for C, (N, H, W), training, momentum in [(3, (2, 5, 4), True, 0.1), (16, (2, 3, 3), False, None)]:
         yield f"batchnorm2d{C}", lambda c=C: nn.BatchNorm2d(c), (C, H, W)
     yield "batchnorm1d", lambda: nn.BatchNorm1d(5), (5,)
@@ -174,17 +176,17 @@ def test_models_exported_by_torch_import_and_equal_torch(name, tmp_path):
     np.testing.assert_allclose(ours(model, x), twin(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
 
 
-def mobile_activations_in_torch():
+def mobile_layers_in_torch():
     t = torch.nn
     se = torch_squeeze_excitation_class()(4, 2, scale_activation=t.Hardsigmoid)
     return t.Sequential(t.Conv2d(2, 4, 3, padding=1), t.Hardswish(), t.Conv2d(4, 4, 1), t.ReLU6(),
-                        t.Conv2d(4, 4, 3, padding=1, groups=4), t.Hardtanh(-0.5, 2.0), se, t.AdaptiveAvgPool2d(1),
+                        t.Conv2d(4, 4, 3, padding=1, groups=4), t.Hardtanh(-0.5, 2.0), se, t.AdaptiveMaxPool2d(1),
                         t.Flatten(), t.Linear(4, 3), t.Hardsigmoid())
 
 
-def test_torchs_export_of_mobilenet_activations_imports_and_equals_torch(tmp_path):
+def test_torchs_export_of_mobilenet_layers_imports_and_equals_torch(tmp_path):
     torch.manual_seed(0)
-    twin = mobile_activations_in_torch().eval()
+    twin = mobile_layers_in_torch().eval()
     path = tmp_path / "mobile.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -194,6 +196,7 @@ def test_torchs_export_of_mobilenet_activations_imports_and_equals_torch(tmp_pat
     assert [type(m).__name__ for m in model][:7] == ["Conv2d", "Hardswish", "Conv2d", "ReLU6", "Conv2d", "Hardtanh",
                                                      "SqueezeExcitation"]
     assert type(model[6].scale_activation) is nn.Hardsigmoid and type(model[-1]) is nn.Hardsigmoid
+    assert type(model[7]) is nn.AdaptiveMaxPool2d
     x = rng.standard_normal((3, 2, 6, 6)).astype(np.float32) * 3
     np.testing.assert_allclose(ours(model, x), twin(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
     back = from_torch(twin)                       # and the same net straight from torch

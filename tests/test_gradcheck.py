@@ -43,6 +43,8 @@ LAYERS = [
     ("conv depthwise s2 no bias", lambda: nn.Conv2d(4, 4, 5, stride=2, padding=2, groups=4, bias=False), (2, 4, 9, 8)),
     ("adaptive avgpool (3, 2)", lambda: nn.AdaptiveAvgPool2d((3, 2)), (2, 3, 7, 5)),
     ("adaptive avgpool global", lambda: nn.AdaptiveAvgPool2d(1), (2, 3, 5, 4)),
+    ("adaptive maxpool (3, 2)", lambda: nn.AdaptiveMaxPool2d((3, 2)), (2, 3, 7, 5)),
+    ("adaptive maxpool global", lambda: nn.AdaptiveMaxPool2d(1), (2, 3, 5, 4)),
     ("silu", nn.SiLU, (3, 7)),
     ("gelu", nn.GELU, (3, 7)),
     ("gelu tanh", lambda: nn.GELU(approximate="tanh"), (3, 7)),

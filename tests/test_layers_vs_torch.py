@@ -137,10 +137,40 @@ def test_adaptive_avgpool2d(any_backend, dtype, output_size, shape):
                          random_input(shape, dtype), **tolerance(dtype))
 
 
+ADAPTIVE_MAX_CASES = [
+    (1, (2, 3, 7, 5)), ((1, 1), (1, 16, 4, 4)), ((3, 2), (2, 3, 7, 5)), ((4, 4), (3, 2, 9, 9)), (5, (1, 2, 5, 5)),
+    ((7, 3), (2, 1, 9, 11)), ((None, 2), (2, 3, 6, 7)), ((9, 12), (1, 2, 4, 5))]
+
+
+@pytest.mark.parametrize("output_size,shape", ADAPTIVE_MAX_CASES)
+def test_adaptive_maxpool2d(any_backend, dtype, output_size, shape):
+    """The same windows as the average's, each gradient to its winner, summed where windows overlap
+    (a pixel can win several when the output is larger than the input)."""
+    assert_matches_torch(nn.AdaptiveMaxPool2d(output_size), torch.nn.AdaptiveMaxPool2d(output_size),
+                         tie_free_input(shape, dtype), **tolerance(dtype))
+
+
+def test_adaptive_maxpool2d_ties_go_to_the_first_like_torch(any_backend, dtype):
+    x = np.zeros((2, 3, 5, 6), dtype)
+    x[:, :, 1:4, 2:5] = 2.0                           # equal maxima in every window
+    dy = np.random.default_rng(2).standard_normal((2, 3, 2, 3)).astype(dtype)
+    layer = nn.AdaptiveMaxPool2d((2, 3))
+    layer(on_device(x))
+    xt = torch.from_numpy(x).requires_grad_()
+    torch.nn.AdaptiveMaxPool2d((2, 3))(xt).backward(torch.from_numpy(dy))
+    np.testing.assert_array_equal(to_numpy(layer.backward(on_device(dy))), xt.grad.numpy())
+
+
 @pytest.mark.parametrize("bad", [0, -1, (2, 0), "1", (1, 2, 3), 1.5])
-def test_adaptive_avgpool2d_refuses_bad_sizes(bad):
-    with pytest.raises(ValueError, match="output_size must be a positive int"):
-        nn.AdaptiveAvgPool2d(bad)
+@pytest.mark.parametrize("kind", [nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d])
+def test_adaptive_pools_refuse_bad_sizes(kind, bad):
+    with pytest.raises(ValueError, match=f"{kind.__name__}: output_size must be a positive int"):
+        kind(bad)
+
+
+def test_adaptive_maxpool2d_refuses_return_indices():
+    with pytest.raises(ValueError, match="return_indices=True is not supported"):
+        nn.AdaptiveMaxPool2d(1, return_indices=True)
 
 
 def test_maxpool_overlapping_windows_accumulate(cpu_backend, dtype):

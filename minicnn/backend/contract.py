@@ -114,6 +114,16 @@ def adaptive_avgpool2d_backward(dy, record):
     """dy (N, C, OH, OW) -> dx (N, C, H, W): each gradient shared out evenly over its window."""
 
 
+def adaptive_maxpool2d_forward(x, output_size):
+    """The maximum of each of adaptive_avgpool2d_forward's windows (torch.nn.AdaptiveMaxPool2d), the
+    first of equal maxima winning. x (N, C, H, W) -> y (N, C, OH, OW). Returns (y, record)."""
+
+
+def adaptive_maxpool2d_backward(dy, record):
+    """dy (N, C, OH, OW) -> dx (N, C, H, W): each gradient to its window's winner, summed where
+    windows overlap."""
+
+
 def scale_channels(x, scale):
     """x (N, C, H, W) times scale (N, C, 1, 1): each plane multiplied by its own factor (the gate of a
     squeeze-and-excitation block). Returns y, a fresh array of x's shape."""

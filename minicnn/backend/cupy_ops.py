@@ -216,6 +216,15 @@ def adaptive_avgpool2d_backward(dy, record):
     return _reference._adaptive_avgpool2d_backward(cp, dy, record)
 
 
+def adaptive_maxpool2d_forward(x, output_size):
+    """numpy_ops' windows on CuPy arrays (an argmax each)."""
+    return _reference._adaptive_maxpool2d_forward(cp, x, output_size)
+
+
+def adaptive_maxpool2d_backward(dy, record):
+    return _reference._adaptive_maxpool2d_backward(cp, dy, record)
+
+
 # ---------------------------------------------------------------- batch normalization
 
 def batchnorm_forward_train(x3, gamma, beta, eps):

@@ -254,6 +254,39 @@ def _adaptive_avgpool2d_backward(xp, dy, record):
     return dx
 
 
+def adaptive_maxpool2d_forward(x, output_size):
+    """record: (x_shape, output_size, each window's winner as an index into its flattened window)."""
+    return _adaptive_maxpool2d_forward(np, x, output_size)
+
+
+def adaptive_maxpool2d_backward(dy, record):
+    return _adaptive_maxpool2d_backward(np, dy, record)
+
+
+def _adaptive_maxpool2d_forward(xp, x, output_size):
+    """For any array module xp: per window, argmax (the first of equal maxima) and its value."""
+    N, C, H, W = x.shape
+    OH, OW = output_size
+    y = xp.empty((N, C, OH, OW), dtype=x.dtype)
+    winners = xp.empty((N, C, OH, OW), dtype=xp.int64)
+    for i, (h0, h1) in enumerate(_adaptive_windows(H, OH)):
+        for j, (w0, w1) in enumerate(_adaptive_windows(W, OW)):
+            window = x[:, :, h0:h1, w0:w1].reshape(N, C, -1)
+            winners[:, :, i, j] = window.argmax(axis=2)
+            y[:, :, i, j] = xp.take_along_axis(window, winners[:, :, i, j, None], axis=2)[:, :, 0]
+    return y, (x.shape, (OH, OW), winners)
+
+
+def _adaptive_maxpool2d_backward(xp, dy, record):
+    (N, C, H, W), (OH, OW), winners = record
+    dx = xp.zeros((N, C, H, W), dtype=dy.dtype)
+    for i, (h0, h1) in enumerate(_adaptive_windows(H, OH)):
+        for j, (w0, w1) in enumerate(_adaptive_windows(W, OW)):
+            at_winner = xp.arange((h1 - h0) * (w1 - w0)) == winners[:, :, i, j, None]     # (N, C, window)
+            dx[:, :, h0:h1, w0:w1] += xp.where(at_winner, dy[:, :, i, j, None], 0).reshape(N, C, h1 - h0, w1 - w0)
+    return dx
+
+
 # ---------------------------------------------------------------- batch normalization
 
 def batchnorm_forward_train(x3, gamma, beta, eps):

@@ -9,11 +9,11 @@ from .excitation import SqueezeExcitation
 from .linear import Flatten, Linear
 from .loss import CrossEntropyLoss
 from .module import Module, Parameter, StateReuseWarning, is_grad_enabled, no_grad
-from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
 
 __all__ = [
     "Module", "Parameter", "Sequential", "Residual", "no_grad", "is_grad_enabled", "StateReuseWarning",
-    "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout", "SqueezeExcitation",
+    "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout", "SqueezeExcitation",
     "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "GELU", "Hardtanh", "ReLU6", "Hardsigmoid", "Hardswish",
     "Identity", "Linear", "Flatten", "CrossEntropyLoss",
 ]

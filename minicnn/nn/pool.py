@@ -3,7 +3,7 @@
     x (N, C, H, W) -> y (N, C, OH, OW),  OH = (H + 2*PH - KH) // SH + 1
 Max pooling pads with -inf and remembers which pixel won each window; backward sends each
 gradient to that pixel, adding up where windows overlap. Average pooling shares it out.
-Adaptive average pooling chooses its windows from the output size it must give.
+Adaptive pooling (average or max) chooses its windows from the output size it must give.
 """
 import numpy as np
 
@@ -92,14 +92,9 @@ class AvgPool2d(_Pool2d):
         return backend.ops_for(dy).avgpool2d_backward(dy, self.saved(dy).record)
 
 
-class AdaptiveAvgPool2d(Module):
-    """The mean of each of OH x OW windows that tile the image, as torch.nn.AdaptiveAvgPool2d:
-    window (i, j) covers rows floor(i*H/OH) to ceil((i+1)*H/OH) - 1 (and columns likewise).
-    AdaptiveAvgPool2d(1) is global average pooling.
-
-    Args: output_size: an int, or a pair (OH, OW) where None keeps the input's size.
-    Shape: (N, C, H, W) -> (N, C, OH, OW).
-    """
+class _AdaptivePool2d(Module):
+    """OH x OW windows that tile the image, as torch's adaptive pooling chooses them: window (i, j)
+    covers rows floor(i*H/OH) to ceil((i+1)*H/OH) - 1 (and columns likewise)."""
 
     def __init__(self, output_size):
         super().__init__()
@@ -107,20 +102,57 @@ class AdaptiveAvgPool2d(Module):
             else tuple(output_size) if isinstance(output_size, (tuple, list)) else ()
         if len(size) != 2 or not all(s is None or (isinstance(s, (int, np.integer)) and not isinstance(s, bool)
                                                    and s >= 1) for s in size):
-            raise ValueError(f"AdaptiveAvgPool2d: output_size must be a positive int or a pair of them "
+            raise ValueError(f"{type(self).__name__}: output_size must be a positive int or a pair of them "
                              f"(None keeps a size), got {output_size!r}")
         self.output_size = tuple(None if s is None else int(s) for s in size)
 
-    def forward(self, x):
+    def _size_for(self, x):
+        """(OH, OW) for input x, after checking it."""
         check_input(self, x, "(N, C, H, W)", 4)
-        size = tuple(x.shape[2 + i] if s is None else s for i, s in enumerate(self.output_size))
-        y, record = backend.ops_for(x).adaptive_avgpool2d_forward(x, size)
+        return tuple(x.shape[2 + i] if s is None else s for i, s in enumerate(self.output_size))
+
+    def extra_repr(self):
+        size = self.output_size
+        return f"output_size={size[0] if size[0] == size[1] else size}"
+
+
+class AdaptiveAvgPool2d(_AdaptivePool2d):
+    """The mean of each of OH x OW windows that tile the image, as torch.nn.AdaptiveAvgPool2d.
+    AdaptiveAvgPool2d(1) is global average pooling.
+
+    Args: output_size: an int, or a pair (OH, OW) where None keeps the input's size.
+    Shape: (N, C, H, W) -> (N, C, OH, OW).
+    """
+
+    def forward(self, x):
+        y, record = backend.ops_for(x).adaptive_avgpool2d_forward(x, self._size_for(x))
         self.save_for_backward(y, record=record)
         return y
 
     def backward(self, dy):
         return backend.ops_for(dy).adaptive_avgpool2d_backward(dy, self.saved(dy).record)
 
-    def extra_repr(self):
-        size = self.output_size
-        return f"output_size={size[0] if size[0] == size[1] else size}"
+
+class AdaptiveMaxPool2d(_AdaptivePool2d):
+    """The maximum of each of OH x OW windows that tile the image, as torch.nn.AdaptiveMaxPool2d;
+    backward sends each gradient to its window's winner (the first of equal maxima, as torch), adding
+    up where windows overlap. AdaptiveMaxPool2d(1) is global max pooling.
+
+    Args: output_size: an int, or a pair (OH, OW) where None keeps the input's size. torch's
+        return_indices is accepted at its default, False.
+    Shape: (N, C, H, W) -> (N, C, OH, OW).
+    """
+
+    def __init__(self, output_size, return_indices=False):
+        super().__init__(output_size)
+        if return_indices:
+            raise ValueError("AdaptiveMaxPool2d: return_indices=True is not supported (a layer here returns one "
+                             "array); backward routes the gradient to the winners itself")
+
+    def forward(self, x):
+        y, record = backend.ops_for(x).adaptive_maxpool2d_forward(x, self._size_for(x))
+        self.save_for_backward(y, record=record)
+        return y
+
+    def backward(self, dy):
+        return backend.ops_for(dy).adaptive_maxpool2d_backward(dy, self.saved(dy).record)
