@@ -13,7 +13,7 @@ the weights as initializers named by their state_dict keys, opset 20, checked by
     AdaptiveMaxPool2d: likewise GlobalMaxPool, MaxPool
     ReLU Relu   LeakyReLU LeakyRelu   Sigmoid       Tanh   GELU Gelu   SiLU Sigmoid + Mul
     Hardtanh, ReLU6 Clip   Hardsigmoid HardSigmoid (alpha 1/6, beta 1/2)   Hardswish HardSwish
-    Flatten Flatten   Dropout Dropout (identity in inference)   Identity Identity
+    Flatten Flatten   Dropout, Dropout2d Dropout (identity in inference)   Identity Identity
     Residual: both paths from one tensor, Add, then the activation; Sequential: in order
     SqueezeExcitation: its gate (GlobalAveragePool, Conv, activation, Conv, activation), then Mul
 
@@ -222,7 +222,7 @@ class _Graph:
             return self.node("HardSwish", [x], path)
         if kind is nn.Flatten:
             return self.node("Flatten", [x], path, axis=1)
-        if kind is nn.Dropout:
+        if kind in (nn.Dropout, nn.Dropout2d):         # the identity in inference; from_onnx gives Dropout
             return self.node("Dropout", [x, self.tensor(p + "ratio", m.p)], path)
         if kind is nn.Identity:
             return self.node("Identity", [x], path)

@@ -137,8 +137,8 @@ def _to_torch_module(m, where, torch):
         return t.LeakyReLU(m.negative_slope)
     if kind is nn.GELU:
         return t.GELU(approximate=m.approximate)
-    if kind is nn.Dropout:
-        return t.Dropout(m.p)
+    if kind in (nn.Dropout, nn.Dropout2d):
+        return (t.Dropout if kind is nn.Dropout else t.Dropout2d)(m.p)
     if kind is nn.Hardtanh:
         return t.Hardtanh(m.min_val, m.max_val)
     plain = {nn.ReLU: t.ReLU, nn.ReLU6: t.ReLU6, nn.Hardsigmoid: t.Hardsigmoid, nn.Hardswish: t.Hardswish, nn.Sigmoid: t.Sigmoid, nn.Tanh: t.Tanh, nn.SiLU: t.SiLU, nn.Identity: t.Identity,
@@ -228,8 +228,8 @@ def _from_torch_module(m, where, torch):
         return nn.LeakyReLU(m.negative_slope)
     if kind is t.GELU:
         return nn.GELU(approximate=m.approximate)
-    if kind is t.Dropout:
-        return nn.Dropout(m.p)
+    if kind in (t.Dropout, t.Dropout2d):
+        return (nn.Dropout if kind is t.Dropout else nn.Dropout2d)(m.p)
     if kind is t.Hardtanh:
         return nn.Hardtanh(m.min_val, m.max_val)
     plain = {t.ReLU: nn.ReLU, t.ReLU6: nn.ReLU6, t.Hardsigmoid: nn.Hardsigmoid, t.Hardswish: nn.Hardswish, t.Sigmoid: nn.Sigmoid, t.Tanh: nn.Tanh, t.SiLU: nn.SiLU, t.Identity: nn.Identity}

@@ -122,6 +122,7 @@ def layer_cases():
     for name, make in [("relu", nn.ReLU), ("leakyrelu", lambda: nn.LeakyReLU(0.2)), ("sigmoid", nn.Sigmoid),
                        ("tanh", nn.Tanh), ("silu", nn.SiLU), ("gelu", nn.GELU), ("gelu tanh", lambda: nn.GELU("tanh")),
                        ("identity", nn.Identity), ("dropout", lambda: nn.Dropout(0.3)),
+                       ("dropout2d", lambda: nn.Dropout2d(0.3)),
                        ("hardtanh", lambda: nn.Hardtanh(-0.5, 0.8)), ("relu6", nn.ReLU6), ("hardsigmoid", nn.Hardsigmoid),
                        ("hardswish", nn.Hardswish)]:
         yield name, make, (3, 4, 5)
@@ -219,6 +220,18 @@ def test_squeeze_excitation_goes_to_torch_and_back_in_train_mode():
     back = from_torch(twin)
     assert type(back[1].activation) is nn.SiLU and type(back[1].scale_activation) is nn.Hardsigmoid
     np.testing.assert_array_equal(back(x), model(x))
+
+
+def test_the_newer_layers_cross_to_torch_and_back_as_themselves():
+    t = torch.nn
+    twin = t.Sequential(t.Conv2d(2, 4, 3), t.Dropout2d(0.3), t.AdaptiveMaxPool2d((2, 1)), t.ReLU6(), t.Hardswish())
+    ours = from_torch(twin)
+    assert [type(m).__name__ for m in ours] == ["Conv2d", "Dropout2d", "AdaptiveMaxPool2d", "ReLU6", "Hardswish"]
+    assert ours[1].p == 0.3 and ours[2].output_size == (2, 1)
+    back = to_torch(ours)
+    assert [type(m) for m in back] == [type(m) for m in twin] and back[1].p == 0.3 and back[2].output_size == (2, 1)
+    with pytest.raises(ValueError, match=r"AdaptiveMaxPool2d\) returns indices"):
+        from_torch(t.AdaptiveMaxPool2d(1, return_indices=True))
 
 
 def test_a_gate_that_is_not_squeeze_excitation_is_refused(tmp_path):

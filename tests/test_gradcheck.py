@@ -28,6 +28,7 @@ LAYERS = [
     ("linear", lambda: nn.Linear(6, 4), (3, 6)),
     ("flatten", nn.Flatten, (2, 3, 2, 2)),
     ("dropout", lambda: nn.Dropout(0.4), (4, 6)),
+    ("dropout2d", lambda: nn.Dropout2d(0.4), (3, 4, 2, 3)),
     ("tinybnnet", mc.models.TinyBNNet, (2, 1, 28, 28)),
     ("lenet", mc.models.LeNet, (2, 1, 28, 28)),
     # on Numba, a fused step computed by Winograd F(2x2, 3x3) (odd output: the last row unpooled)

@@ -579,6 +579,35 @@ def test_dropout_is_identity_in_eval_and_reproducible_with_a_seed(dtype):
         assert not np.array_equal(a(x), nn.Dropout(0.5, seed=8)(x))
 
 
+def test_dropout2d_drops_whole_channels_and_matches_torch_given_the_same_mask(any_backend, dtype):
+    layer = nn.Dropout2d(0.25)
+    x = random_input((64, 16, 3, 4), dtype)
+    y = to_numpy(layer(on_device(x)))
+    mask = to_numpy(dropout_mask(layer))
+    assert mask.shape == x.shape and set(np.unique(mask)) <= {0, dtype(1 / 0.75)}
+    assert (mask == mask[:, :, :1, :1]).all()                      # one draw per channel of each sample
+    kept = mask[:, :, 0, 0] != 0
+    assert abs(kept.mean() - 0.75) < 0.05 and kept.any(axis=0).all() and (~kept).any()
+    xt = torch.from_numpy(x).requires_grad_()
+    yt = xt * torch.from_numpy(kept[:, :, None, None].astype(dtype)) / (1 - 0.25)       # torch's formula
+    np.testing.assert_allclose(y, yt.detach().numpy(), **tolerance(dtype))
+    dy = random_input(x.shape, dtype)
+    yt.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(to_numpy(layer.backward(on_device(dy))), xt.grad.numpy(), **tolerance(dtype))
+
+
+def test_dropout2d_is_identity_in_eval_reproducible_and_wants_images(dtype):
+    x = random_input((4, 3, 5, 5), dtype)
+    assert np.array_equal(nn.Dropout2d(0.5).eval()(x), x)
+    import minicnn as mc
+    with mc.no_grad():
+        assert np.array_equal(nn.Dropout2d(0.5, seed=3)(x), nn.Dropout2d(0.5, seed=3)(x))
+    with pytest.raises(ValueError, match=r"expected input \(N, C, H, W\), got \(4, 75\)"):
+        nn.Dropout2d(0.5)(x.reshape(4, 75))
+    with pytest.raises(ValueError, match=r"Dropout2d: p must be in \[0, 1\), got 1"):
+        nn.Dropout2d(1)
+
+
 # ------------------------------------------------------------------ cross-entropy
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

@@ -281,6 +281,11 @@ def dropout_backward(dy, record):
     """dy times forward's mask (0 or 1 / (1 - p)); shape of x."""
 
 
+def channel_dropout_forward(x, p, rng, cache):
+    """dropout_forward with one draw per channel of each sample (torch.nn.Dropout2d): x (N, C, H, W)
+    times a mask (N, C, 1, 1). Returns (y, record); dropout_backward takes the record."""
+
+
 # ---------------------------------------------------------------- softmax cross-entropy
 
 def log_softmax(logits):

@@ -426,6 +426,12 @@ def dropout_forward(x, p, rng, cache):
 dropout_backward = _reference.dropout_backward                     # dy * mask
 
 
+def channel_dropout_forward(x, p, rng, cache):
+    """The mask (N, C, 1, 1) by dropout_forward's kernel on ones (the same device generator)."""
+    _, mask = dropout_forward(cp.ones(x.shape[:2] + (1, 1), x.dtype), p, rng, cache)
+    return x * mask, mask
+
+
 # ---------------------------------------------------------------- softmax cross-entropy
 
 def log_softmax(logits):

@@ -67,6 +67,7 @@ scale_channels = _reference.scale_channels
 scale_channels_backward = _reference.scale_channels_backward
 dropout_forward = _reference.dropout_forward
 dropout_backward = _reference.dropout_backward
+channel_dropout_forward = _reference.channel_dropout_forward
 log_softmax = _reference.log_softmax
 softmax_cross_entropy_backward = _reference.softmax_cross_entropy_backward
 raise_pending_errors = _reference.raise_pending_errors

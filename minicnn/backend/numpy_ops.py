@@ -528,6 +528,12 @@ def dropout_backward(dy, record):
     return dy * record
 
 
+def channel_dropout_forward(x, p, rng, cache):
+    """record: the mask (N, C, 1, 1)."""
+    _, mask = dropout_forward(np.ones(x.shape[:2] + (1, 1), x.dtype), p, rng, cache)
+    return x * mask, mask
+
+
 # ---------------------------------------------------------------- softmax cross-entropy
 
 def log_softmax(logits):

@@ -4,7 +4,7 @@ from .activation import (GELU, Hardsigmoid, Hardswish, Hardtanh, Identity, Leaky
 from .batchnorm import BatchNorm1d, BatchNorm2d
 from .container import Residual, Sequential
 from .conv import Conv2d
-from .dropout import Dropout
+from .dropout import Dropout, Dropout2d
 from .excitation import SqueezeExcitation
 from .linear import Flatten, Linear
 from .loss import CrossEntropyLoss
@@ -13,7 +13,8 @@ from .pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
 
 __all__ = [
     "Module", "Parameter", "Sequential", "Residual", "no_grad", "is_grad_enabled", "StateReuseWarning",
-    "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout", "SqueezeExcitation",
+    "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "BatchNorm1d", "BatchNorm2d",
+    "Dropout", "Dropout2d", "SqueezeExcitation",
     "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "GELU", "Hardtanh", "ReLU6", "Hardsigmoid", "Hardswish",
     "Identity", "Linear", "Flatten", "CrossEntropyLoss",
 ]

@@ -8,7 +8,7 @@ masks differ between devices)."""
 import numpy as np
 
 from .. import backend, random
-from ._checks import check_float_array
+from ._checks import check_float_array, check_input
 from .module import Module
 
 
@@ -24,7 +24,7 @@ class Dropout(Module):
         super().__init__()
         self.inplace = bool(inplace)                     # torch's flag: the result is the same either way
         if not 0 <= p < 1:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+            raise ValueError(f"{type(self).__name__}: p must be in [0, 1), got {p}")
         self.p = float(p)
         self._rng = None if seed is None else np.random.default_rng(seed)
         self._backend_state = {}               # where a backend keeps generator state between calls
@@ -45,3 +45,20 @@ class Dropout(Module):
 
     def extra_repr(self):
         return f"p={self.p}"
+
+
+class Dropout2d(Dropout):
+    """Channel dropout, as torch.nn.Dropout2d: in training each channel of each sample is zeroed
+    whole with probability p (neighbouring pixels are correlated, so dropping single ones regularizes
+    little), the others scaled by 1/(1-p); in eval, the identity. Args as Dropout's.
+    Shape: (N, C, H, W) -> the same."""
+
+    def forward(self, x):
+        check_input(self, x, "(N, C, H, W)", 4)
+        if not self.training or self.p == 0:
+            self.save_for_backward(x, record=None)
+            return x
+        rng = self._rng or random.get_rng()
+        y, record = backend.ops_for(x).channel_dropout_forward(x, self.p, rng, self._backend_state)
+        self.save_for_backward(y, record=record)
+        return y
