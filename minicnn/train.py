@@ -25,7 +25,8 @@ COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", 
 
 
 class History:
-    """Per-epoch records; ``history.train_loss`` etc. give a column as a list."""
+    """Per-epoch records; ``history.train_loss`` etc. give a column as a list (``lr``: the rate at the
+    epoch's start; the epoch's log line also shows where a per-batch schedule left it)."""
 
     def __init__(self, rows=None):
         self.rows = [dict(r) for r in rows or []]
@@ -355,6 +356,7 @@ class _Run:
                                                        self.graph_step, stop, self._after_step, self.clip_grad_norm,
                                                        self.reducer)
         seconds = time.perf_counter() - started
+        last_lr = self.optimizer.param_groups[0]["lr"]      # moved within the epoch by a per-batch schedule
         if self.distributed is not None:              # every rank records the same numbers: one history
             loss_sum, correct, seen, seconds = self.distributed.sum_numbers(train_loss * seen, train_acc * seen, seen,
                                                                             seconds)
@@ -371,7 +373,8 @@ class _Run:
             text = f"epoch {epoch + 1:>3}/{self.epochs}  loss {train_loss:.4f}  acc {train_acc:.4f}"
             if val["accuracy"] is not None:
                 text += f"  val_loss {val['loss']:.4f}  val_acc {val['accuracy']:.4f}"
-            self.log(text + f"  lr {lr:.3g}  {seconds:.1f}s  {seen / seconds:,.0f} img/s")
+            rates = f"{lr:.3g}" if f"{lr:.3g}" == f"{last_lr:.3g}" else f"{lr:.3g}->{last_lr:.3g}"
+            self.log(text + f"  lr {rates}  {seconds:.1f}s  {seen / seconds:,.0f} img/s")
             if stopped:
                 es = self.early_stopping
                 self.log(f"early stopping: {es.monitor} has not improved for {es.wait} epochs (best {es.best:.4f} "

@@ -101,6 +101,23 @@ def test_one_cycle_steps_per_batch_in_fit_as_in_a_torch_loop():
     assert opt.param_groups[0]["momentum"] == pytest.approx(opt_t.param_groups[0]["momentum"], rel=1e-15)
 
 
+def test_the_epoch_line_shows_where_a_per_batch_schedule_moved_the_rate():
+    model, opt, _, loader, _ = make_run()
+    sched = mc.optim.OneCycleLR(opt, max_lr=0.1, epochs=2, steps_per_epoch=len(loader))
+    lines = []
+    history = train.fit(model, mc.nn.CrossEntropyLoss(), opt, loader, 2, scheduler=sched, log=lines.append,
+                        progress=False)
+    end = opt.param_groups[0]["lr"]
+    assert history.lr[0] == pytest.approx(0.004) and history.lr[1] > 0.05 and end < 0.01     # up, then down
+    epoch_lines = [line for line in lines if line.startswith("epoch")]
+    assert f" lr 0.004->{history.lr[1]:.3g} " in epoch_lines[0], epoch_lines
+    assert f" lr {history.lr[1]:.3g}->{end:.3g} " in epoch_lines[1], epoch_lines
+    model, opt, sched, loader, _ = make_run()                  # a rate that holds within the epoch: one number
+    lines = []
+    train.fit(model, mc.nn.CrossEntropyLoss(), opt, loader, 1, log=lines.append, progress=False)
+    assert " lr 0.05 " in lines[0], lines
+
+
 def test_reduce_on_plateau_is_given_the_validation_loss():
     model, opt, _, loader, val = make_run()
     sched = mc.optim.ReduceLROnPlateau(opt, patience=0, threshold=10.0, threshold_mode="abs")  # only epoch 1 is better
