@@ -434,3 +434,80 @@ def test_a_frozen_start_is_not_backpropagated_and_training_equals_torch():
     loss_fn(net(x), y)
     assert net.backward(loss_fn.backward()).shape == x.shape    # the input gradient asked for: all the way
     assert calls == [1]
+
+
+class _Tower(nn.Module):
+    """A custom module holding its blocks in a ModuleList: forward over them, backward in reverse."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(2, 4, 3, padding=1)
+        self.blocks = nn.ModuleList([mc.models.basic_block(4, 4), mc.models.basic_block(4, 8, stride=2)])
+        self.blocks.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)))
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def backward(self, dy):
+        for block in reversed(self.blocks):
+            dy = block.backward(dy)
+        return self.stem.backward(dy)
+
+
+def test_a_module_list_registers_its_modules_as_torch_names_them_and_trains_alike():
+    from torch_compare import torch_basic_block
+
+    class TorchTower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(2, 4, 3, padding=1)
+            self.blocks = torch.nn.ModuleList([torch_basic_block(4, 4), torch_basic_block(4, 8, 2), torch.nn.Sequential(
+                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3))])
+
+        def forward(self, x):
+            x = self.stem(x)
+            for block in self.blocks:
+                x = block(x)
+            return x
+    mc.manual_seed(2)
+    ours, theirs = _Tower().double(), TorchTower().double()
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert ours.num_parameters() == sum(p.numel() for p in theirs.parameters())
+    theirs.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()})
+    opt, opt_t = mc.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9), torch.optim.SGD(theirs.parameters(), lr=0.1,
+                                                                                         momentum=0.9)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x, y = rng.standard_normal((4, 2, 6, 6)), rng.integers(0, 3, 4)
+        loss_fn = nn.CrossEntropyLoss()
+        loss_fn(ours(x), y)
+        opt.zero_grad()
+        ours.backward(loss_fn.backward())
+        opt.step()
+        opt_t.zero_grad()
+        torch.nn.functional.cross_entropy(theirs(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+        opt_t.step()
+    for k, v in theirs.state_dict().items():
+        np.testing.assert_allclose(ours.state_dict()[k], v.numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
+    assert len(ours.blocks) == 3 and isinstance(ours.blocks[:2], nn.ModuleList)
+    with pytest.raises(NotImplementedError, match="ModuleList has no forward"):
+        ours.blocks(np.zeros((1, 4, 6, 6)))
+    with pytest.raises(TypeError, match="ModuleList: entry 3 must be a Module, got"):
+        ours.blocks.append(np.zeros(3))
+
+
+def test_a_plain_list_of_modules_warns_that_it_is_not_registered():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = [nn.Linear(3, 3), nn.ReLU()]
+
+    with pytest.warns(UserWarning, match=r"Net.layers is a list holding Modules: they are not registered.*ModuleList"):
+        net = Net()
+    assert net.num_parameters() == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.sizes = [3, 4]                                 # other lists are plain attributes, silently

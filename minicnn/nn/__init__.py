@@ -2,7 +2,7 @@
 from .activation import (GELU, Hardsigmoid, Hardswish, Hardtanh, Identity, LeakyReLU, ReLU, ReLU6, SiLU, Sigmoid,
                          Tanh)
 from .batchnorm import BatchNorm1d, BatchNorm2d
-from .container import Residual, Sequential
+from .container import ModuleList, Residual, Sequential
 from .conv import Conv2d
 from .dropout import Dropout, Dropout2d
 from .excitation import SqueezeExcitation
@@ -12,7 +12,7 @@ from .module import Module, Parameter, StateReuseWarning, is_grad_enabled, no_gr
 from .pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
 
 __all__ = [
-    "Module", "Parameter", "Sequential", "Residual", "no_grad", "is_grad_enabled", "StateReuseWarning",
+    "Module", "Parameter", "Sequential", "Residual", "ModuleList", "no_grad", "is_grad_enabled", "StateReuseWarning",
     "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "BatchNorm1d", "BatchNorm2d",
     "Dropout", "Dropout2d", "SqueezeExcitation",
     "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "GELU", "Hardtanh", "ReLU6", "Hardsigmoid", "Hardswish",

@@ -2,6 +2,7 @@
 
     Sequential(*layers)                  runs its children in order; backward runs them in reverse
     Residual(body, shortcut, activation) y = activation(body(x) + shortcut(x)): a skip connection
+    ModuleList(modules)                  holds modules for a custom module's own forward and backward
 """
 from collections import OrderedDict
 
@@ -156,3 +157,52 @@ class Residual(Module):
             return None
         dx = ops.add(dx, dy if self.shortcut is None else self.shortcut.backward(dy))
         return dx if input_grad else None
+
+
+class ModuleList(Module):
+    """A list of modules, registered (so that parameters(), state_dict(), .to() and the optimizers see
+    them) under the names '0', '1', ... as torch.nn.ModuleList names them ('blocks.0.weight'). It has
+    no forward: a custom module loops over it in its forward, and in reverse in its backward:
+
+        for block in self.blocks: x = block(x)                    # forward
+        for block in reversed(self.blocks): dy = block.backward(dy)   # backward
+    """
+
+    def __init__(self, modules=()):
+        super().__init__()
+        self.extend(modules)
+
+    def append(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleList: entry {len(self)} must be a Module, got {describe(module)}")
+        setattr(self, str(len(self)), module)
+        return self
+
+    def extend(self, modules):
+        for module in modules:
+            self.append(module)
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, i):
+        modules = list(self._modules.values())
+        return ModuleList(modules[i]) if isinstance(i, slice) else modules[i]
+
+    def __setitem__(self, i, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleList: entry {i} must be a Module, got {describe(module)}")
+        name = list(self._modules)[i]                  # IndexError for an index out of range, as a list
+        setattr(self, name, module)
+
+    def forward(self, x):
+        raise NotImplementedError("ModuleList has no forward: call its modules in your module's forward (and their "
+                                  "backward in reverse order in its backward), or use Sequential")
+
+    def backward(self, dy):
+        raise NotImplementedError("ModuleList has no backward: call its modules' backward in reverse order in your "
+                                  "module's backward, or use Sequential")

@@ -140,6 +140,11 @@ class Module:
             raise TypeError(f"{type(self).__name__}.{name} must stay a "
                             f"{type(getattr(self, name)).__name__}, got {describe(value)}")
         else:
+            if isinstance(value, (list, tuple, dict)) and any(
+                    isinstance(v, Module) for v in (value.values() if isinstance(value, dict) else value)):
+                warnings.warn(f"{type(self).__name__}.{name} is a {type(value).__name__} holding Modules: they are not "
+                              "registered, so parameters(), state_dict(), .to() and the optimizer will not see them "
+                              "(as in torch). Use minicnn.nn.ModuleList (or Sequential)", UserWarning, stacklevel=2)
             object.__setattr__(self, name, value)
 
     def _forget(self, name):
