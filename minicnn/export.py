@@ -13,6 +13,7 @@ the weights as initializers named by their state_dict keys, opset 20, checked by
     AdaptiveMaxPool2d: likewise GlobalMaxPool, MaxPool
     ReLU Relu   LeakyReLU LeakyRelu   Sigmoid       Tanh   GELU Gelu   SiLU Sigmoid + Mul
     Hardtanh, ReLU6 Clip   Hardsigmoid HardSigmoid (alpha 1/6, beta 1/2)   Hardswish HardSwish
+    Softmax Softmax   LogSoftmax LogSoftmax (axis: the layer's dim)
     Flatten Flatten   Dropout, Dropout2d Dropout (identity in inference)   Identity Identity
     Residual: both paths from one tensor, Add, then the activation; Sequential: in order
     SqueezeExcitation: its gate (GlobalAveragePool, Conv, activation, Conv, activation), then Mul
@@ -218,6 +219,10 @@ class _Graph:
             return self.node("Clip", [x, *bounds], path)
         if kind is nn.Hardsigmoid:
             return self.node("HardSigmoid", [x], path, alpha=1 / 6, beta=0.5)
+        if kind in (nn.Softmax, nn.LogSoftmax):
+            ndim = len(shapes[path])
+            axis = (0 if ndim in (0, 1, 3) else 1) if m.dim is None else m.dim % ndim      # torch's implicit choice
+            return self.node(kind.__name__, [x], path, axis=axis)
         if kind is nn.Hardswish:
             return self.node("HardSwish", [x], path)
         if kind is nn.Flatten:
@@ -242,7 +247,7 @@ def _host_state(m):
 
 SUPPORTED = ("Conv", "Gemm", "MatMul", "Add", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
              "GlobalMaxPool", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Gelu", "Mul", "Flatten", "Dropout", "Identity", "Clip",
-             "HardSigmoid", "HardSwish")
+             "HardSigmoid", "HardSwish", "Softmax", "LogSoftmax")
 
 
 def from_onnx(path):
@@ -278,6 +283,7 @@ def _batches_tracked(proto):
 class _Importer:
     def __init__(self, proto, numpy_helper):
         graph = proto.graph
+        self.opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=1)
         self.inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self.batches_tracked = _batches_tracked(proto)
         for node in graph.node:                               # Constant nodes: initializers by another name
@@ -529,6 +535,10 @@ class _Importer:
             return nn.Hardsigmoid(), out
         if op == "HardSwish":
             return nn.Hardswish(), out
+        if op in ("Softmax", "LogSoftmax"):
+            need(self.opset >= 13, f"is of opset {self.opset}, where it normalizes over every axis from its axis on "
+                                   "(minicnn's over one); export with opset 13 or later")
+            return (nn.Softmax if op == "Softmax" else nn.LogSoftmax)(dim=a.get("axis", -1)), out
         raise ValueError(f"{where} cannot be read as a layer here")
 
     def _set(self, module, **arrays):

@@ -138,6 +138,8 @@ def layer_cases():
         ("Hardsigmoid", nn.Hardsigmoid, (3, 7)),
         ("Hardswish", nn.Hardswish, (3, 7)),
         ("Identity", nn.Identity, (3, 7)),
+        ("Softmax(dim=1)", lambda: nn.Softmax(dim=1), (3, 7)),
+        ("LogSoftmax(dim=1)", lambda: nn.LogSoftmax(dim=1), (3, 7)),
         ("SqueezeExcitation(4, 2)", lambda: nn.SqueezeExcitation(4, 2), (2, 4, 3, 5)),
         ("Residual (basic block, 1x1 shortcut)", lambda: _basic_block(2, 4, 2), (3, 2, 6, 7)),
     ]

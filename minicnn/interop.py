@@ -141,6 +141,8 @@ def _to_torch_module(m, where, torch):
         return (t.Dropout if kind is nn.Dropout else t.Dropout2d)(m.p)
     if kind is nn.Hardtanh:
         return t.Hardtanh(m.min_val, m.max_val)
+    if kind in (nn.Softmax, nn.LogSoftmax):
+        return (t.Softmax if kind is nn.Softmax else t.LogSoftmax)(dim=m.dim)
     plain = {nn.ReLU: t.ReLU, nn.ReLU6: t.ReLU6, nn.Hardsigmoid: t.Hardsigmoid, nn.Hardswish: t.Hardswish, nn.Sigmoid: t.Sigmoid, nn.Tanh: t.Tanh, nn.SiLU: t.SiLU, nn.Identity: t.Identity,
              nn.Flatten: t.Flatten}
     if kind in plain:
@@ -232,6 +234,8 @@ def _from_torch_module(m, where, torch):
         return (nn.Dropout if kind is t.Dropout else nn.Dropout2d)(m.p)
     if kind is t.Hardtanh:
         return nn.Hardtanh(m.min_val, m.max_val)
+    if kind in (t.Softmax, t.LogSoftmax):
+        return (nn.Softmax if kind is t.Softmax else nn.LogSoftmax)(dim=m.dim)
     plain = {t.ReLU: nn.ReLU, t.ReLU6: nn.ReLU6, t.Hardsigmoid: nn.Hardsigmoid, t.Hardswish: nn.Hardswish, t.Sigmoid: nn.Sigmoid, t.Tanh: nn.Tanh, t.SiLU: nn.SiLU, t.Identity: nn.Identity}
     if kind in plain:
         return plain[kind]()

@@ -124,7 +124,8 @@ def layer_cases():
                        ("identity", nn.Identity), ("dropout", lambda: nn.Dropout(0.3)),
                        ("dropout2d", lambda: nn.Dropout2d(0.3)),
                        ("hardtanh", lambda: nn.Hardtanh(-0.5, 0.8)), ("relu6", nn.ReLU6), ("hardsigmoid", nn.Hardsigmoid),
-                       ("hardswish", nn.Hardswish)]:
+                       ("hardswish", nn.Hardswish), ("softmax", lambda: nn.Softmax(dim=1)),
+                       ("log softmax last", lambda: nn.LogSoftmax(dim=-1))]:
         yield name, make, (3, 4, 5)
     for in_f, out_f, bias in [(1, 1, True), (5, 3, True), (16, 7, False), (400, 120, True)]:
         yield f"linear{in_f}-{out_f}", lambda i=in_f, o=out_f, b=bias: nn.Linear(i, o, bias=b), (in_f,)
@@ -182,7 +183,7 @@ def mobile_layers_in_torch():
     se = torch_squeeze_excitation_class()(4, 2, scale_activation=t.Hardsigmoid)
     return t.Sequential(t.Conv2d(2, 4, 3, padding=1), t.Hardswish(), t.Conv2d(4, 4, 1), t.ReLU6(),
                         t.Conv2d(4, 4, 3, padding=1, groups=4), t.Hardtanh(-0.5, 2.0), se, t.AdaptiveMaxPool2d(1),
-                        t.Flatten(), t.Linear(4, 3), t.Hardsigmoid())
+                        t.Flatten(), t.Linear(4, 3), t.Hardsigmoid(), t.LogSoftmax(dim=1))
 
 
 def test_torchs_export_of_mobilenet_layers_imports_and_equals_torch(tmp_path):
@@ -196,7 +197,8 @@ def test_torchs_export_of_mobilenet_layers_imports_and_equals_torch(tmp_path):
     model = from_onnx(path)
     assert [type(m).__name__ for m in model][:7] == ["Conv2d", "Hardswish", "Conv2d", "ReLU6", "Conv2d", "Hardtanh",
                                                      "SqueezeExcitation"]
-    assert type(model[6].scale_activation) is nn.Hardsigmoid and type(model[-1]) is nn.Hardsigmoid
+    assert type(model[6].scale_activation) is nn.Hardsigmoid and type(model[-2]) is nn.Hardsigmoid
+    assert type(model[-1]) is nn.LogSoftmax and model[-1].dim == 1
     assert model[7].kernel_size == (6, 6)          # torch writes its global max pool as a MaxPool over the image
     x = rng.standard_normal((3, 2, 6, 6)).astype(np.float32) * 3
     np.testing.assert_allclose(ours(model, x), twin(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
@@ -249,6 +251,15 @@ def test_a_gate_that_is_not_squeeze_excitation_is_refused(tmp_path):
         from_onnx(path)
 
 
+def test_a_softmax_of_an_old_opset_is_refused(tmp_path):
+    path = graph_with("Softmax", tmp_path, axis=1)
+    proto = onnx.load(str(path))
+    proto.opset_import[0].version = 11
+    path.write_bytes(proto.SerializeToString())
+    with pytest.raises(ValueError, match="is of opset 11, where it normalizes over every axis from its axis on"):
+        from_onnx(path)
+
+
 def test_a_clip_without_both_bounds_is_refused(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])
@@ -276,8 +287,8 @@ def graph_with(node_op, tmp_path, **attributes):
 
 
 def test_an_unsupported_operator_is_refused_by_name(tmp_path):
-    with pytest.raises(ValueError, match=r"node 'the_node' is a Softmax, which minicnn does not import"):
-        from_onnx(graph_with("Softmax", tmp_path, axis=1))
+    with pytest.raises(ValueError, match=r"node 'the_node' is a Softplus, which minicnn does not import"):
+        from_onnx(graph_with("Softplus", tmp_path))
 
 
 def test_unusual_attributes_are_refused_by_name(tmp_path):
@@ -398,8 +409,8 @@ def test_to_torch_and_from_torch_round_trip(name):
 
 
 def test_from_torch_refuses_a_layer_minicnn_lacks_by_name():
-    module = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Softmax(1)))
-    with pytest.raises(ValueError, match=r"Sequential.1.1 \(Softmax\) has no minicnn counterpart"):
+    module = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Softplus()))
+    with pytest.raises(ValueError, match=r"Sequential.1.1 \(Softplus\) has no minicnn counterpart"):
         from_torch(module)
     with pytest.raises(ValueError, match="ceil_mode"):
         from_torch(torch.nn.MaxPool2d(2, ceil_mode=True))

@@ -54,6 +54,8 @@ LAYERS = [
     ("hardsigmoid", nn.Hardsigmoid, (3, 7)),
     ("hardswish", nn.Hardswish, (3, 7)),
     ("identity", nn.Identity, (3, 7)),
+    ("softmax", lambda: nn.Softmax(dim=1), (3, 7)),
+    ("log softmax channels", lambda: nn.LogSoftmax(dim=1), (2, 4, 3, 3)),
     ("squeeze excitation", lambda: nn.SqueezeExcitation(4, 2), (2, 4, 3, 5)),
     ("squeeze excitation hard", lambda: nn.SqueezeExcitation(3, 5, nn.Hardswish, nn.Hardsigmoid), (2, 3, 4, 4)),
     ("residual identity skip", lambda: nn.Residual(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Tanh()),

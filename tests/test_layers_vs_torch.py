@@ -630,6 +630,64 @@ def test_cross_entropy(any_backend, dtype, reduction, smoothing, N, K):
     np.testing.assert_allclose(to_numpy(dlogits), lt.grad.cpu().numpy(), **tolerance(dtype))
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("N,K", [(1, 2), (5, 10), (16, 3)])
+def test_nll_loss(any_backend, dtype, reduction, N, K):
+    logp = torch.log_softmax(torch.from_numpy(random_input((N, K), dtype) * 3), 1).numpy()
+    labels = rng.integers(0, K, N)
+    loss_fn, ref = nn.NLLLoss(reduction=reduction), torch.nn.NLLLoss(reduction=reduction)
+    lt = torch_device(torch.from_numpy(logp)).requires_grad_()
+    loss_t = ref(lt, torch_device(torch.from_numpy(labels)))
+    loss = loss_fn(on_device(logp), on_device(labels))
+    np.testing.assert_allclose(to_numpy(loss), loss_t.detach().cpu().numpy(), **tolerance(dtype))
+    dloss = None if reduction != "none" else random_input((N,), dtype)
+    loss_t.backward(None if dloss is None else torch_device(torch.from_numpy(dloss)))
+    dlogp = loss_fn.backward(None if dloss is None else on_device(dloss))
+    assert dlogp.dtype == dtype
+    np.testing.assert_allclose(to_numpy(dlogp), lt.grad.cpu().numpy(), **tolerance(dtype))
+
+
+def test_log_softmax_then_nll_loss_is_the_cross_entropy(cpu_backend, dtype):
+    logits, labels = random_input((6, 4), dtype) * 3, rng.integers(0, 4, 6)
+    log_softmax, nll, ce = nn.LogSoftmax(dim=1), nn.NLLLoss(), nn.CrossEntropyLoss()
+    np.testing.assert_allclose(nll(log_softmax(logits), labels), ce(logits, labels), **tolerance(dtype))
+    np.testing.assert_allclose(log_softmax.backward(nll.backward()), ce.backward(), **tolerance(dtype))
+
+
+def test_nll_loss_names_a_label_out_of_range_and_wants_log_probabilities(cpu_backend):
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\) for 3 classes, got 3"):
+        nn.NLLLoss()(np.zeros((2, 3), np.float32), np.array([0, 3]))
+    with pytest.raises(ValueError, match=r"expected log-probabilities \(N, K\), got \(2, 3, 1\)"):
+        nn.NLLLoss()(np.zeros((2, 3, 1), np.float32), np.array([0, 1]))
+    with pytest.raises(ValueError, match="NLLLoss: class weights"):
+        nn.NLLLoss(weight=np.ones(3))
+
+
+SOFTMAX_CASES = [((4, 10), 1), ((4, 10), -1), ((1, 3), 1), ((2, 5, 3, 4), 1), ((2, 5, 3, 4), -1), ((3, 7), 0),
+                 ((2, 3, 4), 2)]
+
+
+@pytest.mark.parametrize("kind", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("shape,dim", SOFTMAX_CASES)
+def test_softmax_and_log_softmax(any_backend, dtype, kind, shape, dim):
+    x = random_input(shape, dtype) * 5
+    assert_matches_torch(getattr(nn, kind)(dim=dim), getattr(torch.nn, kind)(dim=dim), x, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("kind", ["Softmax", "LogSoftmax"])
+def test_softmax_is_stable_for_huge_scores_and_names_a_bad_dim(cpu_backend, dtype, kind):
+    x = np.array([[1e4, 0, -1e4], [-1e4, 1e4, 1e4]], dtype=dtype)
+    with np.errstate(over="raise", invalid="raise"):
+        y = getattr(nn, kind)(dim=1)(x)
+    np.testing.assert_allclose(y, getattr(torch, kind.lower().replace("logsoftmax", "log_softmax"))(
+        torch.from_numpy(x), 1).numpy(), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="dim 2 is out of range for an input of 2 dimensions"):
+        getattr(nn, kind)(dim=2)(x)
+    with pytest.warns(UserWarning, match=r"implicit dimension choice \(1\) as torch makes it"):
+        implicit = getattr(nn, kind)()(x)
+    np.testing.assert_array_equal(implicit, y)
+
+
 def test_cross_entropy_is_stable_for_huge_logits(dtype):
     logits = np.array([[1e4, 0, -1e4], [-1e4, 1e4, 1e4]], dtype=dtype)
     labels = np.array([0, 2])

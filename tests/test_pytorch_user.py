@@ -511,3 +511,22 @@ def test_a_plain_list_of_modules_warns_that_it_is_not_registered():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         net.sizes = [3, 4]                                 # other lists are plain attributes, silently
+
+
+def test_the_classic_mnist_example_log_softmax_and_nll_loss_trains_as_cross_entropy():
+    """pytorch/examples' MNIST ends its net with log_softmax and trains with nll_loss: the same here."""
+    x = np.random.default_rng(1).standard_normal((48, 1, 28, 28))
+    y = np.random.default_rng(2).integers(0, 10, 48)
+    loader = data.DataLoader(data.ArrayDataset(x, y), batch_size=16)
+    results = []
+    for head, loss_fn in ((nn.LogSoftmax(dim=1), nn.NLLLoss()), (nn.Identity(), nn.CrossEntropyLoss())):
+        mc.manual_seed(0)
+        net = nn.Sequential(*mc.models.LeNet(), head)
+        opt = mc.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        history = mc.train.fit(net, loss_fn, opt, loader, 2, val_loader=loader, log=None, progress=False)
+        results.append((history, net.state_dict()))
+    (h1, s1), (h2, s2) = results
+    np.testing.assert_allclose(h1.train_loss, h2.train_loss, rtol=1e-5)       # float32: two roundings
+    assert h1.val_accuracy == h2.val_accuracy
+    for k in s1:
+        np.testing.assert_allclose(s1[k], s2[k], rtol=1e-4, atol=1e-6, err_msg=k)

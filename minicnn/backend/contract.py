@@ -292,6 +292,33 @@ def log_softmax(logits):
     """Row-wise log-softmax of logits (N, K), shifted by each row's maximum so nothing overflows."""
 
 
+def softmax_forward(x, dim):
+    """exp(x) / sum(exp(x)) along axis dim (torch.nn.Softmax), shifted by the maximum along it so
+    nothing overflows. Returns (y, record)."""
+
+
+def softmax_backward(dy, record):
+    """y * (dy - sum(dy * y) along dim); shape of x."""
+
+
+def log_softmax_forward(x, dim):
+    """(x - max) - log(sum(exp(x - max))) along axis dim (torch.nn.LogSoftmax). Returns (y, record)."""
+
+
+def log_softmax_backward(dy, record):
+    """dy - exp(y) * sum(dy) along dim; shape of x."""
+
+
+def nll_loss_forward(logp, labels):
+    """Per-sample losses -logp[i, labels[i]] of log-probabilities logp (N, K) (torch.nn.NLLLoss); a
+    label outside [0, K) raises ValueError naming it. Returns (losses (N,), record)."""
+
+
+def nll_loss_backward(record, scale):
+    """dL/dlogp (N, K): -scale at each sample's label, 0 elsewhere; scale a number (1/N for a mean, 1
+    for a sum) or per sample (N, 1)."""
+
+
 def softmax_cross_entropy_forward(logits, labels, label_smoothing):
     """Per-sample cross-entropy of logits (N, K) against integer labels (N,) in [0, K), with target
     (1 - e) * onehot + e / K for smoothing e, as torch. Raises ValueError('labels must be in [0, K)

@@ -435,8 +435,7 @@ def channel_dropout_forward(x, p, rng, cache):
 # ---------------------------------------------------------------- softmax cross-entropy
 
 def log_softmax(logits):
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - cp.log(cp.exp(shifted).sum(axis=1, keepdims=True))
+    return _reference._log_softmax_forward(cp, logits, 1)[0]
 
 
 def softmax_cross_entropy_forward(logits, labels, label_smoothing):
@@ -467,6 +466,37 @@ def softmax_cross_entropy_backward(record, scale):
             (probs, labels, probs.dtype.type(label_smoothing), scale,
              np.int32(1 if scale.size == N and scale.size > 1 else 0), *_i(N, K), dlogits))
     return dlogits
+
+
+def softmax_forward(x, dim):
+    return _reference._softmax_forward(cp, x, dim)
+
+
+softmax_backward = _reference.softmax_backward                   # operators only
+
+
+def log_softmax_forward(x, dim):
+    return _reference._log_softmax_forward(cp, x, dim)
+
+
+def log_softmax_backward(dy, record):
+    return _reference._log_softmax_backward(cp, dy, record)
+
+
+def nll_loss_forward(logp, labels):
+    """As numpy_ops, the labels checked at once (the host waits for the check; NLLLoss is the rarer
+    loss here: the cross-entropy's kernel checks without waiting)."""
+    _check_float(logp)
+    labels = cp.asarray(labels, dtype=cp.int64)
+    K = logp.shape[1]
+    bad = labels[(labels < 0) | (labels >= K)]
+    if bad.size:
+        raise ValueError(f"labels must be in [0, {K}) for {K} classes, got {int(bad[0])}")
+    return -logp[cp.arange(len(labels)), labels], (labels, K, logp.dtype)
+
+
+def nll_loss_backward(record, scale):
+    return _reference._nll_loss_backward(cp, record, scale)
 
 
 raise_pending_errors = cupy_labels.raise_pending_errors

@@ -537,8 +537,61 @@ def channel_dropout_forward(x, p, rng, cache):
 # ---------------------------------------------------------------- softmax cross-entropy
 
 def log_softmax(logits):
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return _log_softmax_forward(np, logits, 1)[0]
+
+
+def softmax_forward(x, dim):
+    """record: (y, dim)."""
+    return _softmax_forward(np, x, dim)
+
+
+def softmax_backward(dy, record):
+    y, dim = record
+    return y * (dy - (dy * y).sum(axis=dim, keepdims=True))
+
+
+def log_softmax_forward(x, dim):
+    """record: (y, dim)."""
+    return _log_softmax_forward(np, x, dim)
+
+
+def log_softmax_backward(dy, record):
+    return _log_softmax_backward(np, dy, record)
+
+
+def _softmax_forward(xp, x, dim):
+    """For any array module xp."""
+    e = xp.exp(x - x.max(axis=dim, keepdims=True))
+    y = e / e.sum(axis=dim, keepdims=True)
+    return y, (y, dim)
+
+
+def _log_softmax_forward(xp, x, dim):
+    shifted = x - x.max(axis=dim, keepdims=True)
+    y = shifted - xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
+    return y, (y, dim)
+
+
+def _log_softmax_backward(xp, dy, record):
+    y, dim = record
+    return dy - xp.exp(y) * dy.sum(axis=dim, keepdims=True)
+
+
+def nll_loss_forward(logp, labels):
+    """record: (labels, K, dtype)."""
+    _check_labels(labels, logp.shape[1])
+    return -logp[np.arange(len(labels)), labels], (labels, logp.shape[1], logp.dtype)
+
+
+def nll_loss_backward(record, scale):
+    return _nll_loss_backward(np, record, scale)
+
+
+def _nll_loss_backward(xp, record, scale):
+    labels, K, dtype = record
+    dlogp = xp.zeros((len(labels), K), dtype=dtype)
+    dlogp[xp.arange(len(labels)), labels] = -1
+    return dlogp * scale
 
 
 def _check_labels(labels, K):

@@ -1,5 +1,8 @@
-"""Elementwise activations, as torch.nn's, and Identity. Shape: any -> same. The backend computes
-each one (ops.<name>_forward / <name>_backward); the record keeps what its derivative needs."""
+"""Activations, as torch.nn's: elementwise ones, Softmax and LogSoftmax along one axis, and Identity.
+Shape: any -> same. The backend computes each one (ops.<name>_forward / <name>_backward); the record
+keeps what its derivative needs."""
+
+import warnings
 
 from .. import backend
 from ._checks import check_float_array
@@ -187,6 +190,56 @@ class Hardswish(Module):
 
     def backward(self, dy):
         return backend.ops_for(dy).hardswish_backward(dy, self.saved(dy).record)
+
+
+class _AlongDim(Module):
+    """A layer normalizing along one axis, dim (torch's implicit choice when None, with its warning)."""
+
+    def __init__(self, dim=None):
+        super().__init__()
+        self.dim = dim
+
+    def _axis(self, x):
+        check_float_array(self, x)
+        if self.dim is None:
+            axis = 0 if x.ndim in (0, 1, 3) else 1
+            warnings.warn(f"{type(self).__name__}: implicit dimension choice ({axis}) as torch makes it, deprecated "
+                          f"there; give dim=, e.g. {type(self).__name__}(dim=1) for (N, K) scores", UserWarning,
+                          stacklevel=3)
+            return axis
+        if not -x.ndim <= self.dim < x.ndim:
+            raise ValueError(f"{self!r}: dim {self.dim} is out of range for an input of {x.ndim} dimensions "
+                             f"{tuple(x.shape)}")
+        return self.dim % x.ndim
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class Softmax(_AlongDim):
+    """exp(x) / sum(exp(x)) along dim, as torch.nn.Softmax (probabilities: for a model's output at
+    inference; train with CrossEntropyLoss on the scores instead). Shape: any -> same."""
+
+    def forward(self, x):
+        y, record = backend.ops_for(x).softmax_forward(x, self._axis(x))
+        self.save_for_backward(y, record=record)
+        return y
+
+    def backward(self, dy):
+        return backend.ops_for(dy).softmax_backward(dy, self.saved(dy).record)
+
+
+class LogSoftmax(_AlongDim):
+    """log(softmax(x)) along dim, computed without overflow, as torch.nn.LogSoftmax; with NLLLoss
+    it gives CrossEntropyLoss. Shape: any -> same."""
+
+    def forward(self, x):
+        y, record = backend.ops_for(x).log_softmax_forward(x, self._axis(x))
+        self.save_for_backward(y, record=record)
+        return y
+
+    def backward(self, dy):
+        return backend.ops_for(dy).log_softmax_backward(dy, self.saved(dy).record)
 
 
 class Identity(Module):
