@@ -231,6 +231,9 @@ class _Graph:
             return self.node("Dropout", [x, self.tensor(p + "ratio", m.p)], path)
         if kind is nn.Identity:
             return self.node("Identity", [x], path)
+        if kind is nn.GroupNorm:
+            raise ValueError(f"to_onnx: {path} (GroupNorm) has no ONNX form here: opset {OPSET}'s "
+                             "GroupNormalization scales per group, torch's GroupNorm per channel (opset 21 fixed it)")
         raise ValueError(f"to_onnx: {path or 'the model'} is a {kind.__name__}, which has no ONNX form here "
                          "(minicnn's own layers, Sequential and Residual export)")
 

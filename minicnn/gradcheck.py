@@ -138,6 +138,7 @@ def layer_cases():
         ("Hardsigmoid", nn.Hardsigmoid, (3, 7)),
         ("Hardswish", nn.Hardswish, (3, 7)),
         ("Identity", nn.Identity, (3, 7)),
+        ("GroupNorm(2, 4)", lambda: nn.GroupNorm(2, 4), (2, 4, 3, 3)),
         ("Softmax(dim=1)", lambda: nn.Softmax(dim=1), (3, 7)),
         ("LogSoftmax(dim=1)", lambda: nn.LogSoftmax(dim=1), (3, 7)),
         ("SqueezeExcitation(4, 2)", lambda: nn.SqueezeExcitation(4, 2), (2, 4, 3, 5)),

@@ -141,6 +141,8 @@ def _to_torch_module(m, where, torch):
         return (t.Dropout if kind is nn.Dropout else t.Dropout2d)(m.p)
     if kind is nn.Hardtanh:
         return t.Hardtanh(m.min_val, m.max_val)
+    if kind is nn.GroupNorm:
+        return t.GroupNorm(m.num_groups, m.num_channels, eps=m.eps, affine=m.affine)
     if kind in (nn.Softmax, nn.LogSoftmax):
         return (t.Softmax if kind is nn.Softmax else t.LogSoftmax)(dim=m.dim)
     plain = {nn.ReLU: t.ReLU, nn.ReLU6: t.ReLU6, nn.Hardsigmoid: t.Hardsigmoid, nn.Hardswish: t.Hardswish, nn.Sigmoid: t.Sigmoid, nn.Tanh: t.Tanh, nn.SiLU: t.SiLU, nn.Identity: t.Identity,
@@ -234,6 +236,8 @@ def _from_torch_module(m, where, torch):
         return (nn.Dropout if kind is t.Dropout else nn.Dropout2d)(m.p)
     if kind is t.Hardtanh:
         return nn.Hardtanh(m.min_val, m.max_val)
+    if kind is t.GroupNorm:
+        return nn.GroupNorm(m.num_groups, m.num_channels, eps=m.eps, affine=m.affine)
     if kind in (t.Softmax, t.LogSoftmax):
         return (nn.Softmax if kind is t.Softmax else nn.LogSoftmax)(dim=m.dim)
     plain = {t.ReLU: nn.ReLU, t.ReLU6: nn.ReLU6, t.Hardsigmoid: nn.Hardsigmoid, t.Hardswish: nn.Hardswish, t.Sigmoid: nn.Sigmoid, t.Tanh: nn.Tanh, t.SiLU: nn.SiLU, t.Identity: nn.Identity}

@@ -236,6 +236,18 @@ def test_the_newer_layers_cross_to_torch_and_back_as_themselves():
         from_torch(t.AdaptiveMaxPool2d(1, return_indices=True))
 
 
+def test_group_norm_goes_to_torch_and_back_and_is_refused_by_onnx_by_name(tmp_path):
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4, eps=1e-3), nn.ReLU())
+    model[1].weight.data[...] = rng.uniform(0.5, 1.5, 4)
+    twin = to_torch(model)
+    assert type(twin[1]) is torch.nn.GroupNorm and twin[1].num_groups == 2 and twin[1].eps == 1e-3
+    back = from_torch(twin)
+    x = rng.standard_normal((2, 1, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(ours(back, x), ours(model, x))
+    with pytest.raises(ValueError, match=r"to_onnx: 1 \(GroupNorm\) has no ONNX form here: opset 20's"):
+        to_onnx(model, tmp_path / "g.onnx", (1, 6, 6))
+
+
 def test_a_gate_that_is_not_squeeze_excitation_is_refused(tmp_path):
     from onnx import TensorProto, helper
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 2, 3, 3])

@@ -54,6 +54,8 @@ LAYERS = [
     ("hardsigmoid", nn.Hardsigmoid, (3, 7)),
     ("hardswish", nn.Hardswish, (3, 7)),
     ("identity", nn.Identity, (3, 7)),
+    ("group norm", lambda: nn.GroupNorm(2, 4), (2, 4, 3, 3)),
+    ("group norm one group no affine", lambda: nn.GroupNorm(1, 3, affine=False), (3, 3, 5)),
     ("softmax", lambda: nn.Softmax(dim=1), (3, 7)),
     ("log softmax channels", lambda: nn.LogSoftmax(dim=1), (2, 4, 3, 3)),
     ("squeeze excitation", lambda: nn.SqueezeExcitation(4, 2), (2, 4, 3, 5)),

@@ -2,6 +2,7 @@
 grids of shapes, strides, paddings, channels, batch sizes (1 included), modes and both dtypes."""
 import contextlib
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -259,6 +260,33 @@ def _randomize_bn(layer, dtype):
         layer.bias.data[...] = rng.standard_normal(c)
     layer.running_mean[...] = rng.standard_normal(c)
     layer.running_var[...] = rng.uniform(0.5, 2, c)
+
+
+GROUP_NORM_CASES = [  # (groups, channels, input shape, affine)
+    (2, 4, (3, 4, 5, 6), True), (1, 6, (2, 6, 3, 3), True), (6, 6, (1, 6, 4, 4), False), (3, 12, (2, 12), True),
+    (4, 8, (2, 8, 7), True), (8, 32, (1, 32, 7, 7), True)]
+
+
+@pytest.mark.parametrize("groups,channels,shape,affine", GROUP_NORM_CASES)
+def test_group_norm(any_backend, dtype, groups, channels, shape, affine):
+    """Per sample and group: the same in training and eval, batch 1 included."""
+    layer = nn.GroupNorm(groups, channels, affine=affine).to(dtype)
+    if affine:
+        layer.weight.data[...] = rng.uniform(0.5, 1.5, channels)
+        layer.bias.data[...] = rng.standard_normal(channels)
+    x = random_input(shape, dtype) * 3 + 1
+    tol = dict(tolerance(dtype))
+    tol["atol"] *= max(1.0, math.prod(shape) ** 0.5 / 4)        # the weight gradients sum N*L products
+    assert_matches_torch(layer, torch.nn.GroupNorm(groups, channels, affine=affine), x, **tol)
+    layer.eval()
+    assert_matches_torch(layer, torch.nn.GroupNorm(groups, channels, affine=affine), x, **tol)
+
+
+def test_group_norm_refuses_groups_that_do_not_divide_and_other_channels():
+    with pytest.raises(ValueError, match=r"GroupNorm\(3, 8\): num_channels must be divisible by num_groups"):
+        nn.GroupNorm(3, 8)
+    with pytest.raises(ValueError, match=r"expected input \(N, 8, \*\), got \(2, 4, 3, 3\)"):
+        nn.GroupNorm(2, 8)(np.zeros((2, 4, 3, 3), np.float32))
 
 
 # ------------------------------------------------------------------ activations, linear, flatten

@@ -179,6 +179,15 @@ def batchnorm_backward_eval(dy3, record, gamma):
     """Gradients of batchnorm_forward_eval, the statistics being constants: (dx3, dgamma, dbeta)."""
 
 
+def group_norm_forward(x4, gamma, beta, eps):
+    """Normalize x4 (N, G, C/G, L) over each sample's group, axes 2 and 3 (torch.nn.GroupNorm: mean and
+    biased variance), then scale by gamma (C,) and shift by beta (C,) per channel. Returns (y4, record)."""
+
+
+def group_norm_backward(dy4, record, gamma):
+    """Gradients of group_norm_forward: (dx4, dgamma (C,), dbeta (C,))."""
+
+
 # ---------------------------------------------------------------- activations
 
 def relu_forward(x):

@@ -283,6 +283,15 @@ def batchnorm_forward_eval(x3, mean, var, eps, gamma, beta, keep_record):
 batchnorm_backward_eval = _reference.batchnorm_backward_eval       # operators and sums only: CuPy's
 
 
+def group_norm_forward(x4, gamma, beta, eps):
+    """numpy_ops' formulas on CuPy arrays."""
+    return _reference._group_norm_forward(cp, x4, gamma, beta, eps)
+
+
+def group_norm_backward(dy4, record, gamma):
+    return _reference._group_norm_backward(cp, dy4, record, gamma)
+
+
 # ---------------------------------------------------------------- activations
 
 def relu_forward(x):

@@ -361,6 +361,35 @@ def batchnorm_backward_eval(dy3, record, gamma):
     return dx3, (dy3 * xhat).sum(axis=(0, 2)), dy3.sum(axis=(0, 2))
 
 
+def group_norm_forward(x4, gamma, beta, eps):
+    """record: (xhat (N, G, C/G, L), invstd (N, G, 1, 1))."""
+    return _group_norm_forward(np, x4, gamma, beta, eps)
+
+
+def group_norm_backward(dy4, record, gamma):
+    return _group_norm_backward(np, dy4, record, gamma)
+
+
+def _group_norm_forward(xp, x4, gamma, beta, eps):
+    """For any array module xp."""
+    _, G, Cg, _ = x4.shape
+    mean = x4.mean(axis=(2, 3), keepdims=True)
+    invstd = 1 / xp.sqrt(x4.var(axis=(2, 3), keepdims=True) + x4.dtype.type(eps))
+    xhat = (x4 - mean) * invstd
+    return xhat * gamma.reshape(1, G, Cg, 1) + beta.reshape(1, G, Cg, 1), (xhat, invstd)
+
+
+def _group_norm_backward(xp, dy4, record, gamma):
+    xhat, invstd = record
+    _, G, Cg, _ = dy4.shape
+    dgamma = (dy4 * xhat).sum(axis=(0, 3)).reshape(-1)
+    dbeta = dy4.sum(axis=(0, 3)).reshape(-1)
+    dxhat = dy4 * gamma.reshape(1, G, Cg, 1)
+    dx = invstd * (dxhat - dxhat.mean(axis=(2, 3), keepdims=True)
+                   - xhat * (dxhat * xhat).mean(axis=(2, 3), keepdims=True))
+    return dx, dgamma, dbeta
+
+
 # ---------------------------------------------------------------- activations
 
 def relu_forward(x):
