@@ -35,7 +35,8 @@ from minicnn import backend
 
 MODELS = {"lenet": mc.models.LeNet, "mnistcnn": mc.models.MnistCNN, "convnet": mc.models.ConvNet,
           "fashioncnn": mc.models.FashionCNN, "resnet14": mc.models.ResNet14,
-          "mobilenetmnist": mc.models.MobileNetMNIST}      # the last three only when asked for (--models)
+          "mobilenetmnist": mc.models.MobileNetMNIST,
+          "mobilenetv3mnist": mc.models.MobileNetV3MNIST}  # the last four only when asked for (--models)
 
 
 def torch_twin(model):
