@@ -287,6 +287,8 @@ def test_group_norm_refuses_groups_that_do_not_divide_and_other_channels():
         nn.GroupNorm(3, 8)
     with pytest.raises(ValueError, match=r"expected input \(N, 8, \*\), got \(2, 4, 3, 3\)"):
         nn.GroupNorm(2, 8)(np.zeros((2, 4, 3, 3), np.float32))
+    with pytest.raises(ValueError, match=r"expected input \(N, 8, \*\), got \(8,\)"):
+        nn.GroupNorm(2, 8)(np.zeros(8, np.float32))
 
 
 # ------------------------------------------------------------------ activations, linear, flatten

@@ -163,6 +163,12 @@ class MobileNetMNIST(Sequential):
             AdaptiveAvgPool2d(1), Flatten(), Dropout(0.2), Linear(256, num_classes))
 
 
+def _multiple_of_8(v):
+    """torchvision's _make_divisible(v, 8): the nearest multiple of 8, at least 8 and not below 90 % of v."""
+    rounded = max(8, (v + 4) // 8 * 8)
+    return rounded + 8 if rounded < 0.9 * v else rounded
+
+
 def inverted_residual(in_channels, expanded, out_channels, kernel_size=3, stride=1, squeeze_excite=False,
                       activation=ReLU):
     """MobileNetV2/V3's inverted residual block as a list of layers (as separable_block): a 1x1
@@ -178,7 +184,7 @@ def inverted_residual(in_channels, expanded, out_channels, kernel_size=3, stride
     layers += [Conv2d(expanded, expanded, kernel_size, stride, (kernel_size - 1) // 2, groups=expanded, bias=False),
                BatchNorm2d(expanded), activation()]
     if squeeze_excite:
-        layers.append(SqueezeExcitation(expanded, max(8, (expanded // 4 + 4) // 8 * 8), scale_activation=Hardsigmoid))
+        layers.append(SqueezeExcitation(expanded, _multiple_of_8(expanded // 4), scale_activation=Hardsigmoid))
     layers += [Conv2d(expanded, out_channels, 1, bias=False), BatchNorm2d(out_channels)]
     return [Residual(Sequential(*layers))] if stride == 1 and in_channels == out_channels else layers
 

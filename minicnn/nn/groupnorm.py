@@ -39,10 +39,8 @@ class GroupNorm(Module):
         return ops.xp.ones(self.num_channels, dtype=dtype), ops.xp.zeros(self.num_channels, dtype=dtype)
 
     def forward(self, x):
-        check_input(self, x, f"(N, {self.num_channels}, *)", None, self.num_channels,
+        check_input(self, x, f"(N, {self.num_channels}, *)", range(2, 33), self.num_channels,
                     params_dtype=self.weight.dtype if self.affine else None)
-        if x.ndim < 2:
-            raise ValueError(f"{self!r}: expected input (N, {self.num_channels}, *), got {tuple(x.shape)}")
         ops = backend.ops_for(x)
         gamma, beta = self._params(ops, x.dtype)
         y4, record = ops.group_norm_forward(self._grouped(x), gamma, beta, self.eps)
