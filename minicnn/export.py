@@ -249,8 +249,8 @@ def _host_state(m):
 # ------------------------------------------------------------------ import
 
 SUPPORTED = ("Conv", "Gemm", "MatMul", "Add", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
-             "GlobalMaxPool", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Gelu", "Mul", "Flatten", "Dropout", "Identity", "Clip",
-             "HardSigmoid", "HardSwish", "Softmax", "LogSoftmax")
+             "GlobalMaxPool", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Gelu", "Mul", "Flatten", "Dropout", "Identity",
+             "Clip", "HardSigmoid", "HardSwish", "Softmax", "LogSoftmax")
 
 
 def from_onnx(path):

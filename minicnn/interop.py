@@ -145,8 +145,8 @@ def _to_torch_module(m, where, torch):
         return t.GroupNorm(m.num_groups, m.num_channels, eps=m.eps, affine=m.affine)
     if kind in (nn.Softmax, nn.LogSoftmax):
         return (t.Softmax if kind is nn.Softmax else t.LogSoftmax)(dim=m.dim)
-    plain = {nn.ReLU: t.ReLU, nn.ReLU6: t.ReLU6, nn.Hardsigmoid: t.Hardsigmoid, nn.Hardswish: t.Hardswish, nn.Sigmoid: t.Sigmoid, nn.Tanh: t.Tanh, nn.SiLU: t.SiLU, nn.Identity: t.Identity,
-             nn.Flatten: t.Flatten}
+    plain = {nn.ReLU: t.ReLU, nn.ReLU6: t.ReLU6, nn.Hardsigmoid: t.Hardsigmoid, nn.Hardswish: t.Hardswish,
+             nn.Sigmoid: t.Sigmoid, nn.Tanh: t.Tanh, nn.SiLU: t.SiLU, nn.Identity: t.Identity, nn.Flatten: t.Flatten}
     if kind in plain:
         return plain[kind]()
     raise ValueError(f"to_torch: {where} is a {kind.__name__}, which has no torch counterpart here "
@@ -240,7 +240,8 @@ def _from_torch_module(m, where, torch):
         return nn.GroupNorm(m.num_groups, m.num_channels, eps=m.eps, affine=m.affine)
     if kind in (t.Softmax, t.LogSoftmax):
         return (nn.Softmax if kind is t.Softmax else nn.LogSoftmax)(dim=m.dim)
-    plain = {t.ReLU: nn.ReLU, t.ReLU6: nn.ReLU6, t.Hardsigmoid: nn.Hardsigmoid, t.Hardswish: nn.Hardswish, t.Sigmoid: nn.Sigmoid, t.Tanh: nn.Tanh, t.SiLU: nn.SiLU, t.Identity: nn.Identity}
+    plain = {t.ReLU: nn.ReLU, t.ReLU6: nn.ReLU6, t.Hardsigmoid: nn.Hardsigmoid, t.Hardswish: nn.Hardswish,
+             t.Sigmoid: nn.Sigmoid, t.Tanh: nn.Tanh, t.SiLU: nn.SiLU, t.Identity: nn.Identity}
     if kind in plain:
         return plain[kind]()
     refuse("has no minicnn counterpart (minicnn converts torch.nn.Sequential, "

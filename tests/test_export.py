@@ -123,7 +123,8 @@ def layer_cases():
                        ("tanh", nn.Tanh), ("silu", nn.SiLU), ("gelu", nn.GELU), ("gelu tanh", lambda: nn.GELU("tanh")),
                        ("identity", nn.Identity), ("dropout", lambda: nn.Dropout(0.3)),
                        ("dropout2d", lambda: nn.Dropout2d(0.3)),
-                       ("hardtanh", lambda: nn.Hardtanh(-0.5, 0.8)), ("relu6", nn.ReLU6), ("hardsigmoid", nn.Hardsigmoid),
+                       ("hardtanh", lambda: nn.Hardtanh(-0.5, 0.8)), ("relu6", nn.ReLU6),
+                       ("hardsigmoid", nn.Hardsigmoid),
                        ("hardswish", nn.Hardswish), ("softmax", lambda: nn.Softmax(dim=1)),
                        ("log softmax last", lambda: nn.LogSoftmax(dim=-1))]:
         yield name, make, (3, 4, 5)

@@ -6,4 +6,5 @@ from .networks import (MODELS, AlexNetMNIST, AnimalNet, ConvNet, FashionCNN, LeN
 from .summary import summary
 
 __all__ = ["LeNet", "ConvNet", "MnistCNN", "TinyBNNet", "FashionCNN", "AlexNetMNIST", "AnimalNet", "ResNet14",
-           "MobileNetMNIST", "MobileNetV3MNIST", "basic_block", "separable_block", "inverted_residual", "MODELS", "get_model", "get_model_class", "summary"]
+           "MobileNetMNIST", "MobileNetV3MNIST", "basic_block", "separable_block", "inverted_residual", "MODELS",
+           "get_model", "get_model_class", "summary"]

@@ -14,7 +14,8 @@ from .pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
 
 __all__ = [
     "Module", "Parameter", "Sequential", "Residual", "ModuleList", "no_grad", "is_grad_enabled", "StateReuseWarning",
-    "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "BatchNorm1d", "BatchNorm2d", "GroupNorm",
+    "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "BatchNorm1d", "BatchNorm2d",
+    "GroupNorm",
     "Dropout", "Dropout2d", "SqueezeExcitation",
     "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "GELU", "Hardtanh", "ReLU6", "Hardsigmoid", "Hardswish",
     "Identity", "Linear", "Flatten", "CrossEntropyLoss", "NLLLoss", "Softmax", "LogSoftmax",

@@ -30,14 +30,20 @@ class Dropout(Module):
         self._backend_state = {}               # where a backend keeps generator state between calls
 
     def forward(self, x):
-        check_float_array(self, x)
+        self._check(x)
         if not self.training or self.p == 0:
             self.save_for_backward(x, record=None)
             return x
-        rng = self._rng or random.get_rng()
-        y, record = backend.ops_for(x).dropout_forward(x, self.p, rng, self._backend_state)
+        y, record = self._drop(backend.ops_for(x), x, self._rng or random.get_rng())
         self.save_for_backward(y, record=record)
         return y
+
+    def _check(self, x):
+        check_float_array(self, x)
+
+    def _drop(self, ops, x, rng):
+        """(y, record): x with the mask drawn from rng applied."""
+        return ops.dropout_forward(x, self.p, rng, self._backend_state)
 
     def backward(self, dy):
         record = self.saved(dy).record
@@ -53,12 +59,8 @@ class Dropout2d(Dropout):
     little), the others scaled by 1/(1-p); in eval, the identity. Args as Dropout's.
     Shape: (N, C, H, W) -> the same."""
 
-    def forward(self, x):
+    def _check(self, x):
         check_input(self, x, "(N, C, H, W)", 4)
-        if not self.training or self.p == 0:
-            self.save_for_backward(x, record=None)
-            return x
-        rng = self._rng or random.get_rng()
-        y, record = backend.ops_for(x).channel_dropout_forward(x, self.p, rng, self._backend_state)
-        self.save_for_backward(y, record=record)
-        return y
+
+    def _drop(self, ops, x, rng):
+        return ops.channel_dropout_forward(x, self.p, rng, self._backend_state)
