@@ -497,6 +497,8 @@ def test_a_module_list_registers_its_modules_as_torch_names_them_and_trains_alik
         ours.blocks(np.zeros((1, 4, 6, 6)))
     with pytest.raises(TypeError, match="ModuleList: entry 3 must be a Module, got"):
         ours.blocks.append(np.zeros(3))
+    with pytest.raises(TypeError, match="Sequential: entry 1 must be a Module, got str"):     # was kept silently
+        nn.Sequential(nn.ReLU()).append("relu")
 
 
 def test_a_plain_list_of_modules_warns_that_it_is_not_registered():

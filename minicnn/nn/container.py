@@ -12,7 +12,33 @@ from .chain import Chain, fusing_allowed, is_inference
 from .module import Module
 
 
-class Sequential(Module):
+class _ModuleSequence(Module):
+    """The list protocol of Sequential and ModuleList: len, iteration, indexing (a slice gives a new
+    container of the same kind holding the same modules), append and extend."""
+
+    def append(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}: entry {len(self)} must be a Module, got {describe(module)}")
+        setattr(self, str(len(self._modules)), module)
+        return self
+
+    def extend(self, modules):
+        for module in modules:
+            self.append(module)
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, i):
+        modules = list(self._modules.values())
+        return self._holding(modules[i]) if isinstance(i, slice) else modules[i]
+
+
+class Sequential(_ModuleSequence):
     """Runs its children in order; backward runs them in reverse. Children are named '0', '1', ...
     (or as given in an OrderedDict), as torch names them.
 
@@ -34,21 +60,9 @@ class Sequential(Module):
                     raise TypeError(f"Sequential: argument {i} is {describe(layer)}, not a Module")
                 setattr(self, str(i), layer)
 
-    def append(self, layer):
-        setattr(self, str(len(self._modules)), layer)
-        return self
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def __getitem__(self, i):
-        layers = list(self._modules.values())
-        if isinstance(i, slice):
-            return Sequential(*layers[i])
-        return layers[i]
+    @staticmethod
+    def _holding(layers):
+        return Sequential(*layers)
 
     def forward(self, x):
         return self._chain.forward(list(self._modules.values()), x, inference=is_inference(self))
@@ -159,7 +173,7 @@ class Residual(Module):
         return dx if input_grad else None
 
 
-class ModuleList(Module):
+class ModuleList(_ModuleSequence):
     """A list of modules, registered (so that parameters(), state_dict(), .to() and the optimizers see
     them) under the names '0', '1', ... as torch.nn.ModuleList names them ('blocks.0.weight'). It has
     no forward: a custom module loops over it in its forward, and in reverse in its backward:
@@ -172,26 +186,9 @@ class ModuleList(Module):
         super().__init__()
         self.extend(modules)
 
-    def append(self, module):
-        if not isinstance(module, Module):
-            raise TypeError(f"ModuleList: entry {len(self)} must be a Module, got {describe(module)}")
-        setattr(self, str(len(self)), module)
-        return self
-
-    def extend(self, modules):
-        for module in modules:
-            self.append(module)
-        return self
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def __getitem__(self, i):
-        modules = list(self._modules.values())
-        return ModuleList(modules[i]) if isinstance(i, slice) else modules[i]
+    @staticmethod
+    def _holding(modules):
+        return ModuleList(modules)
 
     def __setitem__(self, i, module):
         if not isinstance(module, Module):
