@@ -103,6 +103,99 @@ def add_relu_forward(a, b):
     return y, y
 
 
+# ---------------------------------------------------------------- the hard activations (MobileNetV2/V3)
+
+# numpy_ops' expressions in one pass, the same operations in the same order (the same bits); the
+# clamps are written as comparisons so that NaN stays NaN (as np.maximum and np.minimum keep it), and
+# zero comes in typed (see ReLU's note; dy * 0 would give -0 and NaN where torch gives 0).
+
+@njit(cache=True, nogil=True)
+def _hardtanh(x, y, low, high):
+    for i in range(x.size):
+        v = x[i]
+        v = low if v < low else v
+        y[i] = high if v > high else v
+
+
+@njit(cache=True, nogil=True)
+def _hardtanh_backward(dy, x, dx, low, high, zero):
+    for i in range(dy.size):
+        v = x[i]
+        dx[i] = dy[i] if (v > low) & (v < high) else zero
+
+
+@njit(cache=True, nogil=True)
+def _hardsigmoid(x, y, three, six, zero):
+    for i in range(x.size):
+        r = x[i] + three
+        r = zero if r < zero else r
+        r = six if r > six else r
+        y[i] = r / six
+
+
+@njit(cache=True, nogil=True)
+def _hardsigmoid_backward(dy, x, dx, three, one_sixth, zero):
+    for i in range(dy.size):
+        v = x[i]
+        dx[i] = dy[i] * one_sixth if (v > -three) & (v < three) else zero
+
+
+@njit(cache=True, nogil=True)
+def _hardswish(x, y, three, six, zero):
+    for i in range(x.size):
+        v = x[i]
+        r = v + three
+        r = zero if r < zero else r
+        r = six if r > six else r
+        y[i] = v * r / six
+
+
+@njit(cache=True, nogil=True)
+def _hardswish_backward(dy, x, dx, three, half, zero):
+    for i in range(dy.size):
+        v = x[i]
+        if v <= -three:
+            dx[i] = zero
+        elif v >= three:
+            dx[i] = dy[i]
+        else:
+            dx[i] = dy[i] * (v / three + half)
+
+
+def hardtanh_forward(x, min_val, max_val):
+    """As numpy_ops, one pass; record: (x, min_val, max_val)."""
+    t = x.dtype.type
+    return _elementwise(_hardtanh, [x], t(min_val), t(max_val)), (x, min_val, max_val)
+
+
+def hardtanh_backward(dy, record):
+    x, min_val, max_val = record
+    t = dy.dtype.type
+    return _elementwise(_hardtanh_backward, [dy, x], t(min_val), t(max_val), t(0))
+
+
+def hardsigmoid_forward(x):
+    """As numpy_ops, one pass; record: x."""
+    t = x.dtype.type
+    return _elementwise(_hardsigmoid, [x], t(3), t(6), t(0)), x
+
+
+def hardsigmoid_backward(dy, record):
+    t = dy.dtype.type
+    return _elementwise(_hardsigmoid_backward, [dy, record], t(3), t(numpy_ops._ONE_SIXTH), t(0))
+
+
+def hardswish_forward(x):
+    """As numpy_ops, one pass; record: x."""
+    t = x.dtype.type
+    return _elementwise(_hardswish, [x], t(3), t(6), t(0)), x
+
+
+def hardswish_backward(dy, record):
+    t = dy.dtype.type
+    return _elementwise(_hardswish_backward, [dy, record], t(3), t(0.5), t(0))
+
+
 # ---------------------------------------------------------------- optimizer step
 
 @njit(cache=True, nogil=True)

@@ -13,7 +13,7 @@ Every choice of algorithm and budget is in numba_strategy.
                         numba_depthwise
     numba_pool          max and average pooling
     numba_norm          batch normalization (and batch norm with the ReLU after it, fused)
-    numba_elementwise   ReLU, sums, softmax cross-entropy, the SGD step
+    numba_elementwise   ReLU, the hard activations, sums, softmax cross-entropy, the SGD step
 """
 import sys as _sys
 
@@ -26,8 +26,9 @@ from . import numpy_ops as _reference
 from .numba_conv import (conv2d_backward, conv2d_forward, conv2d_relu_maxpool2d_backward,  # noqa: F401
                          conv2d_relu_maxpool2d_forward)
 from .numba_conv import fused_batchnorm_eval as _fused_batchnorm_eval
-from .numba_elementwise import (add, add_relu_forward, relu_backward, relu_forward, sgd_update,  # noqa: F401
-                                softmax_cross_entropy_forward)
+from .numba_elementwise import (add, add_relu_forward, hardsigmoid_backward, hardsigmoid_forward,  # noqa: F401
+                                hardswish_backward, hardswish_forward, hardtanh_backward, hardtanh_forward,
+                                relu_backward, relu_forward, sgd_update, softmax_cross_entropy_forward)
 from .numba_im2col import col2im, im2col, matmul  # noqa: F401
 from .numba_norm import (batchnorm_add_relu_backward_train, batchnorm_add_relu_forward_train,  # noqa: F401
                          batchnorm_backward_train, batchnorm_forward_eval, batchnorm_forward_train,
@@ -59,12 +60,6 @@ silu_forward = _reference.silu_forward
 silu_backward = _reference.silu_backward
 gelu_forward = _reference.gelu_forward
 gelu_backward = _reference.gelu_backward
-hardtanh_forward = _reference.hardtanh_forward
-hardtanh_backward = _reference.hardtanh_backward
-hardsigmoid_forward = _reference.hardsigmoid_forward
-hardsigmoid_backward = _reference.hardsigmoid_backward
-hardswish_forward = _reference.hardswish_forward
-hardswish_backward = _reference.hardswish_backward
 scale_channels = _reference.scale_channels
 scale_channels_backward = _reference.scale_channels_backward
 dropout_forward = _reference.dropout_forward
