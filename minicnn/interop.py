@@ -129,26 +129,9 @@ def _to_torch_module(m, where, torch):
         return t.MaxPool2d(m.kernel_size, m.stride, m.padding)
     if kind is nn.AvgPool2d:
         return t.AvgPool2d(m.kernel_size, m.stride, m.padding, count_include_pad=m.count_include_pad)
-    if kind is nn.AdaptiveAvgPool2d:
-        return t.AdaptiveAvgPool2d(m.output_size)
-    if kind is nn.AdaptiveMaxPool2d:
-        return t.AdaptiveMaxPool2d(m.output_size)
-    if kind is nn.LeakyReLU:
-        return t.LeakyReLU(m.negative_slope)
-    if kind is nn.GELU:
-        return t.GELU(approximate=m.approximate)
-    if kind in (nn.Dropout, nn.Dropout2d):
-        return (t.Dropout if kind is nn.Dropout else t.Dropout2d)(m.p)
-    if kind is nn.Hardtanh:
-        return t.Hardtanh(m.min_val, m.max_val)
-    if kind is nn.GroupNorm:
-        return t.GroupNorm(m.num_groups, m.num_channels, eps=m.eps, affine=m.affine)
-    if kind in (nn.Softmax, nn.LogSoftmax):
-        return (t.Softmax if kind is nn.Softmax else t.LogSoftmax)(dim=m.dim)
-    plain = {nn.ReLU: t.ReLU, nn.ReLU6: t.ReLU6, nn.Hardsigmoid: t.Hardsigmoid, nn.Hardswish: t.Hardswish,
-             nn.Sigmoid: t.Sigmoid, nn.Tanh: t.Tanh, nn.SiLU: t.SiLU, nn.Identity: t.Identity, nn.Flatten: t.Flatten}
-    if kind in plain:
-        return plain[kind]()
+    twin = _namesake(m, nn, t)
+    if twin is not None:
+        return twin
     raise ValueError(f"to_torch: {where} is a {kind.__name__}, which has no torch counterpart here "
                      f"(minicnn's own layers, Sequential and Residual convert)")
 
@@ -218,34 +201,38 @@ def _from_torch_module(m, where, torch):
         if m.ceil_mode or m.divisor_override is not None:
             refuse("uses ceil_mode or divisor_override, which minicnn's AvgPool2d lacks")
         return nn.AvgPool2d(m.kernel_size, m.stride, m.padding, count_include_pad=m.count_include_pad)
-    if kind is t.AdaptiveAvgPool2d:
-        return nn.AdaptiveAvgPool2d(m.output_size)
-    if kind is t.AdaptiveMaxPool2d:
-        if m.return_indices:
-            refuse("returns indices, which minicnn's AdaptiveMaxPool2d does not")
-        return nn.AdaptiveMaxPool2d(m.output_size)
+    if kind is t.AdaptiveMaxPool2d and m.return_indices:
+        refuse("returns indices, which minicnn's AdaptiveMaxPool2d does not")
     if kind is t.Flatten:
         if (m.start_dim, m.end_dim) != (1, -1):
             refuse(f"flattens dims {m.start_dim}..{m.end_dim}; minicnn's Flatten joins every axis after the first")
         return nn.Flatten()
-    if kind is t.LeakyReLU:
-        return nn.LeakyReLU(m.negative_slope)
-    if kind is t.GELU:
-        return nn.GELU(approximate=m.approximate)
-    if kind in (t.Dropout, t.Dropout2d):
-        return (nn.Dropout if kind is t.Dropout else nn.Dropout2d)(m.p)
-    if kind is t.Hardtanh:
-        return nn.Hardtanh(m.min_val, m.max_val)
-    if kind is t.GroupNorm:
-        return nn.GroupNorm(m.num_groups, m.num_channels, eps=m.eps, affine=m.affine)
-    if kind in (t.Softmax, t.LogSoftmax):
-        return (nn.Softmax if kind is t.Softmax else nn.LogSoftmax)(dim=m.dim)
-    plain = {t.ReLU: nn.ReLU, t.ReLU6: nn.ReLU6, t.Hardsigmoid: nn.Hardsigmoid, t.Hardswish: nn.Hardswish,
-             t.Sigmoid: nn.Sigmoid, t.Tanh: nn.Tanh, t.SiLU: nn.SiLU, t.Identity: nn.Identity}
-    if kind in plain:
-        return plain[kind]()
+    twin = _namesake(m, t, nn)
+    if twin is not None:
+        return twin
     refuse("has no minicnn counterpart (minicnn converts torch.nn.Sequential, "
            "minicnn.interop.torch_residual_class(), torchvision's SqueezeExcitation and the layers minicnn has)")
+
+
+# Layers built alike on both sides: the same class name, the same constructor arguments, read back
+# from the same attributes (the other layers need a check or a translation and have their own lines).
+_NAMESAKES = {
+    "AdaptiveAvgPool2d": ("output_size",), "AdaptiveMaxPool2d": ("output_size",),
+    "LeakyReLU": ("negative_slope",), "GELU": ("approximate",), "Hardtanh": ("min_val", "max_val"),
+    "Dropout": ("p",), "Dropout2d": ("p",), "Softmax": ("dim",), "LogSoftmax": ("dim",),
+    "GroupNorm": ("num_groups", "num_channels", "eps", "affine"),
+    "ReLU": (), "ReLU6": (), "Sigmoid": (), "Tanh": (), "SiLU": (), "Hardsigmoid": (), "Hardswish": (),
+    "Identity": (), "Flatten": (),
+}
+
+
+def _namesake(m, source, target):
+    """m's namesake in the target library (minicnn.nn or torch.nn) with m's arguments, or None when
+    m's class is not source's class of that name (subclasses and other layers have their own rules)."""
+    name = type(m).__name__
+    if name not in _NAMESAKES or type(m) is not getattr(source, name, None):
+        return None
+    return getattr(target, name)(**{a: getattr(m, a) for a in _NAMESAKES[name]})
 
 
 def _pair(v):
